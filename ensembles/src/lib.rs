@@ -1,1 +1,11 @@
+//! Folds, boosters, blending and metrics: everything that turns a feature matrix or member
+//! predictions into probabilities for the three outcomes of a battle.
 
+pub mod error;
+pub mod folds;
+pub mod metrics;
+pub mod outcome;
+pub mod predictions;
+
+pub use error::{Error, Result};
+pub use outcome::{Outcome, Probs, CLASS_COLUMNS};

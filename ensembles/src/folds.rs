@@ -1,0 +1,208 @@
+//! K-fold assignments: made stratified and seeded, stored as `folds.csv` (`id,fold`) so that
+//! every member of the ensemble holds out the same rows.
+use crate::{Error, Outcome, Result};
+use rand::{seq::SliceRandom, SeedableRng};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The fold of each training row, aligned with the training ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Folds {
+    assignment: Vec<usize>,
+    n_folds: usize,
+}
+
+impl Folds {
+    /// Stratified folds: each class is shuffled (seeded) and dealt round-robin, continuing
+    /// where the previous class stopped so fold sizes differ by at most one.
+    pub fn stratified(labels: &[Outcome], n_folds: usize, seed: u64) -> Result<Folds> {
+        if n_folds < 2 {
+            return Err(Error::Invalid(format!(
+                "need at least 2 folds, got {n_folds}"
+            )));
+        }
+        if labels.len() < n_folds {
+            return Err(Error::Invalid(format!(
+                "{} training rows cannot fill {n_folds} folds",
+                labels.len()
+            )));
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut assignment = vec![0; labels.len()];
+        let mut next_fold = 0;
+        for class in Outcome::ALL {
+            let mut rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
+            rows.shuffle(&mut rng);
+            for row in rows {
+                assignment[row] = next_fold;
+                next_fold = (next_fold + 1) % n_folds;
+            }
+        }
+        Ok(Folds {
+            assignment,
+            n_folds,
+        })
+    }
+
+    pub fn n_folds(&self) -> usize {
+        self.n_folds
+    }
+
+    /// The fold of training row `row`.
+    pub fn fold_of(&self, row: usize) -> usize {
+        self.assignment[row]
+    }
+
+    /// Rows held out in `fold` and rows trained on, both ascending.
+    pub fn split(&self, fold: usize) -> (Vec<usize>, Vec<usize>) {
+        (0..self.assignment.len()).partition(|&row| self.assignment[row] != fold)
+    }
+
+    pub fn write(&self, path: &Path, ids: &[String]) -> Result<()> {
+        let mut text = String::from("id,fold\n");
+        for (id, fold) in ids.iter().zip(&self.assignment) {
+            text.push_str(&format!("{id},{fold}\n"));
+        }
+        std::fs::write(path, text).map_err(Error::io(path))
+    }
+
+    /// Reads `folds.csv` and aligns it with `ids`: every id must appear exactly once, and the
+    /// folds must be numbered 0..K-1 with none empty.
+    pub fn read(path: &Path, ids: &[String]) -> Result<Folds> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let bad = |line: usize, message: String| Error::BadFile {
+            path: path.to_owned(),
+            line,
+            message,
+        };
+        let mut lines = text.lines().enumerate();
+        match lines.next() {
+            Some((_, header)) if header.trim() == "id,fold" => {}
+            _ => return Err(bad(1, "the header must be `id,fold`".into())),
+        }
+        let row_of: HashMap<&str, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(row, id)| (id.as_str(), row))
+            .collect();
+        let mut assignment = vec![usize::MAX; ids.len()];
+        for (index, line) in lines {
+            let line_no = index + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (id, fold) = line
+                .split_once(',')
+                .ok_or_else(|| bad(line_no, format!("expected `id,fold`, found {line:?}")))?;
+            let fold: usize = fold
+                .trim()
+                .parse()
+                .map_err(|_| bad(line_no, format!("id {id}: fold {fold:?} is not a number")))?;
+            let &row = row_of
+                .get(id)
+                .ok_or_else(|| bad(line_no, format!("id {id} is not in the training data")))?;
+            if assignment[row] != usize::MAX {
+                return Err(bad(line_no, format!("id {id} appears twice")));
+            }
+            assignment[row] = fold;
+        }
+        if let Some(row) = assignment.iter().position(|&f| f == usize::MAX) {
+            return Err(bad(0, format!("training id {} has no fold", ids[row])));
+        }
+        let n_folds = assignment.iter().max().map_or(0, |&m| m + 1);
+        for fold in 0..n_folds {
+            if !assignment.contains(&fold) {
+                return Err(bad(0, format!("fold {fold} of 0..{n_folds} holds no row")));
+            }
+        }
+        if n_folds < 2 {
+            return Err(bad(0, "at least 2 folds are needed".into()));
+        }
+        Ok(Folds {
+            assignment,
+            n_folds,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(n: usize) -> Vec<Outcome> {
+        (0..n).map(|i| Outcome::ALL[(i * 7 + i / 3) % 3]).collect()
+    }
+
+    #[test]
+    fn stratified_folds_balance_sizes_and_classes() {
+        let labels = labels(103);
+        let folds = Folds::stratified(&labels, 10, 42).unwrap();
+        for fold in 0..10 {
+            let (train, held_out) = folds.split(fold);
+            assert_eq!(train.len() + held_out.len(), 103);
+            assert!(
+                (10..=11).contains(&held_out.len()),
+                "fold {fold}: {}",
+                held_out.len()
+            );
+            assert!(
+                train.iter().all(|r| !held_out.contains(r)),
+                "no row on both sides"
+            );
+            for class in Outcome::ALL {
+                let total = labels.iter().filter(|&&l| l == class).count() as f64;
+                let held = held_out.iter().filter(|&&r| labels[r] == class).count() as f64;
+                assert!(
+                    (held - total / 10.0).abs() <= 1.0,
+                    "class {class:?} in fold {fold}"
+                );
+            }
+        }
+        assert_eq!(folds, Folds::stratified(&labels, 10, 42).unwrap(), "seeded");
+        assert_ne!(folds, Folds::stratified(&labels, 10, 43).unwrap());
+    }
+
+    #[test]
+    fn folds_round_trip_through_csv_in_any_row_order() {
+        let dir = std::env::temp_dir().join(format!("folds-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ids: Vec<String> = (0..30).map(|i| format!("{}", 1000 + i)).collect();
+        let folds = Folds::stratified(&labels(30), 3, 1).unwrap();
+        let path = dir.join("folds.csv");
+        folds.write(&path, &ids).unwrap();
+        let mut reordered = ids.clone();
+        reordered.reverse();
+        let back = Folds::read(&path, &reordered).unwrap();
+        for (row, id) in reordered.iter().enumerate() {
+            let original_row = ids.iter().position(|i| i == id).unwrap();
+            assert_eq!(back.fold_of(row), folds.fold_of(original_row));
+        }
+    }
+
+    #[test]
+    fn reading_folds_rejects_unknown_missing_and_duplicate_ids() {
+        let dir = std::env::temp_dir().join(format!("folds-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("folds.csv");
+        let ids: Vec<String> = ["1", "2", "3"].map(String::from).to_vec();
+        for (text, needle) in [
+            (
+                "id,fold\n1,0\n2,1\n9,0\n",
+                "id 9 is not in the training data",
+            ),
+            ("id,fold\n1,0\n2,1\n", "training id 3 has no fold"),
+            (
+                "id,fold\n1,0\n2,1\n2,1\n3,0\n",
+                "line 4: id 2 appears twice",
+            ),
+            ("id,fold\n1,0\n2,x\n3,0\n", "fold \"x\" is not a number"),
+            ("id,fold\n1,0\n2,2\n3,0\n", "fold 1 of 0..3 holds no row"),
+            ("fold,id\n", "header"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let message = Folds::read(&path, &ids).unwrap_err().to_string();
+            assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+            assert!(message.contains("folds.csv"), "{message:?} names no file");
+        }
+    }
+}
