@@ -2,7 +2,9 @@
 //! predictions into probabilities for the three outcomes of a battle.
 
 pub mod error;
+pub mod cv;
 pub mod folds;
+pub mod lgbm;
 pub mod metrics;
 pub mod outcome;
 pub mod predictions;
