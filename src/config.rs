@@ -23,7 +23,10 @@ pub struct CvSettings {
 
 impl Default for CvSettings {
     fn default() -> Self {
-        CvSettings { folds: 10, seed: 42 }
+        CvSettings {
+            folds: 10,
+            seed: 42,
+        }
     }
 }
 
@@ -50,6 +53,9 @@ mod tests {
         let path = std::env::temp_dir().join(format!("bad-config-{}.toml", std::process::id()));
         std::fs::write(&path, "[lgbm]\nlearning_rat = 0.1\n").unwrap();
         let message = format!("{:#}", read::<LgbmRunConfig>(&path).unwrap_err());
-        assert!(message.contains("bad-config") && message.contains("learning_rat"), "{message}");
+        assert!(
+            message.contains("bad-config") && message.contains("learning_rat"),
+            "{message}"
+        );
     }
 }

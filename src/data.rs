@@ -105,7 +105,8 @@ fn label_of(cells: [Option<&str>; 3]) -> Option<Outcome> {
 }
 
 fn read_frame(path: &Path) -> Result<DataFrame> {
-    let mut bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes =
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut plain = Vec::new();
         flate2::read::MultiGzDecoder::new(bytes.as_slice())
@@ -123,10 +124,22 @@ fn read_frame(path: &Path) -> Result<DataFrame> {
 }
 
 fn require_columns(path: &Path, frame: &DataFrame, names: &[&str]) -> Result<()> {
-    let present: HashSet<&str> = frame.get_column_names().iter().map(|n| n.as_str()).collect();
-    let missing: Vec<&str> = names.iter().copied().filter(|n| !present.contains(n)).collect();
+    let present: HashSet<&str> = frame
+        .get_column_names()
+        .iter()
+        .map(|n| n.as_str())
+        .collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !present.contains(n))
+        .collect();
     if !missing.is_empty() {
-        bail!("{}: missing column(s) {}", path.display(), missing.join(", "));
+        bail!(
+            "{}: missing column(s) {}",
+            path.display(),
+            missing.join(", ")
+        );
     }
     Ok(())
 }
@@ -142,13 +155,25 @@ fn read_ids(path: &Path, frame: &DataFrame) -> Result<Vec<String>> {
     for (record, id) in string_column(frame, "id")?.into_iter().enumerate() {
         let id = id.map(str::trim).unwrap_or("");
         if id.is_empty() {
-            bail!("{}: {}: the id is empty", path.display(), line_of(path, record));
+            bail!(
+                "{}: {}: the id is empty",
+                path.display(),
+                line_of(path, record)
+            );
         }
         if id.contains([',', '"', '\n', '\r']) {
-            bail!("{}: {} (id {id:?}): ids cannot hold commas, quotes or line breaks", path.display(), line_of(path, record));
+            bail!(
+                "{}: {} (id {id:?}): ids cannot hold commas, quotes or line breaks",
+                path.display(),
+                line_of(path, record)
+            );
         }
         if !seen.insert(id) {
-            bail!("{}: {} (id {id}): the id appears twice", path.display(), line_of(path, record));
+            bail!(
+                "{}: {} (id {id}): the id appears twice",
+                path.display(),
+                line_of(path, record)
+            );
         }
         ids.push(id.to_owned());
     }
@@ -173,9 +198,17 @@ fn read_battles(frame: &DataFrame, ids: Vec<String>) -> Result<Battles> {
             }
         }
         let [prompt, response_a, response_b] = fields.map(|f| f.turns);
-        battles.push(Battle { prompt, response_a, response_b });
+        battles.push(Battle {
+            prompt,
+            response_a,
+            response_b,
+        });
     }
-    Ok(Battles { ids, battles, text_issues })
+    Ok(Battles {
+        ids,
+        battles,
+        text_issues,
+    })
 }
 
 /// "line N" of the `record`-th data row (0-based), found by re-reading the file, since rows
@@ -186,13 +219,19 @@ fn line_of(path: &Path, record: usize) -> String {
     };
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut plain = Vec::new();
-        if flate2::read::MultiGzDecoder::new(bytes.as_slice()).read_to_end(&mut plain).is_err() {
+        if flate2::read::MultiGzDecoder::new(bytes.as_slice())
+            .read_to_end(&mut plain)
+            .is_err()
+        {
             return format!("row {}", record + 1);
         }
         bytes = plain;
     }
     let line = record_start_lines(&bytes).get(record + 1).copied();
-    line.map_or_else(|| format!("row {}", record + 1), |line| format!("line {line}"))
+    line.map_or_else(
+        || format!("row {}", record + 1),
+        |line| format!("line {line}"),
+    )
 }
 
 /// The 1-based line on which each CSV record starts (the header is record 0). Quoted fields
@@ -227,8 +266,14 @@ mod tests {
 
     #[test]
     fn labels_need_exactly_one_winner() {
-        assert_eq!(label_of([Some("0"), Some("1"), Some("0")]), Some(Outcome::B));
-        assert_eq!(label_of([Some("0"), Some("0"), Some(" 1 ")]), Some(Outcome::Tie));
+        assert_eq!(
+            label_of([Some("0"), Some("1"), Some("0")]),
+            Some(Outcome::B)
+        );
+        assert_eq!(
+            label_of([Some("0"), Some("0"), Some(" 1 ")]),
+            Some(Outcome::Tie)
+        );
         assert_eq!(label_of([Some("1"), Some("1"), Some("0")]), None);
         assert_eq!(label_of([Some("0"), Some("0"), Some("0")]), None);
         assert_eq!(label_of([Some("0"), Some("2"), Some("1")]), None);

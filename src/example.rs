@@ -8,9 +8,18 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 const TOPICS: [&str; 12] = [
-    "sourdough bread", "the French revolution", "binary search", "photosynthesis",
-    "learning Spanish", "a budget for students", "black holes", "writing a cover letter",
-    "Rust lifetimes", "marathon training", "the stock market", "composting at home",
+    "sourdough bread",
+    "the French revolution",
+    "binary search",
+    "photosynthesis",
+    "learning Spanish",
+    "a budget for students",
+    "black holes",
+    "writing a cover letter",
+    "Rust lifetimes",
+    "marathon training",
+    "the stock market",
+    "composting at home",
 ];
 
 const SENTENCES: [&str; 16] = [
@@ -55,7 +64,10 @@ struct Answer {
 fn answer(rng: &mut StdRng, topic: &str) -> Answer {
     if rng.random_bool(0.08) {
         let text = REFUSALS[rng.random_range(0..REFUSALS.len())].replace("{t}", topic);
-        return Answer { text, quality: -1.5 + rng.random_range(-0.3..0.3) };
+        return Answer {
+            text,
+            quality: -1.5 + rng.random_range(-0.3..0.3),
+        };
     }
     let n_sentences = rng.random_range(1..=12);
     let structured = rng.random_bool(0.4);
@@ -73,12 +85,17 @@ fn answer(rng: &mut StdRng, topic: &str) -> Answer {
         }
     }
     let quality = 0.45 * (n_sentences as f64).ln() + if structured { 0.5 } else { 0.0 };
-    Answer { text: text.trim_end().to_owned(), quality }
+    Answer {
+        text: text.trim_end().to_owned(),
+        quality,
+    }
 }
 
 fn capitalise(text: &str) -> String {
     let mut chars = text.chars();
-    chars.next().map_or(String::new(), |c| c.to_uppercase().chain(chars).collect())
+    chars
+        .next()
+        .map_or(String::new(), |c| c.to_uppercase().chain(chars).collect())
 }
 
 fn csv_field(text: &str) -> String {
@@ -99,7 +116,10 @@ fn battle(rng: &mut StdRng) -> ([Vec<String>; 3], usize) {
         prompt.push(PROMPTS[rng.random_range(0..PROMPTS.len())].replace("{t}", topic));
         let first = answer(rng, topic);
         let second = if rng.random_bool(0.07) {
-            Answer { text: first.text.clone(), quality: first.quality }
+            Answer {
+                text: first.text.clone(),
+                quality: first.quality,
+            }
         } else {
             answer(rng, topic)
         };

@@ -8,7 +8,13 @@ use std::path::Path;
 pub fn text_table(rows: &[Vec<String>]) -> String {
     let n_cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..n_cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
@@ -60,20 +66,34 @@ impl Importance {
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut lines = text.lines().enumerate();
         if lines.next().map(|(_, h)| h) != Some("feature,gain,split") {
-            bail!("{}, line 1: the header must be `feature,gain,split`", path.display());
+            bail!(
+                "{}, line 1: the header must be `feature,gain,split`",
+                path.display()
+            );
         }
         let mut rows = Vec::new();
         for (index, line) in lines {
             let parsed = line.rsplitn(3, ',').collect::<Vec<_>>();
             let [split, gain, name] = parsed[..] else {
-                bail!("{}, line {}: expected `feature,gain,split`", path.display(), index + 1);
+                bail!(
+                    "{}, line {}: expected `feature,gain,split`",
+                    path.display(),
+                    index + 1
+                );
             };
             let number = |field: &str| {
                 field.parse::<f64>().with_context(|| {
-                    format!("{}, line {}: {field:?} is not a number", path.display(), index + 1)
+                    format!(
+                        "{}, line {}: {field:?} is not a number",
+                        path.display(),
+                        index + 1
+                    )
                 })
             };
-            let name = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')).unwrap_or(name);
+            let name = name
+                .strip_prefix('"')
+                .and_then(|n| n.strip_suffix('"'))
+                .unwrap_or(name);
             rows.push((name.replace("\"\"", "\""), number(gain)?, number(split)?));
         }
         Ok(Importance { rows })
@@ -81,8 +101,18 @@ impl Importance {
 
     /// The `top` features with their share of the total gain.
     pub fn table(&self, top: usize) -> String {
-        let total: f64 = self.rows.iter().map(|r| r.1).sum::<f64>().max(f64::MIN_POSITIVE);
-        let mut rows = vec![vec!["feature".to_owned(), "gain".into(), "share".into(), "splits".into()]];
+        let total: f64 = self
+            .rows
+            .iter()
+            .map(|r| r.1)
+            .sum::<f64>()
+            .max(f64::MIN_POSITIVE);
+        let mut rows = vec![vec![
+            "feature".to_owned(),
+            "gain".into(),
+            "share".into(),
+            "splits".into(),
+        ]];
         for (name, gain, split) in self.rows.iter().take(top) {
             rows.push(vec![
                 name.clone(),
@@ -103,7 +133,10 @@ impl Importance {
         let draw = || -> Result<(), Box<dyn std::error::Error + '_>> {
             root.fill(&WHITE)?;
             let mut chart = ChartBuilder::on(&root)
-                .caption("Feature importance (gain, mean over folds)", ("sans-serif", 18))
+                .caption(
+                    "Feature importance (gain, mean over folds)",
+                    ("sans-serif", 18),
+                )
                 .margin(10)
                 .x_label_area_size(30)
                 .y_label_area_size(260)
@@ -114,7 +147,9 @@ impl Importance {
                 .y_labels(shown.len().max(1))
                 .y_label_formatter(&|y| {
                     let rank = shown.len() as f64 - y.floor() - 1.0;
-                    shown.get(rank as usize).map_or(String::new(), |r| r.0.clone())
+                    shown
+                        .get(rank as usize)
+                        .map_or(String::new(), |r| r.0.clone())
                 })
                 .draw()?;
             chart.draw_series(shown.iter().enumerate().map(|(rank, row)| {
@@ -134,24 +169,43 @@ mod tests {
 
     #[test]
     fn importance_sorts_by_gain_and_round_trips_names_with_commas() {
-        let names = ["a_words".to_owned(), "tfidf_w:yes, \"no\"".into(), "b_words".into()];
+        let names = [
+            "a_words".to_owned(),
+            "tfidf_w:yes, \"no\"".into(),
+            "b_words".into(),
+        ];
         let imp = Importance::new(&names, &[1.0, 5.5, 3.0], &[2.0, 7.0, 1.0]);
         assert_eq!(imp.rows[0], ("tfidf_w:yes, \"no\"".to_owned(), 5.5, 7.0));
         assert_eq!(imp.rows[2].0, "a_words");
         let dir = std::env::temp_dir().join(format!("imp-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         imp.write_csv(&dir.join("importance.csv")).unwrap();
-        assert_eq!(Importance::read_csv(&dir.join("importance.csv")).unwrap(), imp);
+        assert_eq!(
+            Importance::read_csv(&dir.join("importance.csv")).unwrap(),
+            imp
+        );
         imp.write_svg(&dir.join("importance.svg"), 30).unwrap();
         let svg = std::fs::read_to_string(dir.join("importance.svg")).unwrap();
-        assert!(svg.contains("<svg") && svg.contains("b_words"), "labels drawn");
+        assert!(
+            svg.contains("<svg") && svg.contains("b_words"),
+            "labels drawn"
+        );
         let table = imp.table(2);
-        assert!(table.contains("57.9%") && !table.contains("a_words"), "{table}");
+        assert!(
+            table.contains("57.9%") && !table.contains("a_words"),
+            "{table}"
+        );
     }
 
     #[test]
     fn text_table_aligns_columns() {
-        let rows = vec![vec!["x".to_owned(), "value".into()], vec!["long name".into(), "1".into()]];
-        assert_eq!(text_table(&rows), "x          value\n----------------\nlong name      1\n");
+        let rows = vec![
+            vec!["x".to_owned(), "value".into()],
+            vec!["long name".into(), "1".into()],
+        ];
+        assert_eq!(
+            text_table(&rows),
+            "x          value\n----------------\nlong name      1\n"
+        );
     }
 }

@@ -106,8 +106,15 @@ pub struct CvInputs<'a> {
 
 /// What the CV reports as it goes.
 pub enum Progress {
-    FoldStarted { fold: usize, n_folds: usize },
-    Round { fold: usize, round: usize, valid_loss: f64 },
+    FoldStarted {
+        fold: usize,
+        n_folds: usize,
+    },
+    Round {
+        fold: usize,
+        round: usize,
+        valid_loss: f64,
+    },
     FoldFinished(FoldReport),
 }
 
@@ -146,7 +153,10 @@ fn swap_averaged(as_given: &[f64], swapped: &[f64]) -> Vec<Probs> {
 
 /// Rows of the augmented matrix for the given training rows: each row and its swapped copy.
 fn augmented_rows(rows: &[usize], n: usize) -> Vec<usize> {
-    rows.iter().copied().chain(rows.iter().map(|&r| r + n)).collect()
+    rows.iter()
+        .copied()
+        .chain(rows.iter().map(|&r| r + n))
+        .collect()
 }
 
 pub fn cross_validate(
@@ -188,18 +198,26 @@ pub fn cross_validate(
         let (train_rows, held_out) = folds.split(fold);
         let train_set = full.subset(&augmented_rows(&train_rows, n), "")?;
         let valid_set = full.subset(&augmented_rows(&held_out, n), "")?;
-        let trained = lgbm::train(&train_set, &valid_set, &booster_params, rounds, |round, loss| {
-            progress(Progress::Round {
-                fold,
-                round,
-                valid_loss: loss,
-            })
-        })?;
+        let trained = lgbm::train(
+            &train_set,
+            &valid_set,
+            &booster_params,
+            rounds,
+            |round, loss| {
+                progress(Progress::Round {
+                    fold,
+                    round,
+                    valid_loss: loss,
+                })
+            },
+        )?;
         drop((train_set, valid_set));
 
         let predict_threads = format!("num_threads={}", params.threads());
         let predict = |rows: &[usize]| -> Result<Vec<f64>> {
-            trained.model.predict(inputs.train.select_rows(rows).view(), &predict_threads)
+            trained
+                .model
+                .predict(inputs.train.select_rows(rows).view(), &predict_threads)
         };
         let held_out_swapped: Vec<usize> = held_out.iter().map(|&r| r + n).collect();
         let fold_probs = swap_averaged(&predict(&held_out)?, &predict(&held_out_swapped)?);
@@ -207,8 +225,12 @@ pub fn cross_validate(
             oof[row] = *p;
         }
         let test_probs = swap_averaged(
-            &trained.model.predict(inputs.test_as_given, &predict_threads)?,
-            &trained.model.predict(inputs.test_swapped, &predict_threads)?,
+            &trained
+                .model
+                .predict(inputs.test_as_given, &predict_threads)?,
+            &trained
+                .model
+                .predict(inputs.test_swapped, &predict_threads)?,
         );
         for (sum, p) in test.iter_mut().zip(&test_probs) {
             for k in 0..3 {
@@ -271,7 +293,11 @@ mod tests {
     }
 
     fn matrix(rows: &[[f32; 2]], swapped: bool) -> CsrOwned {
-        let mut csr = CsrOwned { indptr: vec![0], n_cols: 3, ..Default::default() };
+        let mut csr = CsrOwned {
+            indptr: vec![0],
+            n_cols: 3,
+            ..Default::default()
+        };
         for &[a, b] in rows {
             let (a, b) = if swapped { (b, a) } else { (a, b) };
             for (col, value) in [a, b, a - b].into_iter().enumerate() {
@@ -289,7 +315,12 @@ mod tests {
         let (given, swapped) = (matrix(rows, false), matrix(rows, true));
         let offset = *given.indptr.last().unwrap();
         CsrOwned {
-            indptr: given.indptr.iter().copied().chain(swapped.indptr[1..].iter().map(|p| p + offset)).collect(),
+            indptr: given
+                .indptr
+                .iter()
+                .copied()
+                .chain(swapped.indptr[1..].iter().map(|p| p + offset))
+                .collect(),
             indices: [given.indices, swapped.indices].concat(),
             values: [given.values, swapped.values].concat(),
             n_cols: 3,
@@ -297,7 +328,12 @@ mod tests {
     }
 
     fn params() -> BoosterParams {
-        BoosterParams { num_threads: 1, max_rounds: 200, min_data_in_leaf: 10, ..Default::default() }
+        BoosterParams {
+            num_threads: 1,
+            max_rounds: 200,
+            min_data_in_leaf: 10,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -312,7 +348,11 @@ mod tests {
             assert_eq!(train_aug.len() + held_aug.len(), 2 * n);
             for row in &held_aug {
                 assert!(!train_aug.contains(row));
-                assert!(!train_aug.iter().any(|t| t % n == row % n), "row {} leaks", row % n);
+                assert!(
+                    !train_aug.iter().any(|t| t % n == row % n),
+                    "row {} leaks",
+                    row % n
+                );
             }
         }
     }
@@ -344,9 +384,16 @@ mod tests {
             assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         }
         let loss = metrics::log_loss(&labels, &out.oof);
-        assert!(loss < 0.8 * metrics::log_loss(&labels, &vec![metrics::class_prior(&labels); 600]), "{loss}");
+        assert!(
+            loss < 0.8 * metrics::log_loss(&labels, &vec![metrics::class_prior(&labels); 600]),
+            "{loss}"
+        );
         // Feeding the test rows swapped must swap the first two probabilities exactly.
-        let mirrored_inputs = CvInputs { test_as_given: test_swapped.view(), test_swapped: test_given.view(), ..inputs };
+        let mirrored_inputs = CvInputs {
+            test_as_given: test_swapped.view(),
+            test_swapped: test_given.view(),
+            ..inputs
+        };
         let mirrored = cross_validate(&mirrored_inputs, &folds, &params(), |_| {}).unwrap();
         for (p, q) in out.test.iter().zip(&mirrored.test) {
             assert_eq!(*p, crate::outcome::swap_probs(*q));

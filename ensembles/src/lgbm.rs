@@ -7,8 +7,6 @@ use lightgbm3_sys as sys;
 use std::ffi::{c_void, CStr, CString};
 
 const DTYPE_FLOAT32: i32 = 0;
-const DTYPE_FLOAT64: i32 = 1;
-const DTYPE_INT32: i32 = 2;
 const DTYPE_INT64: i32 = 3;
 const PREDICT_NORMAL: i32 = 0;
 const IMPORTANCE_SPLIT: i32 = 0;
@@ -48,7 +46,10 @@ impl CsrView<'_> {
             && *self.indptr.last().unwrap() as usize == nnz
             && self.values.len() == nnz
             && self.indptr.windows(2).all(|w| w[0] <= w[1])
-            && self.indices.iter().all(|&c| c >= 0 && (c as usize) < self.n_cols);
+            && self
+                .indices
+                .iter()
+                .all(|&c| c >= 0 && (c as usize) < self.n_cols);
         ok.then_some(())
             .ok_or_else(|| Error::Invalid("malformed CSR matrix".into()))
     }
@@ -155,9 +156,10 @@ impl Dataset {
     /// The given rows (ascending) with their labels, sharing this dataset's bins, so that
     /// subsets of one dataset can serve as training and validation data of one booster.
     pub fn subset(&self, rows: &[usize], params: &str) -> Result<Dataset> {
-        if rows.windows(2).any(|w| w[0] >= w[1]) || rows.last().is_some_and(|&r| r >= self.n_rows)
-        {
-            return Err(Error::Invalid("subset rows must ascend within the dataset".into()));
+        if rows.windows(2).any(|w| w[0] >= w[1]) || rows.last().is_some_and(|&r| r >= self.n_rows) {
+            return Err(Error::Invalid(
+                "subset rows must ascend within the dataset".into(),
+            ));
         }
         let rows: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
         let params = c_string(params)?;
@@ -314,7 +316,9 @@ pub fn train(
         }
     }
     if best_iteration == 0 {
-        return Err(Error::LightGbm("no boosting round improved on nothing".into()));
+        return Err(Error::LightGbm(
+            "no boosting round improved on nothing".into(),
+        ));
     }
     let model = Model::from_string(&booster.model_string(best_iteration)?)?;
     Ok(Trained {
@@ -424,7 +428,8 @@ mod tests {
         for i in 0..300 {
             let class = i % 3;
             csr.indices.extend([0, 1]);
-            csr.values.extend([class as f32 * 10.0 + (i % 7) as f32, ((i * 37) % 11) as f32]);
+            csr.values
+                .extend([class as f32 * 10.0 + (i % 7) as f32, ((i * 37) % 11) as f32]);
             csr.indptr.push(csr.indices.len() as i64);
             labels.push(class as f32);
         }
@@ -448,13 +453,26 @@ mod tests {
             &train_set,
             &valid_set,
             PARAMS,
-            Rounds { max: 50, early_stopping: 5 },
+            Rounds {
+                max: 50,
+                early_stopping: 5,
+            },
             |round, metric| seen.push((round, metric)),
         )
         .unwrap();
-        assert!(trained.best_valid_metric < 0.1, "{}", trained.best_valid_metric);
-        assert_eq!(seen[trained.best_iteration - 1].1, trained.best_valid_metric);
-        let probs = trained.model.predict(csr.view().select_rows(&valid_rows).view(), "").unwrap();
+        assert!(
+            trained.best_valid_metric < 0.1,
+            "{}",
+            trained.best_valid_metric
+        );
+        assert_eq!(
+            seen[trained.best_iteration - 1].1,
+            trained.best_valid_metric
+        );
+        let probs = trained
+            .model
+            .predict(csr.view().select_rows(&valid_rows).view(), "")
+            .unwrap();
         assert_eq!(probs.len(), 60 * 3);
         for (k, &row) in valid_rows.iter().enumerate() {
             let p = &probs[3 * k..3 * k + 3];
@@ -464,14 +482,20 @@ mod tests {
         let (gain, split) = trained.model.importance(2).unwrap();
         assert!(gain[0] > gain[1] && split[0] > 0.0);
         let reloaded = Model::from_string(trained.model.as_text()).unwrap();
-        assert_eq!(reloaded.predict(csr.view(), "").unwrap(), trained.model.predict(csr.view(), "").unwrap());
+        assert_eq!(
+            reloaded.predict(csr.view(), "").unwrap(),
+            trained.model.predict(csr.view(), "").unwrap()
+        );
     }
 
     #[test]
     fn malformed_input_is_an_error_not_a_crash() {
         let (csr, labels) = toy();
         assert!(Dataset::from_csr(csr.view(), &labels[1..], "").is_err());
-        let bad = CsrView { n_cols: 1, ..csr.view() };
+        let bad = CsrView {
+            n_cols: 1,
+            ..csr.view()
+        };
         assert!(Dataset::from_csr(bad, &labels, "").is_err());
         let full = Dataset::from_csr(csr.view(), &labels, "verbosity=-1").unwrap();
         assert!(full.subset(&[3, 1], "").is_err());

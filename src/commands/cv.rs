@@ -75,7 +75,10 @@ fn resolve_inputs(args: &CvArgs) -> Result<(PathBuf, PathBuf)> {
         (None, None) => {
             let dir = args.out.join("example");
             crate::example::write(&dir, 2000, 200, 7)?;
-            eprintln!("No --train given: using the generated example in {}", dir.display());
+            eprintln!(
+                "No --train given: using the generated example in {}",
+                dir.display()
+            );
             Ok((dir.join("train.csv"), dir.join("test.csv")))
         }
     }
@@ -92,7 +95,9 @@ pub fn run(args: CvArgs) -> Result<()> {
     let config = resolve_config(&args)?;
     if config.lgbm.num_threads > 0 {
         // Features use rayon's global pool; size it like LightGBM's.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(config.lgbm.num_threads).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.lgbm.num_threads)
+            .build_global();
     }
     let (train_path, test_path) = resolve_inputs(&args)?;
     std::fs::create_dir_all(args.out.join("models"))
@@ -109,9 +114,17 @@ pub fn run(args: CvArgs) -> Result<()> {
         "read {n_train} training and {n_test} test battles in {:.1}s",
         timings.read
     );
-    for (file, issues) in [(&train_path, &train.battles.text_issues), (&test_path, &test.text_issues)] {
+    for (file, issues) in [
+        (&train_path, &train.battles.text_issues),
+        (&test_path, &test.text_issues),
+    ] {
         if issues.total() > 0 {
-            eprintln!("{}: {} text fields kept as they were: {}", file.display(), issues.total(), issues.examples.join("; "));
+            eprintln!(
+                "{}: {} text fields kept as they were: {}",
+                file.display(),
+                issues.total(),
+                issues.examples.join("; ")
+            );
         }
     }
 
@@ -123,7 +136,8 @@ pub fn run(args: CvArgs) -> Result<()> {
 
     let features_started = Instant::now();
     let bar = spinner("computing features");
-    let (train_ids, labels, train_issues) = (train.battles.ids, train.labels, train.battles.text_issues);
+    let (train_ids, labels, train_issues) =
+        (train.battles.ids, train.labels, train.battles.text_issues);
     let (test_ids, test_issues) = (test.ids, test.text_issues);
     // Train and test text together: TF-IDF is fitted on text alone, never on labels.
     let mut battles = train.battles.battles;
@@ -163,9 +177,9 @@ pub fn run(args: CvArgs) -> Result<()> {
     );
     let output = cv::cross_validate(&inputs, &folds, &config.lgbm, |event| match event {
         Progress::FoldStarted { .. } => {}
-        Progress::Round { round, valid_loss, .. } => {
-            bar.set_message(format!("round {round}, held-out log loss {valid_loss:.4}"))
-        }
+        Progress::Round {
+            round, valid_loss, ..
+        } => bar.set_message(format!("round {round}, held-out log loss {valid_loss:.4}")),
         Progress::FoldFinished(report) => {
             bar.inc(1);
             bar.println(format!(
