@@ -120,7 +120,7 @@ fn read_frame(path: &Path) -> Result<DataFrame> {
         .with_infer_schema_length(Some(0))
         .into_reader_with_file_handle(std::io::Cursor::new(bytes))
         .finish()
-        .with_context(|| format!("{}: not a readable CSV file", path.display()))
+        .map_err(|e| anyhow::anyhow!("{}: not a readable CSV file: {e}", path.display()))
 }
 
 fn require_columns(path: &Path, frame: &DataFrame, names: &[&str]) -> Result<()> {
@@ -145,7 +145,7 @@ fn require_columns(path: &Path, frame: &DataFrame, names: &[&str]) -> Result<()>
 }
 
 fn string_column<'a>(frame: &'a DataFrame, name: &str) -> Result<Vec<Option<&'a str>>> {
-    Ok(frame.column(name)?.str()?.into_iter().collect())
+    Ok(frame.column(name)?.str()?.iter().collect())
 }
 
 /// Ids, checked: present, unique, and free of characters that would break our CSV output.
