@@ -1,6 +1,7 @@
 //! Reports for people: plain-text tables and the feature-importance files.
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -144,18 +145,22 @@ impl Importance {
             chart
                 .configure_mesh()
                 .disable_y_mesh()
-                .y_labels(shown.len().max(1))
-                .y_label_formatter(&|y| {
-                    let rank = shown.len() as f64 - y.floor() - 1.0;
-                    shown
-                        .get(rank as usize)
-                        .map_or(String::new(), |r| r.0.clone())
-                })
+                .y_label_formatter(&|_| String::new())
                 .draw()?;
             chart.draw_series(shown.iter().enumerate().map(|(rank, row)| {
                 let y = (shown.len() - rank - 1) as f64;
                 Rectangle::new([(0.0, y + 0.15), (row.1, y + 0.85)], BLUE.mix(0.6).filled())
             }))?;
+            // Names go left of the plot, right-aligned against each bar's middle.
+            let label_style = ("sans-serif", 13)
+                .into_font()
+                .into_text_style(&root)
+                .pos(Pos::new(HPos::Right, VPos::Center));
+            for (rank, row) in shown.iter().enumerate() {
+                let y = (shown.len() - rank - 1) as f64 + 0.5;
+                let (x, y) = chart.backend_coord(&(0.0, y));
+                root.draw(&Text::new(row.0.clone(), (x - 6, y), label_style.clone()))?;
+            }
             root.present()?;
             Ok(())
         };

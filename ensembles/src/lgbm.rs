@@ -304,7 +304,10 @@ pub fn train(
     let mut booster = TrainingBooster::new(train, valid, params)?;
     let (mut best_iteration, mut best_metric) = (0, f64::INFINITY);
     for round in 1..=rounds.max {
-        if !booster.update()? {
+        // A round that can grow no tree ends training. LightGBM keeps the first round's
+        // constant trees (the class prior) but rolls back later empty ones.
+        let grew = booster.update()?;
+        if !grew && round > 1 {
             break;
         }
         let metric = booster.valid_metric()?;
@@ -312,6 +315,9 @@ pub fn train(
         if metric < best_metric {
             (best_iteration, best_metric) = (round, metric);
         } else if round - best_iteration >= rounds.early_stopping {
+            break;
+        }
+        if !grew {
             break;
         }
     }
@@ -486,6 +492,22 @@ mod tests {
             reloaded.predict(csr.view(), "").unwrap(),
             trained.model.predict(csr.view(), "").unwrap()
         );
+    }
+
+    #[test]
+    fn data_too_small_to_split_gives_the_class_prior() {
+        let (csr, labels) = toy();
+        let full = Dataset::from_csr(csr.view(), &labels, "verbosity=-1").unwrap();
+        let train_set = full.subset(&(0..30).collect::<Vec<_>>(), "").unwrap();
+        let valid_set = full.subset(&(30..60).collect::<Vec<_>>(), "").unwrap();
+        let params = PARAMS.replace("min_data_in_leaf=5", "min_data_in_leaf=100");
+        let rounds = Rounds { max: 20, early_stopping: 5 };
+        let trained = train(&train_set, &valid_set, &params, rounds, |_, _| {}).unwrap();
+        assert_eq!(trained.best_iteration, 1);
+        let p = trained.model.predict(csr.view().select_rows(&[0]).view(), "").unwrap();
+        for k in 0..3 {
+            assert!((p[k] - 1.0 / 3.0).abs() < 1e-6, "{p:?}");
+        }
     }
 
     #[test]
