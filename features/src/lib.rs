@@ -116,7 +116,7 @@ impl Extractor {
         let char_offset = word_offset + self.tfidf.word.as_ref().map_or(0, |v| v.len() as u32);
         let rows: Vec<(Vec<f32>, Vec<u32>, Vec<f32>)> = battles
             .par_iter()
-            .map_init(Vec::new, |scratch, battle| {
+            .map_init(tfidf::Scratch::default, |scratch, battle| {
                 let prompt = analyze(&battle.prompt, &self.tfidf, scratch);
                 let a = analyze(&battle.response_a, &self.tfidf, scratch);
                 let b = analyze(&battle.response_b, &self.tfidf, scratch);
