@@ -109,51 +109,84 @@ impl Extractor {
         })
     }
 
-    /// Computes all features for every battle, in parallel over battles.
+    /// Computes all features for every battle, in parallel over blocks of battles.
     pub fn transform(&self, battles: &[Battle]) -> FeatureTable {
-        let n_dense = self.dense_kinds.len();
-        let word_offset = n_dense as u32;
-        let char_offset = word_offset + self.tfidf.word.as_ref().map_or(0, |v| v.len() as u32);
-        let rows: Vec<(Vec<f32>, Vec<u32>, Vec<f32>)> = battles
-            .par_iter()
-            .map_init(tfidf::Scratch::default, |scratch, battle| {
-                let prompt = analyze(&battle.prompt, &self.tfidf, scratch);
-                let a = analyze(&battle.response_a, &self.tfidf, scratch);
-                let b = analyze(&battle.response_b, &self.tfidf, scratch);
-                let identical = battle.response_a == battle.response_b;
-                let mut dense = Values(Vec::with_capacity(n_dense));
-                write_dense_row(&mut dense, &prompt, &a, &b, identical, self.similarities);
-                let (mut indices, mut values) = (Vec::new(), Vec::new());
-                a.word_tfidf
-                    .push_difference(&b.word_tfidf, word_offset, &mut indices, &mut values);
-                a.char_tfidf
-                    .push_difference(&b.char_tfidf, char_offset, &mut indices, &mut values);
-                (dense.0, indices, values)
+        // A few blocks per thread balance the load; each block keeps its own scratch buffers
+        // (and word cache) for all its rows.
+        let block_len = battles
+            .len()
+            .div_ceil(8 * rayon::current_num_threads())
+            .max(1);
+        let blocks: Vec<Rows> = battles
+            .par_chunks(block_len)
+            .map(|block| {
+                let mut scratch = tfidf::Scratch::default();
+                let mut rows = Rows::default();
+                for battle in block {
+                    self.push_row(battle, &mut scratch, &mut rows);
+                }
+                rows
             })
             .collect();
 
-        let sparse_nnz = rows.iter().map(|(_, indices, _)| indices.len()).sum();
+        let n_rows = blocks.iter().map(|b| b.sparse_ends.len()).sum::<usize>();
+        let sparse_nnz = blocks.iter().map(|b| b.sparse_indices.len()).sum();
         let mut table = FeatureTable {
             kinds: self.dense_kinds.clone(),
             n_cols: self.names.len(),
-            dense: Vec::with_capacity(rows.len() * n_dense),
-            sparse_indptr: Vec::with_capacity(rows.len() + 1),
+            dense: Vec::with_capacity(n_rows * self.dense_kinds.len()),
+            sparse_indptr: Vec::with_capacity(n_rows + 1),
             sparse_indices: Vec::with_capacity(sparse_nnz),
             sparse_values: Vec::with_capacity(sparse_nnz),
         };
         table.sparse_indptr.push(0);
-        for (dense, indices, values) in rows {
-            table.dense.extend_from_slice(&dense);
-            table.sparse_indices.extend_from_slice(&indices);
-            table.sparse_values.extend_from_slice(&values);
-            table.sparse_indptr.push(table.sparse_indices.len());
+        for block in blocks {
+            let offset = table.sparse_indices.len();
+            table.dense.extend_from_slice(&block.dense);
+            table
+                .sparse_indices
+                .extend_from_slice(&block.sparse_indices);
+            table.sparse_values.extend_from_slice(&block.sparse_values);
+            table
+                .sparse_indptr
+                .extend(block.sparse_ends.iter().map(|end| offset + end));
         }
         table
+    }
+
+    /// Appends the dense values and the A − B TF-IDF differences of one battle.
+    fn push_row(&self, battle: &Battle, scratch: &mut tfidf::Scratch, rows: &mut Rows) {
+        let prompt = analyze(&battle.prompt, &self.tfidf, scratch);
+        let a = analyze(&battle.response_a, &self.tfidf, scratch);
+        let b = analyze(&battle.response_b, &self.tfidf, scratch);
+        let identical = battle.response_a == battle.response_b;
+        let mut dense = Values(std::mem::take(&mut rows.dense));
+        write_dense_row(&mut dense, &prompt, &a, &b, identical, self.similarities);
+        rows.dense = dense.0;
+
+        let word_offset = self.dense_kinds.len() as u32;
+        let char_offset = word_offset + self.tfidf.word.as_ref().map_or(0, |v| v.len() as u32);
+        let (indices, values) = (&mut rows.sparse_indices, &mut rows.sparse_values);
+        a.word_tfidf
+            .push_difference(&b.word_tfidf, word_offset, indices, values);
+        a.char_tfidf
+            .push_difference(&b.char_tfidf, char_offset, indices, values);
+        rows.sparse_ends.push(rows.sparse_indices.len());
     }
 
     pub fn feature_names(&self) -> &[String] {
         &self.names
     }
+}
+
+/// Feature rows of a block of battles, concatenated into a [`FeatureTable`] afterwards.
+#[derive(Default)]
+struct Rows {
+    dense: Vec<f32>,
+    /// End of each row in `sparse_indices`/`sparse_values`.
+    sparse_ends: Vec<usize>,
+    sparse_indices: Vec<u32>,
+    sparse_values: Vec<f32>,
 }
 
 /// At most `max` items (0: all), evenly spaced and in order.

@@ -196,36 +196,53 @@ impl Tokens<'_> {
                 }
             }
             Analyzer::Char { min, max } => {
-                let mut padded = String::new();
-                let mut boundaries: Vec<usize> = Vec::new();
+                let mut buffers = CharGramBuffers::default();
                 for word in self.words {
-                    padded.clear();
-                    padded.push(' ');
-                    padded.push_str(word);
-                    padded.push(' ');
-                    let bytes = padded.as_bytes();
-                    if padded.is_ascii() {
-                        // One byte per char: no boundary table needed.
-                        for n in min..=max.min(bytes.len()) {
-                            for start in 0..=bytes.len() - n {
-                                let gram = &padded[start..start + n];
-                                visit(char_gram_key(gram.as_bytes()), Gram::Chars(gram));
-                            }
-                        }
-                        continue;
-                    }
-                    boundaries.clear();
-                    boundaries.extend(padded.char_indices().map(|(at, _)| at));
-                    boundaries.push(padded.len());
-                    let n_chars = boundaries.len() - 1;
-                    for n in min..=max.min(n_chars) {
-                        for start in 0..=n_chars - n {
-                            let gram = &padded[boundaries[start]..boundaries[start + n]];
-                            visit(char_gram_key(gram.as_bytes()), Gram::Chars(gram));
-                        }
-                    }
+                    for_each_char_gram(word, min, max, &mut buffers, &mut visit);
                 }
             }
+        }
+    }
+}
+
+/// Reusable buffers for [`for_each_char_gram`].
+#[derive(Default)]
+struct CharGramBuffers {
+    padded: String,
+    boundaries: Vec<usize>,
+}
+
+/// Calls `visit(key, gram)` for every `min..=max`-char n-gram of `word` padded with spaces.
+fn for_each_char_gram(
+    word: &str,
+    min: usize,
+    max: usize,
+    buffers: &mut CharGramBuffers,
+    visit: &mut impl FnMut(u64, Gram<'_>),
+) {
+    let CharGramBuffers { padded, boundaries } = buffers;
+    padded.clear();
+    padded.push(' ');
+    padded.push_str(word);
+    padded.push(' ');
+    if padded.is_ascii() {
+        // One byte per char: no boundary table needed.
+        for n in min..=max.min(padded.len()) {
+            for start in 0..=padded.len() - n {
+                let gram = &padded[start..start + n];
+                visit(char_gram_key(gram.as_bytes()), Gram::Chars(gram));
+            }
+        }
+        return;
+    }
+    boundaries.clear();
+    boundaries.extend(padded.char_indices().map(|(at, _)| at));
+    boundaries.push(padded.len());
+    let n_chars = boundaries.len() - 1;
+    for n in min..=max.min(n_chars) {
+        for start in 0..=n_chars - n {
+            let gram = &padded[boundaries[start]..boundaries[start + n]];
+            visit(char_gram_key(gram.as_bytes()), Gram::Chars(gram));
         }
     }
 }
@@ -423,19 +440,48 @@ impl Vocabulary {
 
     /// Sublinear-tf TF-IDF vector of one document, l2-normalised.
     pub fn transform(&self, tokens: &Tokens<'_>, scratch: &mut Scratch) -> SparseVec {
-        let Scratch { counts, touched } = scratch;
+        let Scratch {
+            counts,
+            touched,
+            char_columns_of_word,
+            char_buffers,
+        } = scratch;
         if counts.len() < self.len() {
             counts.resize(self.len(), 0);
         }
-        tokens.for_each_gram(self.analyzer, |key, _| {
-            if let Some(&column) = self.columns.get(&key) {
-                let count = &mut counts[column as usize];
-                if *count == 0 {
-                    touched.push(column);
-                }
-                *count += 1;
+        let mut count = |column: u32| {
+            let count = &mut counts[column as usize];
+            if *count == 0 {
+                touched.push(column);
             }
-        });
+            *count += 1;
+        };
+        match self.analyzer {
+            Analyzer::Word { .. } => tokens.for_each_gram(self.analyzer, |key, _| {
+                if let Some(&column) = self.columns.get(&key) {
+                    count(column);
+                }
+            }),
+            Analyzer::Char { min, max } => {
+                // Words repeat a lot, so their char n-gram columns are looked up once per
+                // distinct word and then reused.
+                if char_columns_of_word.len() > MAX_CACHED_WORDS {
+                    char_columns_of_word.clear();
+                }
+                for (word, &hash) in tokens.words.iter().zip(tokens.hashes) {
+                    let columns = char_columns_of_word.entry(hash).or_insert_with(|| {
+                        let mut columns = Vec::new();
+                        for_each_char_gram(word, min, max, char_buffers, &mut |key, _| {
+                            if let Some(&column) = self.columns.get(&key) {
+                                columns.push(column);
+                            }
+                        });
+                        columns.into_boxed_slice()
+                    });
+                    columns.iter().for_each(|&column| count(column));
+                }
+            }
+        }
         touched.sort_unstable();
         let weights: Vec<f64> = touched
             .iter()
@@ -453,12 +499,19 @@ impl Vocabulary {
     }
 }
 
+/// Bound on the per-thread word -> char n-gram columns cache (it is cleared when exceeded).
+const MAX_CACHED_WORDS: usize = 200_000;
+
 /// Per-thread buffers for [`Vocabulary::transform`]: occurrence counts per column (all zero
-/// between calls) and the columns seen in the current document.
+/// between calls), the columns seen in the current document, and the char n-gram columns of
+/// words seen before (valid for one vocabulary: a `Scratch` must not be shared between
+/// extractors).
 #[derive(Default)]
 pub(crate) struct Scratch {
     counts: Vec<u32>,
     touched: Vec<u32>,
+    char_columns_of_word: FxHashMap<u64, Box<[u32]>>,
+    char_buffers: CharGramBuffers,
 }
 
 /// Finds the text of every selected n-gram by scanning documents until all are named
