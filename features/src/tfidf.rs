@@ -639,6 +639,33 @@ mod tests {
     }
 
     #[test]
+    fn max_chars_keeps_only_words_inside_the_prefix() {
+        let words = Words::new("ab cd éf gh");
+        assert_eq!(words.tokens(0).words, ["ab", "cd", "éf", "gh"]);
+        // The first 5 chars are "ab cd": "cd" ends exactly at the cut.
+        assert_eq!(words.tokens(5).words, ["ab", "cd"]);
+        assert_eq!(words.tokens(7).words, ["ab", "cd"], "éf is cut in half");
+        assert_eq!(words.tokens(8).words, ["ab", "cd", "éf"]);
+        assert_eq!(words.tokens(100).words.len(), 4);
+    }
+
+    #[test]
+    fn non_ascii_char_ngrams_count_chars_not_bytes() {
+        let vocabulary = fit(&["né"], Analyzer::Char { min: 3, max: 3 }, 100, 1);
+        let mut names = vocabulary.names.clone();
+        names.sort();
+        assert_eq!(names, [" né", "né "]);
+    }
+
+    #[test]
+    fn char_gram_keys_distinguish_lengths_and_long_grams() {
+        assert_ne!(char_gram_key(b"ab"), char_gram_key(b"ab\0"));
+        assert_ne!(char_gram_key(b"abcdefg"), char_gram_key(b"abcdefgh"));
+        assert_eq!(char_gram_key(b"abcdefgh") >> 63, 1);
+        assert_eq!(char_gram_key(b"abcdefg") >> 63, 0);
+    }
+
+    #[test]
     fn sparse_difference_and_dot() {
         let a = SparseVec {
             indices: vec![0, 2, 5],
