@@ -38,6 +38,34 @@ fn read_battles(path: &str) -> Vec<Battle> {
         .collect()
 }
 
+/// CPU seconds (user + system) used by this process so far, from /proc (Linux); the machine
+/// may be shared, so CPU time is the steadier measure next to wall time.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs `stage`, printing its wall and CPU time.
+fn timed<T>(label: &str, stage: impl FnOnce() -> T) -> (T, f64) {
+    let (wall, cpu) = (Instant::now(), cpu_seconds());
+    let result = stage();
+    let wall = wall.elapsed().as_secs_f64();
+    println!(
+        "{label:<20} {wall:>6.2} s wall  {:>6.2} s cpu",
+        cpu_seconds() - cpu
+    );
+    (result, wall)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let paths = if args.is_empty() {
@@ -49,41 +77,30 @@ fn main() {
         args
     };
 
-    let start = Instant::now();
-    let battles: Vec<Battle> = paths.iter().flat_map(|p| read_battles(p)).collect();
-    println!(
-        "read + parse_turns: {:>6.2} s  ({} battles)",
-        start.elapsed().as_secs_f64(),
-        battles.len()
-    );
+    println!("rayon threads: {}", rayon::current_num_threads());
+    let (battles, _) = timed("read + parse_turns", || {
+        paths
+            .iter()
+            .flat_map(|p| read_battles(p))
+            .collect::<Vec<Battle>>()
+    });
+    println!("battles: {}", battles.len());
 
     // FEATURE_CONFIG='{"tfidf": {"char_max_features": 2000}}' overrides the defaults.
     let config: FeatureConfig = match std::env::var("FEATURE_CONFIG") {
         Ok(json) => serde_json::from_str(&json).expect("FEATURE_CONFIG is a FeatureConfig"),
         Err(_) => FeatureConfig::default(),
     };
-    let start = Instant::now();
-    let extractor = Extractor::fit(&battles, &config).expect("fit");
-    let fit_s = start.elapsed().as_secs_f64();
-    println!(
-        "fit:                {fit_s:>6.2} s  ({} columns)",
-        extractor.feature_names().len()
-    );
-
-    let start = Instant::now();
-    let table = extractor.transform(&battles);
-    let transform_s = start.elapsed().as_secs_f64();
-    println!("transform:          {transform_s:>6.2} s");
-    println!("fit + transform:    {:>6.2} s", fit_s + transform_s);
-
-    let start = Instant::now();
+    let (extractor, fit_s) = timed("fit", || Extractor::fit(&battles, &config).expect("fit"));
+    let (table, transform_s) = timed("transform", || extractor.transform(&battles));
+    println!("fit + transform:     {:>6.2} s wall", fit_s + transform_s);
     let rows: Vec<usize> = (0..table.n_rows()).collect();
-    let given = table.csr(&rows, Orientation::AsGiven);
-    let swapped = table.csr(&rows, Orientation::Swapped);
-    println!(
-        "csr (both):         {:>6.2} s",
-        start.elapsed().as_secs_f64()
-    );
+    let ((given, swapped), _) = timed("csr (both)", || {
+        (
+            table.csr(&rows, Orientation::AsGiven),
+            table.csr(&rows, Orientation::Swapped),
+        )
+    });
 
     let nnz_per_row: Vec<usize> = given
         .indptr

@@ -6,6 +6,19 @@
 //! similarities, and the sparse difference of A's and B's TF-IDF vectors. The table is stored
 //! once and exported as CSR in either [`Orientation`]; exporting a battle as
 //! [`Orientation::Swapped`] is bit-identical to computing the features of the swapped battle.
+//!
+//! Columns (turns joined by a blank line; `p_` prompt, `a_`/`b_` responses):
+//! - counts, as `p_x a_x b_x diff_x logratio_x` (diff = a − b, logratio = ln(1+a) − ln(1+b)):
+//!   turns, chars, words (`unicode_words`), unique_words, sentences, lines, paragraphs,
+//!   headers, bullets, numbered, code_blocks, code_lines, table_rows, bold, links, refusals,
+//!   apologies, digits, punctuation, questions, exclamations;
+//! - ratios, as `p_x a_x b_x diff_x`: ttr, hapax_ratio, mtld, uppercase_ratio,
+//!   non_ascii_ratio, words_per_sentence, chars_per_word;
+//! - response vs prompt, as `a_x b_x diff_x`: prompt_overlap (share of the response's word
+//!   types found in the prompt), prompt_coverage (share of the prompt's types in the
+//!   response), sim_word_tfidf_prompt, sim_char_tfidf_prompt (cosines);
+//! - A vs B (symmetric): identical_ab, jaccard_words_ab, sim_word_tfidf_ab, sim_char_tfidf_ab;
+//! - `tfidf_w:<n-gram>` and `tfidf_c:<n-gram>`: A's minus B's TF-IDF weight.
 
 mod analysis;
 mod columns;
@@ -25,8 +38,10 @@ use tfidf::Tfidf;
 pub use tfidf::TfidfConfig;
 pub use turns::{parse_turns, Turns, TurnsIssue};
 
+/// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A [`FeatureConfig`] value out of range (e.g. an empty n-gram range).
     #[error("invalid feature configuration: {0}")]
     InvalidConfig(String),
 }
@@ -50,6 +65,8 @@ impl Battle {
     }
 }
 
+/// Settings of the feature extraction; `Default` gives the tuned defaults. Deserialises from a
+/// partial document (missing fields take their defaults; unknown fields are rejected).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeatureConfig {

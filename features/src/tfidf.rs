@@ -80,9 +80,12 @@ impl TfidfConfig {
         if !(self.max_df > 0.0 && self.max_df <= 1.0) {
             return invalid("tfidf max_df must be in (0, 1]");
         }
-        if self.word_max_features > u32::MAX as usize || self.char_max_features > u32::MAX as usize
-        {
-            return invalid("tfidf max_features must fit in 32 bits");
+        // CSR column indices are i32; leave room for the dense columns.
+        let tfidf_columns = self
+            .word_max_features
+            .saturating_add(self.char_max_features);
+        if tfidf_columns > i32::MAX as usize / 2 {
+            return invalid("tfidf word_max_features + char_max_features must be below 2^30");
         }
         Ok(())
     }
