@@ -340,3 +340,48 @@ fn config_is_strict_and_validated() {
         7
     );
 }
+
+#[test]
+fn edge_case_texts_are_finite_and_swap_exactly() {
+    let long_word = "https://example.com/".to_string() + &"x".repeat(5000);
+    let battles = vec![
+        Battle::default(),
+        Battle {
+            prompt: turns(&[""]),
+            response_a: turns(&["   \n\n  "]),
+            response_b: turns(&[]),
+        },
+        Battle {
+            prompt: turns(&["😀😀", "Qu'est-ce que c'est ?"]),
+            response_a: turns(&["Ça veut dire « bonjour » — 你好。", ""]),
+            response_b: turns(&[&long_word]),
+        },
+        Battle {
+            prompt: turns(&["Write code"]),
+            response_a: turns(&["```python\nprint('hi')\n```"]),
+            response_b: turns(&["```\nunclosed"]),
+        },
+    ];
+    let mut config = small_config();
+    config.tfidf.min_df = 1;
+    let extractor = Extractor::fit(&battles, &config).unwrap();
+    let table = extractor.transform(&battles);
+    let swapped: Vec<Battle> = battles.iter().map(Battle::swapped).collect();
+    let swapped_table = extractor.transform(&swapped);
+    let all: Vec<usize> = (0..battles.len()).collect();
+    for orientation in [Orientation::AsGiven, Orientation::Swapped] {
+        assert_csr_invariants(&table.csr(&all, orientation));
+    }
+    assert_bit_identical(
+        &swapped_table.csr(&all, Orientation::AsGiven),
+        &table.csr(&all, Orientation::Swapped),
+        "edge cases",
+    );
+    // An empty battle has only its identical-responses flag set.
+    let empty = table.csr(&[0], Orientation::AsGiven);
+    assert_eq!(empty.indices.len(), 1);
+    assert_eq!(
+        extractor.feature_names()[empty.indices[0] as usize],
+        "identical_ab"
+    );
+}
