@@ -177,9 +177,8 @@ impl Extractor {
         let a = analyze(&battle.response_a, &self.tfidf, scratch);
         let b = analyze(&battle.response_b, &self.tfidf, scratch);
         let identical = battle.response_a == battle.response_b;
-        let mut dense = Values(std::mem::take(&mut rows.dense));
+        let mut dense = Values(&mut rows.dense);
         write_dense_row(&mut dense, &prompt, &a, &b, identical, self.similarities);
-        rows.dense = dense.0;
 
         let word_offset = self.dense_kinds.len() as u32;
         let char_offset = word_offset + self.tfidf.word.as_ref().map_or(0, |v| v.len() as u32);
