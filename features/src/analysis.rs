@@ -4,7 +4,7 @@
 use crate::structure::{structure, Structure};
 use crate::text_stats::{char_classes, diversity, phrase_counts, sentences, CharClasses};
 use crate::text_stats::{Diversity, Words};
-use crate::tfidf::{SparseVec, Tfidf};
+use crate::tfidf::{Scratch, SparseVec, Tfidf};
 
 /// Turns are joined with a blank line, so each turn starts a new paragraph.
 pub(crate) fn join_turns(turns: &[String]) -> String {
@@ -27,7 +27,7 @@ pub(crate) struct TextAnalysis {
     pub char_tfidf: SparseVec,
 }
 
-pub(crate) fn analyze(turns: &[String], tfidf: &Tfidf, scratch: &mut Vec<u32>) -> TextAnalysis {
+pub(crate) fn analyze(turns: &[String], tfidf: &Tfidf, scratch: &mut Scratch) -> TextAnalysis {
     let text = join_turns(turns);
     let lowercase = text.to_lowercase();
     let words = Words::new(&lowercase);

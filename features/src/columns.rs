@@ -68,10 +68,10 @@ impl ColumnSink for Schema {
     }
 }
 
-/// Collects the values of one row.
-pub(crate) struct Values(pub Vec<f32>);
+/// Appends the values of one row.
+pub(crate) struct Values<'a>(pub &'a mut Vec<f32>);
 
-impl ColumnSink for Values {
+impl ColumnSink for Values<'_> {
     fn push(&mut self, _name: impl FnOnce() -> String, _kind: ColumnKind, value: f64) {
         self.0.push(value as f32);
     }

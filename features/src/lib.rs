@@ -6,6 +6,19 @@
 //! similarities, and the sparse difference of A's and B's TF-IDF vectors. The table is stored
 //! once and exported as CSR in either [`Orientation`]; exporting a battle as
 //! [`Orientation::Swapped`] is bit-identical to computing the features of the swapped battle.
+//!
+//! Columns (turns joined by a blank line; `p_` prompt, `a_`/`b_` responses):
+//! - counts, as `p_x a_x b_x diff_x logratio_x` (diff = a − b, logratio = ln(1+a) − ln(1+b)):
+//!   turns, chars, words (`unicode_words`), unique_words, sentences, lines, paragraphs,
+//!   headers, bullets, numbered, code_blocks, code_lines, table_rows, bold, links, refusals,
+//!   apologies, digits, punctuation, questions, exclamations;
+//! - ratios, as `p_x a_x b_x diff_x`: ttr, hapax_ratio, mtld, uppercase_ratio,
+//!   non_ascii_ratio, words_per_sentence, chars_per_word;
+//! - response vs prompt, as `a_x b_x diff_x`: prompt_overlap (share of the response's word
+//!   types found in the prompt), prompt_coverage (share of the prompt's types in the
+//!   response), sim_word_tfidf_prompt, sim_char_tfidf_prompt (cosines);
+//! - A vs B (symmetric): identical_ab, jaccard_words_ab, sim_word_tfidf_ab, sim_char_tfidf_ab;
+//! - `tfidf_w:<n-gram>` and `tfidf_c:<n-gram>`: A's minus B's TF-IDF weight.
 
 mod analysis;
 mod columns;
@@ -25,8 +38,10 @@ use tfidf::Tfidf;
 pub use tfidf::TfidfConfig;
 pub use turns::{parse_turns, Turns, TurnsIssue};
 
+/// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A [`FeatureConfig`] value out of range (e.g. an empty n-gram range).
     #[error("invalid feature configuration: {0}")]
     InvalidConfig(String),
 }
@@ -50,6 +65,8 @@ impl Battle {
     }
 }
 
+/// Settings of the feature extraction; `Default` gives the tuned defaults. Deserialises from a
+/// partial document (missing fields take their defaults; unknown fields are rejected).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeatureConfig {
@@ -109,51 +126,83 @@ impl Extractor {
         })
     }
 
-    /// Computes all features for every battle, in parallel over battles.
+    /// Computes all features for every battle, in parallel over blocks of battles.
     pub fn transform(&self, battles: &[Battle]) -> FeatureTable {
-        let n_dense = self.dense_kinds.len();
-        let word_offset = n_dense as u32;
-        let char_offset = word_offset + self.tfidf.word.as_ref().map_or(0, |v| v.len() as u32);
-        let rows: Vec<(Vec<f32>, Vec<u32>, Vec<f32>)> = battles
-            .par_iter()
-            .map_init(Vec::new, |scratch, battle| {
-                let prompt = analyze(&battle.prompt, &self.tfidf, scratch);
-                let a = analyze(&battle.response_a, &self.tfidf, scratch);
-                let b = analyze(&battle.response_b, &self.tfidf, scratch);
-                let identical = battle.response_a == battle.response_b;
-                let mut dense = Values(Vec::with_capacity(n_dense));
-                write_dense_row(&mut dense, &prompt, &a, &b, identical, self.similarities);
-                let (mut indices, mut values) = (Vec::new(), Vec::new());
-                a.word_tfidf
-                    .push_difference(&b.word_tfidf, word_offset, &mut indices, &mut values);
-                a.char_tfidf
-                    .push_difference(&b.char_tfidf, char_offset, &mut indices, &mut values);
-                (dense.0, indices, values)
+        // A few blocks per thread balance the load; each block keeps its own scratch buffers
+        // (and word cache) for all its rows.
+        let block_len = battles
+            .len()
+            .div_ceil(8 * rayon::current_num_threads())
+            .max(1);
+        let blocks: Vec<Rows> = battles
+            .par_chunks(block_len)
+            .map(|block| {
+                let mut scratch = tfidf::Scratch::default();
+                let mut rows = Rows::default();
+                for battle in block {
+                    self.push_row(battle, &mut scratch, &mut rows);
+                }
+                rows
             })
             .collect();
 
-        let sparse_nnz = rows.iter().map(|(_, indices, _)| indices.len()).sum();
+        let n_rows = blocks.iter().map(|b| b.sparse_ends.len()).sum::<usize>();
+        let sparse_nnz = blocks.iter().map(|b| b.sparse_indices.len()).sum();
         let mut table = FeatureTable {
             kinds: self.dense_kinds.clone(),
             n_cols: self.names.len(),
-            dense: Vec::with_capacity(rows.len() * n_dense),
-            sparse_indptr: Vec::with_capacity(rows.len() + 1),
+            dense: Vec::with_capacity(n_rows * self.dense_kinds.len()),
+            sparse_indptr: Vec::with_capacity(n_rows + 1),
             sparse_indices: Vec::with_capacity(sparse_nnz),
             sparse_values: Vec::with_capacity(sparse_nnz),
         };
         table.sparse_indptr.push(0);
-        for (dense, indices, values) in rows {
-            table.dense.extend_from_slice(&dense);
-            table.sparse_indices.extend_from_slice(&indices);
-            table.sparse_values.extend_from_slice(&values);
-            table.sparse_indptr.push(table.sparse_indices.len());
+        for block in blocks {
+            let offset = table.sparse_indices.len();
+            table.dense.extend_from_slice(&block.dense);
+            table
+                .sparse_indices
+                .extend_from_slice(&block.sparse_indices);
+            table.sparse_values.extend_from_slice(&block.sparse_values);
+            table
+                .sparse_indptr
+                .extend(block.sparse_ends.iter().map(|end| offset + end));
         }
         table
+    }
+
+    /// Appends the dense values and the A − B TF-IDF differences of one battle.
+    fn push_row(&self, battle: &Battle, scratch: &mut tfidf::Scratch, rows: &mut Rows) {
+        let prompt = analyze(&battle.prompt, &self.tfidf, scratch);
+        let a = analyze(&battle.response_a, &self.tfidf, scratch);
+        let b = analyze(&battle.response_b, &self.tfidf, scratch);
+        let identical = battle.response_a == battle.response_b;
+        let mut dense = Values(&mut rows.dense);
+        write_dense_row(&mut dense, &prompt, &a, &b, identical, self.similarities);
+
+        let word_offset = self.dense_kinds.len() as u32;
+        let char_offset = word_offset + self.tfidf.word.as_ref().map_or(0, |v| v.len() as u32);
+        let (indices, values) = (&mut rows.sparse_indices, &mut rows.sparse_values);
+        a.word_tfidf
+            .push_difference(&b.word_tfidf, word_offset, indices, values);
+        a.char_tfidf
+            .push_difference(&b.char_tfidf, char_offset, indices, values);
+        rows.sparse_ends.push(rows.sparse_indices.len());
     }
 
     pub fn feature_names(&self) -> &[String] {
         &self.names
     }
+}
+
+/// Feature rows of a block of battles, concatenated into a [`FeatureTable`] afterwards.
+#[derive(Default)]
+struct Rows {
+    dense: Vec<f32>,
+    /// End of each row in `sparse_indices`/`sparse_values`.
+    sparse_ends: Vec<usize>,
+    sparse_indices: Vec<u32>,
+    sparse_values: Vec<f32>,
 }
 
 /// At most `max` items (0: all), evenly spaced and in order.

@@ -9,8 +9,12 @@ use unicode_segmentation::UnicodeSegmentation;
 
 /// 64-bit hash of a string; used for word types and n-grams instead of allocating Strings.
 pub(crate) fn hash_str(text: &str) -> u64 {
+    hash_bytes(text.as_bytes())
+}
+
+pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
     let mut hasher = FxHasher::default();
-    hasher.write(text.as_bytes());
+    hasher.write(bytes);
     hasher.finish()
 }
 
@@ -144,6 +148,7 @@ pub(crate) fn char_classes(text: &str) -> CharClasses {
 
 /// Sentences: runs of `.`, `!`, `?`, `…` (and CJK full stops) that end the text or are followed
 /// by whitespace, plus one for trailing text after the last such run (`3.14` does not split).
+/// Only runs preceded by letters count, so list markers like `1.` are not sentences.
 pub(crate) fn sentences(text: &str) -> usize {
     let is_terminator = |c: char| matches!(c, '.' | '!' | '?' | '…' | '。' | '！' | '？');
     let mut count = 0;
@@ -161,7 +166,7 @@ pub(crate) fn sentences(text: &str) -> usize {
                 count += 1;
                 pending_text = false;
             }
-        } else if c.is_alphanumeric() {
+        } else if c.is_alphabetic() {
             pending_text = true;
         }
     }
@@ -307,6 +312,7 @@ mod tests {
         assert_eq!(sentences("... !"), 0);
         assert_eq!(sentences(""), 0);
         assert_eq!(sentences("一。二。"), 2);
+        assert_eq!(sentences("1. Boil water.\n2. Add the egg."), 2);
     }
 
     #[test]
