@@ -40,15 +40,29 @@ enum FittedBlend {
 }
 
 impl FittedBlend {
-    fn fit(method: &Method, oof: &MemberMatrix, labels: &[Outcome]) -> Result<FittedBlend> {
+    /// Fits on `oof`; a weighted blend's optimiser starts from `previous`'s weights if given.
+    fn fit(
+        method: &Method,
+        oof: &MemberMatrix,
+        labels: &[Outcome],
+        previous: Option<&FittedBlend>,
+    ) -> Result<FittedBlend> {
         Ok(match method {
             Method::Weighted {
                 space,
                 weights,
                 calibrate,
-            } => FittedBlend::Weighted(WeightedBlend::fit(
-                *space, weights, *calibrate, oof, labels,
-            )?),
+            } => FittedBlend::Weighted(match previous {
+                Some(FittedBlend::Weighted(previous)) => WeightedBlend::fit_from(
+                    *space,
+                    weights,
+                    *calibrate,
+                    oof,
+                    labels,
+                    &previous.weights,
+                )?,
+                _ => WeightedBlend::fit(*space, weights, *calibrate, oof, labels)?,
+            }),
             Method::Stack => FittedBlend::Stack(StackModel::fit(oof, labels)?),
         })
     }
@@ -100,13 +114,13 @@ pub fn fit_blend(
             "the OOF and test predictions come from different numbers of members".into(),
         ));
     }
-    let full = FittedBlend::fit(method, oof, labels)?;
+    let full = FittedBlend::fit(method, oof, labels, None)?;
     let per_fold: Vec<(Vec<usize>, Vec<Probs>)> = (0..folds.n_folds())
         .into_par_iter()
         .map(|fold| {
             let (train, held_out) = folds.split(fold);
             let train_labels: Vec<Outcome> = train.iter().map(|&r| labels[r]).collect();
-            let fitted = FittedBlend::fit(method, &oof.select(&train), &train_labels)?;
+            let fitted = FittedBlend::fit(method, &oof.select(&train), &train_labels, Some(&full))?;
             let predicted = fitted.predict(&oof.select(&held_out));
             Ok((held_out, predicted))
         })

@@ -15,78 +15,85 @@ pub(crate) trait Objective {
 
 const MAX_ITERATIONS: usize = 200;
 /// Stops when the loss the Newton step promises to remove falls below this (relative) amount.
-const DECREMENT_TOLERANCE: f64 = 1e-15;
+const DECREMENT_TOLERANCE: f64 = 1e-14;
 /// A zero weight re-enters when its gradient is this much below the positive weights' gradient.
 const KKT_TOLERANCE: f64 = 1e-10;
 const ARMIJO: f64 = 1e-4;
 
-/// The minimising weights; fails only if Newton has not converged after many iterations.
-pub(crate) fn minimise(objective: &impl Objective) -> Result<Vec<f64>> {
+/// The minimising weights, searched from `start` (non-negative, summing to 1); fails only if
+/// Newton has not converged after many iterations.
+pub(crate) fn minimise(objective: &impl Objective, start: &[f64]) -> Result<Vec<f64>> {
     let dim = objective.dim();
-    let mut weights = vec![1.0 / dim as f64; dim];
-    let mut free = vec![true; dim];
+    let mut weights = start.to_vec();
+    let mut free: Vec<bool> = weights.iter().map(|&w| w > 0.0).collect();
     for _ in 0..MAX_ITERATIONS {
         let (value, gradient, hessian) = objective.derivatives(&weights);
         let direction = newton_direction(&gradient, &hessian, &free);
         let promised = -dot(&gradient, &direction);
-        if promised <= DECREMENT_TOLERANCE * value.abs().max(1.0) {
-            // Optimal on this face: free the zero weight whose gradient most undercuts the face's.
-            let face: Vec<usize> = (0..dim).filter(|&k| free[k]).collect();
-            let face_gradient = face.iter().map(|&k| gradient[k]).sum::<f64>() / face.len() as f64;
-            let entering = (0..dim)
-                .filter(|&k| !free[k] && gradient[k] < face_gradient - KKT_TOLERANCE)
-                .min_by(|&a, &b| gradient[a].total_cmp(&gradient[b]));
-            match entering {
-                Some(k) => {
-                    free[k] = true;
-                    continue;
-                }
-                None => return Ok(weights),
-            }
-        }
-        // The longest step that keeps every weight non-negative.
-        let mut max_step = 1.0;
-        let mut blocking = None;
-        for k in 0..dim {
-            if direction[k] < 0.0 {
-                let step = -weights[k] / direction[k];
-                if step < max_step {
-                    max_step = step;
-                    blocking = Some(k);
-                }
-            }
-        }
-        let mut step = max_step;
-        let candidate = loop {
-            let candidate: Vec<f64> = weights
-                .iter()
-                .zip(&direction)
-                .map(|(w, d)| (w + step * d).max(0.0))
-                .collect();
-            if objective.value(&candidate) <= value - ARMIJO * step * promised {
-                break Some(candidate);
-            }
-            step *= 0.5;
-            if step < 1e-14 {
-                break None;
-            }
-        };
-        let Some(mut candidate) = candidate else {
-            // Rounding noise swamps the remaining improvement.
-            return Ok(weights);
-        };
-        if step == max_step {
-            if let Some(k) = blocking {
-                candidate[k] = 0.0;
+        let improved = (promised > DECREMENT_TOLERANCE * value.abs().max(1.0))
+            .then(|| line_search(objective, &weights, value, &direction, promised))
+            .flatten();
+        if let Some((next, blocked)) = improved {
+            weights = next;
+            if let Some(k) = blocked {
                 free[k] = false;
             }
+            continue;
         }
-        let total: f64 = candidate.iter().sum();
-        weights = candidate.into_iter().map(|w| w / total).collect();
+        // Optimal on this face: free the zero weight whose gradient most undercuts the face's.
+        let face: Vec<usize> = (0..dim).filter(|&k| free[k]).collect();
+        let face_gradient = face.iter().map(|&k| gradient[k]).sum::<f64>() / face.len() as f64;
+        let entering = (0..dim)
+            .filter(|&k| !free[k] && gradient[k] < face_gradient - KKT_TOLERANCE)
+            .min_by(|&a, &b| gradient[a].total_cmp(&gradient[b]));
+        match entering {
+            Some(k) => free[k] = true,
+            None => return Ok(weights),
+        }
     }
     Err(Error::Invalid(format!(
         "the weights did not converge in {MAX_ITERATIONS} Newton iterations (last {weights:?})"
     )))
+}
+
+/// Backtracks from the longest feasible step along `direction` until the loss drops enough
+/// (Armijo). Returns the new weights and the weight that the step drove to zero, if it went
+/// that far; `None` when no step lowers the loss (rounding noise swamps what is left).
+fn line_search(
+    objective: &impl Objective,
+    weights: &[f64],
+    value: f64,
+    direction: &[f64],
+    promised: f64,
+) -> Option<(Vec<f64>, Option<usize>)> {
+    let mut max_step = 1.0;
+    let mut blocking = None;
+    for (k, (&w, &d)) in weights.iter().zip(direction).enumerate() {
+        if d < 0.0 && -w / d < max_step {
+            max_step = -w / d;
+            blocking = Some(k);
+        }
+    }
+    let mut step = max_step;
+    while step > 1e-14 {
+        let mut candidate: Vec<f64> = weights
+            .iter()
+            .zip(direction)
+            .map(|(w, d)| (w + step * d).max(0.0))
+            .collect();
+        let blocked = blocking.filter(|_| step == max_step);
+        if let Some(k) = blocked {
+            candidate[k] = 0.0;
+        }
+        let total: f64 = candidate.iter().sum();
+        candidate.iter_mut().for_each(|w| *w /= total);
+        let candidate_value = objective.value(&candidate);
+        if candidate_value < value && candidate_value <= value - ARMIJO * step * promised {
+            return Some((candidate, blocked));
+        }
+        step *= 0.5;
+    }
+    None
 }
 
 /// The Newton step restricted to the free weights and to directions that keep the sum at 1:
@@ -194,7 +201,7 @@ mod tests {
             target: vec![0.5, 0.3, 0.2],
             scale: vec![1.0, 5.0, 0.1],
         };
-        let weights = minimise(&interior).unwrap();
+        let weights = minimise(&interior, &[1.0 / 3.0; 3]).unwrap();
         for (w, t) in weights.iter().zip(&interior.target) {
             assert!((w - t).abs() < 1e-9, "{weights:?}");
         }
@@ -204,7 +211,7 @@ mod tests {
             target: vec![1.0, 0.4, -0.3, -1.0],
             scale: vec![1.0; 4],
         };
-        let weights = minimise(&boundary).unwrap();
+        let weights = minimise(&boundary, &[0.0, 0.0, 0.5, 0.5]).unwrap();
         let expected = [0.8, 0.2, 0.0, 0.0];
         for (w, e) in weights.iter().zip(expected) {
             assert!((w - e).abs() < 1e-9, "{weights:?}");

@@ -40,12 +40,26 @@ impl WeightedBlend {
         oof: &MemberMatrix,
         labels: &[Outcome],
     ) -> Result<WeightedBlend> {
+        let uniform = vec![1.0 / oof.n_members() as f64; oof.n_members()];
+        WeightedBlend::fit_from(space, choice, calibrate, oof, labels, &uniform)
+    }
+
+    /// As [`WeightedBlend::fit`], the optimiser starting from `start` (weights summing to 1):
+    /// refits on most of the same rows converge faster from the full fit's weights.
+    pub(crate) fn fit_from(
+        space: Space,
+        choice: &WeightChoice,
+        calibrate: bool,
+        oof: &MemberMatrix,
+        labels: &[Outcome],
+        start: &[f64],
+    ) -> Result<WeightedBlend> {
         let weights = match choice {
             WeightChoice::Fixed(weights) => normalised_fixed(weights, oof.n_members())?,
             WeightChoice::Auto if oof.n_members() == 1 => vec![1.0],
             WeightChoice::Auto => match space {
-                Space::Probability => simplex::minimise(&ProbabilityLoss::new(oof, labels))?,
-                Space::Logit => simplex::minimise(&LogitLoss::new(oof, labels))?,
+                Space::Probability => simplex::minimise(&ProbabilityLoss::new(oof, labels), start)?,
+                Space::Logit => simplex::minimise(&LogitLoss::new(oof, labels), start)?,
             },
         };
         let mut blend = WeightedBlend {
@@ -173,8 +187,9 @@ impl Objective for ProbabilityLoss {
                 gradient[k] -= ratio[k];
             }
             for k in 0..m {
-                for j in k..m {
-                    hessian[k * m + j] += ratio[k] * ratio[j];
+                let rk = ratio[k];
+                for (h, rj) in hessian[k * m + k..(k + 1) * m].iter_mut().zip(&ratio[k..]) {
+                    *h += rk * rj;
                 }
             }
         }
@@ -234,6 +249,9 @@ impl Objective for LogitLoss {
         let m = self.n_members;
         let (mut value, mut gradient, mut hessian) = (0.0, vec![0.0; m], vec![0.0; m * m]);
         let mut expected = vec![0.0; m];
+        // √s_c (ln p_kc − E_s[ln p_k]) for each class c, members contiguous: the Hessian is the
+        // sum of their outer products (the covariance of the log-probabilities under s).
+        let mut centred = vec![0.0; 3 * m];
         for (logs, &y) in self.log_probs.chunks_exact(m).zip(&self.labels) {
             let z = LogitLoss::blended(weights, logs);
             let lse = log_sum_exp(z);
@@ -243,13 +261,18 @@ impl Objective for LogitLoss {
                 expected[k] = s[0] * logs[k][0] + s[1] * logs[k][1] + s[2] * logs[k][2];
                 gradient[k] += expected[k] - logs[k][y];
             }
-            // The Hessian is the covariance of the members' log-probabilities under s.
-            for k in 0..m {
-                for j in k..m {
-                    let second = s[0] * logs[k][0] * logs[j][0]
-                        + s[1] * logs[k][1] * logs[j][1]
-                        + s[2] * logs[k][2] * logs[j][2];
-                    hessian[k * m + j] += second - expected[k] * expected[j];
+            for c in 0..3 {
+                let root = s[c].sqrt();
+                for k in 0..m {
+                    centred[c * m + k] = root * (logs[k][c] - expected[k]);
+                }
+            }
+            for u in centred.chunks_exact(m) {
+                for k in 0..m {
+                    let uk = u[k];
+                    for (h, uj) in hessian[k * m + k..(k + 1) * m].iter_mut().zip(&u[k..]) {
+                        *h += uk * uj;
+                    }
                 }
             }
         }
