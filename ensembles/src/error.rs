@@ -19,13 +19,10 @@ pub enum Error {
     /// A file that reads well but disagrees with the training data or another file.
     #[error("{path}: {message}")]
     Mismatch { path: PathBuf, message: String },
-    /// Any error met while loading or checking one member of a blend.
-    #[error("member {member}: {source}")]
-    Member {
-        member: String,
-        #[source]
-        source: Box<Error>,
-    },
+    /// Any error met while loading or checking one member of a blend. The inner error is
+    /// part of the message rather than a `source`, so that `{:#}` does not print it twice.
+    #[error("member {member}: {error}")]
+    Member { member: String, error: Box<Error> },
     #[error("{0}")]
     Invalid(String),
     #[error("stacking: {0}")]
@@ -44,9 +41,9 @@ impl Error {
 
     /// Wraps an error met while handling blend member `member`.
     pub(crate) fn in_member(member: &str) -> impl FnOnce(Error) -> Error + '_ {
-        move |source| Error::Member {
+        move |error| Error::Member {
             member: member.to_string(),
-            source: Box::new(source),
+            error: Box::new(error),
         }
     }
 }

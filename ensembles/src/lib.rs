@@ -2,8 +2,10 @@
 //! predictions into probabilities for the three outcomes of a battle.
 
 pub mod blend;
+pub mod cv;
 pub mod error;
 pub mod folds;
+pub mod lgbm;
 pub mod metrics;
 pub mod outcome;
 pub mod predictions;
