@@ -406,7 +406,8 @@ impl fmt::Display for BlendReport {
             writeln!(f, "{label:<width$}  {:>8}  {loss:>12.5}  {acc:>8.4}", "")?;
         }
         writeln!(f)?;
-        writeln!(f, "Nested estimate: {}.", self.nested_estimate)?;
+        let nested = self.nested_estimate.replacen("; ", ";\n  ", 1);
+        writeln!(f, "Nested estimate: {nested}.")?;
         write!(
             f,
             "Wrote {} and {}",
