@@ -28,6 +28,79 @@ pub enum Command {
     Importance(ImportanceArgs),
     /// Writes the generated example data set (train.csv, test.csv) to a folder.
     Example(ExampleArgs),
+    /// Blends members' OOF and test predictions into one submission, with weights fitted on
+    /// the OOF predictions and a nested (refitted per fold) estimate of the blend's loss.
+    #[command(long_about = BLEND_ABOUT)]
+    Blend(BlendArgs),
+}
+
+const BLEND_ABOUT: &str = "Blends members' OOF and test predictions into one submission.\n\n\
+    Each member brings out-of-fold predictions for every training id and predictions for every \
+    test id, in the submission's columns (id,winner_model_a,winner_model_b,winner_tie). All \
+    members are checked against the training labels and each other (ids, probabilities, folds) \
+    before anything is fitted.\n\n\
+    Writes the submission (test ids in the first member's order, probabilities clipped at 1e-15 \
+    and renormalised) and blend.json next to it, and prints a table with each member's OOF log \
+    loss, its weight, and the blend's in-sample and nested log loss. The nested estimate refits \
+    the blend on K-1 folds, predicts the held-out fold, pools the K held-out predictions and \
+    scores them once.\n\n\
+    Example:\n  \
+    ensemble blend --members runs/lgbm runs/deberta gemma=extra/g_oof.csv:extra/g_sub.csv \
+    --weights auto --train train.csv --out submission.csv";
+
+#[derive(Args, Debug)]
+pub struct BlendArgs {
+    /// The members, one or more. A member is a run folder `DIR` holding oof.csv,
+    /// submission.csv and optionally folds.csv (named after the folder), or explicit files
+    /// `NAME=OOF.csv:SUBMISSION.csv[:FOLDS.csv]` (paths must not contain `:`).
+    #[arg(long, value_name = "MEMBER", num_args = 1.., required = true)]
+    pub members: Vec<ensembles::blend::MemberSource>,
+    /// Training file in Kaggle's train.csv format (plain or .gz): the ids and labels the OOF
+    /// predictions are scored against.
+    #[arg(long, value_name = "PATH")]
+    pub train: PathBuf,
+    /// The submission to write; blend.json is written next to it.
+    #[arg(long, value_name = "PATH", default_value = "submission.csv")]
+    pub out: PathBuf,
+    /// `weighted`: a convex combination of the members (see --weights, --space, --calibrate).
+    /// `stack`: a multinomial logistic regression on the members' log-probabilities, fitted
+    /// out of fold for the estimate and on all rows for the test.
+    #[arg(long, value_enum, default_value_t = BlendMethod::Weighted)]
+    pub method: BlendMethod,
+    /// `auto`: non-negative weights summing to 1 that minimise the OOF log loss. Or one weight
+    /// per member, in --members order, e.g. `0.7,0.3` (rescaled to sum to 1). Weighted method
+    /// only [default: auto].
+    #[arg(long, value_name = "auto|W1,W2,..")]
+    pub weights: Option<String>,
+    /// `probability`: weighted mean of the probabilities. `logit`: weighted mean of the
+    /// log-probabilities, softmax-renormalised. Weighted method only [default: probability].
+    #[arg(long, value_enum)]
+    pub space: Option<BlendSpace>,
+    /// Also fit a temperature on the blended log-probabilities (weighted method only).
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Folds of the nested estimate as an `id,fold` file. Members' own folds.csv files come
+    /// first (and must agree with it); without either, stratified folds are made.
+    #[arg(long, value_name = "PATH")]
+    pub folds_file: Option<PathBuf>,
+    /// Number of stratified folds, when neither the members nor --folds-file give folds.
+    #[arg(long, value_name = "K", default_value_t = 10)]
+    pub folds: usize,
+    /// Seed of the stratified folds.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlendMethod {
+    Weighted,
+    Stack,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlendSpace {
+    Probability,
+    Logit,
 }
 
 #[derive(Args, Debug)]

@@ -16,8 +16,17 @@ pub enum Error {
         line: usize,
         message: String,
     },
+    /// A file that reads well but disagrees with the training data or another file.
+    #[error("{path}: {message}")]
+    Mismatch { path: PathBuf, message: String },
+    /// Any error met while loading or checking one member of a blend. The inner error is
+    /// part of the message rather than a `source`, so that `{:#}` does not print it twice.
+    #[error("member {member}: {error}")]
+    Member { member: String, error: Box<Error> },
     #[error("{0}")]
     Invalid(String),
+    #[error("stacking: {0}")]
+    Stacking(String),
     #[error("LightGBM: {0}")]
     LightGbm(String),
 }
@@ -28,5 +37,13 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+
+    /// Wraps an error met while handling blend member `member`.
+    pub(crate) fn in_member(member: &str) -> impl FnOnce(Error) -> Error + '_ {
+        move |error| Error::Member {
+            member: member.to_string(),
+            error: Box::new(error),
+        }
     }
 }

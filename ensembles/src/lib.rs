@@ -1,6 +1,7 @@
 //! Folds, boosters, blending and metrics: everything that turns a feature matrix or member
 //! predictions into probabilities for the three outcomes of a battle.
 
+pub mod blend;
 pub mod cv;
 pub mod error;
 pub mod folds;
@@ -10,4 +11,5 @@ pub mod outcome;
 pub mod predictions;
 
 pub use error::{Error, Result};
+pub use folds::Folds;
 pub use outcome::{Outcome, Probs, CLASS_COLUMNS};

@@ -1,4 +1,5 @@
 //! One module per subcommand.
+mod blend;
 mod cv;
 mod importance;
 
@@ -9,6 +10,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Cv(args) => cv::run(args),
         Command::Importance(args) => importance::run(args),
+        Command::Blend(args) => blend::run(args),
         Command::Example(args) => {
             crate::example::write(&args.out, args.rows, args.test_rows, args.seed)?;
             println!("wrote {0}/train.csv and {0}/test.csv", args.out.display());

@@ -1,0 +1,60 @@
+//! `ensemble blend`: members' predictions in, one submission and a report out.
+use crate::cli::{BlendArgs, BlendMethod, BlendSpace};
+use crate::data;
+use anyhow::{bail, Context, Result};
+use ensembles::blend::{self, BlendRequest, FoldsChoice, Method, Space, WeightChoice};
+
+pub fn run(args: BlendArgs) -> Result<()> {
+    let method = method(&args)?;
+    let train = data::read_train(&args.train)?;
+    let request = BlendRequest {
+        members: args.members,
+        method,
+        train_ids: train.battles.ids,
+        labels: train.labels,
+        folds: FoldsChoice {
+            file: args.folds_file,
+            n_folds: args.folds,
+            seed: args.seed,
+        },
+        out: args.out,
+    };
+    let report = blend::run(&request)?;
+    println!("{report}");
+    Ok(())
+}
+
+/// The blend method the flags ask for; flags that only apply to weighted blends are refused
+/// with `--method stack` rather than silently ignored.
+fn method(args: &BlendArgs) -> Result<Method> {
+    let weights = match args.weights.as_deref().map(str::trim) {
+        None | Some("auto") => WeightChoice::Auto,
+        Some(list) => WeightChoice::Fixed(
+            list.split(',')
+                .map(|w| {
+                    w.trim()
+                        .parse::<f64>()
+                        .with_context(|| format!("--weights: {w:?} is not a number"))
+                })
+                .collect::<Result<_>>()?,
+        ),
+    };
+    match args.method {
+        BlendMethod::Stack => {
+            if matches!(weights, WeightChoice::Fixed(_)) || args.space.is_some() || args.calibrate {
+                bail!(
+                    "--weights W1,W2,.., --space and --calibrate apply to --method weighted only"
+                );
+            }
+            Ok(Method::Stack)
+        }
+        BlendMethod::Weighted => Ok(Method::Weighted {
+            space: match args.space.unwrap_or(BlendSpace::Probability) {
+                BlendSpace::Probability => Space::Probability,
+                BlendSpace::Logit => Space::Logit,
+            },
+            weights,
+            calibrate: args.calibrate,
+        }),
+    }
+}
