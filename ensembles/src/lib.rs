@@ -6,6 +6,7 @@ pub mod folds;
 pub mod metrics;
 pub mod outcome;
 pub mod predictions;
+pub mod transformer;
 
 pub use error::{Error, Result};
 pub use outcome::{Outcome, Probs, CLASS_COLUMNS};
