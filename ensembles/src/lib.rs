@@ -1,8 +1,10 @@
 //! Folds, boosters, blending and metrics: everything that turns a feature matrix or member
 //! predictions into probabilities for the three outcomes of a battle.
 
+pub mod cv;
 pub mod error;
 pub mod folds;
+pub mod lgbm;
 pub mod metrics;
 pub mod outcome;
 pub mod predictions;

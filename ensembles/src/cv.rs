@@ -1,0 +1,404 @@
+//! K-fold cross-validation of a LightGBM model on position-swap-augmented rows.
+//!
+//! Every training row enters twice, as given and with A and B exchanged (label mirrored), and
+//! both copies always sit on the same side of a fold. Predictions average the model over both
+//! orientations, which makes them exactly mirror-symmetric.
+use crate::folds::Folds;
+use crate::lgbm::{self, CsrView, Dataset, Rounds};
+use crate::outcome::swap_average;
+use crate::{metrics, Error, Outcome, Probs, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Booster parameters, as in `configs/lgbm.toml`'s `[lgbm]` table.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BoosterParams {
+    pub learning_rate: f64,
+    pub num_leaves: usize,
+    pub min_data_in_leaf: usize,
+    pub feature_fraction: f64,
+    pub bagging_fraction: f64,
+    pub bagging_freq: usize,
+    pub lambda_l2: f64,
+    pub max_bin: usize,
+    pub max_rounds: usize,
+    pub early_stopping_rounds: usize,
+    /// 0 uses every core.
+    pub num_threads: usize,
+    pub seed: u64,
+    /// Any other LightGBM parameter, passed through as `key=value`.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Default for BoosterParams {
+    fn default() -> Self {
+        BoosterParams {
+            learning_rate: 0.05,
+            num_leaves: 31,
+            min_data_in_leaf: 40,
+            feature_fraction: 0.5,
+            bagging_fraction: 0.8,
+            bagging_freq: 1,
+            lambda_l2: 1.0,
+            max_bin: 63,
+            max_rounds: 2000,
+            early_stopping_rounds: 50,
+            num_threads: 0,
+            seed: 42,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+impl BoosterParams {
+    fn threads(&self) -> usize {
+        match self.num_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// Parameters of the binned dataset.
+    pub fn dataset_params(&self) -> String {
+        format!(
+            "verbosity=-1 max_bin={} num_threads={} seed={}",
+            self.max_bin,
+            self.threads(),
+            self.seed
+        )
+    }
+
+    /// Parameters of the booster, LightGBM's `key=value` form.
+    pub fn booster_params(&self) -> String {
+        let mut text = format!(
+            "objective=multiclass num_class=3 metric=multi_logloss verbosity=-1 \
+             deterministic=true force_col_wise=true learning_rate={} num_leaves={} \
+             min_data_in_leaf={} feature_fraction={} bagging_fraction={} bagging_freq={} \
+             lambda_l2={} max_bin={} num_threads={} seed={}",
+            self.learning_rate,
+            self.num_leaves,
+            self.min_data_in_leaf,
+            self.feature_fraction,
+            self.bagging_fraction,
+            self.bagging_freq,
+            self.lambda_l2,
+            self.max_bin,
+            self.threads(),
+            self.seed
+        );
+        for (key, value) in &self.extra {
+            text.push_str(&format!(" {key}={value}"));
+        }
+        text
+    }
+}
+
+/// The matrices a CV run needs, all with the same columns.
+pub struct CvInputs<'a> {
+    /// 2N rows: the N training rows as given, then the same N rows swapped.
+    pub train: CsrView<'a>,
+    pub labels: &'a [Outcome],
+    pub test_as_given: CsrView<'a>,
+    pub test_swapped: CsrView<'a>,
+}
+
+/// What the CV reports as it goes.
+pub enum Progress {
+    FoldStarted {
+        fold: usize,
+        n_folds: usize,
+    },
+    Round {
+        fold: usize,
+        round: usize,
+        valid_loss: f64,
+    },
+    FoldFinished(FoldReport),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FoldReport {
+    pub fold: usize,
+    pub train_rows: usize,
+    pub held_out_rows: usize,
+    pub best_iteration: usize,
+    pub log_loss: f64,
+    pub accuracy: f64,
+    pub seconds: f64,
+}
+
+pub struct CvOutput {
+    /// Out-of-fold probabilities, one per training row.
+    pub oof: Vec<Probs>,
+    /// Test probabilities averaged over the fold models.
+    pub test: Vec<Probs>,
+    pub folds: Vec<FoldReport>,
+    /// Gain and split counts per feature, averaged over the fold models.
+    pub gain: Vec<f64>,
+    pub split: Vec<f64>,
+    /// Each fold's model in LightGBM's text format.
+    pub models: Vec<String>,
+}
+
+/// Probabilities averaged over both orientations, given each orientation's flat predictions.
+fn swap_averaged(as_given: &[f64], swapped: &[f64]) -> Vec<Probs> {
+    as_given
+        .chunks_exact(3)
+        .zip(swapped.chunks_exact(3))
+        .map(|(p, q)| swap_average([p[0], p[1], p[2]], [q[0], q[1], q[2]]))
+        .collect()
+}
+
+/// Rows of the augmented matrix for the given training rows: each row and its swapped copy.
+fn augmented_rows(rows: &[usize], n: usize) -> Vec<usize> {
+    rows.iter()
+        .copied()
+        .chain(rows.iter().map(|&r| r + n))
+        .collect()
+}
+
+pub fn cross_validate(
+    inputs: &CvInputs<'_>,
+    folds: &Folds,
+    params: &BoosterParams,
+    mut progress: impl FnMut(Progress),
+) -> Result<CvOutput> {
+    let n = inputs.labels.len();
+    if inputs.train.n_rows() != 2 * n {
+        return Err(Error::Invalid(format!(
+            "the augmented matrix has {} rows for {n} labels; expected {}",
+            inputs.train.n_rows(),
+            2 * n
+        )));
+    }
+    let n_features = inputs.train.n_cols;
+    let labels: Vec<f32> = inputs
+        .labels
+        .iter()
+        .map(|l| l.index() as f32)
+        .chain(inputs.labels.iter().map(|l| l.swapped().index() as f32))
+        .collect();
+    let full = Dataset::from_csr(inputs.train, &labels, &params.dataset_params())?;
+    let booster_params = params.booster_params();
+    let rounds = Rounds {
+        max: params.max_rounds,
+        early_stopping: params.early_stopping_rounds,
+    };
+
+    let mut oof = vec![[f64::NAN; 3]; n];
+    let mut test = vec![[0.0; 3]; inputs.test_as_given.n_rows()];
+    let (mut gain, mut split) = (vec![0.0; n_features], vec![0.0; n_features]);
+    let (mut reports, mut models) = (Vec::new(), Vec::new());
+    let n_folds = folds.n_folds();
+    for fold in 0..n_folds {
+        let started = Instant::now();
+        progress(Progress::FoldStarted { fold, n_folds });
+        let (train_rows, held_out) = folds.split(fold);
+        let train_set = full.subset(&augmented_rows(&train_rows, n), "")?;
+        let valid_set = full.subset(&augmented_rows(&held_out, n), "")?;
+        let trained = lgbm::train(
+            &train_set,
+            &valid_set,
+            &booster_params,
+            rounds,
+            |round, loss| {
+                progress(Progress::Round {
+                    fold,
+                    round,
+                    valid_loss: loss,
+                })
+            },
+        )?;
+        drop((train_set, valid_set));
+
+        let predict_threads = format!("num_threads={}", params.threads());
+        let predict = |rows: &[usize]| -> Result<Vec<f64>> {
+            trained
+                .model
+                .predict(inputs.train.select_rows(rows).view(), &predict_threads)
+        };
+        let held_out_swapped: Vec<usize> = held_out.iter().map(|&r| r + n).collect();
+        let fold_probs = swap_averaged(&predict(&held_out)?, &predict(&held_out_swapped)?);
+        for (&row, p) in held_out.iter().zip(&fold_probs) {
+            oof[row] = *p;
+        }
+        let test_probs = swap_averaged(
+            &trained
+                .model
+                .predict(inputs.test_as_given, &predict_threads)?,
+            &trained
+                .model
+                .predict(inputs.test_swapped, &predict_threads)?,
+        );
+        for (sum, p) in test.iter_mut().zip(&test_probs) {
+            for k in 0..3 {
+                sum[k] += p[k] / n_folds as f64;
+            }
+        }
+        let (fold_gain, fold_split) = trained.model.importance(n_features)?;
+        for j in 0..n_features {
+            gain[j] += fold_gain[j] / n_folds as f64;
+            split[j] += fold_split[j] / n_folds as f64;
+        }
+
+        let fold_labels: Vec<Outcome> = held_out.iter().map(|&r| inputs.labels[r]).collect();
+        let report = FoldReport {
+            fold,
+            train_rows: train_rows.len(),
+            held_out_rows: held_out.len(),
+            best_iteration: trained.best_iteration,
+            log_loss: metrics::log_loss(&fold_labels, &fold_probs),
+            accuracy: metrics::accuracy(&fold_labels, &fold_probs),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        progress(Progress::FoldFinished(report.clone()));
+        reports.push(report);
+        models.push(trained.model.as_text().to_owned());
+    }
+    Ok(CvOutput {
+        oof,
+        test,
+        folds: reports,
+        gain,
+        split,
+        models,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lgbm::CsrOwned;
+
+    /// Rows with columns [a_len, b_len, a_len − b_len]; the longer answer tends to win.
+    fn battles(n: usize, seed: usize) -> (Vec<[f32; 2]>, Vec<Outcome>) {
+        let mut rows = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..n {
+            let a = ((i * 7919 + seed) % 97) as f32;
+            let b = ((i * 104_729 + 3 * seed) % 89) as f32;
+            let noise = (i * 31 + seed) % 10;
+            let label = match (a - b, noise) {
+                (_, 0) => Outcome::Tie,
+                (d, _) if d > 5.0 => Outcome::A,
+                (d, _) if d < -5.0 => Outcome::B,
+                _ => Outcome::Tie,
+            };
+            rows.push([a, b]);
+            labels.push(label);
+        }
+        (rows, labels)
+    }
+
+    fn matrix(rows: &[[f32; 2]], swapped: bool) -> CsrOwned {
+        let mut csr = CsrOwned {
+            indptr: vec![0],
+            n_cols: 3,
+            ..Default::default()
+        };
+        for &[a, b] in rows {
+            let (a, b) = if swapped { (b, a) } else { (a, b) };
+            for (col, value) in [a, b, a - b].into_iter().enumerate() {
+                if value != 0.0 {
+                    csr.indices.push(col as i32);
+                    csr.values.push(value);
+                }
+            }
+            csr.indptr.push(csr.indices.len() as i64);
+        }
+        csr
+    }
+
+    fn augmented(rows: &[[f32; 2]]) -> CsrOwned {
+        let (given, swapped) = (matrix(rows, false), matrix(rows, true));
+        let offset = *given.indptr.last().unwrap();
+        CsrOwned {
+            indptr: given
+                .indptr
+                .iter()
+                .copied()
+                .chain(swapped.indptr[1..].iter().map(|p| p + offset))
+                .collect(),
+            indices: [given.indices, swapped.indices].concat(),
+            values: [given.values, swapped.values].concat(),
+            n_cols: 3,
+        }
+    }
+
+    fn params() -> BoosterParams {
+        BoosterParams {
+            num_threads: 1,
+            max_rounds: 200,
+            min_data_in_leaf: 10,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn swapped_copies_stay_on_their_rows_side_of_every_fold() {
+        let n = 50;
+        let labels: Vec<Outcome> = (0..n).map(|i| Outcome::ALL[i % 3]).collect();
+        let folds = Folds::stratified(&labels, 5, 3).unwrap();
+        for fold in 0..5 {
+            let (train, held_out) = folds.split(fold);
+            let train_aug = augmented_rows(&train, n);
+            let held_aug = augmented_rows(&held_out, n);
+            assert_eq!(train_aug.len() + held_aug.len(), 2 * n);
+            for row in &held_aug {
+                assert!(!train_aug.contains(row));
+                assert!(
+                    !train_aug.iter().any(|t| t % n == row % n),
+                    "row {} leaks",
+                    row % n
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cross_validation_fills_every_oof_row_and_predicts_mirror_symmetric() {
+        let (rows, labels) = battles(600, 1);
+        let (test_rows, _) = battles(40, 2);
+        let train = augmented(&rows);
+        let (test_given, test_swapped) = (matrix(&test_rows, false), matrix(&test_rows, true));
+        let folds = Folds::stratified(&labels, 3, 7).unwrap();
+        let inputs = CvInputs {
+            train: train.view(),
+            labels: &labels,
+            test_as_given: test_given.view(),
+            test_swapped: test_swapped.view(),
+        };
+        let mut finished = 0;
+        let out = cross_validate(&inputs, &folds, &params(), |event| {
+            if let Progress::FoldFinished(_) = event {
+                finished += 1;
+            }
+        })
+        .unwrap();
+        assert_eq!(finished, 3);
+        assert_eq!(out.models.len(), 3);
+        for p in out.oof.iter().chain(&out.test) {
+            assert!(p.iter().all(|v| v.is_finite() && *v > 0.0));
+            assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        }
+        let loss = metrics::log_loss(&labels, &out.oof);
+        assert!(
+            loss < 0.8 * metrics::log_loss(&labels, &vec![metrics::class_prior(&labels); 600]),
+            "{loss}"
+        );
+        // Feeding the test rows swapped must swap the first two probabilities exactly.
+        let mirrored_inputs = CvInputs {
+            test_as_given: test_swapped.view(),
+            test_swapped: test_given.view(),
+            ..inputs
+        };
+        let mirrored = cross_validate(&mirrored_inputs, &folds, &params(), |_| {}).unwrap();
+        for (p, q) in out.test.iter().zip(&mirrored.test) {
+            assert_eq!(*p, crate::outcome::swap_probs(*q));
+        }
+        assert_eq!(out.oof, mirrored.oof, "training is deterministic");
+        assert!(out.gain[2] > 0.0, "the difference column is used");
+    }
+}

@@ -1,0 +1,504 @@
+//! A small safe layer over LightGBM's C API (`lightgbm3-sys`). The `lightgbm3` crate's safe
+//! API keeps its handles private and has no CSR input or dataset subsets, both of which the
+//! CV needs: the sparse TF-IDF part goes in without densifying, and the binned dataset is
+//! built once and subset per fold instead of re-binned ten times.
+use crate::{Error, Result};
+use lightgbm3_sys as sys;
+use std::ffi::{c_void, CStr, CString};
+
+const DTYPE_FLOAT32: i32 = 0;
+const DTYPE_INT64: i32 = 3;
+const PREDICT_NORMAL: i32 = 0;
+const IMPORTANCE_SPLIT: i32 = 0;
+const IMPORTANCE_GAIN: i32 = 1;
+
+fn check(code: i32) -> Result<()> {
+    if code == 0 {
+        return Ok(());
+    }
+    // SAFETY: LightGBM returns a pointer to a thread-local, NUL-terminated message.
+    let message = unsafe { CStr::from_ptr(sys::LGBM_GetLastError()) };
+    Err(Error::LightGbm(message.to_string_lossy().into_owned()))
+}
+
+fn c_string(text: &str) -> Result<CString> {
+    CString::new(text).map_err(|_| Error::Invalid(format!("NUL byte in LightGBM text {text:?}")))
+}
+
+/// Rows of a sparse matrix in CSR form, borrowed. Column indices are sorted within a row.
+#[derive(Clone, Copy, Debug)]
+pub struct CsrView<'a> {
+    pub indptr: &'a [i64],
+    pub indices: &'a [i32],
+    pub values: &'a [f32],
+    pub n_cols: usize,
+}
+
+impl CsrView<'_> {
+    pub fn n_rows(&self) -> usize {
+        self.indptr.len().saturating_sub(1)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let nnz = self.indices.len();
+        let ok = !self.indptr.is_empty()
+            && self.indptr[0] == 0
+            && *self.indptr.last().unwrap() as usize == nnz
+            && self.values.len() == nnz
+            && self.indptr.windows(2).all(|w| w[0] <= w[1])
+            && self
+                .indices
+                .iter()
+                .all(|&c| c >= 0 && (c as usize) < self.n_cols);
+        ok.then_some(())
+            .ok_or_else(|| Error::Invalid("malformed CSR matrix".into()))
+    }
+
+    /// The given rows, in that order, as an owned matrix.
+    pub fn select_rows(&self, rows: &[usize]) -> CsrOwned {
+        let mut out = CsrOwned {
+            indptr: Vec::with_capacity(rows.len() + 1),
+            indices: Vec::new(),
+            values: Vec::new(),
+            n_cols: self.n_cols,
+        };
+        out.indptr.push(0);
+        for &row in rows {
+            let (start, end) = (self.indptr[row] as usize, self.indptr[row + 1] as usize);
+            out.indices.extend_from_slice(&self.indices[start..end]);
+            out.values.extend_from_slice(&self.values[start..end]);
+            out.indptr.push(out.indices.len() as i64);
+        }
+        out
+    }
+}
+
+/// An owned CSR matrix (see [`CsrView`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CsrOwned {
+    pub indptr: Vec<i64>,
+    pub indices: Vec<i32>,
+    pub values: Vec<f32>,
+    pub n_cols: usize,
+}
+
+impl CsrOwned {
+    pub fn view(&self) -> CsrView<'_> {
+        CsrView {
+            indptr: &self.indptr,
+            indices: &self.indices,
+            values: &self.values,
+            n_cols: self.n_cols,
+        }
+    }
+}
+
+/// A binned LightGBM dataset with labels.
+pub struct Dataset {
+    handle: sys::DatasetHandle,
+    n_rows: usize,
+}
+
+// SAFETY: a LightGBM dataset is not tied to the thread that built it.
+unsafe impl Send for Dataset {}
+
+impl Dataset {
+    /// Bins `csr` (LightGBM's dataset parameters, e.g. `max_bin=255`) and attaches the labels.
+    pub fn from_csr(csr: CsrView<'_>, labels: &[f32], params: &str) -> Result<Dataset> {
+        csr.validate()?;
+        if labels.len() != csr.n_rows() {
+            return Err(Error::Invalid(format!(
+                "{} labels for {} rows",
+                labels.len(),
+                csr.n_rows()
+            )));
+        }
+        let params = c_string(params)?;
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: the slices outlive the call and their lengths are passed alongside.
+        check(unsafe {
+            sys::LGBM_DatasetCreateFromCSR(
+                csr.indptr.as_ptr() as *const c_void,
+                DTYPE_INT64,
+                csr.indices.as_ptr(),
+                csr.values.as_ptr() as *const c_void,
+                DTYPE_FLOAT32,
+                csr.indptr.len() as i64,
+                csr.indices.len() as i64,
+                csr.n_cols as i64,
+                params.as_ptr(),
+                std::ptr::null_mut(),
+                &mut handle,
+            )
+        })?;
+        let dataset = Dataset {
+            handle,
+            n_rows: csr.n_rows(),
+        };
+        let field = c_string("label")?;
+        // SAFETY: `labels` has one f32 per row, as checked above.
+        check(unsafe {
+            sys::LGBM_DatasetSetField(
+                dataset.handle,
+                field.as_ptr(),
+                labels.as_ptr() as *const c_void,
+                labels.len() as i32,
+                DTYPE_FLOAT32,
+            )
+        })?;
+        Ok(dataset)
+    }
+
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
+    /// The given rows (ascending) with their labels, sharing this dataset's bins, so that
+    /// subsets of one dataset can serve as training and validation data of one booster.
+    pub fn subset(&self, rows: &[usize], params: &str) -> Result<Dataset> {
+        if rows.windows(2).any(|w| w[0] >= w[1]) || rows.last().is_some_and(|&r| r >= self.n_rows) {
+            return Err(Error::Invalid(
+                "subset rows must ascend within the dataset".into(),
+            ));
+        }
+        let rows: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+        let params = c_string(params)?;
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: `rows` outlives the call; LightGBM copies the rows it needs.
+        check(unsafe {
+            sys::LGBM_DatasetGetSubset(
+                self.handle,
+                rows.as_ptr(),
+                rows.len() as i32,
+                params.as_ptr(),
+                &mut handle,
+            )
+        })?;
+        Ok(Dataset {
+            handle,
+            n_rows: rows.len(),
+        })
+    }
+
+    pub fn set_feature_names(&mut self, names: &[String]) -> Result<()> {
+        // LightGBM's model text cannot hold spaces or some symbols in names: it gets indices,
+        // and the readable names stay on our side.
+        let names: Vec<CString> = (0..names.len())
+            .map(|i| c_string(&format!("f{i}")))
+            .collect::<Result<_>>()?;
+        let pointers: Vec<*const std::os::raw::c_char> = names.iter().map(|n| n.as_ptr()).collect();
+        // SAFETY: `pointers` holds one valid C string per feature for the call's duration.
+        check(unsafe {
+            sys::LGBM_DatasetSetFeatureNames(
+                self.handle,
+                pointers.as_ptr() as *mut *const std::os::raw::c_char,
+                pointers.len() as i32,
+            )
+        })
+    }
+}
+
+impl Drop for Dataset {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from LightGBM and is freed once.
+        unsafe { sys::LGBM_DatasetFree(self.handle) };
+    }
+}
+
+/// A booster being trained; it borrows its datasets, which LightGBM reads at every round.
+struct TrainingBooster<'d> {
+    handle: sys::BoosterHandle,
+    _data: std::marker::PhantomData<&'d Dataset>,
+}
+
+impl<'d> TrainingBooster<'d> {
+    fn new(train: &'d Dataset, valid: &'d Dataset, params: &str) -> Result<Self> {
+        let params = c_string(params)?;
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: both datasets outlive the booster (lifetime 'd).
+        check(unsafe { sys::LGBM_BoosterCreate(train.handle, params.as_ptr(), &mut handle) })?;
+        let booster = TrainingBooster {
+            handle,
+            _data: std::marker::PhantomData,
+        };
+        check(unsafe { sys::LGBM_BoosterAddValidData(booster.handle, valid.handle) })?;
+        Ok(booster)
+    }
+
+    /// One boosting round; false when no tree could be grown.
+    fn update(&mut self) -> Result<bool> {
+        let mut finished = 0;
+        check(unsafe { sys::LGBM_BoosterUpdateOneIter(self.handle, &mut finished) })?;
+        Ok(finished == 0)
+    }
+
+    /// The first metric on the validation data after the last round.
+    fn valid_metric(&self) -> Result<f64> {
+        let mut count = 0;
+        check(unsafe { sys::LGBM_BoosterGetEvalCounts(self.handle, &mut count) })?;
+        let mut results = vec![0.0; count.max(1) as usize];
+        let mut len = 0;
+        check(unsafe { sys::LGBM_BoosterGetEval(self.handle, 1, &mut len, results.as_mut_ptr()) })?;
+        results
+            .first()
+            .copied()
+            .filter(|_| len > 0)
+            .ok_or_else(|| Error::LightGbm("no validation metric was computed".into()))
+    }
+
+    fn model_string(&self, num_iterations: usize) -> Result<String> {
+        let mut len = 0i64;
+        let mut buffer = vec![0u8; 1 << 20];
+        for _ in 0..2 {
+            check(unsafe {
+                sys::LGBM_BoosterSaveModelToString(
+                    self.handle,
+                    0,
+                    num_iterations as i32,
+                    IMPORTANCE_GAIN,
+                    buffer.len() as i64,
+                    &mut len,
+                    buffer.as_mut_ptr() as *mut std::os::raw::c_char,
+                )
+            })?;
+            if (len as usize) <= buffer.len() {
+                break;
+            }
+            buffer.resize(len as usize, 0);
+        }
+        buffer.truncate((len as usize).saturating_sub(1));
+        String::from_utf8(buffer).map_err(|_| Error::LightGbm("model text is not UTF-8".into()))
+    }
+}
+
+impl Drop for TrainingBooster<'_> {
+    fn drop(&mut self) {
+        unsafe { sys::LGBM_BoosterFree(self.handle) };
+    }
+}
+
+/// How long to boost and when to stop.
+#[derive(Clone, Copy, Debug)]
+pub struct Rounds {
+    pub max: usize,
+    /// Stop after this many rounds without a better validation metric.
+    pub early_stopping: usize,
+}
+
+/// The result of training: the model cut at its best round.
+pub struct Trained {
+    pub model: Model,
+    pub best_iteration: usize,
+    pub best_valid_metric: f64,
+}
+
+/// Trains on `train`, early-stopping on `valid` (lower metric is better). `on_round` sees
+/// each round's number and validation metric.
+pub fn train(
+    train: &Dataset,
+    valid: &Dataset,
+    params: &str,
+    rounds: Rounds,
+    mut on_round: impl FnMut(usize, f64),
+) -> Result<Trained> {
+    let mut booster = TrainingBooster::new(train, valid, params)?;
+    let (mut best_iteration, mut best_metric) = (0, f64::INFINITY);
+    for round in 1..=rounds.max {
+        if !booster.update()? {
+            break;
+        }
+        let metric = booster.valid_metric()?;
+        on_round(round, metric);
+        if metric < best_metric {
+            (best_iteration, best_metric) = (round, metric);
+        } else if round - best_iteration >= rounds.early_stopping {
+            break;
+        }
+    }
+    if best_iteration == 0 {
+        return Err(Error::LightGbm(
+            "no boosting round improved on nothing".into(),
+        ));
+    }
+    let model = Model::from_string(&booster.model_string(best_iteration)?)?;
+    Ok(Trained {
+        model,
+        best_iteration,
+        best_valid_metric: best_metric,
+    })
+}
+
+/// A trained model, independent of the data it was trained on.
+pub struct Model {
+    handle: sys::BoosterHandle,
+    n_classes: usize,
+    text: String,
+}
+
+// SAFETY: prediction on a loaded booster is thread-safe in LightGBM.
+unsafe impl Send for Model {}
+unsafe impl Sync for Model {}
+
+impl Model {
+    pub fn from_string(text: &str) -> Result<Model> {
+        let c_text = c_string(text)?;
+        let (mut handle, mut iterations) = (std::ptr::null_mut(), 0);
+        check(unsafe {
+            sys::LGBM_BoosterLoadModelFromString(c_text.as_ptr(), &mut iterations, &mut handle)
+        })?;
+        let mut n_classes = 0;
+        check(unsafe { sys::LGBM_BoosterGetNumClasses(handle, &mut n_classes) })?;
+        Ok(Model {
+            handle,
+            n_classes: n_classes as usize,
+            text: text.to_owned(),
+        })
+    }
+
+    /// LightGBM's text format of the model.
+    pub fn as_text(&self) -> &str {
+        &self.text
+    }
+
+    /// Class probabilities, `n_classes` per row.
+    pub fn predict(&self, csr: CsrView<'_>, params: &str) -> Result<Vec<f64>> {
+        csr.validate()?;
+        let params = c_string(params)?;
+        let mut out = vec![0.0; csr.n_rows() * self.n_classes];
+        let mut len = 0i64;
+        if csr.n_rows() == 0 {
+            return Ok(out);
+        }
+        // SAFETY: `out` has room for n_rows × n_classes results, which is what LightGBM writes.
+        check(unsafe {
+            sys::LGBM_BoosterPredictForCSR(
+                self.handle,
+                csr.indptr.as_ptr() as *const c_void,
+                DTYPE_INT64,
+                csr.indices.as_ptr(),
+                csr.values.as_ptr() as *const c_void,
+                DTYPE_FLOAT32,
+                csr.indptr.len() as i64,
+                csr.indices.len() as i64,
+                csr.n_cols as i64,
+                PREDICT_NORMAL,
+                0,
+                -1,
+                params.as_ptr(),
+                &mut len,
+                out.as_mut_ptr(),
+            )
+        })?;
+        debug_assert_eq!(len as usize, out.len());
+        Ok(out)
+    }
+
+    /// Total gain and number of splits per feature.
+    pub fn importance(&self, n_features: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+        let mut gain = vec![0.0; n_features];
+        let mut split = vec![0.0; n_features];
+        check(unsafe {
+            sys::LGBM_BoosterFeatureImportance(self.handle, 0, IMPORTANCE_GAIN, gain.as_mut_ptr())
+        })?;
+        check(unsafe {
+            sys::LGBM_BoosterFeatureImportance(self.handle, 0, IMPORTANCE_SPLIT, split.as_mut_ptr())
+        })?;
+        Ok((gain, split))
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        unsafe { sys::LGBM_BoosterFree(self.handle) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three separable classes on one informative feature and one noise feature.
+    fn toy() -> (CsrOwned, Vec<f32>) {
+        let mut csr = CsrOwned {
+            indptr: vec![0],
+            n_cols: 2,
+            ..Default::default()
+        };
+        let mut labels = Vec::new();
+        for i in 0..300 {
+            let class = i % 3;
+            csr.indices.extend([0, 1]);
+            csr.values
+                .extend([class as f32 * 10.0 + (i % 7) as f32, ((i * 37) % 11) as f32]);
+            csr.indptr.push(csr.indices.len() as i64);
+            labels.push(class as f32);
+        }
+        (csr, labels)
+    }
+
+    const PARAMS: &str = "objective=multiclass num_class=3 metric=multi_logloss verbosity=-1 \
+        num_threads=1 min_data_in_leaf=5 learning_rate=0.3 seed=1 deterministic=true";
+
+    #[test]
+    fn trains_on_subsets_and_predicts_from_csr() {
+        let (csr, labels) = toy();
+        let full = Dataset::from_csr(csr.view(), &labels, "verbosity=-1 max_bin=63").unwrap();
+        let train_rows: Vec<usize> = (0..300).filter(|i| i % 5 != 0).collect();
+        let valid_rows: Vec<usize> = (0..300).filter(|i| i % 5 == 0).collect();
+        let train_set = full.subset(&train_rows, "").unwrap();
+        let valid_set = full.subset(&valid_rows, "").unwrap();
+        assert_eq!((train_set.n_rows(), valid_set.n_rows()), (240, 60));
+        let mut seen = Vec::new();
+        let trained = train(
+            &train_set,
+            &valid_set,
+            PARAMS,
+            Rounds {
+                max: 50,
+                early_stopping: 5,
+            },
+            |round, metric| seen.push((round, metric)),
+        )
+        .unwrap();
+        assert!(
+            trained.best_valid_metric < 0.1,
+            "{}",
+            trained.best_valid_metric
+        );
+        assert_eq!(
+            seen[trained.best_iteration - 1].1,
+            trained.best_valid_metric
+        );
+        let probs = trained
+            .model
+            .predict(csr.view().select_rows(&valid_rows).view(), "")
+            .unwrap();
+        assert_eq!(probs.len(), 60 * 3);
+        for (k, &row) in valid_rows.iter().enumerate() {
+            let p = &probs[3 * k..3 * k + 3];
+            assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+            assert!(p[row % 3] > 0.8, "row {row}: {p:?}");
+        }
+        let (gain, split) = trained.model.importance(2).unwrap();
+        assert!(gain[0] > gain[1] && split[0] > 0.0);
+        let reloaded = Model::from_string(trained.model.as_text()).unwrap();
+        assert_eq!(
+            reloaded.predict(csr.view(), "").unwrap(),
+            trained.model.predict(csr.view(), "").unwrap()
+        );
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_not_a_crash() {
+        let (csr, labels) = toy();
+        assert!(Dataset::from_csr(csr.view(), &labels[1..], "").is_err());
+        let bad = CsrView {
+            n_cols: 1,
+            ..csr.view()
+        };
+        assert!(Dataset::from_csr(bad, &labels, "").is_err());
+        let full = Dataset::from_csr(csr.view(), &labels, "verbosity=-1").unwrap();
+        assert!(full.subset(&[3, 1], "").is_err());
+        assert!(full.subset(&[299, 300], "").is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! The command line: every flag explained, every default stated.
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ensemble",
+    version,
+    about = "Predicts which of two chatbot answers a person prefers (Chatbot Arena battles).",
+    long_about = "Predicts which of two chatbot answers a person prefers, from Kaggle's \
+        Chatbot Arena files (train.csv: id, prompt, response_a, response_b, winner_model_a, \
+        winner_model_b, winner_tie; test.csv: id, prompt, response_a, response_b).\n\n\
+        Typical use:\n  \
+        ensemble cv --folds 10 --train train.csv --test test.csv --out runs/lgbm\n  \
+        ensemble importance --run runs/lgbm\n\n\
+        With no --train, `ensemble cv` runs on a small generated example."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Cross-validates the feature model (features + LightGBM) and writes OOF and test predictions.
+    Cv(CvArgs),
+    /// Prints a run's feature importance table.
+    Importance(ImportanceArgs),
+    /// Writes the generated example data set (train.csv, test.csv) to a folder.
+    Example(ExampleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CvArgs {
+    /// Training file in Kaggle's train.csv format (plain or .gz). Without it, a generated
+    /// example (2,000 arena-like battles) is written to OUT/example and used.
+    #[arg(long, value_name = "PATH")]
+    pub train: Option<PathBuf>,
+    /// Test file in Kaggle's test.csv format (plain or .gz). Defaults to the example's test
+    /// file when --train is not given; otherwise required.
+    #[arg(long, value_name = "PATH")]
+    pub test: Option<PathBuf>,
+    /// Output folder: folds.csv, oof.csv, submission.csv, metrics.json, importance.csv,
+    /// importance.svg, models/.
+    #[arg(long, value_name = "DIR", default_value = "runs/lgbm")]
+    pub out: PathBuf,
+    /// Number of stratified folds [config: cv.folds, default 10].
+    #[arg(long, value_name = "K")]
+    pub folds: Option<usize>,
+    /// Reuse fold assignments from a folds.csv (id,fold) instead of making new ones, so that
+    /// several members hold out the same rows.
+    #[arg(long, value_name = "PATH", conflicts_with = "folds")]
+    pub folds_file: Option<PathBuf>,
+    /// Seed of the folds and of LightGBM [config: cv.seed and lgbm.seed, default 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// TOML config with [cv], [features] and [lgbm] tables; flags override it. The defaults
+    /// are those of configs/lgbm.toml.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// LightGBM learning rate [config: lgbm.learning_rate].
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// LightGBM leaves per tree [config: lgbm.num_leaves].
+    #[arg(long)]
+    pub num_leaves: Option<usize>,
+    /// Most boosting rounds per fold [config: lgbm.max_rounds].
+    #[arg(long)]
+    pub max_rounds: Option<usize>,
+    /// Stop a fold after this many rounds without a better held-out log loss
+    /// [config: lgbm.early_stopping_rounds].
+    #[arg(long)]
+    pub early_stopping: Option<usize>,
+    /// Threads for features and LightGBM; 0 means every core [config: lgbm.num_threads].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Leave out the TF-IDF features (word and character n-grams).
+    #[arg(long)]
+    pub no_tfidf: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportanceArgs {
+    /// A run folder written by `ensemble cv` (it reads importance.csv).
+    #[arg(long, value_name = "DIR", default_value = "runs/lgbm")]
+    pub run: PathBuf,
+    /// How many features to show, by gain.
+    #[arg(long, default_value_t = 30)]
+    pub top: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ExampleArgs {
+    /// Folder to write train.csv and test.csv to.
+    #[arg(long, value_name = "DIR", default_value = "data/example")]
+    pub out: PathBuf,
+    /// Training rows to generate.
+    #[arg(long, default_value_t = 2000)]
+    pub rows: usize,
+    /// Test rows to generate.
+    #[arg(long, default_value_t = 200)]
+    pub test_rows: usize,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}

@@ -1,0 +1,286 @@
+//! `ensemble cv`: features, then K-fold LightGBM, then the run folder.
+use crate::cli::CvArgs;
+use crate::config::{self, LgbmRunConfig};
+use crate::data::{self, TextIssues};
+use crate::report;
+use anyhow::{bail, Context, Result};
+use ensembles::cv::{self, CvInputs, FoldReport, Progress};
+use ensembles::folds::Folds;
+use ensembles::lgbm::CsrView;
+use ensembles::predictions::Predictions;
+use ensembles::{metrics, Outcome};
+use features::{CsrMatrix, Extractor, Orientation};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Everything `metrics.json` records about a run.
+#[derive(Serialize)]
+struct RunSummary {
+    train: PathBuf,
+    test: PathBuf,
+    train_rows: usize,
+    test_rows: usize,
+    features: usize,
+    folds: Vec<FoldReport>,
+    oof_log_loss: f64,
+    oof_accuracy: f64,
+    prior_log_loss: f64,
+    seconds: Timings,
+    config: LgbmRunConfig,
+    train_text_issues: TextIssues,
+    test_text_issues: TextIssues,
+}
+
+#[derive(Serialize, Default)]
+struct Timings {
+    read: f64,
+    features: f64,
+    cv: f64,
+    total: f64,
+}
+
+fn resolve_config(args: &CvArgs) -> Result<LgbmRunConfig> {
+    let mut config: LgbmRunConfig = match &args.config {
+        Some(path) => config::read(path)?,
+        None => LgbmRunConfig::default(),
+    };
+    if let Some(folds) = args.folds {
+        config.cv.folds = folds;
+    }
+    if let Some(seed) = args.seed {
+        config.cv.seed = seed;
+        config.lgbm.seed = seed;
+    }
+    let lgbm = &mut config.lgbm;
+    lgbm.learning_rate = args.learning_rate.unwrap_or(lgbm.learning_rate);
+    lgbm.num_leaves = args.num_leaves.unwrap_or(lgbm.num_leaves);
+    lgbm.max_rounds = args.max_rounds.unwrap_or(lgbm.max_rounds);
+    lgbm.early_stopping_rounds = args.early_stopping.unwrap_or(lgbm.early_stopping_rounds);
+    lgbm.num_threads = args.threads.unwrap_or(lgbm.num_threads);
+    if args.no_tfidf {
+        config.features.tfidf.word = false;
+        config.features.tfidf.char = false;
+    }
+    Ok(config)
+}
+
+/// The train and test files: given, or the generated example.
+fn resolve_inputs(args: &CvArgs) -> Result<(PathBuf, PathBuf)> {
+    match (&args.train, &args.test) {
+        (Some(train), Some(test)) => Ok((train.clone(), test.clone())),
+        (Some(_), None) => bail!("--test is required with --train"),
+        (None, Some(_)) => bail!("--test needs --train"),
+        (None, None) => {
+            let dir = args.out.join("example");
+            crate::example::write(&dir, 2000, 200, 7)?;
+            eprintln!(
+                "No --train given: using the generated example in {}",
+                dir.display()
+            );
+            Ok((dir.join("train.csv"), dir.join("test.csv")))
+        }
+    }
+}
+
+fn spinner(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner().with_message(message.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+pub fn run(args: CvArgs) -> Result<()> {
+    let started = Instant::now();
+    let config = resolve_config(&args)?;
+    if config.lgbm.num_threads > 0 {
+        // Features use rayon's global pool; size it like LightGBM's.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.lgbm.num_threads)
+            .build_global();
+    }
+    let (train_path, test_path) = resolve_inputs(&args)?;
+    std::fs::create_dir_all(args.out.join("models"))
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut timings = Timings::default();
+
+    let bar = spinner("reading CSV files");
+    let train = data::read_train(&train_path)?;
+    let test = data::read_test(&test_path)?;
+    timings.read = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let (n_train, n_test) = (train.labels.len(), test.ids.len());
+    eprintln!(
+        "read {n_train} training and {n_test} test battles in {:.1}s",
+        timings.read
+    );
+    for (file, issues) in [
+        (&train_path, &train.battles.text_issues),
+        (&test_path, &test.text_issues),
+    ] {
+        if issues.total() > 0 {
+            eprintln!(
+                "{}: {} text fields kept as they were: {}",
+                file.display(),
+                issues.total(),
+                issues.examples.join("; ")
+            );
+        }
+    }
+
+    let folds = match &args.folds_file {
+        Some(path) => Folds::read(path, &train.battles.ids)?,
+        None => Folds::stratified(&train.labels, config.cv.folds, config.cv.seed)?,
+    };
+    folds.write(&args.out.join("folds.csv"), &train.battles.ids)?;
+
+    let features_started = Instant::now();
+    let bar = spinner("computing features");
+    let (train_ids, labels, train_issues) =
+        (train.battles.ids, train.labels, train.battles.text_issues);
+    let (test_ids, test_issues) = (test.ids, test.text_issues);
+    // Train and test text together: TF-IDF is fitted on text alone, never on labels.
+    let mut battles = train.battles.battles;
+    battles.extend(test.battles);
+    let extractor = Extractor::fit(&battles, &config.features)?;
+    let table = extractor.transform(&battles);
+    drop(battles);
+    let train_rows: Vec<usize> = (0..n_train).collect();
+    let test_rows: Vec<usize> = (n_train..n_train + n_test).collect();
+    let augmented = CsrMatrix::vstack(&[
+        table.csr(&train_rows, Orientation::AsGiven),
+        table.csr(&train_rows, Orientation::Swapped),
+    ]);
+    let test_as_given = table.csr(&test_rows, Orientation::AsGiven);
+    let test_swapped = table.csr(&test_rows, Orientation::Swapped);
+    drop(table);
+    timings.features = features_started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let names = extractor.feature_names();
+    eprintln!(
+        "{} features, {:.0} non-zeros per row, in {:.1}s",
+        names.len(),
+        augmented.values.len() as f64 / augmented.n_rows().max(1) as f64,
+        timings.features
+    );
+
+    let cv_started = Instant::now();
+    let inputs = CvInputs {
+        train: view(&augmented),
+        labels: &labels,
+        test_as_given: view(&test_as_given),
+        test_swapped: view(&test_swapped),
+    };
+    let bar = ProgressBar::new(folds.n_folds() as u64).with_style(
+        ProgressStyle::with_template("{bar:30} fold {pos}/{len} {msg} [{elapsed}]")
+            .expect("a valid template"),
+    );
+    let output = cv::cross_validate(&inputs, &folds, &config.lgbm, |event| match event {
+        Progress::FoldStarted { .. } => {}
+        Progress::Round {
+            round, valid_loss, ..
+        } => bar.set_message(format!("round {round}, held-out log loss {valid_loss:.4}")),
+        Progress::FoldFinished(report) => {
+            bar.inc(1);
+            bar.println(format!(
+                "fold {}: log loss {:.4} after {} rounds",
+                report.fold, report.log_loss, report.best_iteration
+            ));
+        }
+    })?;
+    bar.finish_and_clear();
+    timings.cv = cv_started.elapsed().as_secs_f64();
+
+    Predictions::new(train_ids, output.oof.clone()).write(&args.out.join("oof.csv"))?;
+    Predictions::new(test_ids, output.test.clone()).write(&args.out.join("submission.csv"))?;
+    for (fold, model) in output.models.iter().enumerate() {
+        let path = args.out.join("models").join(format!("fold_{fold}.txt"));
+        std::fs::write(&path, model).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let importance = report::Importance::new(names, &output.gain, &output.split);
+    importance.write_csv(&args.out.join("importance.csv"))?;
+    importance.write_svg(&args.out.join("importance.svg"), 30)?;
+
+    timings.total = started.elapsed().as_secs_f64();
+    let summary = RunSummary {
+        train: train_path,
+        test: test_path,
+        train_rows: n_train,
+        test_rows: n_test,
+        features: names.len(),
+        oof_log_loss: metrics::log_loss(&labels, &output.oof),
+        oof_accuracy: metrics::accuracy(&labels, &output.oof),
+        prior_log_loss: prior_log_loss(&labels),
+        folds: output.folds,
+        seconds: timings,
+        config,
+        train_text_issues: train_issues,
+        test_text_issues: test_issues,
+    };
+    write_json(&args.out.join("metrics.json"), &summary)?;
+    println!("{}", summary_table(&summary));
+    println!("{}", importance.table(10));
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn view(csr: &CsrMatrix) -> CsrView<'_> {
+    CsrView {
+        indptr: &csr.indptr,
+        indices: &csr.indices,
+        values: &csr.values,
+        n_cols: csr.n_cols,
+    }
+}
+
+fn prior_log_loss(labels: &[Outcome]) -> f64 {
+    let prior = metrics::class_prior(labels);
+    metrics::log_loss(labels, &vec![prior; labels.len()])
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn summary_table(summary: &RunSummary) -> String {
+    let mut rows = vec![vec![
+        "fold".to_owned(),
+        "train".into(),
+        "held out".into(),
+        "rounds".into(),
+        "log loss".into(),
+        "accuracy".into(),
+        "seconds".into(),
+    ]];
+    for f in &summary.folds {
+        rows.push(vec![
+            f.fold.to_string(),
+            f.train_rows.to_string(),
+            f.held_out_rows.to_string(),
+            f.best_iteration.to_string(),
+            format!("{:.4}", f.log_loss),
+            format!("{:.3}", f.accuracy),
+            format!("{:.1}", f.seconds),
+        ]);
+    }
+    rows.push(vec![
+        "OOF".into(),
+        String::new(),
+        summary.train_rows.to_string(),
+        String::new(),
+        format!("{:.4}", summary.oof_log_loss),
+        format!("{:.3}", summary.oof_accuracy),
+        format!("{:.1}", summary.seconds.cv),
+    ]);
+    rows.push(vec![
+        "prior".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        format!("{:.4}", summary.prior_log_loss),
+        String::new(),
+        String::new(),
+    ]);
+    report::text_table(&rows)
+}

@@ -1,0 +1,61 @@
+//! Typed configuration: `configs/*.toml` files, overridden by command-line flags.
+use anyhow::{Context, Result};
+use ensembles::cv::BoosterParams;
+use features::FeatureConfig;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The feature model's configuration, as in `configs/lgbm.toml`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LgbmRunConfig {
+    pub cv: CvSettings,
+    pub features: FeatureConfig,
+    pub lgbm: BoosterParams,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CvSettings {
+    pub folds: usize,
+    pub seed: u64,
+}
+
+impl Default for CvSettings {
+    fn default() -> Self {
+        CvSettings {
+            folds: 10,
+            seed: 42,
+        }
+    }
+}
+
+/// Reads a TOML config; fields it leaves out keep their defaults.
+pub fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_lgbm_config_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/lgbm.toml");
+        let config: LgbmRunConfig = read(&path).unwrap();
+        assert_eq!(config, LgbmRunConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_file_name() {
+        let path = std::env::temp_dir().join(format!("bad-config-{}.toml", std::process::id()));
+        std::fs::write(&path, "[lgbm]\nlearning_rat = 0.1\n").unwrap();
+        let message = format!("{:#}", read::<LgbmRunConfig>(&path).unwrap_err());
+        assert!(
+            message.contains("bad-config") && message.contains("learning_rat"),
+            "{message}"
+        );
+    }
+}
