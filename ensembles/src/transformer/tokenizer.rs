@@ -101,7 +101,9 @@ fn tokenizer_from_sentencepiece(
     let spaces = Replace::new(ReplacePattern::Regex(" {2,}".into()), " ")
         .map_err(|e| format!("whitespace normalizer: {e}"))?;
     normalizers.push(spaces.into());
-    tokenizer.with_normalizer(Some(Normalizers::new(normalizers)));
+    tokenizer
+        .with_normalizer(Some(Normalizers::new(normalizers)))
+        .map_err(|e| format!("normalizer: {e}"))?;
 
     let mut pre_tokenizers: Vec<PreTokenizerWrapper> = Vec::new();
     if options.split_by_punct {
@@ -133,7 +135,9 @@ fn tokenizer_from_sentencepiece(
         .into_iter()
         .map(|t| AddedToken::from(t, true).normalized(t == UNK))
         .collect();
-    tokenizer.add_special_tokens(&specials);
+    tokenizer
+        .add_special_tokens(specials)
+        .map_err(|e| format!("special tokens: {e}"))?;
     Ok(tokenizer)
 }
 
