@@ -1,6 +1,7 @@
 //! One module per subcommand.
 mod cv;
 mod importance;
+mod transformer;
 
 use crate::cli::{Cli, Command};
 use anyhow::Result;
@@ -9,6 +10,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Cv(args) => cv::run(args),
         Command::Importance(args) => importance::run(args),
+        Command::Transformer(args) => transformer::run(args),
         Command::Example(args) => {
             crate::example::write(&args.out, args.rows, args.test_rows, args.seed)?;
             println!("wrote {0}/train.csv and {0}/test.csv", args.out.display());

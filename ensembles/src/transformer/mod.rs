@@ -18,6 +18,7 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+pub use candle_core::Device;
 pub use config::{Schedule, TransformerConfig, Unfreeze};
 pub use device::parse_device;
 pub use model::{DebertaConfig, Layout};
