@@ -13,7 +13,7 @@ mod train;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
