@@ -110,6 +110,32 @@ impl Classifier {
         })
     }
 
+    /// A model of the given shape with random weights (N(0, 0.02²), unit LayerNorms) and the
+    /// tokenizer of `tokenizer_dir`: for benchmarks of sizes one has no checkpoint of.
+    pub fn random(
+        model_config: &DebertaConfig,
+        tokenizer_dir: &Path,
+        device: &Device,
+        config: &TransformerConfig,
+    ) -> Result<Classifier> {
+        let encoder = TextEncoder::new(load_tokenizer(tokenizer_dir)?, config.segments.clone())?;
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
+        let model = DebertaClassifier::load(model_config, config.layout, vb)?;
+        for (name, var) in vars.data().lock().expect("weights lock poisoned").iter() {
+            if name.ends_with("weight") && !name.contains("LayerNorm") {
+                var.set(&(Tensor::randn(0f32, 1f32, var.shape(), device)? * 0.02)?)?;
+            }
+        }
+        Ok(Classifier {
+            model,
+            vars,
+            encoder,
+            config: config.clone(),
+            device: device.clone(),
+        })
+    }
+
     pub fn config(&self) -> &TransformerConfig {
         &self.config
     }
