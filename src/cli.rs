@@ -26,6 +26,9 @@ pub enum Command {
     Cv(CvArgs),
     /// Prints a run's feature importance table.
     Importance(ImportanceArgs),
+    /// Fine-tunes a DeBERTa model per fold (candle, CPU or CUDA) and writes OOF and test
+    /// predictions with A/B swap averaging.
+    Transformer(TransformerArgs),
     /// Writes the generated example data set (train.csv, test.csv) to a folder.
     Example(ExampleArgs),
     /// Blends members' OOF and test predictions into one submission, with weights fitted on
@@ -150,6 +153,58 @@ pub struct CvArgs {
     /// Leave out the TF-IDF features (word and character n-grams).
     #[arg(long)]
     pub no_tfidf: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TransformerArgs {
+    /// Hugging Face DeBERTa-v2/v3 folder (e.g. microsoft/deberta-v3-base as downloaded):
+    /// config.json, model.safetensors or pytorch_model.bin, and tokenizer.json or spm.model.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Training file in Kaggle's train.csv format (plain or .gz).
+    #[arg(long, value_name = "PATH")]
+    pub train: PathBuf,
+    /// Test file in Kaggle's test.csv format (plain or .gz); submission.csv follows its order.
+    #[arg(long, value_name = "PATH")]
+    pub test: PathBuf,
+    /// folds.csv (id,fold) from `ensemble cv`, so that OOF rows line up with the other
+    /// members. Without it, stratified folds are made (--folds, config seed) and written to
+    /// OUT/folds.csv.
+    #[arg(long, value_name = "PATH")]
+    pub folds_file: Option<PathBuf>,
+    /// Number of folds to make when no --folds-file is given.
+    #[arg(
+        long,
+        value_name = "K",
+        default_value_t = 5,
+        conflicts_with = "folds_file"
+    )]
+    pub folds: usize,
+    /// Output folder: fold-K/ per fold, then oof.csv, oof_logits.csv, submission.csv,
+    /// test_logits.csv and metrics.json once every fold is there.
+    #[arg(long, value_name = "DIR", default_value = "runs/deberta")]
+    pub out: PathBuf,
+    /// Where to run: cpu, or cuda:N with a binary built with `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Train only fold K (0-based) and write OUT/fold-K/, e.g. one fold per GPU; run again
+    /// with --merge once all folds are done.
+    #[arg(long, value_name = "K", conflicts_with = "merge")]
+    pub fold: Option<usize>,
+    /// Only assemble the fold outputs already in OUT into oof.csv and submission.csv.
+    #[arg(long)]
+    pub merge: bool,
+    /// Tokens per sequence, special tokens included; DeBERTa's relative positions allow
+    /// 1024 [config: max_len, default 512].
+    #[arg(long, value_name = "N")]
+    pub max_len: Option<usize>,
+    /// Training epochs per fold [config: epochs, default 2].
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    /// TOML training config; flags override it. The defaults are those of
+    /// configs/deberta.toml.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -9,6 +9,7 @@ pub mod lgbm;
 pub mod metrics;
 pub mod outcome;
 pub mod predictions;
+pub mod transformer;
 
 pub use error::{Error, Result};
 pub use folds::Folds;

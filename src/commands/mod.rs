@@ -2,6 +2,7 @@
 mod blend;
 mod cv;
 mod importance;
+mod transformer;
 
 use crate::cli::{Cli, Command};
 use anyhow::Result;
@@ -11,6 +12,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Cv(args) => cv::run(args),
         Command::Importance(args) => importance::run(args),
         Command::Blend(args) => blend::run(args),
+        Command::Transformer(args) => transformer::run(args),
         Command::Example(args) => {
             crate::example::write(&args.out, args.rows, args.test_rows, args.seed)?;
             println!("wrote {0}/train.csv and {0}/test.csv", args.out.display());

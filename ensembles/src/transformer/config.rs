@@ -1,0 +1,149 @@
+//! Training and input settings of the transformer member (`configs/deberta.toml`).
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::Layout;
+use super::tokenizer::SegmentBudget;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Linear,
+    Cosine,
+}
+
+/// Staged unfreezing, counted in optimizer steps: first the head alone, then the top layers
+/// with it, then everything.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Unfreeze {
+    pub head_only_steps: usize,
+    pub top_layers: usize,
+    pub top_layers_steps: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformerConfig {
+    pub layout: Layout,
+    /// Tokens per sequence, special tokens included.
+    pub max_len: usize,
+    /// Rows per micro-batch in training.
+    pub batch_size: usize,
+    /// Rows per batch in prediction (each row runs in both A/B orders).
+    pub eval_batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accumulation: usize,
+    pub epochs: usize,
+    pub learning_rate: f64,
+    /// Learning rate of the freshly initialized pooler and classifier.
+    pub head_learning_rate: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    /// Fraction of the optimizer steps spent warming the learning rate up from zero.
+    pub warmup_ratio: f64,
+    pub schedule: Schedule,
+    /// Global gradient-norm clip; 0 disables it.
+    pub max_grad_norm: f64,
+    pub label_smoothing: f64,
+    /// Probability that a training row is shown with A and B exchanged (label mirrored).
+    pub swap_probability: f64,
+    /// Also evaluate on the held-out rows every this many optimizer steps (0: per epoch only).
+    pub eval_every_steps: usize,
+    /// Evaluations without improvement before training stops.
+    pub patience: usize,
+    pub seed: u64,
+    pub segments: SegmentBudget,
+    pub unfreeze: Unfreeze,
+}
+
+impl Default for TransformerConfig {
+    fn default() -> Self {
+        TransformerConfig {
+            layout: Layout::Cross,
+            max_len: 512,
+            batch_size: 4,
+            eval_batch_size: 8,
+            grad_accumulation: 4,
+            epochs: 2,
+            learning_rate: 2e-5,
+            head_learning_rate: 1e-4,
+            weight_decay: 0.01,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_eps: 1e-6,
+            warmup_ratio: 0.1,
+            schedule: Schedule::Cosine,
+            max_grad_norm: 1.0,
+            label_smoothing: 0.0,
+            swap_probability: 0.5,
+            eval_every_steps: 0,
+            patience: 2,
+            seed: 42,
+            segments: SegmentBudget::default(),
+            unfreeze: Unfreeze::default(),
+        }
+    }
+}
+
+impl TransformerConfig {
+    pub fn from_toml_file(path: &Path) -> Result<TransformerConfig> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let config: TransformerConfig =
+            toml::from_str(&text).map_err(|e| Error::bad_model_file(path, e.to_string()))?;
+        config
+            .validate()
+            .map_err(|m| Error::bad_model_file(path, m))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.max_len < 8 {
+            return Err(format!("max_len {} is below 8", self.max_len));
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 || self.grad_accumulation == 0 {
+            return Err(
+                "batch_size, eval_batch_size and grad_accumulation must be positive".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(format!(
+                "label_smoothing {} is outside [0, 1)",
+                self.label_smoothing
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.swap_probability)
+            || !(0.0..=1.0).contains(&self.warmup_ratio)
+        {
+            return Err("swap_probability and warmup_ratio must lie in [0, 1]".into());
+        }
+        let segments = &self.segments;
+        if !(0.0..1.0).contains(&segments.prompt_share)
+            || !(0.0..=1.0).contains(&segments.head_share)
+        {
+            return Err("segments.prompt_share must lie in [0, 1) and head_share in [0, 1]".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/deberta.toml");
+        let config = TransformerConfig::from_toml_file(&path).unwrap();
+        assert_eq!(config.max_len, 512);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<TransformerConfig>("max_lenght = 3").is_err());
+    }
+}

@@ -1,0 +1,410 @@
+//! The transformer member: a DeBERTa-v3 cross-encoder (or siamese pair) fine-tuned in candle on
+//! each fold, predicting with A/B swap averaging.
+//!
+//! Public interface: [`TransformerConfig`], [`Classifier`] (load, encode, predict),
+//! [`fit_fold`] and [`parse_device`].
+mod config;
+mod device;
+mod model;
+mod sentencepiece;
+mod tokenizer;
+mod train;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+pub use candle_core::Device;
+pub use config::{Schedule, TransformerConfig, Unfreeze};
+pub use device::parse_device;
+pub use model::{DebertaConfig, Layout};
+pub use tokenizer::{load_tokenizer, SegmentBudget, TextEncoder};
+pub use train::{fit_fold, EvalPoint, FoldResult};
+
+use crate::outcome::swap_average;
+use crate::{Error, Probs, Result};
+use model::{DebertaClassifier, Pass, HEAD_PREFIXES};
+
+/// The texts of one battle, each multi-turn field already joined into one string.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResponsePair {
+    pub prompt: String,
+    pub response_a: String,
+    pub response_b: String,
+}
+
+/// One battle tokenized in both A/B orders, ready for batching.
+#[derive(Clone, Debug)]
+pub struct EncodedPair {
+    /// The model inputs as given (cross: one sequence; siamese: prompt+A then prompt+B).
+    pub as_given: Vec<Vec<u32>>,
+    /// The same with A and B exchanged.
+    pub swapped: Vec<Vec<u32>>,
+}
+
+impl EncodedPair {
+    fn view(&self, swapped: bool) -> &[Vec<u32>] {
+        if swapped {
+            &self.swapped
+        } else {
+            &self.as_given
+        }
+    }
+}
+
+/// A DeBERTa classifier with its tokenizer, on one device.
+pub struct Classifier {
+    model: DebertaClassifier,
+    vars: VarMap,
+    encoder: TextEncoder,
+    config: TransformerConfig,
+    device: Device,
+}
+
+const CONFIG_FILE: &str = "config.json";
+const SAFETENSORS_FILE: &str = "model.safetensors";
+const PYTORCH_FILE: &str = "pytorch_model.bin";
+
+impl Classifier {
+    /// Loads a Hugging Face DeBERTa-v2/v3 folder: `config.json`, `model.safetensors` or
+    /// `pytorch_model.bin`, and `tokenizer.json` or `spm.model`. A pooler or classifier missing
+    /// from the checkpoint (a pretrained backbone) is initialized from `config.seed`.
+    pub fn load(
+        model_dir: &Path,
+        device: &Device,
+        config: &TransformerConfig,
+    ) -> Result<Classifier> {
+        config.validate().map_err(Error::Invalid)?;
+        let config_path = model_dir.join(CONFIG_FILE);
+        if !config_path.is_file() {
+            return Err(Error::MissingFile {
+                path: config_path,
+                what: "the model configuration".into(),
+            });
+        }
+        let text = std::fs::read_to_string(&config_path).map_err(Error::io(&config_path))?;
+        let model_config: DebertaConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::bad_model_file(&config_path, e.to_string()))?;
+        if let Some(problem) = model_config.unsupported() {
+            return Err(Error::bad_model_file(&config_path, problem));
+        }
+        let (weights_path, weights) = read_checkpoint(model_dir)?;
+        let tokenizer = load_tokenizer(model_dir)?;
+        let encoder = TextEncoder::new(tokenizer, config.segments.clone())?;
+
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
+        let model = DebertaClassifier::load(&model_config, config.layout, vb)?;
+        let init_std = model_config.initializer_range.unwrap_or(0.02);
+        assign_weights(&vars, &weights, &weights_path, init_std, config.seed)?;
+        Ok(Classifier {
+            model,
+            vars,
+            encoder,
+            config: config.clone(),
+            device: device.clone(),
+        })
+    }
+
+    /// A model of the given shape with random weights (N(0, 0.02²), unit LayerNorms) and the
+    /// tokenizer of `tokenizer_dir`: for benchmarks of sizes one has no checkpoint of.
+    pub fn random(
+        model_config: &DebertaConfig,
+        tokenizer_dir: &Path,
+        device: &Device,
+        config: &TransformerConfig,
+    ) -> Result<Classifier> {
+        let encoder = TextEncoder::new(load_tokenizer(tokenizer_dir)?, config.segments.clone())?;
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
+        let model = DebertaClassifier::load(model_config, config.layout, vb)?;
+        for (name, var) in vars.data().lock().expect("weights lock poisoned").iter() {
+            if name.ends_with("weight") && !name.contains("LayerNorm") {
+                var.set(&(Tensor::randn(0f32, 1f32, var.shape(), device)? * 0.02)?)?;
+            }
+        }
+        Ok(Classifier {
+            model,
+            vars,
+            encoder,
+            config: config.clone(),
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn encoder(&self) -> &TextEncoder {
+        &self.encoder
+    }
+
+    /// Tokenizes battles into both A/B orders within `config.max_len`.
+    pub fn encode(&self, pairs: &[ResponsePair]) -> Result<Vec<EncodedPair>> {
+        let texts: Vec<&str> = pairs
+            .iter()
+            .flat_map(|p| {
+                [
+                    p.prompt.as_str(),
+                    p.response_a.as_str(),
+                    p.response_b.as_str(),
+                ]
+            })
+            .collect();
+        let ids = self.encoder.token_ids(&texts)?;
+        let max_len = self.config.max_len;
+        Ok(ids
+            .chunks(3)
+            .map(|c| {
+                let (prompt, a, b) = (&c[0], &c[1], &c[2]);
+                match self.config.layout {
+                    Layout::Cross => EncodedPair {
+                        as_given: vec![self.encoder.cross(prompt, a, b, max_len)],
+                        swapped: vec![self.encoder.cross(prompt, b, a, max_len)],
+                    },
+                    Layout::Siamese => {
+                        let with_a = self.encoder.single(prompt, a, max_len);
+                        let with_b = self.encoder.single(prompt, b, max_len);
+                        EncodedPair {
+                            as_given: vec![with_a.clone(), with_b.clone()],
+                            swapped: vec![with_b, with_a],
+                        }
+                    }
+                }
+            })
+            .collect())
+    }
+
+    /// Logits `[N, 3]` of N views (each view one sequence for cross, two for siamese).
+    fn forward_views(&self, views: &[&[Vec<u32>]], pass: &Pass) -> Result<Tensor> {
+        let sequences: Vec<&Vec<u32>> = match self.model.layout() {
+            Layout::Cross => views.iter().map(|v| &v[0]).collect(),
+            Layout::Siamese => views
+                .iter()
+                .map(|v| &v[0])
+                .chain(views.iter().map(|v| &v[1]))
+                .collect(),
+        };
+        let (ids, mask) = pad_batch(&sequences, self.encoder.pad, &self.device)?;
+        Ok(self.model.forward(&ids, &mask, pass)?)
+    }
+
+    /// Swap-averaged logits: the log of the mean of p(x) and the mirrored p(swapped x). Both
+    /// orders of a row run in one batch, in an order fixed by their token ids, so exchanging A
+    /// and B in the input exchanges the first two outputs exactly.
+    pub fn predict_logits(&self, encoded: &[EncodedPair]) -> Result<Vec<[f32; 3]>> {
+        // Rows sorted by length (ties by position) to limit padding; a row's length does not
+        // change when A and B are exchanged, so neither does the batching.
+        let mut order: Vec<usize> = (0..encoded.len()).collect();
+        let length = |e: &EncodedPair| {
+            e.as_given
+                .iter()
+                .chain(&e.swapped)
+                .map(Vec::len)
+                .max()
+                .unwrap_or(0)
+        };
+        order.sort_by_key(|&i| (length(&encoded[i]), i));
+        let mut logits = vec![[0f32; 3]; encoded.len()];
+        for rows in order.chunks(self.config.eval_batch_size) {
+            let mut views: Vec<&[Vec<u32>]> = Vec::with_capacity(2 * rows.len());
+            let mut given_first = Vec::with_capacity(rows.len());
+            for &row in rows {
+                let pair = &encoded[row];
+                let first = pair.as_given <= pair.swapped;
+                given_first.push(first);
+                views.push(pair.view(!first));
+                views.push(pair.view(first));
+            }
+            let probs =
+                candle_nn::ops::softmax_last_dim(&self.forward_views(&views, &Pass::eval())?)?
+                    .to_dtype(DType::F64)?
+                    .to_vec2::<f64>()?;
+            for (k, &row) in rows.iter().enumerate() {
+                let (a, b) = (to_probs(&probs[2 * k]), to_probs(&probs[2 * k + 1]));
+                let (given, swapped) = if given_first[k] { (a, b) } else { (b, a) };
+                logits[row] =
+                    swap_average(given, swapped).map(|p| p.max(f64::MIN_POSITIVE).ln() as f32);
+            }
+        }
+        Ok(logits)
+    }
+
+    /// Raw logits (no swap averaging) of ready-made cross-encoder sequences, in one batch.
+    pub fn raw_logits(&self, sequences: &[Vec<u32>]) -> Result<Vec<[f32; 3]>> {
+        if self.model.layout() != Layout::Cross {
+            return Err(Error::Invalid("raw_logits needs the cross layout".into()));
+        }
+        let refs: Vec<&Vec<u32>> = sequences.iter().collect();
+        let (ids, mask) = pad_batch(&refs, self.encoder.pad, &self.device)?;
+        let logits = self
+            .model
+            .forward(&ids, &mask, &Pass::eval())?
+            .to_vec2::<f32>()?;
+        Ok(logits.into_iter().map(|r| [r[0], r[1], r[2]]).collect())
+    }
+
+    /// A copy of every weight by name; also how the best checkpoint is kept.
+    pub fn snapshot(&self) -> Result<HashMap<String, Tensor>> {
+        let vars = self.vars.data().lock().expect("weights lock poisoned");
+        vars.iter()
+            .map(|(name, var)| Ok((name.clone(), var.as_tensor().copy()?)))
+            .collect()
+    }
+
+    fn restore(&self, snapshot: &HashMap<String, Tensor>) -> Result<()> {
+        let vars = self.vars.data().lock().expect("weights lock poisoned");
+        for (name, var) in vars.iter() {
+            if let Some(saved) = snapshot.get(name) {
+                var.set(saved)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the weights (with the head) as safetensors, loadable by [`Classifier::load`]
+    /// next to a copy of the original `config.json` and tokenizer files.
+    pub fn save_weights(&self, path: &Path) -> Result<()> {
+        self.vars.save(path).map_err(|e| match e {
+            candle_core::Error::Io(source) => Error::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => Error::Candle(other),
+        })
+    }
+}
+
+/// Probabilities from swap-averaged logits (a softmax in f64).
+pub fn probs_from_logits(logits: &[f32; 3]) -> Probs {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
+    let exp = logits.map(|l| (l as f64 - max).exp());
+    let total = exp[0] + exp[1] + exp[2];
+    exp.map(|e| e / total)
+}
+
+fn to_probs(row: &[f64]) -> Probs {
+    [row[0], row[1], row[2]]
+}
+
+/// Right-pads sequences into ids `[N, L]` (u32) and a mask `[N, L]` (f32).
+fn pad_batch(sequences: &[&Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Tensor)> {
+    let width = sequences.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+    let mut ids = Vec::with_capacity(sequences.len() * width);
+    let mut mask = Vec::with_capacity(sequences.len() * width);
+    for sequence in sequences {
+        ids.extend(sequence.iter().copied());
+        ids.extend(std::iter::repeat_n(pad, width - sequence.len()));
+        mask.extend(std::iter::repeat_n(1f32, sequence.len()));
+        mask.extend(std::iter::repeat_n(0f32, width - sequence.len()));
+    }
+    let shape = (sequences.len(), width);
+    Ok((
+        Tensor::from_vec(ids, shape, device)?,
+        Tensor::from_vec(mask, shape, device)?,
+    ))
+}
+
+/// Reads `model.safetensors` or else `pytorch_model.bin` (to the CPU, as f32).
+fn read_checkpoint(model_dir: &Path) -> Result<(PathBuf, HashMap<String, Tensor>)> {
+    let safetensors = model_dir.join(SAFETENSORS_FILE);
+    let pytorch = model_dir.join(PYTORCH_FILE);
+    let tensors: Vec<(String, Tensor)> = if safetensors.is_file() {
+        candle_core::safetensors::load(&safetensors, &Device::Cpu)
+            .map_err(|e| Error::bad_model_file(&safetensors, e.to_string()))?
+            .into_iter()
+            .collect()
+    } else if pytorch.is_file() {
+        candle_core::pickle::read_all(&pytorch)
+            .map_err(|e| Error::bad_model_file(&pytorch, e.to_string()))?
+    } else {
+        return Err(Error::MissingFile {
+            path: model_dir.to_path_buf(),
+            what: format!("the weights: neither {SAFETENSORS_FILE} nor {PYTORCH_FILE}"),
+        });
+    };
+    let path = if safetensors.is_file() {
+        safetensors
+    } else {
+        pytorch
+    };
+    let tensors = tensors
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    Ok((path, tensors))
+}
+
+/// Copies checkpoint tensors into the model's variables. Head weights the checkpoint lacks (or
+/// has in another shape, e.g. a different number of labels) are drawn from N(0, init_std²) with
+/// zero biases; a missing or misshapen backbone weight is an error naming the file.
+fn assign_weights(
+    vars: &VarMap,
+    weights: &HashMap<String, Tensor>,
+    path: &Path,
+    init_std: f64,
+    seed: u64,
+) -> Result<()> {
+    let vars = vars.data().lock().expect("weights lock poisoned");
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut missing = Vec::new();
+    for name in names {
+        let var = &vars[name];
+        let is_head = HEAD_PREFIXES.iter().any(|p| name.starts_with(p));
+        match weights.get(name) {
+            Some(tensor) if tensor.dims() == var.dims() => {
+                var.set(&tensor.to_device(var.device())?)?
+            }
+            Some(tensor) if !is_head => {
+                return Err(Error::bad_model_file(
+                    path,
+                    format!(
+                        "{name} has shape {:?}, config.json implies {:?}",
+                        tensor.dims(),
+                        var.dims()
+                    ),
+                ))
+            }
+            _ if is_head => {
+                if name.ends_with("weight") {
+                    let values: Vec<f32> = (0..var.elem_count())
+                        .map(|_| (normal(&mut rng) * init_std) as f32)
+                        .collect();
+                    var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
+                }
+            }
+            _ => missing.push(name.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+        return Err(Error::bad_model_file(
+            path,
+            format!(
+                "{} weights missing, e.g. {}",
+                missing.len(),
+                shown.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A standard normal draw (Box–Muller), so that the head's init follows the seed.
+fn normal(rng: &mut StdRng) -> f64 {
+    use rand::Rng;
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}

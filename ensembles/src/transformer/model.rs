@@ -1,0 +1,689 @@
+//! DeBERTa-v2/v3 in candle with Hugging Face's weight names (so that checkpoints load through a
+//! `VarBuilder`), dropout that is active only in training, and a classification head for the
+//! cross-encoder or the siamese layout.
+//!
+//! Follows `transformers/models/deberta_v2/modeling_deberta_v2.py`. Written here rather than
+//! taken from candle-transformers because that model has no dropout and no way to stop
+//! gradients below the layers being trained.
+use std::cell::RefCell;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::Deserialize;
+
+type CandleResult<T> = candle_core::Result<T>;
+
+/// The fields of a Hugging Face `config.json` that the forward pass depends on, with the
+/// defaults that `DebertaV2Config` and the modelling code apply.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DebertaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub relative_attention: bool,
+    #[serde(default = "minus_one")]
+    pub max_relative_positions: i64,
+    #[serde(default = "minus_one")]
+    pub position_buckets: i64,
+    #[serde(default, deserialize_with = "pos_att_type")]
+    pub pos_att_type: Vec<String>,
+    #[serde(default)]
+    pub share_att_key: bool,
+    #[serde(default = "yes")]
+    pub position_biased_input: bool,
+    #[serde(default)]
+    pub norm_rel_ebd: Option<String>,
+    pub embedding_size: Option<usize>,
+    pub pooler_hidden_size: Option<usize>,
+    #[serde(default)]
+    pub pooler_dropout: f64,
+    #[serde(default = "default_act")]
+    pub pooler_hidden_act: String,
+    pub cls_dropout: Option<f64>,
+    #[serde(default)]
+    pub conv_kernel_size: usize,
+    #[serde(default)]
+    pub initializer_range: Option<f64>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_max_positions() -> usize {
+    512
+}
+fn default_eps() -> f64 {
+    1e-7
+}
+fn minus_one() -> i64 {
+    -1
+}
+fn yes() -> bool {
+    true
+}
+
+fn pos_att_type<'de, De: serde::Deserializer<'de>>(d: De) -> Result<Vec<String>, De::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Kinds {
+        Joined(String),
+        List(Vec<String>),
+        None(()),
+    }
+    Ok(match Kinds::deserialize(d)? {
+        Kinds::Joined(s) => s.split('|').map(|k| k.trim().to_lowercase()).collect(),
+        Kinds::List(v) => v.into_iter().map(|k| k.trim().to_lowercase()).collect(),
+        Kinds::None(()) => Vec::new(),
+    })
+}
+
+impl DebertaConfig {
+    /// What this implementation cannot run, if anything.
+    pub fn unsupported(&self) -> Option<String> {
+        if self.conv_kernel_size > 0 {
+            return Some(
+                "conv_kernel_size > 0 (DeBERTa-v2 xlarge convolution) is not supported".into(),
+            );
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Some(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if let Some(kind) = self
+            .pos_att_type
+            .iter()
+            .find(|k| *k != "c2p" && *k != "p2c")
+        {
+            return Some(format!(
+                "pos_att_type {kind:?} is not supported (only c2p and p2c)"
+            ));
+        }
+        None
+    }
+
+    fn pooled_size(&self) -> usize {
+        self.pooler_hidden_size.unwrap_or(self.hidden_size)
+    }
+
+    fn max_relative(&self) -> i64 {
+        if self.max_relative_positions < 1 {
+            self.max_position_embeddings as i64
+        } else {
+            self.max_relative_positions
+        }
+    }
+
+    /// Half the number of relative-position embeddings (`pos_ebd_size` in HF).
+    fn attention_span(&self) -> i64 {
+        if self.position_buckets > 0 {
+            self.position_buckets
+        } else {
+            self.max_relative()
+        }
+    }
+
+    fn c2p(&self) -> bool {
+        self.pos_att_type.iter().any(|k| k == "c2p")
+    }
+
+    fn p2c(&self) -> bool {
+        self.pos_att_type.iter().any(|k| k == "p2c")
+    }
+}
+
+/// How the three classes are read from the backbone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// One sequence `[CLS] prompt [SEP] A [SEP] B [SEP]`, head on its pooled vector.
+    Cross,
+    /// `prompt+A` and `prompt+B` through the same backbone, head on `[hA, hB, hA−hB, hA·hB]`.
+    Siamese,
+}
+
+/// Seeded randomness for dropout in training. CPU masks come from this generator so that a run
+/// is reproducible; on a GPU the device's own (seeded) generator is used to avoid transfers.
+pub struct DropoutRng(RefCell<StdRng>);
+
+impl DropoutRng {
+    pub fn new(rng: StdRng) -> Self {
+        DropoutRng(RefCell::new(rng))
+    }
+}
+
+/// Whether a forward pass trains (dropout on, differentiable kernels) and which parts of the
+/// graph gradients flow into.
+#[derive(Clone, Copy)]
+pub struct Pass<'a> {
+    pub dropout: Option<&'a DropoutRng>,
+    /// Index of the lowest encoder layer that receives gradients; `num_hidden_layers` trains
+    /// the head only. Everything below it runs detached.
+    pub first_trained_layer: usize,
+    /// Whether the embeddings (word and relative) receive gradients.
+    pub train_embeddings: bool,
+}
+
+impl Pass<'_> {
+    pub fn eval() -> Pass<'static> {
+        Pass {
+            dropout: None,
+            first_trained_layer: usize::MAX,
+            train_embeddings: false,
+        }
+    }
+
+    fn grads_at(&self, layer: usize) -> bool {
+        layer >= self.first_trained_layer
+    }
+}
+
+fn dropout(x: &Tensor, p: f64, pass: &Pass) -> CandleResult<Tensor> {
+    let Some(rng) = pass.dropout else {
+        return Ok(x.clone());
+    };
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = match x.device() {
+        Device::Cpu => {
+            let mut rng = rng.0.borrow_mut();
+            let scale = (1.0 / (1.0 - p)) as f32;
+            let mask: Vec<f32> = (0..x.elem_count())
+                .map(|_| if rng.random::<f64>() < p { 0.0 } else { scale })
+                .collect();
+            Tensor::from_vec(mask, x.shape(), x.device())?
+        }
+        device => {
+            let uniform = Tensor::rand(0f32, 1f32, x.shape(), device)?;
+            (uniform.ge(p)?.to_dtype(DType::F32)? / (1.0 - p))?
+        }
+    };
+    x.mul(&keep)
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(size: usize, eps: f64, vb: VarBuilder) -> CandleResult<LayerNorm> {
+        Ok(LayerNorm {
+            weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    /// The fused kernel has no backward pass, so training uses the composed one.
+    fn forward(&self, x: &Tensor, grads: bool) -> CandleResult<Tensor> {
+        if grads {
+            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
+        } else {
+            candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+        }
+    }
+}
+
+fn linear(input: usize, output: usize, vb: VarBuilder) -> CandleResult<Linear> {
+    let weight = vb.get_with_hints((output, input), "weight", Init::Const(0.0))?;
+    let bias = vb.get_with_hints(output, "bias", Init::Const(0.0))?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+fn activation(name: &str, x: &Tensor) -> CandleResult<Tensor> {
+    match name {
+        "gelu" => x.gelu_erf(),
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => x.gelu(),
+        "relu" => x.relu(),
+        "tanh" => x.tanh(),
+        other => candle_core::bail!("activation {other:?} is not supported"),
+    }
+}
+
+struct Embeddings {
+    word: Embedding,
+    position: Option<Embedding>,
+    token_type: Option<Embedding>,
+    projection: Option<Linear>,
+    norm: LayerNorm,
+    dropout: f64,
+}
+
+impl Embeddings {
+    fn load(config: &DebertaConfig, vb: VarBuilder) -> CandleResult<Embeddings> {
+        let width = config.embedding_size.unwrap_or(config.hidden_size);
+        let table = |rows: usize, name: &str| -> CandleResult<Embedding> {
+            let weights =
+                vb.get_with_hints((rows, width), &format!("{name}.weight"), Init::Const(0.0))?;
+            Ok(Embedding::new(weights, width))
+        };
+        Ok(Embeddings {
+            word: table(config.vocab_size, "word_embeddings")?,
+            position: if config.position_biased_input {
+                Some(table(
+                    config.max_position_embeddings,
+                    "position_embeddings",
+                )?)
+            } else {
+                None
+            },
+            token_type: if config.type_vocab_size > 0 {
+                Some(table(config.type_vocab_size, "token_type_embeddings")?)
+            } else {
+                None
+            },
+            projection: if width != config.hidden_size {
+                let weight = vb.get_with_hints(
+                    (config.hidden_size, width),
+                    "embed_proj.weight",
+                    Init::Const(0.0),
+                )?;
+                Some(Linear::new(weight, None))
+            } else {
+                None
+            },
+            norm: LayerNorm::load(
+                config.hidden_size,
+                config.layer_norm_eps,
+                vb.pp("LayerNorm"),
+            )?,
+            dropout: config.hidden_dropout_prob,
+        })
+    }
+
+    fn forward(&self, ids: &Tensor, mask: &Tensor, pass: &Pass) -> CandleResult<Tensor> {
+        let (_, len) = ids.dims2()?;
+        let mut x = self.word.forward(ids)?;
+        if let Some(position) = &self.position {
+            let positions = Tensor::arange(0u32, len as u32, ids.device())?;
+            x = x.broadcast_add(&position.forward(&positions)?)?;
+        }
+        if let Some(token_type) = &self.token_type {
+            x = x.broadcast_add(&token_type.forward(&ids.zeros_like()?)?)?;
+        }
+        if let Some(projection) = &self.projection {
+            x = projection.forward(&x)?;
+        }
+        let x = self.norm.forward(&x, pass.train_embeddings)?;
+        let x = x.broadcast_mul(&mask.unsqueeze(2)?)?;
+        dropout(&x, self.dropout, pass)
+    }
+}
+
+/// Relative positions of a sequence length as flat gather indices (they depend on the length
+/// only): `c2p[i·L+j] = i·2S + δ(i,j)` and `p2c[i·L+j] = j·2S + δ(i,j)`, where
+/// `δ(i,j) = clamp(bucket(i−j) + S, 0, 2S−1)` and S is the attention span.
+struct RelativeIndex {
+    c2p: Tensor,
+    p2c: Tensor,
+}
+
+/// HF's `make_log_bucket_position`, in f32 as torch computes it.
+fn log_bucket(relative: i64, bucket_size: i64, max_position: i64) -> i64 {
+    let mid = bucket_size / 2;
+    let abs = if relative < mid && relative > -mid {
+        mid - 1
+    } else {
+        relative.abs()
+    };
+    if abs <= mid {
+        return relative;
+    }
+    let ratio = (abs as f32 / mid as f32).ln() / ((max_position - 1) as f32 / mid as f32).ln();
+    let log_pos = (ratio * (mid - 1) as f32).ceil() + mid as f32;
+    log_pos as i64 * relative.signum()
+}
+
+impl RelativeIndex {
+    fn new(len: usize, config: &DebertaConfig, device: &Device) -> CandleResult<RelativeIndex> {
+        let span = config.attention_span();
+        let (buckets, max_position) = (config.position_buckets, config.max_relative());
+        let width = (2 * span) as usize;
+        let mut c2p = Vec::with_capacity(len * len);
+        let mut p2c = Vec::with_capacity(len * len);
+        for i in 0..len {
+            for j in 0..len {
+                let relative = i as i64 - j as i64;
+                let relative = if buckets > 0 && max_position > 0 {
+                    log_bucket(relative, buckets, max_position)
+                } else {
+                    relative
+                };
+                let delta = (relative + span).clamp(0, 2 * span - 1) as usize;
+                c2p.push((i * width + delta) as u32);
+                p2c.push((j * width + delta) as u32);
+            }
+        }
+        Ok(RelativeIndex {
+            c2p: Tensor::from_vec(c2p, len * len, device)?,
+            p2c: Tensor::from_vec(p2c, len * len, device)?,
+        })
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    pos_query: Option<Linear>,
+    pos_key: Option<Linear>,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    heads: usize,
+    config: DebertaConfig,
+}
+
+impl Layer {
+    fn load(config: &DebertaConfig, vb: VarBuilder) -> CandleResult<Layer> {
+        let hidden = config.hidden_size;
+        let attention = vb.pp("attention.self");
+        let separate = config.relative_attention && !config.share_att_key;
+        Ok(Layer {
+            query: linear(hidden, hidden, attention.pp("query_proj"))?,
+            key: linear(hidden, hidden, attention.pp("key_proj"))?,
+            value: linear(hidden, hidden, attention.pp("value_proj"))?,
+            pos_query: if separate && config.p2c() {
+                Some(linear(hidden, hidden, attention.pp("pos_query_proj"))?)
+            } else {
+                None
+            },
+            pos_key: if separate && config.c2p() {
+                Some(linear(hidden, hidden, attention.pp("pos_key_proj"))?)
+            } else {
+                None
+            },
+            attention_out: linear(hidden, hidden, vb.pp("attention.output.dense"))?,
+            attention_norm: LayerNorm::load(
+                hidden,
+                config.layer_norm_eps,
+                vb.pp("attention.output.LayerNorm"),
+            )?,
+            intermediate: linear(
+                hidden,
+                config.intermediate_size,
+                vb.pp("intermediate.dense"),
+            )?,
+            output: linear(config.intermediate_size, hidden, vb.pp("output.dense"))?,
+            output_norm: LayerNorm::load(hidden, config.layer_norm_eps, vb.pp("output.LayerNorm"))?,
+            heads: config.num_attention_heads,
+            config: config.clone(),
+        })
+    }
+
+    /// `[B, L, H·d]` → `[B, H, L, d]`.
+    fn split_heads(&self, x: &Tensor) -> CandleResult<Tensor> {
+        let (batch, len, width) = x.dims3()?;
+        x.reshape((batch, len, self.heads, width / self.heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Disentangled attention score of one projection of the relative embeddings:
+    /// `out[b,h,i,j] = x[b,h,·,:] · pos[h, δ(i,j), :]` through the flat index.
+    fn relative_scores(&self, x: &Tensor, pos: &Tensor, index: &Tensor) -> CandleResult<Tensor> {
+        let (batch, heads, len, _) = x.dims4()?;
+        let pos = pos
+            .broadcast_as((batch, heads, pos.dim(2)?, pos.dim(3)?))?
+            .contiguous()?;
+        let all = x.matmul(&pos.t()?)?; // [B, H, L, 2S]
+        let span2 = all.dim(3)?;
+        all.reshape((batch * heads, len * span2))?
+            .index_select(index, 1)?
+            .reshape((batch, heads, len, len))
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        relative: Option<(&Tensor, &RelativeIndex)>,
+        grads: bool,
+        pass: &Pass,
+    ) -> CandleResult<Tensor> {
+        let config = &self.config;
+        let (batch, len, hidden) = x.dims3()?;
+        let query = self.split_heads(&self.query.forward(x)?)?;
+        let key = self.split_heads(&self.key.forward(x)?)?;
+        let value = self.split_heads(&self.value.forward(x)?)?;
+        let head_size = hidden / self.heads;
+        let factor = 1 + usize::from(config.c2p()) + usize::from(config.p2c());
+        let scale = ((head_size * factor) as f64).sqrt();
+        let mut scores = (query.matmul(&key.t()?)? / scale)?;
+        if let Some((embeddings, index)) = relative {
+            let embeddings = dropout(embeddings, config.hidden_dropout_prob, pass)?.unsqueeze(0)?;
+            let project = |own: &Option<Linear>, shared: &Linear| -> CandleResult<Tensor> {
+                self.split_heads(&own.as_ref().unwrap_or(shared).forward(&embeddings)?)
+            };
+            if config.c2p() {
+                let pos_key = project(&self.pos_key, &self.key)?;
+                scores = (scores + (self.relative_scores(&query, &pos_key, &index.c2p)? / scale)?)?;
+            }
+            if config.p2c() {
+                let pos_query = project(&self.pos_query, &self.query)?;
+                scores = (scores + (self.relative_scores(&key, &pos_query, &index.p2c)? / scale)?)?;
+            }
+        }
+        let scores = scores.broadcast_add(mask_bias)?;
+        let probs = if grads {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let probs = dropout(&probs, config.attention_probs_dropout_prob, pass)?;
+        let context = probs
+            .matmul(&value)?
+            .transpose(1, 2)?
+            .reshape((batch, len, hidden))?;
+        let attended = dropout(
+            &self.attention_out.forward(&context)?,
+            config.hidden_dropout_prob,
+            pass,
+        )?;
+        let attended = self.attention_norm.forward(&(attended + x)?, grads)?;
+        let inner = activation(&config.hidden_act, &self.intermediate.forward(&attended)?)?;
+        let out = dropout(
+            &self.output.forward(&inner)?,
+            config.hidden_dropout_prob,
+            pass,
+        )?;
+        self.output_norm.forward(&(out + attended)?, grads)
+    }
+}
+
+/// The DeBERTa encoder (`deberta.*` weights).
+pub struct Backbone {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    relative: Option<Embedding>,
+    relative_norm: Option<LayerNorm>,
+    config: DebertaConfig,
+}
+
+impl Backbone {
+    fn load(config: &DebertaConfig, vb: VarBuilder) -> CandleResult<Backbone> {
+        let encoder = vb.pp("encoder");
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::load(config, encoder.pp(format!("layer.{i}"))))
+            .collect::<CandleResult<Vec<_>>>()?;
+        let relative = if config.relative_attention {
+            let rows = 2 * config.attention_span() as usize;
+            let weights = encoder.get_with_hints(
+                (rows, config.hidden_size),
+                "rel_embeddings.weight",
+                Init::Const(0.0),
+            )?;
+            Some(Embedding::new(weights, config.hidden_size))
+        } else {
+            None
+        };
+        let norm_relative = config
+            .norm_rel_ebd
+            .as_deref()
+            .is_some_and(|n| n.split('|').any(|k| k.trim() == "layer_norm"));
+        Ok(Backbone {
+            embeddings: Embeddings::load(config, vb.pp("embeddings"))?,
+            layers,
+            relative,
+            relative_norm: if norm_relative {
+                Some(LayerNorm::load(
+                    config.hidden_size,
+                    config.layer_norm_eps,
+                    encoder.pp("LayerNorm"),
+                )?)
+            } else {
+                None
+            },
+            config: config.clone(),
+        })
+    }
+
+    /// Last hidden states `[B, L, hidden]` of token ids `[B, L]` (u32) and mask `[B, L]` (f32).
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor, pass: &Pass) -> CandleResult<Tensor> {
+        let (_, len) = ids.dims2()?;
+        let mut x = self.embeddings.forward(ids, mask, pass)?;
+        if !pass.train_embeddings {
+            x = x.detach();
+        }
+        // Padded keys get a large negative score, so they receive exactly zero attention.
+        let mask_bias = ((mask - 1.0)? * 1e9)?.unsqueeze(1)?.unsqueeze(1)?;
+        let relative = match &self.relative {
+            Some(table) => {
+                let mut embeddings = table.embeddings().clone();
+                if let Some(norm) = &self.relative_norm {
+                    embeddings = norm.forward(&embeddings, pass.train_embeddings)?;
+                }
+                if !pass.train_embeddings {
+                    embeddings = embeddings.detach();
+                }
+                Some((
+                    embeddings,
+                    RelativeIndex::new(len, &self.config, ids.device())?,
+                ))
+            }
+            None => None,
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let relative = relative.as_ref().map(|(e, index)| (e, index));
+            x = layer.forward(&x, &mask_bias, relative, pass.grads_at(i), pass)?;
+            if !pass.grads_at(i + 1) {
+                x = x.detach();
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// Backbone, context pooler (`pooler.dense` on the `[CLS]` state) and `classifier`.
+pub struct DebertaClassifier {
+    backbone: Backbone,
+    pooler: Linear,
+    classifier: Linear,
+    layout: Layout,
+    config: DebertaConfig,
+}
+
+/// The names of the weights a fine-tuning run creates when the checkpoint lacks them.
+pub const HEAD_PREFIXES: [&str; 2] = ["pooler.", "classifier."];
+
+impl DebertaClassifier {
+    pub fn load(config: &DebertaConfig, layout: Layout, vb: VarBuilder) -> CandleResult<Self> {
+        let pooled = config.pooled_size();
+        let head_input = match layout {
+            Layout::Cross => pooled,
+            Layout::Siamese => 4 * pooled,
+        };
+        Ok(DebertaClassifier {
+            backbone: Backbone::load(config, vb.pp("deberta"))?,
+            pooler: linear(config.hidden_size, pooled, vb.pp("pooler.dense"))?,
+            classifier: linear(head_input, 3, vb.pp("classifier"))?,
+            layout,
+            config: config.clone(),
+        })
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.backbone.layers.len()
+    }
+
+    fn pool(&self, hidden: &Tensor, pass: &Pass) -> CandleResult<Tensor> {
+        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let first = dropout(&first, self.config.pooler_dropout, pass)?;
+        activation(
+            &self.config.pooler_hidden_act,
+            &self.pooler.forward(&first)?,
+        )
+    }
+
+    /// Logits `[N, 3]`. Cross: `ids` holds N sequences. Siamese: `ids` holds 2N sequences, the
+    /// N prompt+A sequences first, then the N prompt+B sequences in the same order.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor, pass: &Pass) -> CandleResult<Tensor> {
+        let pooled = self.pool(&self.backbone.forward(ids, mask, pass)?, pass)?;
+        let features = match self.layout {
+            Layout::Cross => pooled,
+            Layout::Siamese => {
+                let rows = pooled.dim(0)? / 2;
+                let a = pooled.narrow(0, 0, rows)?;
+                let b = pooled.narrow(0, rows, rows)?;
+                Tensor::cat(&[&a, &b, &(&a - &b)?, &(&a * &b)?], 1)?
+            }
+        };
+        let drop = self
+            .config
+            .cls_dropout
+            .unwrap_or(self.config.hidden_dropout_prob);
+        self.classifier.forward(&dropout(&features, drop, pass)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_buckets_match_hugging_face() {
+        // Values of HF's make_log_bucket_position(rel, 256, 512) for a few distances.
+        assert_eq!(log_bucket(0, 256, 512), 0);
+        assert_eq!(log_bucket(128, 256, 512), 128);
+        assert_eq!(log_bucket(-128, 256, 512), -128);
+        assert_eq!(log_bucket(129, 256, 512), 129);
+        assert_eq!(log_bucket(511, 256, 512), 255);
+        assert_eq!(log_bucket(300, 256, 512), 207);
+        assert_eq!(log_bucket(-300, 256, 512), -207);
+        // And with the fixture's 8 buckets.
+        assert_eq!(log_bucket(4, 8, 512), 4);
+        assert_eq!(log_bucket(7, 8, 512), 5);
+        assert_eq!(log_bucket(100, 8, 512), 6);
+        assert_eq!(log_bucket(-128, 8, 512), -7);
+    }
+}

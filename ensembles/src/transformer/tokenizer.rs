@@ -1,0 +1,312 @@
+//! The DeBERTa-v3 tokenizer, loaded from `tokenizer.json` or built from `spm.model` the way
+//! Hugging Face's `DebertaV2Converter` does, and the layout of a battle into token ids with a
+//! token budget per segment.
+use std::path::Path;
+
+use tokenizers::models::unigram::Unigram;
+use tokenizers::normalizers::{
+    replace::ReplacePattern, Lowercase, NormalizerWrapper, Precompiled, Replace,
+    Sequence as Normalizers, Strip,
+};
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::pre_tokenizers::punctuation::Punctuation;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizers;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, Tokenizer};
+
+use super::sentencepiece::SentencePieceModel;
+use crate::{Error, Result};
+
+const CLS: &str = "[CLS]";
+const SEP: &str = "[SEP]";
+const PAD: &str = "[PAD]";
+const UNK: &str = "[UNK]";
+const MASK: &str = "[MASK]";
+
+/// Loads the tokenizer of a model folder: `tokenizer.json` when present, else one built from
+/// `spm.model` (the stock microsoft/deberta-v3-* folders ship only the latter).
+pub fn load_tokenizer(model_dir: &Path) -> Result<Tokenizer> {
+    let json = model_dir.join("tokenizer.json");
+    if json.is_file() {
+        return Tokenizer::from_file(&json)
+            .map_err(|e| Error::bad_model_file(&json, format!("cannot load tokenizer: {e}")));
+    }
+    let spm = model_dir.join("spm.model");
+    if spm.is_file() {
+        let bytes = std::fs::read(&spm).map_err(Error::io(&spm))?;
+        let options = SlowTokenizerOptions::read(model_dir)?;
+        return tokenizer_from_sentencepiece(&bytes, &options)
+            .map_err(|message| Error::bad_model_file(&spm, message));
+    }
+    Err(Error::MissingFile {
+        path: model_dir.to_path_buf(),
+        what: "a tokenizer: neither tokenizer.json nor spm.model".into(),
+    })
+}
+
+/// The slow tokenizer's settings that change the fast one (from `tokenizer_config.json`).
+#[derive(Debug, Default, serde::Deserialize)]
+struct SlowTokenizerOptions {
+    #[serde(default)]
+    do_lower_case: bool,
+    #[serde(default)]
+    split_by_punct: bool,
+}
+
+impl SlowTokenizerOptions {
+    fn read(model_dir: &Path) -> Result<SlowTokenizerOptions> {
+        let path = model_dir.join("tokenizer_config.json");
+        if !path.is_file() {
+            return Ok(SlowTokenizerOptions::default());
+        }
+        let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+        serde_json::from_str(&text).map_err(|e| Error::bad_model_file(&path, e.to_string()))
+    }
+}
+
+/// Mirrors `transformers.convert_slow_tokenizer.DebertaV2Converter`: a Unigram model over the
+/// sentencepiece vocabulary; normalizers [Lowercase], Strip, Precompiled, Replace(" {2,}", " ");
+/// pre-tokenizers [Punctuation], Metaspace("▁", always); `[CLS] $A [SEP] $B [SEP]` template.
+fn tokenizer_from_sentencepiece(
+    bytes: &[u8],
+    options: &SlowTokenizerOptions,
+) -> std::result::Result<Tokenizer, String> {
+    let spm = SentencePieceModel::parse(bytes)?;
+    if spm.model_type != 1 {
+        return Err(format!(
+            "sentencepiece model type {} is not unigram (1)",
+            spm.model_type
+        ));
+    }
+    let vocab: Vec<(String, f64)> = spm
+        .pieces
+        .iter()
+        .map(|p| (p.piece.clone(), f64::from(p.score)))
+        .collect();
+    let unigram = Unigram::from(vocab, Some(spm.unk_id), spm.byte_fallback)
+        .map_err(|e| format!("cannot build the unigram model: {e}"))?;
+    let mut tokenizer = Tokenizer::new(unigram);
+
+    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
+    if options.do_lower_case {
+        normalizers.push(Lowercase.into());
+    }
+    normalizers.push(Strip::new(true, true).into());
+    if !spm.precompiled_charsmap.is_empty() {
+        let precompiled = Precompiled::from(&spm.precompiled_charsmap)
+            .map_err(|e| format!("bad precompiled_charsmap: {e}"))?;
+        normalizers.push(precompiled.into());
+    }
+    let spaces = Replace::new(ReplacePattern::Regex(" {2,}".into()), " ")
+        .map_err(|e| format!("whitespace normalizer: {e}"))?;
+    normalizers.push(spaces.into());
+    tokenizer
+        .with_normalizer(Some(Normalizers::new(normalizers)))
+        .map_err(|e| format!("normalizer: {e}"))?;
+
+    let mut pre_tokenizers: Vec<PreTokenizerWrapper> = Vec::new();
+    if options.split_by_punct {
+        pre_tokenizers.push(Punctuation::new(tokenizers::SplitDelimiterBehavior::Isolated).into());
+    }
+    pre_tokenizers.push(Metaspace::new('▁', PrependScheme::Always, true).into());
+    tokenizer.with_pre_tokenizer(Some(PreTokenizers::new(pre_tokenizers)));
+
+    let id_of = |token: &str| {
+        spm.pieces
+            .iter()
+            .position(|p| p.piece == token)
+            .map(|id| id as u32)
+            .ok_or_else(|| format!("the vocabulary has no {token} piece"))
+    };
+    let template = TemplateProcessing::builder()
+        .try_single(format!("{CLS}:0 $A:0 {SEP}:0"))
+        .and_then(|b| b.try_pair(format!("{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1")))
+        .map_err(|e| format!("template: {e}"))?
+        .special_tokens(vec![(CLS, id_of(CLS)?), (SEP, id_of(SEP)?)])
+        .build()
+        .map_err(|e| format!("template: {e}"))?;
+    tokenizer.with_post_processor(Some(template));
+    tokenizer.with_decoder(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+
+    // As DebertaV2TokenizerFast registers them (only [UNK] matches normalized text); [MASK] is
+    // not a sentencepiece piece in v3 and so takes the next id.
+    let specials: Vec<AddedToken> = [PAD, CLS, SEP, UNK, MASK]
+        .into_iter()
+        .map(|t| AddedToken::from(t, true).normalized(t == UNK))
+        .collect();
+    tokenizer
+        .add_special_tokens(specials)
+        .map_err(|e| format!("special tokens: {e}"))?;
+    Ok(tokenizer)
+}
+
+/// How the token budget of a sequence is split between prompt and responses, and which part
+/// of an over-long segment is kept.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentBudget {
+    /// Share of the budget reserved for the prompt; the responses split the rest evenly.
+    pub prompt_share: f64,
+    /// Share of a truncated segment kept from its start; the rest comes from its end.
+    pub head_share: f64,
+}
+
+impl Default for SegmentBudget {
+    fn default() -> Self {
+        SegmentBudget {
+            prompt_share: 0.2,
+            head_share: 0.5,
+        }
+    }
+}
+
+impl SegmentBudget {
+    /// Token counts for segments of the given lengths sharing `available` tokens: each gets
+    /// its share, and what a short segment leaves is handed on to the longer ones (in
+    /// proportion to their shares). Equal shares and lengths give equal counts, so A and B are
+    /// treated alike.
+    pub fn allocate(&self, lengths: &[usize], shares: &[f64], available: usize) -> Vec<usize> {
+        let mut counts = vec![0usize; lengths.len()];
+        let mut open: Vec<usize> = (0..lengths.len()).collect();
+        let mut left = available as f64;
+        loop {
+            let total_share: f64 = open.iter().map(|&i| shares[i]).sum();
+            if open.is_empty() || total_share <= 0.0 {
+                return counts;
+            }
+            // Segments that fit in their share take their full length and leave the rest.
+            let fitting: Vec<usize> = open
+                .iter()
+                .copied()
+                .filter(|&i| (lengths[i] as f64) <= left * shares[i] / total_share)
+                .collect();
+            if fitting.is_empty() {
+                for &i in &open {
+                    counts[i] = (left * shares[i] / total_share).floor() as usize;
+                }
+                return counts;
+            }
+            for &i in &fitting {
+                counts[i] = lengths[i];
+                left -= lengths[i] as f64;
+            }
+            open.retain(|i| !fitting.contains(i));
+        }
+    }
+
+    /// Keeps `budget` tokens of `ids`: its head and its tail.
+    pub fn truncate(&self, ids: &[u32], budget: usize) -> Vec<u32> {
+        if ids.len() <= budget {
+            return ids.to_vec();
+        }
+        let head = ((budget as f64) * self.head_share).round() as usize;
+        let tail = budget - head.min(budget);
+        let mut kept = ids[..head.min(budget)].to_vec();
+        kept.extend_from_slice(&ids[ids.len() - tail..]);
+        kept
+    }
+}
+
+/// Turns texts into model inputs with the tokenizer's special tokens.
+pub struct TextEncoder {
+    tokenizer: Tokenizer,
+    cls: u32,
+    sep: u32,
+    pub pad: u32,
+    budget: SegmentBudget,
+}
+
+impl TextEncoder {
+    pub fn new(tokenizer: Tokenizer, budget: SegmentBudget) -> Result<TextEncoder> {
+        let id = |token: &str| {
+            tokenizer
+                .token_to_id(token)
+                .ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no {token} token")))
+        };
+        Ok(TextEncoder {
+            cls: id(CLS)?,
+            sep: id(SEP)?,
+            pad: id(PAD)?,
+            tokenizer,
+            budget,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids of each text without special tokens.
+    pub fn token_ids(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| e.get_ids().to_vec())
+            .collect())
+    }
+
+    /// `[CLS] prompt [SEP] first [SEP] second [SEP]`, each segment within its budget.
+    pub fn cross(&self, prompt: &[u32], first: &[u32], second: &[u32], max_len: usize) -> Vec<u32> {
+        let response_share = (1.0 - self.budget.prompt_share) / 2.0;
+        let counts = self.budget.allocate(
+            &[prompt.len(), first.len(), second.len()],
+            &[self.budget.prompt_share, response_share, response_share],
+            max_len.saturating_sub(4),
+        );
+        let mut ids = Vec::with_capacity(max_len);
+        ids.push(self.cls);
+        for (segment, &count) in [prompt, first, second].into_iter().zip(&counts) {
+            ids.extend(self.budget.truncate(segment, count));
+            ids.push(self.sep);
+        }
+        ids
+    }
+
+    /// `[CLS] prompt [SEP] response [SEP]` for the siamese layout.
+    pub fn single(&self, prompt: &[u32], response: &[u32], max_len: usize) -> Vec<u32> {
+        let counts = self.budget.allocate(
+            &[prompt.len(), response.len()],
+            &[self.budget.prompt_share, 1.0 - self.budget.prompt_share],
+            max_len.saturating_sub(3),
+        );
+        let mut ids = Vec::with_capacity(max_len);
+        ids.push(self.cls);
+        for (segment, &count) in [prompt, response].into_iter().zip(&counts) {
+            ids.extend(self.budget.truncate(segment, count));
+            ids.push(self.sep);
+        }
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_segments_hand_their_budget_on() {
+        let budget = SegmentBudget::default();
+        let counts = budget.allocate(&[10, 500, 500], &[0.2, 0.4, 0.4], 508);
+        assert_eq!(counts, vec![10, 249, 249]);
+        let counts = budget.allocate(&[10, 20, 500], &[0.2, 0.4, 0.4], 508);
+        assert_eq!(counts, vec![10, 20, 478]);
+        let counts = budget.allocate(&[300, 300, 300], &[0.2, 0.4, 0.4], 100);
+        assert_eq!(counts, vec![20, 40, 40]);
+    }
+
+    #[test]
+    fn truncation_keeps_head_and_tail() {
+        let budget = SegmentBudget {
+            prompt_share: 0.2,
+            head_share: 0.5,
+        };
+        let ids: Vec<u32> = (0..10).collect();
+        assert_eq!(budget.truncate(&ids, 4), vec![0, 1, 8, 9]);
+        assert_eq!(budget.truncate(&ids, 20), ids);
+        assert_eq!(budget.truncate(&ids, 0), Vec::<u32>::new());
+    }
+}

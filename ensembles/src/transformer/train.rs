@@ -1,0 +1,390 @@
+//! Fine-tuning on one fold: AdamW with decoupled weight decay, warm-up then cosine or linear
+//! decay, gradient accumulation, global-norm clipping, label smoothing, staged unfreezing,
+//! A/B swap augmentation and early stopping on the held-out log loss.
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var, D};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::model::{DropoutRng, Pass, HEAD_PREFIXES};
+use super::{probs_from_logits, Classifier, EncodedPair, Schedule, TransformerConfig};
+use crate::metrics::log_loss;
+use crate::{Error, Outcome, Result};
+
+/// One held-out evaluation during training.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EvalPoint {
+    pub epoch: usize,
+    pub step: usize,
+    /// Mean training loss since the previous evaluation.
+    pub train_loss: f64,
+    pub valid_log_loss: f64,
+}
+
+/// What [`fit_fold`] returns: the held-out predictions of the best checkpoint (which the
+/// classifier holds afterwards) and the training history.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FoldResult {
+    pub best_log_loss: f64,
+    pub best_step: usize,
+    pub steps: usize,
+    pub history: Vec<EvalPoint>,
+    /// Swap-averaged logits of the held-out rows at the best checkpoint.
+    #[serde(skip)]
+    pub valid_logits: Vec<[f32; 3]>,
+    pub train_seconds: f64,
+}
+
+/// The best evaluation so far and the weights that made it.
+struct Checkpoint {
+    log_loss: f64,
+    step: usize,
+    valid_logits: Vec<[f32; 3]>,
+    weights: HashMap<String, Tensor>,
+}
+
+/// Which parameters a training stage updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    HeadOnly,
+    TopLayers(usize),
+    All,
+}
+
+impl Stage {
+    fn at(step: usize, config: &TransformerConfig, layers: usize) -> Stage {
+        let unfreeze = &config.unfreeze;
+        if step < unfreeze.head_only_steps {
+            Stage::HeadOnly
+        } else if step < unfreeze.head_only_steps + unfreeze.top_layers_steps
+            && unfreeze.top_layers < layers
+        {
+            Stage::TopLayers(unfreeze.top_layers)
+        } else {
+            Stage::All
+        }
+    }
+
+    fn first_trained_layer(self, layers: usize) -> usize {
+        match self {
+            Stage::HeadOnly => layers,
+            Stage::TopLayers(k) => layers - k,
+            Stage::All => 0,
+        }
+    }
+
+    /// Whether the weight `name` is updated in this stage.
+    fn trains(self, name: &str, layers: usize) -> bool {
+        if HEAD_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            return true;
+        }
+        if self == Stage::All {
+            return true;
+        }
+        let first = self.first_trained_layer(layers);
+        name.strip_prefix("deberta.encoder.layer.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i >= first)
+    }
+}
+
+/// Learning-rate multiplier at an optimizer step: linear warm-up, then decay to zero.
+fn lr_factor(step: usize, total: usize, config: &TransformerConfig) -> f64 {
+    let warmup = (config.warmup_ratio * total as f64).round() as usize;
+    if step < warmup {
+        return (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+    match config.schedule {
+        Schedule::Linear => (1.0 - progress).max(0.0),
+        Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()),
+    }
+}
+
+struct Moments {
+    first: Tensor,
+    second: Tensor,
+    steps: i32,
+}
+
+/// AdamW (decoupled weight decay, bias-corrected moments) over named variables; moments are
+/// kept by name so that layers unfrozen later start their own.
+struct AdamW {
+    moments: HashMap<String, Moments>,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+}
+
+impl AdamW {
+    fn new(config: &TransformerConfig) -> AdamW {
+        AdamW {
+            moments: HashMap::new(),
+            beta1: config.adam_beta1,
+            beta2: config.adam_beta2,
+            eps: config.adam_eps,
+            weight_decay: config.weight_decay,
+        }
+    }
+
+    fn step(&mut self, name: &str, var: &Var, grad: &Tensor, lr: f64) -> Result<()> {
+        let state = match self.moments.get_mut(name) {
+            Some(state) => state,
+            None => self.moments.entry(name.to_string()).or_insert(Moments {
+                first: grad.zeros_like()?,
+                second: grad.zeros_like()?,
+                steps: 0,
+            }),
+        };
+        state.steps += 1;
+        state.first = ((&state.first * self.beta1)? + (grad * (1.0 - self.beta1))?)?;
+        state.second = ((&state.second * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
+        let first = (&state.first / (1.0 - self.beta1.powi(state.steps)))?;
+        let second = (&state.second / (1.0 - self.beta2.powi(state.steps)))?;
+        let update = (first / (second.sqrt()? + self.eps)?)?;
+        // Biases and LayerNorm weights are not decayed (the usual BERT recipe).
+        let decay = if name.ends_with("bias") || name.contains("LayerNorm") {
+            0.0
+        } else {
+            self.weight_decay
+        };
+        let weights = var.as_tensor();
+        let next = ((weights * (1.0 - lr * decay))? - (update * lr)?)?;
+        var.set(&next)?;
+        Ok(())
+    }
+}
+
+/// Cross-entropy with label smoothing, averaged over the rows.
+fn smoothed_cross_entropy(logits: &Tensor, labels: &[Outcome], smoothing: f64) -> Result<Tensor> {
+    let off = smoothing / 3.0;
+    let targets: Vec<f32> = labels
+        .iter()
+        .flat_map(|label| {
+            let mut row = [off as f32; 3];
+            row[label.index()] += (1.0 - smoothing) as f32;
+            row
+        })
+        .collect();
+    let targets = Tensor::from_vec(targets, (labels.len(), 3), logits.device())?;
+    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok(((log_probs * targets)?.sum_all()?.neg()? / labels.len() as f64)?)
+}
+
+/// Trains `classifier` on the training rows, evaluating on the held-out rows after every epoch
+/// (and every `eval_every_steps`); stops after `patience` evaluations without improvement and
+/// leaves the classifier at its best checkpoint.
+pub fn fit_fold(
+    classifier: &mut Classifier,
+    train: &[EncodedPair],
+    train_labels: &[Outcome],
+    valid: &[EncodedPair],
+    valid_labels: &[Outcome],
+    fold: usize,
+) -> Result<FoldResult> {
+    if train.len() != train_labels.len() || valid.len() != valid_labels.len() {
+        return Err(Error::Invalid("rows and labels differ in number".into()));
+    }
+    if train.is_empty() || valid.is_empty() {
+        return Err(Error::Invalid(format!(
+            "fold {fold} has no training or no held-out rows"
+        )));
+    }
+    let started = Instant::now();
+    let config = classifier.config().clone();
+    let seed = config.seed.wrapping_add(fold as u64);
+    if !classifier.device().is_cpu() {
+        classifier.device().set_seed(seed)?;
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dropout_rng = DropoutRng::new(StdRng::seed_from_u64(seed ^ 0x5eed));
+    let layers = classifier.model.num_layers();
+    let rows_per_step = config.batch_size * config.grad_accumulation;
+    let steps_per_epoch = train.len().div_ceil(rows_per_step);
+    let total_steps = steps_per_epoch * config.epochs;
+
+    let mut optimizer = AdamW::new(&config);
+    let mut step = 0usize;
+    let mut history = Vec::new();
+    let mut best: Option<Checkpoint> = None;
+    let mut since_best = 0usize;
+    let (mut loss_sum, mut loss_count) = (0.0f64, 0usize);
+
+    'epochs: for epoch in 0..config.epochs {
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut rng);
+        for step_rows in order.chunks(rows_per_step) {
+            let stage = Stage::at(step, &config, layers);
+            let pass = Pass {
+                dropout: Some(&dropout_rng),
+                first_trained_layer: stage.first_trained_layer(layers),
+                train_embeddings: stage == Stage::All,
+            };
+            let trained: Vec<(String, Var)> = {
+                let vars = classifier
+                    .vars
+                    .data()
+                    .lock()
+                    .expect("weights lock poisoned");
+                let mut trained: Vec<(String, Var)> = vars
+                    .iter()
+                    .filter(|(name, _)| stage.trains(name, layers))
+                    .map(|(name, var)| (name.clone(), var.clone()))
+                    .collect();
+                trained.sort_by(|a, b| a.0.cmp(&b.0));
+                trained
+            };
+            let mut grads: Vec<Option<Tensor>> = vec![None; trained.len()];
+            for micro in step_rows.chunks(config.batch_size) {
+                let mut labels = Vec::with_capacity(micro.len());
+                let mut views = Vec::with_capacity(micro.len());
+                for &row in micro {
+                    let swap = rng.random::<f64>() < config.swap_probability;
+                    views.push(train[row].view(swap));
+                    labels.push(if swap {
+                        train_labels[row].swapped()
+                    } else {
+                        train_labels[row]
+                    });
+                }
+                let logits = classifier.forward_views(&views, &pass)?;
+                let loss = smoothed_cross_entropy(&logits, &labels, config.label_smoothing)?;
+                loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * micro.len() as f64;
+                loss_count += micro.len();
+                // Weighted so that the accumulated gradient is that of the step's mean loss.
+                let store = (loss * (micro.len() as f64 / step_rows.len() as f64))?.backward()?;
+                for ((_, var), sum) in trained.iter().zip(grads.iter_mut()) {
+                    if let Some(grad) = store.get(var.as_tensor()) {
+                        *sum = Some(match sum.take() {
+                            Some(s) => (s + grad)?,
+                            None => grad.clone(),
+                        });
+                    }
+                }
+            }
+            let clip = clip_factor(&grads, config.max_grad_norm)?;
+            let factor = lr_factor(step, total_steps, &config);
+            for ((name, var), grad) in trained.iter().zip(&grads) {
+                let Some(grad) = grad else { continue };
+                let grad = if clip < 1.0 {
+                    (grad * clip)?
+                } else {
+                    grad.clone()
+                };
+                let is_head = HEAD_PREFIXES.iter().any(|p| name.starts_with(p));
+                let lr = if is_head {
+                    config.head_learning_rate
+                } else {
+                    config.learning_rate
+                };
+                optimizer.step(name, var, &grad, lr * factor)?;
+            }
+            step += 1;
+            let epoch_end = step.is_multiple_of(steps_per_epoch);
+            let scheduled =
+                config.eval_every_steps > 0 && step.is_multiple_of(config.eval_every_steps);
+            if epoch_end || scheduled {
+                let valid_logits = classifier.predict_logits(valid)?;
+                let probs: Vec<_> = valid_logits.iter().map(probs_from_logits).collect();
+                let valid_log_loss = log_loss(valid_labels, &probs);
+                history.push(EvalPoint {
+                    epoch,
+                    step,
+                    train_loss: loss_sum / loss_count.max(1) as f64,
+                    valid_log_loss,
+                });
+                (loss_sum, loss_count) = (0.0, 0);
+                if best.as_ref().is_none_or(|b| valid_log_loss < b.log_loss) {
+                    best = Some(Checkpoint {
+                        log_loss: valid_log_loss,
+                        step,
+                        valid_logits,
+                        weights: classifier.snapshot()?,
+                    });
+                    since_best = 0;
+                } else {
+                    since_best += 1;
+                    if since_best >= config.patience.max(1) {
+                        break 'epochs;
+                    }
+                }
+            }
+        }
+    }
+    let best =
+        best.ok_or_else(|| Error::Invalid("training ran no evaluation (epochs = 0?)".into()))?;
+    classifier.restore(&best.weights)?;
+    Ok(FoldResult {
+        best_log_loss: best.log_loss,
+        best_step: best.step,
+        steps: step,
+        history,
+        valid_logits: best.valid_logits,
+        train_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The factor that scales the gradients to a global L2 norm of at most `max_norm`.
+fn clip_factor(grads: &[Option<Tensor>], max_norm: f64) -> Result<f64> {
+    if max_norm <= 0.0 {
+        return Ok(1.0);
+    }
+    let mut squares = 0.0f64;
+    for grad in grads.iter().flatten() {
+        squares += grad
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+    }
+    let norm = squares.sqrt();
+    Ok(if norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        let config = TransformerConfig {
+            warmup_ratio: 0.1,
+            ..TransformerConfig::default()
+        };
+        assert!((lr_factor(0, 100, &config) - 0.1).abs() < 1e-12);
+        assert!((lr_factor(9, 100, &config) - 1.0).abs() < 1e-12);
+        assert!((lr_factor(10, 100, &config) - 1.0).abs() < 1e-12);
+        assert!(lr_factor(99, 100, &config) < 0.01);
+        let linear = TransformerConfig {
+            schedule: Schedule::Linear,
+            ..config
+        };
+        assert!((lr_factor(55, 100, &linear) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn stages_select_head_then_top_layers_then_all() {
+        let mut config = TransformerConfig::default();
+        config.unfreeze.head_only_steps = 2;
+        config.unfreeze.top_layers = 1;
+        config.unfreeze.top_layers_steps = 3;
+        assert_eq!(Stage::at(1, &config, 4), Stage::HeadOnly);
+        assert_eq!(Stage::at(2, &config, 4), Stage::TopLayers(1));
+        assert_eq!(Stage::at(5, &config, 4), Stage::All);
+        let top = Stage::TopLayers(1);
+        assert!(top.trains("classifier.weight", 4));
+        assert!(top.trains("deberta.encoder.layer.3.output.dense.weight", 4));
+        assert!(!top.trains("deberta.encoder.layer.2.output.dense.weight", 4));
+        assert!(!top.trains("deberta.embeddings.word_embeddings.weight", 4));
+        assert!(!Stage::HeadOnly.trains("deberta.encoder.layer.3.output.dense.weight", 4));
+    }
+}

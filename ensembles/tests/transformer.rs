@@ -1,0 +1,353 @@
+//! The transformer member against the tiny fixture model that `scripts/make_tiny_deberta.py`
+//! made with Hugging Face transformers: token ids, logits, loading errors, swap averaging and
+//! training.
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use ensembles::transformer::{
+    fit_fold, load_tokenizer, probs_from_logits, Classifier, Layout, ResponsePair,
+    TransformerConfig,
+};
+use ensembles::{Error, Outcome};
+use serde::Deserialize;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn model_dir() -> PathBuf {
+    fixtures().join("tiny-deberta")
+}
+
+#[derive(Deserialize)]
+struct Expected {
+    tokens: Vec<TokenCase>,
+    pairs: Vec<PairCase>,
+    logits: Vec<LogitCase>,
+}
+
+#[derive(Deserialize)]
+struct TokenCase {
+    text: String,
+    ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct PairCase {
+    first: String,
+    second: String,
+    ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct LogitCase {
+    prompt: String,
+    response_a: String,
+    response_b: String,
+    ids: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+fn expected() -> Expected {
+    let text = std::fs::read_to_string(fixtures().join("tiny-deberta-expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A model folder in a temporary directory holding the named fixture files.
+fn folder_with(files: &[(&str, PathBuf)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, source) in files {
+        std::fs::copy(source, dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+fn check_token_ids(tokenizer: &tokenizers::Tokenizer) {
+    let expected = expected();
+    for case in &expected.tokens {
+        let ids = tokenizer
+            .encode(case.text.as_str(), true)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        assert_eq!(ids, case.ids, "token ids of {:?}", case.text);
+    }
+    for case in &expected.pairs {
+        let ids = tokenizer
+            .encode((case.first.as_str(), case.second.as_str()), true)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        assert_eq!(
+            ids,
+            case.ids,
+            "token ids of {:?}",
+            (&case.first, &case.second)
+        );
+    }
+}
+
+#[test]
+fn tokenizer_built_from_spm_model_matches_hugging_face() {
+    check_token_ids(&load_tokenizer(&model_dir()).unwrap());
+}
+
+#[test]
+fn tokenizer_json_matches_hugging_face() {
+    let dir = folder_with(&[(
+        "tokenizer.json",
+        fixtures().join("tiny-deberta-tokenizer.json"),
+    )]);
+    check_token_ids(&load_tokenizer(dir.path()).unwrap());
+}
+
+fn check_logits(classifier: &Classifier) {
+    let expected = expected();
+    let pairs: Vec<ResponsePair> = expected
+        .logits
+        .iter()
+        .map(|c| ResponsePair {
+            prompt: c.prompt.clone(),
+            response_a: c.response_a.clone(),
+            response_b: c.response_b.clone(),
+        })
+        .collect();
+    let encoded = classifier.encode(&pairs).unwrap();
+    let sequences: Vec<Vec<u32>> = encoded.iter().map(|e| e.as_given[0].clone()).collect();
+    for (sequence, case) in sequences.iter().zip(&expected.logits) {
+        assert_eq!(
+            sequence, &case.ids,
+            "cross-encoder layout of {:?}",
+            case.prompt
+        );
+    }
+    // One padded batch, as the reference was computed.
+    let logits = classifier.raw_logits(&sequences).unwrap();
+    for (got, case) in logits.iter().zip(&expected.logits) {
+        for (g, e) in got.iter().zip(&case.logits) {
+            assert!((g - e).abs() < 1e-4, "logits {got:?} vs {:?}", case.logits);
+        }
+    }
+}
+
+#[test]
+fn logits_match_hugging_face_from_safetensors() {
+    let config = TransformerConfig::default();
+    check_logits(&Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap());
+}
+
+#[test]
+fn logits_match_hugging_face_from_pytorch_bin() {
+    let dir = folder_with(&[
+        ("config.json", model_dir().join("config.json")),
+        ("spm.model", model_dir().join("spm.model")),
+        (
+            "pytorch_model.bin",
+            fixtures().join("tiny-deberta-pytorch_model.bin"),
+        ),
+    ]);
+    let config = TransformerConfig::default();
+    check_logits(&Classifier::load(dir.path(), &Device::Cpu, &config).unwrap());
+}
+
+#[test]
+fn missing_files_are_named() {
+    let config = TransformerConfig::default();
+    let message = |dir: &Path| match Classifier::load(dir, &Device::Cpu, &config) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+    };
+    let empty = tempfile::tempdir().unwrap();
+    assert!(message(empty.path()).contains("config.json"));
+
+    let no_weights = folder_with(&[("config.json", model_dir().join("config.json"))]);
+    let text = message(no_weights.path());
+    assert!(
+        text.contains("model.safetensors") && text.contains("pytorch_model.bin"),
+        "{text}"
+    );
+
+    let no_tokenizer = folder_with(&[
+        ("config.json", model_dir().join("config.json")),
+        ("model.safetensors", model_dir().join("model.safetensors")),
+    ]);
+    let text = message(no_tokenizer.path());
+    assert!(
+        text.contains("spm.model") && text.contains("tokenizer.json"),
+        "{text}"
+    );
+
+    let broken = folder_with(&[
+        ("config.json", model_dir().join("config.json")),
+        ("model.safetensors", model_dir().join("model.safetensors")),
+    ]);
+    std::fs::write(broken.path().join("spm.model"), b"not a protobuf").unwrap();
+    assert!(matches!(
+        Classifier::load(broken.path(), &Device::Cpu, &config),
+        Err(Error::BadModelFile { path, .. }) if path.ends_with("spm.model")
+    ));
+}
+
+fn battles(n: usize) -> (Vec<ResponsePair>, Vec<Outcome>) {
+    // Separable: the label is which response says "good" (a tie when both do).
+    let mut pairs = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..n {
+        let (a, b, label) = match i % 3 {
+            0 => ("good answer here", "bad answer there", Outcome::A),
+            1 => ("bad answer there", "good answer here", Outcome::B),
+            _ => ("good answer here", "good answer here too", Outcome::Tie),
+        };
+        pairs.push(ResponsePair {
+            prompt: format!("Question number {i}?"),
+            response_a: a.into(),
+            response_b: b.into(),
+        });
+        labels.push(label);
+    }
+    (pairs, labels)
+}
+
+#[test]
+fn swap_averaging_mirrors_exactly_in_both_layouts() {
+    for layout in [Layout::Cross, Layout::Siamese] {
+        let config = TransformerConfig {
+            layout,
+            eval_batch_size: 3,
+            ..TransformerConfig::default()
+        };
+        let classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
+        let (pairs, _) = battles(7);
+        let swapped: Vec<ResponsePair> = pairs
+            .iter()
+            .map(|p| ResponsePair {
+                prompt: p.prompt.clone(),
+                response_a: p.response_b.clone(),
+                response_b: p.response_a.clone(),
+            })
+            .collect();
+        let forward = classifier
+            .predict_logits(&classifier.encode(&pairs).unwrap())
+            .unwrap();
+        let backward = classifier
+            .predict_logits(&classifier.encode(&swapped).unwrap())
+            .unwrap();
+        for (f, b) in forward.iter().zip(&backward) {
+            let (pf, pb) = (probs_from_logits(f), probs_from_logits(b));
+            assert_eq!([pf[0], pf[1], pf[2]], [pb[1], pb[0], pb[2]], "{layout:?}");
+            assert!((pf.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        }
+    }
+}
+
+#[test]
+fn training_lowers_the_loss_on_a_separable_task() {
+    let config = TransformerConfig {
+        max_len: 32,
+        batch_size: 8,
+        grad_accumulation: 1,
+        epochs: 6,
+        learning_rate: 3e-3,
+        head_learning_rate: 3e-3,
+        warmup_ratio: 0.0,
+        patience: 6,
+        ..TransformerConfig::default()
+    };
+    let mut classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
+    let (pairs, labels) = battles(48);
+    let encoded = classifier.encode(&pairs).unwrap();
+    let (train, valid) = encoded.split_at(36);
+    let (train_labels, valid_labels) = labels.split_at(36);
+    let before: Vec<_> = classifier.predict_logits(valid).unwrap();
+    let before = ensembles::metrics::log_loss(
+        valid_labels,
+        &before.iter().map(probs_from_logits).collect::<Vec<_>>(),
+    );
+    let result = fit_fold(&mut classifier, train, train_labels, valid, valid_labels, 0).unwrap();
+    let first = &result.history[0];
+    let last = result.history.last().unwrap();
+    assert!(last.train_loss < first.train_loss, "{:?}", result.history);
+    assert!(
+        result.best_log_loss < before * 0.8,
+        "{before} -> {:?}",
+        result.history
+    );
+    assert_eq!(result.valid_logits.len(), valid.len());
+    // The classifier is left at the best checkpoint.
+    let after = classifier.predict_logits(valid).unwrap();
+    assert_eq!(after, result.valid_logits);
+}
+
+#[test]
+fn frozen_layers_do_not_move() {
+    let mut config = TransformerConfig {
+        max_len: 32,
+        batch_size: 4,
+        grad_accumulation: 1,
+        epochs: 1,
+        learning_rate: 1e-2,
+        head_learning_rate: 1e-2,
+        warmup_ratio: 0.0,
+        ..TransformerConfig::default()
+    };
+    config.unfreeze.head_only_steps = 0;
+    config.unfreeze.top_layers = 1;
+    config.unfreeze.top_layers_steps = 100;
+    let mut classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
+    let before = classifier.snapshot().unwrap();
+    let (pairs, labels) = battles(8);
+    let encoded = classifier.encode(&pairs).unwrap();
+    fit_fold(
+        &mut classifier,
+        &encoded[..4],
+        &labels[..4],
+        &encoded[4..],
+        &labels[4..],
+        0,
+    )
+    .unwrap();
+    let after = classifier.snapshot().unwrap();
+    let moved = |name: &str| {
+        let diff = (&before[name] - &after[name]).unwrap().abs().unwrap();
+        diff.flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    };
+    for name in before.keys() {
+        let frozen = name.starts_with("deberta.embeddings")
+            || name.starts_with("deberta.encoder.layer.0.")
+            || name.starts_with("deberta.encoder.rel_embeddings")
+            || name.starts_with("deberta.encoder.LayerNorm");
+        if frozen {
+            assert!(!moved(name), "{name} is frozen but changed");
+        }
+    }
+    assert!(moved("classifier.weight"));
+    assert!(moved(
+        "deberta.encoder.layer.1.attention.self.query_proj.weight"
+    ));
+}
+
+#[test]
+fn sequences_of_1024_tokens_run() {
+    let config = TransformerConfig {
+        max_len: 1024,
+        ..TransformerConfig::default()
+    };
+    let classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
+    let long = "word ".repeat(2000);
+    let pairs = vec![ResponsePair {
+        prompt: long.clone(),
+        response_a: long.clone(),
+        response_b: "short".into(),
+    }];
+    let encoded = classifier.encode(&pairs).unwrap();
+    // Rounding the shares down may leave a token or two of the budget unused.
+    assert!((1020..=1024).contains(&encoded[0].as_given[0].len()));
+    let logits = classifier.predict_logits(&encoded).unwrap();
+    assert!(logits[0].iter().all(|l| l.is_finite()));
+}

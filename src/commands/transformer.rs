@@ -1,0 +1,347 @@
+//! `ensemble transformer`: fine-tunes a DeBERTa model per fold and writes OOF and test
+//! predictions that line up with the other members (same folds.csv).
+//!
+//! Each fold writes `OUT/fold-K/` (held-out and test logits, fold.json), so folds can run on
+//! separate machines with `--fold K`; the merge step (after all folds, or `--merge`) assembles
+//! `oof.csv`, `oof_logits.csv`, `submission.csv`, `test_logits.csv` and `metrics.json`.
+use crate::cli::TransformerArgs;
+use crate::data;
+use anyhow::{bail, Context, Result};
+use ensembles::folds::Folds;
+use ensembles::predictions::Predictions;
+use ensembles::transformer::{
+    fit_fold, parse_device, probs_from_logits, Classifier, Device, FoldResult, ResponsePair,
+    TransformerConfig,
+};
+use ensembles::{metrics, Outcome, Probs};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const LOGIT_HEADER: &str = "id,logit_a,logit_b,logit_tie";
+
+/// What a fold records in `fold-K/fold.json`.
+#[derive(Serialize, Deserialize)]
+struct FoldSummary {
+    fold: usize,
+    train_rows: usize,
+    held_out_rows: usize,
+    best_log_loss: f64,
+    best_step: usize,
+    steps: usize,
+    history: serde_json::Value,
+    seconds: FoldSeconds,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FoldSeconds {
+    load: f64,
+    tokenize: f64,
+    train: f64,
+    predict_test: f64,
+}
+
+#[derive(Serialize)]
+struct RunSummary {
+    model: PathBuf,
+    train: PathBuf,
+    test: PathBuf,
+    device: String,
+    folds: Vec<FoldSummary>,
+    oof_log_loss: f64,
+    oof_accuracy: f64,
+    config: TransformerConfig,
+}
+
+fn resolve_config(args: &TransformerArgs) -> Result<TransformerConfig> {
+    let mut config = match &args.config {
+        Some(path) => TransformerConfig::from_toml_file(path)?,
+        None => TransformerConfig::default(),
+    };
+    config.max_len = args.max_len.unwrap_or(config.max_len);
+    config.epochs = args.epochs.unwrap_or(config.epochs);
+    config.validate().map_err(anyhow::Error::msg)?;
+    Ok(config)
+}
+
+/// Multi-turn fields joined turn by turn, one text per segment.
+fn response_pairs(battles: &[features::Battle]) -> Vec<ResponsePair> {
+    battles
+        .iter()
+        .map(|b| ResponsePair {
+            prompt: b.prompt.join("\n"),
+            response_a: b.response_a.join("\n"),
+            response_b: b.response_b.join("\n"),
+        })
+        .collect()
+}
+
+pub fn run(args: TransformerArgs) -> Result<()> {
+    let config = resolve_config(&args)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let train = data::read_train(&args.train)?;
+    let test = data::read_test(&args.test)?;
+    let ids = &train.battles.ids;
+    let folds = match &args.folds_file {
+        Some(path) => Folds::read(path, ids)?,
+        None => {
+            let folds = Folds::stratified(&train.labels, args.folds, config.seed)?;
+            folds.write(&args.out.join("folds.csv"), ids)?;
+            folds
+        }
+    };
+    let to_run: Vec<usize> = match args.fold {
+        Some(k) if k >= folds.n_folds() => {
+            bail!(
+                "--fold {k}: the folds file has folds 0..{}",
+                folds.n_folds() - 1
+            )
+        }
+        Some(k) => vec![k],
+        None if args.merge => Vec::new(),
+        None => (0..folds.n_folds()).collect(),
+    };
+    if !to_run.is_empty() {
+        let device = parse_device(&args.device)?;
+        let train_pairs = response_pairs(&train.battles.battles);
+        let test_pairs = response_pairs(&test.battles);
+        for fold in to_run {
+            run_fold(
+                &args,
+                &config,
+                &device,
+                &folds,
+                fold,
+                &train,
+                &train_pairs,
+                &test,
+                &test_pairs,
+            )?;
+        }
+    }
+    if args.fold.is_none() {
+        merge(&args, &config, &folds, &train, &test.ids)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_fold(
+    args: &TransformerArgs,
+    config: &TransformerConfig,
+    device: &Device,
+    folds: &Folds,
+    fold: usize,
+    train: &data::TrainSet,
+    train_pairs: &[ResponsePair],
+    test: &data::Battles,
+    test_pairs: &[ResponsePair],
+) -> Result<()> {
+    let started = Instant::now();
+    let mut classifier = Classifier::load(&args.model, device, config)?;
+    let load = started.elapsed().as_secs_f64();
+    let (train_rows, held_out) = folds.split(fold);
+    let pick = |rows: &[usize]| {
+        rows.iter()
+            .map(|&r| train_pairs[r].clone())
+            .collect::<Vec<_>>()
+    };
+    let labels = |rows: &[usize]| {
+        rows.iter()
+            .map(|&r| train.labels[r])
+            .collect::<Vec<Outcome>>()
+    };
+    let tokenizing = Instant::now();
+    let train_encoded = classifier.encode(&pick(&train_rows))?;
+    let held_out_encoded = classifier.encode(&pick(&held_out))?;
+    let test_encoded = classifier.encode(test_pairs)?;
+    let tokenize = tokenizing.elapsed().as_secs_f64();
+    eprintln!(
+        "fold {fold}: training on {} rows, early stopping on {} held-out rows",
+        train_rows.len(),
+        held_out.len()
+    );
+    let result: FoldResult = fit_fold(
+        &mut classifier,
+        &train_encoded,
+        &labels(&train_rows),
+        &held_out_encoded,
+        &labels(&held_out),
+        fold,
+    )?;
+    let predicting = Instant::now();
+    let test_logits = classifier.predict_logits(&test_encoded)?;
+    let predict_test = predicting.elapsed().as_secs_f64();
+    eprintln!("fold {fold}: held-out log loss {:.4}", result.best_log_loss);
+
+    let dir = fold_dir(&args.out, fold);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let held_out_ids: Vec<&String> = held_out.iter().map(|&r| &train.battles.ids[r]).collect();
+    write_logits(
+        &dir.join("held_out_logits.csv"),
+        &held_out_ids,
+        &result.valid_logits,
+    )?;
+    write_logits(
+        &dir.join("test_logits.csv"),
+        &test.ids.iter().collect::<Vec<_>>(),
+        &test_logits,
+    )?;
+    let summary = FoldSummary {
+        fold,
+        train_rows: train_rows.len(),
+        held_out_rows: held_out.len(),
+        best_log_loss: result.best_log_loss,
+        best_step: result.best_step,
+        steps: result.steps,
+        history: serde_json::to_value(&result.history)?,
+        seconds: FoldSeconds {
+            load,
+            tokenize,
+            train: result.train_seconds,
+            predict_test,
+        },
+    };
+    let path = dir.join("fold.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn fold_dir(out: &Path, fold: usize) -> PathBuf {
+    out.join(format!("fold-{fold}"))
+}
+
+fn write_logits(path: &Path, ids: &[&String], logits: &[[f32; 3]]) -> Result<()> {
+    let mut text = format!("{LOGIT_HEADER}\n");
+    for (id, l) in ids.iter().zip(logits) {
+        text.push_str(&format!("{id},{},{},{}\n", l[0], l[1], l[2]));
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn read_logits(path: &Path) -> Result<Vec<(String, [f32; 3])>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = text.lines();
+    if lines.next() != Some(LOGIT_HEADER) {
+        bail!("{}: expected the header {LOGIT_HEADER}", path.display());
+    }
+    lines
+        .enumerate()
+        .map(|(i, line)| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let parse = |s: &str| s.parse::<f32>().ok();
+            match fields.as_slice() {
+                [id, a, b, t] => match (parse(a), parse(b), parse(t)) {
+                    (Some(a), Some(b), Some(t)) => Ok((id.to_string(), [a, b, t])),
+                    _ => bail!("{}, line {}: bad number", path.display(), i + 2),
+                },
+                _ => bail!("{}, line {}: expected 4 fields", path.display(), i + 2),
+            }
+        })
+        .collect()
+}
+
+/// Assembles the fold outputs: OOF rows in training-file order, test probabilities averaged
+/// over the folds in test-file order.
+fn merge(
+    args: &TransformerArgs,
+    config: &TransformerConfig,
+    folds: &Folds,
+    train: &data::TrainSet,
+    test_ids: &[String],
+) -> Result<()> {
+    let ids = &train.battles.ids;
+    let position: std::collections::HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut oof: Vec<Option<[f32; 3]>> = vec![None; ids.len()];
+    let mut test_sum = vec![[0f64; 3]; test_ids.len()];
+    let mut summaries = Vec::new();
+    for fold in 0..folds.n_folds() {
+        let dir = fold_dir(&args.out, fold);
+        let summary_path = dir.join("fold.json");
+        let text = std::fs::read_to_string(&summary_path).with_context(|| {
+            format!(
+                "cannot read {}: has fold {fold} been trained?",
+                summary_path.display()
+            )
+        })?;
+        summaries.push(serde_json::from_str::<FoldSummary>(&text)?);
+        for (id, logits) in read_logits(&dir.join("held_out_logits.csv"))? {
+            let row = *position.get(id.as_str()).with_context(|| {
+                format!("fold {fold}: id {id} is not in {}", args.train.display())
+            })?;
+            if folds.fold_of(row) != fold {
+                bail!(
+                    "fold {fold}: id {id} belongs to fold {}",
+                    folds.fold_of(row)
+                );
+            }
+            oof[row] = Some(logits);
+        }
+        let test_logits = read_logits(&dir.join("test_logits.csv"))?;
+        if test_logits.len() != test_ids.len()
+            || test_logits.iter().zip(test_ids).any(|((a, _), b)| a != b)
+        {
+            bail!("fold {fold}: test_logits.csv does not list the test ids in file order");
+        }
+        for (sum, (_, logits)) in test_sum.iter_mut().zip(&test_logits) {
+            let p = probs_from_logits(logits);
+            (0..3).for_each(|c| sum[c] += p[c]);
+        }
+    }
+    let oof: Vec<[f32; 3]> = oof
+        .into_iter()
+        .enumerate()
+        .map(|(row, l)| l.with_context(|| format!("id {} has no held-out prediction", ids[row])))
+        .collect::<Result<_>>()?;
+    let oof_probs: Vec<Probs> = oof.iter().map(probs_from_logits).collect();
+    let test_probs: Vec<Probs> = test_sum
+        .iter()
+        .map(|s| {
+            let total = s[0] + s[1] + s[2];
+            s.map(|p| p / total)
+        })
+        .collect();
+    let test_logits: Vec<[f32; 3]> = test_probs
+        .iter()
+        .map(|p| p.map(|v| v.ln() as f32))
+        .collect();
+    let out = &args.out;
+    Predictions::new(ids.clone(), oof_probs.clone()).write(&out.join("oof.csv"))?;
+    write_logits(
+        &out.join("oof_logits.csv"),
+        &ids.iter().collect::<Vec<_>>(),
+        &oof,
+    )?;
+    Predictions::new(test_ids.to_vec(), test_probs).write(&out.join("submission.csv"))?;
+    write_logits(
+        &out.join("test_logits.csv"),
+        &test_ids.iter().collect::<Vec<_>>(),
+        &test_logits,
+    )?;
+    let summary = RunSummary {
+        model: args.model.clone(),
+        train: args.train.clone(),
+        test: args.test.clone(),
+        device: args.device.clone(),
+        oof_log_loss: metrics::log_loss(&train.labels, &oof_probs),
+        oof_accuracy: metrics::accuracy(&train.labels, &oof_probs),
+        folds: summaries,
+        config: config.clone(),
+    };
+    let path = out.join("metrics.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "transformer: OOF log loss {:.4} over {} folds; wrote {}",
+        summary.oof_log_loss,
+        folds.n_folds(),
+        out.display()
+    );
+    Ok(())
+}

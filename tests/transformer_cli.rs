@@ -1,0 +1,148 @@
+//! `ensemble transformer` end to end on the real Kaggle sample rows in ../shared/arena-sample
+//! with the tiny fixture model: a folds file, per-fold runs, the merge, and the outputs'
+//! shape.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ensemble(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ensemble"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn rows(path: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect()
+}
+
+#[test]
+fn transformer_runs_folds_and_merges_on_the_arena_sample() {
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().to_str().unwrap();
+    let train = root().join("../shared/arena-sample/train.csv");
+    let test = root().join("../shared/arena-sample/test.csv");
+    let model = root().join("tests/fixtures/tiny-deberta");
+    let (train, test, model) = (
+        train.to_str().unwrap(),
+        test.to_str().unwrap(),
+        model.to_str().unwrap(),
+    );
+    let common = [
+        "transformer",
+        "--model",
+        model,
+        "--train",
+        train,
+        "--test",
+        test,
+        "--out",
+        out_dir,
+        "--max-len",
+        "128",
+        "--epochs",
+        "1",
+    ];
+    // All folds in one run (makes folds.csv), then fold 1 again alone from that file, then
+    // the merge step on its own.
+    let mut all = common.to_vec();
+    all.extend(["--folds", "3"]);
+    let output = ensemble(&all);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let folds_file = out.path().join("folds.csv");
+    let folds_path = folds_file.to_str().unwrap();
+    let mut one = common.to_vec();
+    one.extend(["--folds-file", folds_path, "--fold", "1"]);
+    let output = ensemble(&one);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut merge = common.to_vec();
+    merge.extend(["--folds-file", folds_path, "--merge"]);
+    let output = ensemble(&merge);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let header = ["id", "winner_model_a", "winner_model_b", "winner_tie"];
+    for (file, expected_rows) in [("submission.csv", 3), ("oof.csv", 100)] {
+        let table = rows(&out.path().join(file));
+        assert_eq!(table[0], header, "{file}");
+        assert_eq!(table.len() - 1, expected_rows, "{file}");
+        let mut ids: Vec<&String> = table[1..].iter().map(|r| &r[0]).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), expected_rows, "{file}: every id once");
+        for row in &table[1..] {
+            let p: Vec<f64> = row[1..].iter().map(|v| v.parse().unwrap()).collect();
+            assert!(
+                p.iter().all(|&v| (0.0..=1.0).contains(&v)),
+                "{file}: {row:?}"
+            );
+            assert!(
+                (p.iter().sum::<f64>() - 1.0).abs() < 1e-4,
+                "{file}: {row:?}"
+            );
+        }
+    }
+    // Submission rows follow test.csv's order.
+    let test_ids: Vec<String> = rows(Path::new(test))[1..]
+        .iter()
+        .map(|r| r[0].clone())
+        .collect();
+    let submission: Vec<String> = rows(&out.path().join("submission.csv"))[1..]
+        .iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(submission, test_ids);
+    for file in [
+        "oof_logits.csv",
+        "test_logits.csv",
+        "metrics.json",
+        "fold-2/fold.json",
+    ] {
+        assert!(out.path().join(file).is_file(), "{file}");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["folds"].as_array().unwrap().len(), 3);
+    assert!(metrics["oof_log_loss"].as_f64().unwrap().is_finite());
+}
+
+#[test]
+fn transformer_names_a_missing_model_file() {
+    let out = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let train: PathBuf = root().join("../shared/arena-sample/train.csv");
+    let test: PathBuf = root().join("../shared/arena-sample/test.csv");
+    let output = ensemble(&[
+        "transformer",
+        "--model",
+        empty.path().to_str().unwrap(),
+        "--train",
+        train.to_str().unwrap(),
+        "--test",
+        test.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+        "--folds",
+        "2",
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("config.json"));
+}
