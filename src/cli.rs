@@ -56,12 +56,13 @@ pub struct BlendArgs {
     /// The members, one or more. A member is a run folder `DIR` holding oof.csv,
     /// submission.csv and optionally folds.csv (named after the folder), or explicit files
     /// `NAME=OOF.csv:SUBMISSION.csv[:FOLDS.csv]` (paths must not contain `:`).
-    #[arg(long, value_name = "MEMBER", num_args = 1.., required = true)]
+    #[arg(long, value_name = "MEMBER", num_args = 1.., default_value = "runs/lgbm")]
     pub members: Vec<ensembles::blend::MemberSource>,
     /// Training file in Kaggle's train.csv format (plain or .gz): the ids and labels the OOF
-    /// predictions are scored against.
+    /// predictions are scored against. Defaults to the training file recorded in the first
+    /// member run folder's metrics.json.
     #[arg(long, value_name = "PATH")]
-    pub train: PathBuf,
+    pub train: Option<PathBuf>,
     /// The submission to write; blend.json is written next to it.
     #[arg(long, value_name = "PATH", default_value = "submission.csv")]
     pub out: PathBuf,

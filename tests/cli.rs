@@ -237,3 +237,53 @@ fn one_command_runs_on_the_generated_example() {
     assert!(loss < prior - 0.05, "OOF {loss} vs prior {prior}");
     assert_eq!(read_predictions(&out.join("submission.csv")).len(), 200);
 }
+
+#[test]
+fn blend_of_one_cv_run_reproduces_it_and_finds_its_training_file() {
+    let out = temp_dir("arena-blend");
+    let run = out.join("lgbm");
+    let cv = ensemble(&[
+        "cv",
+        "--folds",
+        "3",
+        "--train",
+        shared("train.csv").to_str().unwrap(),
+        "--test",
+        shared("test.csv").to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--no-tfidf",
+    ]);
+    assert!(
+        cv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cv.stderr)
+    );
+    let submission = out.join("submission.csv");
+    let blend = ensemble(&[
+        "blend",
+        "--members",
+        run.to_str().unwrap(),
+        "--weights",
+        "auto",
+        "--out",
+        submission.to_str().unwrap(),
+    ]);
+    assert!(
+        blend.status.success(),
+        "{}",
+        String::from_utf8_lossy(&blend.stderr)
+    );
+    let blended = read_predictions(&submission);
+    let member = read_predictions(&run.join("submission.csv"));
+    assert_eq!(blended.len(), 3);
+    for ((id, p), (member_id, q)) in blended.iter().zip(&member) {
+        assert_eq!(id, member_id);
+        for k in 0..3 {
+            assert!((p[k] - q[k]).abs() < 1e-9, "id {id}: {p:?} vs {q:?}");
+        }
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("blend.json")).unwrap()).unwrap();
+    assert!(report.to_string().contains("lgbm"));
+}

@@ -74,7 +74,7 @@ impl BoosterParams {
     pub fn booster_params(&self) -> String {
         let mut text = format!(
             "objective=multiclass num_class=3 metric=multi_logloss verbosity=-1 \
-             deterministic=true force_col_wise=true learning_rate={} num_leaves={} \
+             deterministic=true learning_rate={} num_leaves={} \
              min_data_in_leaf={} feature_fraction={} bagging_fraction={} bagging_freq={} \
              lambda_l2={} max_bin={} num_threads={} seed={}",
             self.learning_rate,

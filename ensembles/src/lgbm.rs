@@ -501,10 +501,16 @@ mod tests {
         let train_set = full.subset(&(0..30).collect::<Vec<_>>(), "").unwrap();
         let valid_set = full.subset(&(30..60).collect::<Vec<_>>(), "").unwrap();
         let params = PARAMS.replace("min_data_in_leaf=5", "min_data_in_leaf=100");
-        let rounds = Rounds { max: 20, early_stopping: 5 };
+        let rounds = Rounds {
+            max: 20,
+            early_stopping: 5,
+        };
         let trained = train(&train_set, &valid_set, &params, rounds, |_, _| {}).unwrap();
         assert_eq!(trained.best_iteration, 1);
-        let p = trained.model.predict(csr.view().select_rows(&[0]).view(), "").unwrap();
+        let p = trained
+            .model
+            .predict(csr.view().select_rows(&[0]).view(), "")
+            .unwrap();
         for k in 0..3 {
             assert!((p[k] - 1.0 / 3.0).abs() < 1e-6, "{p:?}");
         }

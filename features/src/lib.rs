@@ -77,6 +77,7 @@ pub struct FeatureConfig {
 #[derive(Clone, Debug)]
 pub struct Extractor {
     tfidf: Tfidf,
+    diff_columns: DiffColumns,
     similarities: Similarities,
     dense_kinds: Vec<ColumnKind>,
     /// Dense column names, then `tfidf_w:` word n-grams, then `tfidf_c:` char n-grams.
@@ -113,13 +114,19 @@ impl Extractor {
             similarities,
         );
         let mut names = schema.names;
-        for (prefix, vocabulary) in [("tfidf_w:", &tfidf.word), ("tfidf_c:", &tfidf.char)] {
+        let diff_columns = DiffColumns::new(&tfidf, &config.tfidf);
+        for (prefix, vocabulary, n) in [
+            ("tfidf_w:", &tfidf.word, diff_columns.word),
+            ("tfidf_c:", &tfidf.char, diff_columns.char),
+        ] {
             if let Some(vocabulary) = vocabulary {
-                names.extend(vocabulary.names.iter().map(|n| format!("{prefix}{n}")));
+                let kept = &vocabulary.names[..n as usize];
+                names.extend(kept.iter().map(|name| format!("{prefix}{name}")));
             }
         }
         Ok(Extractor {
             tfidf,
+            diff_columns,
             similarities,
             dense_kinds: schema.kinds,
             names,
@@ -180,18 +187,40 @@ impl Extractor {
         let mut dense = Values(&mut rows.dense);
         write_dense_row(&mut dense, &prompt, &a, &b, identical, self.similarities);
 
+        let DiffColumns { word, char } = self.diff_columns;
         let word_offset = self.dense_kinds.len() as u32;
-        let char_offset = word_offset + self.tfidf.word.as_ref().map_or(0, |v| v.len() as u32);
+        let char_offset = word_offset + word;
         let (indices, values) = (&mut rows.sparse_indices, &mut rows.sparse_values);
         a.word_tfidf
-            .push_difference(&b.word_tfidf, word_offset, indices, values);
+            .push_difference(&b.word_tfidf, word, word_offset, indices, values);
         a.char_tfidf
-            .push_difference(&b.char_tfidf, char_offset, indices, values);
+            .push_difference(&b.char_tfidf, char, char_offset, indices, values);
         rows.sparse_ends.push(rows.sparse_indices.len());
     }
 
     pub fn feature_names(&self) -> &[String] {
         &self.names
+    }
+}
+
+/// How many n-grams of each vocabulary (its first, most frequent ones) become A−B columns.
+#[derive(Clone, Copy, Debug)]
+struct DiffColumns {
+    word: u32,
+    char: u32,
+}
+
+impl DiffColumns {
+    fn new(tfidf: &Tfidf, config: &TfidfConfig) -> DiffColumns {
+        let kept = |vocabulary: &Option<tfidf::Vocabulary>, wanted: usize| {
+            vocabulary
+                .as_ref()
+                .map_or(0, |v| v.len().min(wanted) as u32)
+        };
+        DiffColumns {
+            word: kept(&tfidf.word, config.word_diff_columns),
+            char: kept(&tfidf.char, config.char_diff_columns),
+        }
     }
 }
 

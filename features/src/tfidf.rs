@@ -30,11 +30,16 @@ pub struct TfidfConfig {
     pub word_ngram_max: usize,
     /// Vocabulary size for word n-grams.
     pub word_max_features: usize,
+    /// How many word n-grams (highest document frequency first) also enter the model as
+    /// A−B difference columns; the whole vocabulary serves the cosine similarities.
+    pub word_diff_columns: usize,
     /// Character n-grams are taken within each word padded with one space on both sides.
     pub char_ngram_min: usize,
     pub char_ngram_max: usize,
     /// Vocabulary size for character n-grams.
     pub char_max_features: usize,
+    /// As `word_diff_columns`, for character n-grams.
+    pub char_diff_columns: usize,
     /// N-grams found in fewer fitting documents than this are never selected.
     pub min_df: usize,
     /// N-grams found in more than this fraction of fitting documents are never selected
@@ -57,9 +62,11 @@ impl Default for TfidfConfig {
             word_ngram_min: 1,
             word_ngram_max: 2,
             word_max_features: 3_000,
+            word_diff_columns: 3_000,
             char_ngram_min: 3,
             char_ngram_max: 5,
             char_max_features: 500,
+            char_diff_columns: 500,
             min_df: 2,
             max_df: 0.2,
             max_chars_per_text: 2_000,
@@ -310,18 +317,21 @@ impl SparseVec {
         sum
     }
 
-    /// Appends the non-zero entries of `self - other` (offset by `offset`) to `indices`/`values`.
+    /// Appends the non-zero entries of `self - other` below index `limit` (offset by
+    /// `offset`) to `indices`/`values`.
     pub fn push_difference(
         &self,
         other: &SparseVec,
+        limit: u32,
         offset: u32,
         indices: &mut Vec<u32>,
         values: &mut Vec<f32>,
     ) {
         let (mut i, mut j) = (0, 0);
+        let below_limit = |index: Option<&u32>| index.copied().filter(|&k| k < limit);
         loop {
-            let left = self.indices.get(i).copied().unwrap_or(u32::MAX);
-            let right = other.indices.get(j).copied().unwrap_or(u32::MAX);
+            let left = below_limit(self.indices.get(i)).unwrap_or(u32::MAX);
+            let right = below_limit(other.indices.get(j)).unwrap_or(u32::MAX);
             let (index, value) = match left.cmp(&right) {
                 std::cmp::Ordering::Less => {
                     i += 1;
@@ -679,13 +689,20 @@ mod tests {
             values: vec![0.25, 2.0, 0.5],
         };
         let (mut indices, mut values) = (Vec::new(), Vec::new());
-        a.push_difference(&b, 10, &mut indices, &mut values);
+        a.push_difference(&b, u32::MAX, 10, &mut indices, &mut values);
         assert_eq!(
             indices,
             [10, 13, 15],
             "equal values at 2 cancel and are omitted"
         );
         assert_eq!(values, [0.5, -2.0, 0.5]);
+        let (mut indices, mut values) = (Vec::new(), Vec::new());
+        a.push_difference(&b, 5, 10, &mut indices, &mut values);
+        assert_eq!(
+            (indices, values),
+            (vec![10, 13], vec![0.5, -2.0]),
+            "index 5 is cut"
+        );
         assert_eq!(a.dot(&b), 0.25 * 0.25 + 1.0 * 0.5);
         assert_eq!(a.dot(&b).to_bits(), b.dot(&a).to_bits());
     }

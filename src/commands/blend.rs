@@ -3,10 +3,11 @@ use crate::cli::{BlendArgs, BlendMethod, BlendSpace};
 use crate::data;
 use anyhow::{bail, Context, Result};
 use ensembles::blend::{self, BlendRequest, FoldsChoice, Method, Space, WeightChoice};
+use std::path::PathBuf;
 
 pub fn run(args: BlendArgs) -> Result<()> {
     let method = method(&args)?;
-    let train = data::read_train(&args.train)?;
+    let train = data::read_train(&training_file(&args)?)?;
     let request = BlendRequest {
         members: args.members,
         method,
@@ -22,6 +23,31 @@ pub fn run(args: BlendArgs) -> Result<()> {
     let report = blend::run(&request)?;
     println!("{report}");
     Ok(())
+}
+
+/// `--train`, or the training file a member's run recorded in its metrics.json.
+fn training_file(args: &BlendArgs) -> Result<PathBuf> {
+    if let Some(path) = &args.train {
+        return Ok(path.clone());
+    }
+    for member in &args.members {
+        let Some(run) = member.oof.parent() else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(run.join("metrics.json")) else {
+            continue;
+        };
+        let recorded: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON", run.join("metrics.json").display()))?;
+        if let Some(train) = recorded["train"].as_str() {
+            eprintln!(
+                "training labels from {train} (recorded in {})",
+                run.join("metrics.json").display()
+            );
+            return Ok(PathBuf::from(train));
+        }
+    }
+    bail!("--train is needed: no member's run folder records its training file in metrics.json")
 }
 
 /// The blend method the flags ask for; flags that only apply to weighted blends are refused

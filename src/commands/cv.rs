@@ -182,10 +182,12 @@ pub fn run(args: CvArgs) -> Result<()> {
         } => bar.set_message(format!("round {round}, held-out log loss {valid_loss:.4}")),
         Progress::FoldFinished(report) => {
             bar.inc(1);
-            bar.println(format!(
-                "fold {}: log loss {:.4} after {} rounds",
-                report.fold, report.log_loss, report.best_iteration
-            ));
+            bar.suspend(|| {
+                eprintln!(
+                    "fold {}: log loss {:.4} after {} rounds",
+                    report.fold, report.log_loss, report.best_iteration
+                )
+            });
         }
     })?;
     bar.finish_and_clear();
