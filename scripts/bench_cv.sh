@@ -9,8 +9,9 @@ shift || true
 [ "${1:-}" = "--" ] && shift
 out="${BENCH_OUT:-/tmp/ensemble-bench-cv}"
 cargo build --release --quiet
+bin="${CARGO_TARGET_DIR:-target}/release/ensemble"
 rm -rf "$out" && mkdir -p "$out"
-/usr/bin/time -v target/release/ensemble cv --folds 10 \
+/usr/bin/time -v "$bin" cv --folds 10 \
   --train "$data/train.csv.gz" --test "$data/test.csv.gz" --out "$out" "$@" \
   2> "$out/stderr.log" | tail -n 20
 python3 - "$out" <<'PY'

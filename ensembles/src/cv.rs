@@ -35,11 +35,11 @@ pub struct BoosterParams {
 impl Default for BoosterParams {
     fn default() -> Self {
         BoosterParams {
-            learning_rate: 0.05,
+            learning_rate: 0.1,
             num_leaves: 31,
             min_data_in_leaf: 40,
             feature_fraction: 0.5,
-            bagging_fraction: 0.8,
+            bagging_fraction: 0.5,
             bagging_freq: 1,
             lambda_l2: 1.0,
             max_bin: 63,
