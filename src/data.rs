@@ -96,8 +96,8 @@ fn label_of(cells: [Option<&str>; 3]) -> Option<Outcome> {
     let mut winner = None;
     for (index, cell) in cells.iter().enumerate() {
         match cell.map(str::trim)?.parse::<f64>().ok()? {
-            v if v == 1.0 && winner.is_none() => winner = Outcome::from_index(index),
-            v if v == 0.0 => {}
+            1.0 if winner.is_none() => winner = Outcome::from_index(index),
+            0.0 => {}
             _ => return None,
         }
     }

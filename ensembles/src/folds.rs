@@ -1,5 +1,6 @@
 //! K-fold assignments: made stratified and seeded, stored as `folds.csv` (`id,fold`) so that
 //! every member of the ensemble holds out the same rows.
+use crate::stage_file::StageFile;
 use crate::{Error, Outcome, Result};
 use rand::{seq::SliceRandom, SeedableRng};
 use std::collections::HashMap;
@@ -69,28 +70,15 @@ impl Folds {
     /// Reads `folds.csv` and aligns it with `ids`: every id must appear exactly once, and the
     /// folds must be numbered 0..K-1 with none empty.
     pub fn read(path: &Path, ids: &[String]) -> Result<Folds> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        let bad = |line: usize, message: String| Error::BadFile {
-            path: path.to_owned(),
-            line,
-            message,
-        };
-        let mut lines = text.lines().enumerate();
-        match lines.next() {
-            Some((_, header)) if header.trim() == "id,fold" => {}
-            _ => return Err(bad(1, "the header must be `id,fold`".into())),
-        }
+        let file = StageFile::read(path, "id,fold")?;
+        let bad = |line: usize, message: String| file.error(line, message);
         let row_of: HashMap<&str, usize> = ids
             .iter()
             .enumerate()
             .map(|(row, id)| (id.as_str(), row))
             .collect();
         let mut assignment = vec![usize::MAX; ids.len()];
-        for (index, line) in lines {
-            let line_no = index + 1;
-            if line.trim().is_empty() {
-                continue;
-            }
+        for (line_no, line) in file.rows() {
             let (id, fold) = line
                 .split_once(',')
                 .ok_or_else(|| bad(line_no, format!("expected `id,fold`, found {line:?}")))?;

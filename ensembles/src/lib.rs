@@ -9,6 +9,7 @@ pub mod lgbm;
 pub mod metrics;
 pub mod outcome;
 pub mod predictions;
+mod stage_file;
 pub mod transformer;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! Prediction files in the submission's columns: `id,winner_model_a,winner_model_b,winner_tie`.
 //! Every member writes `oof.csv` and `submission.csv` in this format; the blender reads them.
+use crate::stage_file::StageFile;
 use crate::{Error, Probs, Result, CLASS_COLUMNS};
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -41,31 +42,11 @@ impl Predictions {
     /// Reads and checks a prediction file: the exact header, unique ids, finite probabilities
     /// in [0, 1] that sum to 1 within [`SUM_TOLERANCE`]. Errors name the file, line and id.
     pub fn read(path: &Path) -> Result<Predictions> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        let bad = |line: usize, message: String| Error::BadFile {
-            path: path.to_owned(),
-            line,
-            message,
-        };
-        let mut lines = text.lines().enumerate();
-        let header = format!("id,{}", CLASS_COLUMNS.join(","));
-        match lines.next() {
-            Some((_, found)) if found.trim() == header => {}
-            Some((_, found)) => {
-                return Err(bad(
-                    1,
-                    format!("the header must be `{header}`, found `{found}`"),
-                ))
-            }
-            None => return Err(bad(1, "the file is empty".into())),
-        }
+        let file = StageFile::read(path, &format!("id,{}", CLASS_COLUMNS.join(",")))?;
+        let bad = |line: usize, message: String| file.error(line, message);
         let mut seen = HashSet::new();
         let (mut ids, mut probs) = (Vec::new(), Vec::new());
-        for (index, line) in lines {
-            let line_no = index + 1;
-            if line.trim().is_empty() {
-                continue;
-            }
+        for (line_no, line) in file.rows() {
             let fields: Vec<&str> = line.split(',').collect();
             if fields.len() != 4 {
                 return Err(bad(

@@ -54,6 +54,9 @@ fn small_config() -> FeatureConfig {
     config.tfidf.max_df = 1.0;
     config.tfidf.word_max_features = 500;
     config.tfidf.char_max_features = 500;
+    // Every vocabulary entry becomes a difference column, so the swap tests cover them all.
+    config.tfidf.word_diff_columns = 500;
+    config.tfidf.char_diff_columns = 500;
     config
 }
 
@@ -127,6 +130,51 @@ fn swapped_battle_equals_swapped_orientation_bit_for_bit() {
         table.csr(&all, Orientation::AsGiven),
         table.csr(&all, Orientation::Swapped)
     );
+}
+
+#[test]
+fn difference_columns_are_the_most_frequent_n_grams_only() {
+    let battles = arena_battles();
+    let full = Extractor::fit(&battles, &small_config()).unwrap();
+    let mut config = small_config();
+    config.tfidf.word_diff_columns = 7;
+    config.tfidf.char_diff_columns = 3;
+    let capped = Extractor::fit(&battles, &config).unwrap();
+    let names = capped.feature_names();
+    let grams = |prefix: &str| {
+        names
+            .iter()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let full_grams = |prefix: &str, n: usize| {
+        full.feature_names()
+            .iter()
+            .filter(|n| n.starts_with(prefix))
+            .take(n)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(grams("tfidf_w:"), full_grams("tfidf_w:", 7));
+    assert_eq!(grams("tfidf_c:"), full_grams("tfidf_c:", 3));
+    let table = capped.transform(&battles);
+    assert_eq!(table.n_cols(), names.len());
+    let all: Vec<usize> = (0..battles.len()).collect();
+    let csr = table.csr(&all, Orientation::AsGiven);
+    assert!(csr.indices.iter().all(|&c| (c as usize) < names.len()));
+    // The similarities still use the whole vocabularies: the same values as uncapped.
+    let sim = names.iter().position(|n| n == "sim_word_tfidf_ab").unwrap();
+    let full_csr = full.transform(&battles).csr(&all, Orientation::AsGiven);
+    let value_at = |m: &CsrMatrix, row: usize| {
+        let (start, end) = (m.indptr[row] as usize, m.indptr[row + 1] as usize);
+        (start..end)
+            .find(|&k| m.indices[k] as usize == sim)
+            .map(|k| m.values[k])
+    };
+    for row in 0..battles.len() {
+        assert_eq!(value_at(&csr, row), value_at(&full_csr, row), "row {row}");
+    }
 }
 
 #[test]
