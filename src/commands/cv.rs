@@ -205,8 +205,9 @@ pub fn run(args: CvArgs) -> Result<()> {
 
     timings.total = started.elapsed().as_secs_f64();
     let summary = RunSummary {
-        train: train_path,
-        test: test_path,
+        // Absolute, so that `ensemble blend` finds the labels from any directory.
+        train: std::fs::canonicalize(&train_path).unwrap_or(train_path),
+        test: std::fs::canonicalize(&test_path).unwrap_or(test_path),
         train_rows: n_train,
         test_rows: n_test,
         features: names.len(),
