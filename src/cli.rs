@@ -224,11 +224,11 @@ pub struct ExampleArgs {
     #[arg(long, value_name = "DIR", default_value = "data/example")]
     pub out: PathBuf,
     /// Training rows to generate.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = crate::example::TRAIN_ROWS)]
     pub rows: usize,
     /// Test rows to generate.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = crate::example::TEST_ROWS)]
     pub test_rows: usize,
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = crate::example::SEED)]
     pub seed: u64,
 }

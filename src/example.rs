@@ -56,6 +56,11 @@ const REFUSALS: [&str; 3] = [
     "I apologize, but I am unable to assist with this.",
 ];
 
+/// The example's default size and seed, shared by `ensemble example` and `ensemble cv`.
+pub const TRAIN_ROWS: usize = 2000;
+pub const TEST_ROWS: usize = 200;
+pub const SEED: u64 = 7;
+
 struct Answer {
     text: String,
     quality: f64,

@@ -2,6 +2,7 @@
 use crate::cli::CvArgs;
 use crate::config::{self, LgbmRunConfig};
 use crate::data::{self, TextIssues};
+use crate::example;
 use crate::report;
 use anyhow::{bail, Context, Result};
 use ensembles::cv::{self, CvInputs, FoldReport, Progress};
@@ -74,7 +75,7 @@ fn resolve_inputs(args: &CvArgs) -> Result<(PathBuf, PathBuf)> {
         (None, Some(_)) => bail!("--test needs --train"),
         (None, None) => {
             let dir = args.out.join("example");
-            crate::example::write(&dir, 2000, 200, 7)?;
+            example::write(&dir, example::TRAIN_ROWS, example::TEST_ROWS, example::SEED)?;
             eprintln!(
                 "No --train given: using the generated example in {}",
                 dir.display()
