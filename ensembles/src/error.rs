@@ -3,11 +3,11 @@ use std::path::PathBuf;
 /// The one error type of the `ensembles` crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    /// The cause is part of the message and not chained, so `{:#}` prints it once.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A stage file (folds.csv, oof.csv, submission.csv …) that does not hold what it should.
     #[error("{path}, line {line}: {message}")]
@@ -46,7 +46,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { path, source }
+        move |cause| Error::Io { path, cause }
     }
 
     /// Wraps an error met while handling blend member `member`.

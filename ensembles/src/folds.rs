@@ -54,7 +54,7 @@ impl Folds {
         self.assignment[row]
     }
 
-    /// Rows held out in `fold` and rows trained on, both ascending.
+    /// Rows trained on and rows held out in `fold`, in that order, both ascending.
     pub fn split(&self, fold: usize) -> (Vec<usize>, Vec<usize>) {
         (0..self.assignment.len()).partition(|&row| self.assignment[row] != fold)
     }

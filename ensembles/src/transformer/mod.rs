@@ -96,17 +96,9 @@ impl Classifier {
         let tokenizer = load_tokenizer(model_dir)?;
         let encoder = TextEncoder::new(tokenizer, config.segments.clone())?;
 
-        let vars = VarMap::new();
-        let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
-        let model = DebertaClassifier::load(&model_config, config.layout, vb)?;
         let init_std = model_config.initializer_range.unwrap_or(0.02);
-        assign_weights(&vars, &weights, &weights_path, init_std, config.seed)?;
-        Ok(Classifier {
-            model,
-            vars,
-            encoder,
-            config: config.clone(),
-            device: device.clone(),
+        Classifier::build(&model_config, encoder, device, config, |vars| {
+            assign_weights(vars, &weights, &weights_path, init_std, config.seed)
         })
     }
 
@@ -119,14 +111,29 @@ impl Classifier {
         config: &TransformerConfig,
     ) -> Result<Classifier> {
         let encoder = TextEncoder::new(load_tokenizer(tokenizer_dir)?, config.segments.clone())?;
+        Classifier::build(model_config, encoder, device, config, |vars| {
+            for (name, var) in vars.data().lock().expect("weights lock poisoned").iter() {
+                if name.ends_with("weight") && !name.contains("LayerNorm") {
+                    var.set(&(Tensor::randn(0f32, 1f32, var.shape(), device)? * 0.02)?)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Creates the model's variables, lets `set_weights` fill them, and assembles the
+    /// classifier: the part `load` and `random` share.
+    fn build(
+        model_config: &DebertaConfig,
+        encoder: TextEncoder,
+        device: &Device,
+        config: &TransformerConfig,
+        set_weights: impl FnOnce(&VarMap) -> Result<()>,
+    ) -> Result<Classifier> {
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
         let model = DebertaClassifier::load(model_config, config.layout, vb)?;
-        for (name, var) in vars.data().lock().expect("weights lock poisoned").iter() {
-            if name.ends_with("weight") && !name.contains("LayerNorm") {
-                var.set(&(Tensor::randn(0f32, 1f32, var.shape(), device)? * 0.02)?)?;
-            }
-        }
+        set_weights(&vars)?;
         Ok(Classifier {
             model,
             vars,
@@ -275,9 +282,9 @@ impl Classifier {
     /// next to a copy of the original `config.json` and tokenizer files.
     pub fn save_weights(&self, path: &Path) -> Result<()> {
         self.vars.save(path).map_err(|e| match e {
-            candle_core::Error::Io(source) => Error::Io {
+            candle_core::Error::Io(cause) => Error::Io {
                 path: path.to_path_buf(),
-                source,
+                cause,
             },
             other => Error::Candle(other),
         })
