@@ -1,45 +1,60 @@
 #!/usr/bin/env bash
 # Builds the CUDA binary of `ensemble` (candle's cuda feature) on a machine without a GPU or a
-# system CUDA toolkit, using NVIDIA's PyPI wheels for nvcc, headers and libraries.
+# system CUDA toolkit, from NVIDIA's PyPI wheels (nvcc, headers, cuBLAS, cuRAND, NVRTC).
 #
-#   scripts/build_cuda.sh            # → $CARGO_TARGET_DIR/release/ensemble (default target/)
-#   CUDA_COMPUTE_CAP=80 scripts/build_cuda.sh   # A100 instead of H100
+#   scripts/build_cuda.sh                       # → $CARGO_TARGET_DIR/release/ensemble (default target/)
+#   CUDA_COMPUTE_CAP=80 scripts/build_cuda.sh   # A100 instead of H100/H200
+#   CUDA_ROOT=/usr/local/cuda scripts/build_cuda.sh   # use an installed toolkit instead
+#   scripts/build_cuda.sh --example bench_transformer -p ensembles   # other cargo targets
 #
-# Run the result with `ensemble transformer --device cuda:0 ...` on a machine with a driver;
-# the wheels' libraries (cudart, cublas, curand) must be on LD_LIBRARY_PATH there too (the
-# script prints the line to use).
+# Why the details:
+# - The CUDA 12 nvcc wheels hold only ptxas; the CUDA 13 ones hold the whole compiler. 13.0 is
+#   pinned: cudarc 0.19 knows CUDA up to 13.4, and 13.0 needs the oldest driver (≥ 580).
+# - candle links the driver library (libcuda), which only a GPU driver installs. A stub with
+#   the same soname and every cu* symbol that cudarc declares satisfies the linker; at run
+#   time the real driver's libcuda.so.1 is loaded.
+# At run time the wheels' libraries must be on LD_LIBRARY_PATH: the script prints the line.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-VENV=${CUDA_VENV:-/tmp/cuda-wheels}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}   # 90: H100/H200
+VENV=${CUDA_VENV:-/tmp/cuda-wheels-13.0}
 
-if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
+if [ -z "${CUDA_ROOT:-}" ]; then
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV"
+    fi
+    "$VENV/bin/pip" install --quiet 'nvidia-cuda-nvcc==13.0.*' 'nvidia-cuda-crt==13.0.*' \
+        'nvidia-nvvm==13.0.*' 'nvidia-cuda-runtime==13.0.*' 'nvidia-cuda-nvrtc==13.0.*' \
+        'nvidia-cuda-cccl==13.0.*' 'nvidia-cublas<13.1' 'nvidia-curand<10.4.1'
+    SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    CUDA_ROOT="$SITE/nvidia/cu13"
+    # Unversioned names for the linker (the wheels ship only libX.so.N).
+    for so in "$CUDA_ROOT"/lib/lib*.so.*; do
+        ln -sf "$(basename "$so")" "$CUDA_ROOT/lib/$(basename "$so" | sed 's/\.so\..*/.so/')"
+    done
+    [ -e "$CUDA_ROOT/lib64" ] || ln -s lib "$CUDA_ROOT/lib64"
 fi
-"$VENV/bin/pip" install --quiet nvidia-cuda-nvcc-cu12 nvidia-cuda-runtime-cu12 \
-    nvidia-cublas-cu12 nvidia-curand-cu12
+LIB="$CUDA_ROOT/lib64"
 
-SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-NV="$SITE/nvidia"
-# bindgen_cuda and cudarc look for a toolkit root with bin/nvcc, include/ and lib64/.
-ROOT=${CUDA_ROOT_DIR:-/tmp/cuda-root}
-mkdir -p "$ROOT/bin" "$ROOT/include" "$ROOT/lib64"
-ln -sf "$NV/cuda_nvcc/bin/"* "$ROOT/bin/"
-for part in cuda_nvcc cuda_runtime cublas curand; do
-    [ -d "$NV/$part/include" ] && cp -rs "$NV/$part/include/." "$ROOT/include/" 2>/dev/null || true
-    [ -d "$NV/$part/lib" ] && ln -sf "$NV/$part/lib/"* "$ROOT/lib64/"
-done
-# Link names without the SONAME version suffix.
-for lib in cudart cublas cublasLt curand; do
-    so=$(ls "$ROOT/lib64/lib$lib.so."* 2>/dev/null | head -n1 || true)
-    [ -n "$so" ] && ln -sf "$so" "$ROOT/lib64/lib$lib.so"
-done
-[ -d "$NV/cuda_nvcc/nvvm" ] && ln -sfn "$NV/cuda_nvcc/nvvm" "$ROOT/nvvm"
+STUBS=${CUDA_STUBS:-/tmp/cuda-stubs}
+if [ ! -e "$LIB/libcuda.so" ] && [ ! -e "$LIB/stubs/libcuda.so" ]; then
+    mkdir -p "$STUBS"
+    CUDARC=$(cargo metadata --format-version 1 --features cuda | python3 -c '
+import json, sys
+print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"))')
+    grep -ohE 'pub unsafe fn cu[A-Za-z0-9_]+\(' "$(dirname "$CUDARC")/src/driver/sys/mod.rs" |
+        sed 's/pub unsafe fn //; s/(//' | sort -u | sed 's/.*/void &(void) {}/' >"$STUBS/libcuda.c"
+    gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$STUBS/libcuda.so" "$STUBS/libcuda.c"
+fi
 
-export CUDA_ROOT="$ROOT" CUDA_PATH="$ROOT" CUDA_TOOLKIT_ROOT_DIR="$ROOT"
-export PATH="$ROOT/bin:$PATH"
-export LIBRARY_PATH="$ROOT/lib64:${LIBRARY_PATH:-}"
-export LD_LIBRARY_PATH="$ROOT/lib64:${LD_LIBRARY_PATH:-}"
+export CUDA_ROOT CUDA_PATH="$CUDA_ROOT" CUDA_TOOLKIT_ROOT_DIR="$CUDA_ROOT"
+export PATH="$CUDA_ROOT/bin:$PATH"
+export LIBRARY_PATH="$LIB:$LIB/stubs:$STUBS:${LIBRARY_PATH:-}"
 
-cargo build --release --features cuda --bin ensemble
-echo "built; at run time: export LD_LIBRARY_PATH=$ROOT/lib64:\$LD_LIBRARY_PATH"
+nvcc --version | tail -n 2
+if [ $# -eq 0 ]; then
+    set -- --bin ensemble
+fi
+cargo build --release --features cuda "$@"
+echo "built; at run time: export LD_LIBRARY_PATH=$LIB:\$LD_LIBRARY_PATH"

@@ -49,8 +49,8 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
         "--epochs",
         "1",
     ];
-    // All folds in one run (makes folds.csv), then fold 1 again alone from that file, then
-    // the merge step on its own.
+    // All folds in one run (makes folds.csv), then fold 1 again alone from that file (in
+    // bf16, keeping its model), then the merge step on its own.
     let mut all = common.to_vec();
     all.extend(["--folds", "3"]);
     let output = ensemble(&all);
@@ -62,7 +62,15 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
     let folds_file = out.path().join("folds.csv");
     let folds_path = folds_file.to_str().unwrap();
     let mut one = common.to_vec();
-    one.extend(["--folds-file", folds_path, "--fold", "1"]);
+    one.extend([
+        "--folds-file",
+        folds_path,
+        "--fold",
+        "1",
+        "--precision",
+        "bf16",
+        "--save-models",
+    ]);
     let output = ensemble(&one);
     assert!(
         output.status.success(),
@@ -114,9 +122,16 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
         "test_logits.csv",
         "metrics.json",
         "fold-2/fold.json",
+        "fold-1/model/model.safetensors",
+        "fold-1/model/config.json",
+        "fold-1/model/spm.model",
     ] {
         assert!(out.path().join(file).is_file(), "{file}");
     }
+    assert!(
+        !out.path().join("fold-0/model").exists(),
+        "saved without --save-models"
+    );
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
             .unwrap();

@@ -1,12 +1,24 @@
-//! CPU inference benchmark of the transformer member: sequences per second and peak memory
-//! for the tiny fixture model and a deberta-v3-base-sized random model (hidden 768, 12 layers,
-//! 12 heads, vocabulary 128,100) at 512 tokens.
+//! Throughput benchmark of the transformer member: inference and training sequences per second
+//! for a deberta-v3-base-sized random model (hidden 768, 12 layers, 12 heads, vocabulary
+//! 128,100) or the tiny fixture, at --max-len tokens, in f32 or bf16, on the CPU or a GPU.
+//! `scripts/bench_torch_deberta.py` measures PyTorch the same way, with the same flags.
 //!
-//!     cargo run --release -p ensembles --example bench_transformer [-- --rows 8 --max-len 512]
+//!     cargo run --release -p ensembles --example bench_transformer -- \
+//!         [--device cpu|cuda:0] [--precision f32|bf16] [--mode infer|train|both] [--tiny] \
+//!         [--max-len 512] [--eval-batch 32] [--train-batch 8] [--warmup 2] [--batches 2]
+//!
+//! Batches count sequences, as PyTorch's do: a prediction row runs in both A/B orders, so an
+//! --eval-batch of 32 is 16 rows. Training runs `fit_fold` (dropout, A/B swap augmentation,
+//! AdamW, clipping) on --train-batch rows per step, one sequence each, and excludes its one
+//! held-out evaluation from the time. Memory is the process's peak RSS.
 use std::path::Path;
 use std::time::Instant;
 
-use ensembles::transformer::{Classifier, DebertaConfig, Device, ResponsePair, TransformerConfig};
+use ensembles::transformer::{
+    fit_fold, parse_device, Classifier, DebertaConfig, Device, EncodedPair, Precision,
+    ResponsePair, TransformerConfig,
+};
+use ensembles::{Error, Outcome};
 
 fn peak_memory_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -20,57 +32,24 @@ fn peak_memory_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn arg(name: &str, default: usize) -> usize {
+/// The value after `--name`, or `default`.
+fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
 }
 
-fn bench(label: &str, classifier: &Classifier, rows: usize) -> Result<(), ensembles::Error> {
-    // Long texts, so that every sequence fills max_len.
-    let words = "the quick brown fox jumps over the lazy dog and keeps running ".repeat(200);
-    let pairs: Vec<ResponsePair> = (0..rows)
-        .map(|i| ResponsePair {
-            prompt: format!("{i} {words}"),
-            response_a: words.clone(),
-            response_b: format!("{words} {i}"),
-        })
-        .collect();
-    let encoded = classifier.encode(&pairs)?;
-    let tokens = encoded[0].as_given[0].len();
-    classifier.predict_logits(&encoded[..1])?; // warm-up
-    let started = Instant::now();
-    classifier.predict_logits(&encoded)?;
-    let seconds = started.elapsed().as_secs_f64();
-    // Swap averaging runs every row in both orders.
-    let sequences = 2 * rows;
-    println!(
-        "{label}: {sequences} sequences of {tokens} tokens in {seconds:.2} s = {:.2} sequences/s ({:.2} rows/s), peak RSS {:.0} MiB",
-        sequences as f64 / seconds,
-        rows as f64 / seconds,
-        peak_memory_mib()
-    );
-    Ok(())
+fn number(name: &str, default: usize) -> Result<usize, Error> {
+    arg(name, &default.to_string())
+        .parse()
+        .map_err(|_| Error::Invalid(format!("{name} needs a whole number")))
 }
 
-fn main() -> Result<(), ensembles::Error> {
-    let rows = arg("--rows", 8);
-    let config = TransformerConfig {
-        max_len: arg("--max-len", 512),
-        eval_batch_size: arg("--batch", 4),
-        ..TransformerConfig::default()
-    };
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-deberta");
-    println!("threads: {}", rayon::current_num_threads());
-    bench(
-        "tiny (hidden 32, 2 layers)",
-        &Classifier::load(&tiny, &Device::Cpu, &config)?,
-        rows * 8,
-    )?;
-    let base: DebertaConfig = serde_json::from_value(serde_json::json!({
+fn base_config() -> Result<DebertaConfig, Error> {
+    serde_json::from_value(serde_json::json!({
         "vocab_size": 128100, "hidden_size": 768, "num_hidden_layers": 12,
         "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu",
         "max_position_embeddings": 512, "type_vocab_size": 0, "relative_attention": true,
@@ -78,8 +57,127 @@ fn main() -> Result<(), ensembles::Error> {
         "pos_att_type": "p2c|c2p", "position_biased_input": false, "layer_norm_eps": 1e-7,
         "pooler_hidden_size": 768, "pooler_dropout": 0, "pooler_hidden_act": "gelu"
     }))
-    .map_err(|e| ensembles::Error::Invalid(e.to_string()))?;
-    let classifier = Classifier::random(&base, &tiny, &Device::Cpu, &config)?;
-    bench("deberta-v3-base shape (random)", &classifier, rows)?;
+    .map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// Rows long enough that every sequence fills max_len.
+fn rows(classifier: &Classifier, count: usize) -> Result<Vec<EncodedPair>, Error> {
+    let words = "the quick brown fox jumps over the lazy dog and keeps running ".repeat(200);
+    let pairs: Vec<ResponsePair> = (0..count)
+        .map(|i| ResponsePair {
+            prompt: format!("{i} {words}"),
+            response_a: words.clone(),
+            response_b: format!("{words} {i}"),
+        })
+        .collect();
+    classifier.encode(&pairs)
+}
+
+struct Measured {
+    sequences: usize,
+    seconds: f64,
+}
+
+fn infer(
+    classifier: &Classifier,
+    batch_rows: usize,
+    warmup: usize,
+    batches: usize,
+) -> Result<Measured, Error> {
+    let encoded = rows(classifier, batch_rows * (warmup + batches))?;
+    let (warm, timed) = encoded.split_at(batch_rows * warmup);
+    classifier.predict_logits(warm)?;
+    let started = Instant::now();
+    classifier.predict_logits(timed)?; // returns host values, so the device has finished
+    Ok(Measured {
+        sequences: 2 * timed.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn train(classifier: &mut Classifier, warmup: usize, batches: usize) -> Result<Measured, Error> {
+    let batch = classifier.config().batch_size;
+    let encoded = rows(classifier, batch * (warmup + batches) + 1)?;
+    let labels: Vec<Outcome> = (0..encoded.len())
+        .map(|i| [Outcome::A, Outcome::B, Outcome::Tie][i % 3])
+        .collect();
+    let held_out = encoded.len() - 1;
+    let split = batch * warmup;
+    let mut fit = |from: usize, to: usize| {
+        fit_fold(
+            classifier,
+            &encoded[from..to],
+            &labels[from..to],
+            &encoded[held_out..],
+            &labels[held_out..],
+            0,
+        )
+    };
+    if warmup > 0 {
+        fit(0, split)?;
+    }
+    let result = fit(split, held_out)?;
+    Ok(Measured {
+        sequences: held_out - split,
+        seconds: result.train_seconds - result.eval_seconds,
+    })
+}
+
+fn main() -> Result<(), Error> {
+    let device: Device = parse_device(&arg("--device", "cpu"))?;
+    let precision = match arg("--precision", "f32").as_str() {
+        "f32" => Precision::F32,
+        "bf16" => Precision::Bf16,
+        other => return Err(Error::Invalid(format!("--precision {other}: f32 or bf16"))),
+    };
+    let mode = arg("--mode", "both");
+    let tiny = std::env::args().any(|a| a == "--tiny");
+    let (warmup, batches) = (number("--warmup", 2)?, number("--batches", 2)?);
+    let eval_sequences = number("--eval-batch", 32)?;
+    let config = TransformerConfig {
+        precision,
+        max_len: number("--max-len", 512)?,
+        eval_batch_size: (eval_sequences / 2).max(1),
+        batch_size: number("--train-batch", 8)?,
+        grad_accumulation: 1,
+        epochs: 1,
+        warmup_ratio: 0.0,
+        ..TransformerConfig::default()
+    };
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-deberta");
+    let mut classifier = if tiny {
+        Classifier::load(&fixture, &device, &config)?
+    } else {
+        Classifier::random(&base_config()?, &fixture, &device, &config)?
+    };
+    let model = if tiny { "tiny" } else { "base" };
+    println!(
+        "candle on {device:?}, {} CPU threads, model {model}, {precision:?}",
+        rayon::current_num_threads()
+    );
+    let run = |name: &str, batch: usize, measured: Measured| {
+        let rate = measured.sequences as f64 / measured.seconds;
+        let peak = peak_memory_mib();
+        println!(
+            "candle {name} {precision:?} {model}: {} sequences of {} tokens (batch {batch}) in {:.3} s = {rate:.2} sequences/s, peak RSS {peak:.0} MiB",
+            measured.sequences, config.max_len, measured.seconds
+        );
+        let record = serde_json::json!({
+            "framework": "candle", "device": format!("{device:?}"),
+            "dtype": arg("--precision", "f32"), "mode": name, "max_len": config.max_len,
+            "batch": batch, "sequences": measured.sequences, "seconds": measured.seconds,
+            "sequences_per_s": rate, "peak_mib": peak, "model": model,
+            "threads": rayon::current_num_threads(),
+        });
+        println!("JSON {record}");
+    };
+    if mode == "infer" || mode == "both" {
+        let measured = infer(&classifier, config.eval_batch_size, warmup, batches)?;
+        run("infer", 2 * config.eval_batch_size, measured);
+    }
+    if mode == "train" || mode == "both" {
+        let measured = train(&mut classifier, warmup, batches)?;
+        run("train", config.batch_size, measured);
+    }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use ensembles::transformer::{
-    fit_fold, load_tokenizer, probs_from_logits, Classifier, Layout, ResponsePair,
+    fit_fold, load_tokenizer, probs_from_logits, Classifier, Layout, Precision, ResponsePair,
     TransformerConfig,
 };
 use ensembles::{Error, Outcome};
@@ -101,7 +101,9 @@ fn tokenizer_json_matches_hugging_face() {
     check_token_ids(&load_tokenizer(dir.path()).unwrap());
 }
 
-fn check_logits(classifier: &Classifier) {
+/// Checks the token ids exactly and the logits of one padded batch (as the reference was
+/// computed) within `tolerance` of Hugging Face's; returns the largest difference.
+fn check_logits(classifier: &Classifier, tolerance: f32) -> f32 {
     let expected = expected();
     let pairs: Vec<ResponsePair> = expected
         .logits
@@ -121,19 +123,49 @@ fn check_logits(classifier: &Classifier) {
             case.prompt
         );
     }
-    // One padded batch, as the reference was computed.
     let logits = classifier.raw_logits(&sequences).unwrap();
+    let mut largest = 0f32;
     for (got, case) in logits.iter().zip(&expected.logits) {
         for (g, e) in got.iter().zip(&case.logits) {
-            assert!((g - e).abs() < 1e-4, "logits {got:?} vs {:?}", case.logits);
+            assert!(
+                (g - e).abs() < tolerance,
+                "logits {got:?} vs {:?}",
+                case.logits
+            );
+            largest = largest.max((g - e).abs());
         }
     }
+    largest
 }
 
 #[test]
 fn logits_match_hugging_face_from_safetensors() {
     let config = TransformerConfig::default();
-    check_logits(&Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap());
+    check_logits(
+        &Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap(),
+        1e-4,
+    );
+}
+
+#[test]
+fn bf16_logits_stay_near_hugging_face() {
+    let config = TransformerConfig {
+        precision: Precision::Bf16,
+        ..TransformerConfig::default()
+    };
+    let classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
+    // bf16 rounds every matmul input to 8 significant bits (±0.4%); through the fixture's
+    // layers the logits, of order 1, move by a few hundredths.
+    let largest = check_logits(&classifier, 0.1);
+    assert!(
+        largest > 1e-6,
+        "bf16 gave f32-exact logits: was it applied?"
+    );
+    // The weights themselves stay f32 (mixed precision).
+    let weights = classifier.snapshot().unwrap();
+    assert!(weights
+        .values()
+        .all(|w| w.dtype() == candle_core::DType::F32));
 }
 
 #[test]
@@ -147,7 +179,10 @@ fn logits_match_hugging_face_from_pytorch_bin() {
         ),
     ]);
     let config = TransformerConfig::default();
-    check_logits(&Classifier::load(dir.path(), &Device::Cpu, &config).unwrap());
+    check_logits(
+        &Classifier::load(dir.path(), &Device::Cpu, &config).unwrap(),
+        1e-4,
+    );
 }
 
 #[test]
@@ -242,7 +277,14 @@ fn swap_averaging_mirrors_exactly_in_both_layouts() {
 
 #[test]
 fn training_lowers_the_loss_on_a_separable_task() {
+    for precision in [Precision::F32, Precision::Bf16] {
+        training_lowers_the_loss(precision);
+    }
+}
+
+fn training_lowers_the_loss(precision: Precision) {
     let config = TransformerConfig {
+        precision,
         max_len: 32,
         batch_size: 8,
         grad_accumulation: 1,
@@ -266,10 +308,14 @@ fn training_lowers_the_loss_on_a_separable_task() {
     let result = fit_fold(&mut classifier, train, train_labels, valid, valid_labels, 0).unwrap();
     let first = &result.history[0];
     let last = result.history.last().unwrap();
-    assert!(last.train_loss < first.train_loss, "{:?}", result.history);
+    assert!(
+        last.train_loss < first.train_loss,
+        "{precision:?}: {:?}",
+        result.history
+    );
     assert!(
         result.best_log_loss < before * 0.8,
-        "{before} -> {:?}",
+        "{precision:?}: {before} -> {:?}",
         result.history
     );
     assert_eq!(result.valid_logits.len(), valid.len());
@@ -350,4 +396,53 @@ fn sequences_of_1024_tokens_run() {
     assert!((1020..=1024).contains(&encoded[0].as_given[0].len()));
     let logits = classifier.predict_logits(&encoded).unwrap();
     assert!(logits[0].iter().all(|l| l.is_finite()));
+}
+
+#[test]
+fn a_saved_model_loads_back_with_the_same_predictions() {
+    let config = TransformerConfig {
+        max_len: 32,
+        batch_size: 4,
+        grad_accumulation: 1,
+        epochs: 1,
+        learning_rate: 1e-2,
+        head_learning_rate: 1e-2,
+        warmup_ratio: 0.0,
+        ..TransformerConfig::default()
+    };
+    let mut classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
+    let (pairs, labels) = battles(8);
+    let encoded = classifier.encode(&pairs).unwrap();
+    fit_fold(
+        &mut classifier,
+        &encoded[..4],
+        &labels[..4],
+        &encoded[4..],
+        &labels[4..],
+        0,
+    )
+    .unwrap();
+    let trained = classifier.predict_logits(&encoded).unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    classifier.save_pretrained(saved.path()).unwrap();
+
+    let reloaded = Classifier::load(saved.path(), &Device::Cpu, &config).unwrap();
+    assert_eq!(reloaded.predict_logits(&encoded).unwrap(), trained);
+    let untrained = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
+    assert_ne!(untrained.predict_logits(&encoded).unwrap(), trained);
+
+    let text = std::fs::read_to_string(saved.path().join("config.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["id2label"]["2"], "winner_tie");
+    assert_eq!(json["ensemble_layout"], "cross");
+    assert!(saved.path().join("spm.model").is_file());
+    // The head fits the cross layout only, so a siamese run refuses it.
+    let siamese = TransformerConfig {
+        layout: Layout::Siamese,
+        ..config
+    };
+    assert!(matches!(
+        Classifier::load(saved.path(), &Device::Cpu, &siamese),
+        Err(Error::BadModelFile { path, .. }) if path.ends_with("config.json")
+    ));
 }

@@ -4,6 +4,7 @@
 //! Each fold writes `OUT/fold-K/` (held-out and test logits, fold.json), so folds can run on
 //! separate machines with `--fold K`; the merge step (after all folds, or `--merge`) assembles
 //! `oof.csv`, `oof_logits.csv`, `submission.csv`, `test_logits.csv` and `metrics.json`.
+//! With `--save-models`, `fold-K/model/` holds the fold's fine-tuned model.
 use crate::cli::TransformerArgs;
 use crate::data;
 use anyhow::{bail, Context, Result};
@@ -37,7 +38,10 @@ struct FoldSummary {
 struct FoldSeconds {
     load: f64,
     tokenize: f64,
+    /// Fine-tuning, held-out evaluations included.
     train: f64,
+    /// The held-out evaluations and checkpoints within `train`.
+    evaluate: f64,
     predict_test: f64,
 }
 
@@ -60,6 +64,7 @@ fn resolve_config(args: &TransformerArgs) -> Result<TransformerConfig> {
     };
     config.max_len = args.max_len.unwrap_or(config.max_len);
     config.epochs = args.epochs.unwrap_or(config.epochs);
+    config.precision = args.precision.map_or(config.precision, Into::into);
     config.validate().map_err(anyhow::Error::msg)?;
     Ok(config)
 }
@@ -200,9 +205,13 @@ fn run_fold(
             load,
             tokenize,
             train: result.train_seconds,
+            evaluate: result.eval_seconds,
             predict_test,
         },
     };
+    if args.save_models {
+        classifier.save_pretrained(&dir.join("model"))?;
+    }
     let path = dir.join("fold.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("cannot write {}", path.display()))

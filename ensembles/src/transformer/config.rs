@@ -1,11 +1,31 @@
 //! Training and input settings of the transformer member (`configs/deberta.toml`).
 use std::path::Path;
 
+use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
 use super::model::Layout;
 use super::tokenizer::SegmentBudget;
 use crate::{Error, Result};
+
+/// The dtype of the activations and matmuls. Weights, optimizer state, LayerNorm, softmax
+/// and the loss stay f32 either way (mixed precision, as torch's autocast).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    /// bfloat16: for GPUs with bf16 tensor cores (A100, H100); slow on CPUs.
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -28,6 +48,7 @@ pub struct Unfreeze {
 #[serde(deny_unknown_fields, default)]
 pub struct TransformerConfig {
     pub layout: Layout,
+    pub precision: Precision,
     /// Tokens per sequence, special tokens included.
     pub max_len: usize,
     /// Rows per micro-batch in training.
@@ -65,6 +86,7 @@ impl Default for TransformerConfig {
     fn default() -> Self {
         TransformerConfig {
             layout: Layout::Cross,
+            precision: Precision::F32,
             max_len: 512,
             batch_size: 4,
             eval_batch_size: 8,

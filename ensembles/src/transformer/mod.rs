@@ -17,9 +17,10 @@ use candle_core::{DType, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use serde::Deserialize;
 
 pub use candle_core::Device;
-pub use config::{Schedule, TransformerConfig, Unfreeze};
+pub use config::{Precision, Schedule, TransformerConfig, Unfreeze};
 pub use device::parse_device;
 pub use model::{DebertaConfig, Layout};
 pub use tokenizer::{load_tokenizer, SegmentBudget, TextEncoder};
@@ -63,11 +64,26 @@ pub struct Classifier {
     encoder: TextEncoder,
     config: TransformerConfig,
     device: Device,
+    /// The `config.json` it was made from, as written there (saved again by `save_pretrained`).
+    model_json: serde_json::Value,
+    /// The folder holding its tokenizer files.
+    tokenizer_dir: PathBuf,
 }
 
 const CONFIG_FILE: &str = "config.json";
 const SAFETENSORS_FILE: &str = "model.safetensors";
 const PYTORCH_FILE: &str = "pytorch_model.bin";
+/// Tokenizer files copied into a saved model folder, where the source has them.
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "spm.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+/// The `config.json` key recording the layout a saved model was fine-tuned with.
+const LAYOUT_KEY: &str = "ensemble_layout";
+/// Class names written to a saved model's `config.json`, in the output order.
+const LABELS: [&str; 3] = ["winner_model_a", "winner_model_b", "winner_tie"];
 
 impl Classifier {
     /// Loads a Hugging Face DeBERTa-v2/v3 folder: `config.json`, `model.safetensors` or
@@ -87,17 +103,31 @@ impl Classifier {
             });
         }
         let text = std::fs::read_to_string(&config_path).map_err(Error::io(&config_path))?;
-        let model_config: DebertaConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_model_file(&config_path, e.to_string()))?;
+        let bad_config = |message: String| Error::bad_model_file(&config_path, message);
+        let model_json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad_config(e.to_string()))?;
+        let model_config =
+            DebertaConfig::deserialize(&model_json).map_err(|e| bad_config(e.to_string()))?;
         if let Some(problem) = model_config.unsupported() {
-            return Err(Error::bad_model_file(&config_path, problem));
+            return Err(bad_config(problem));
+        }
+        // A model this tool fine-tuned has a head for its own layout only.
+        if let Some(saved) = model_json.get(LAYOUT_KEY) {
+            let saved = Layout::deserialize(saved).map_err(|e| bad_config(e.to_string()))?;
+            if saved != config.layout {
+                return Err(bad_config(format!(
+                    "the model was fine-tuned with layout {saved:?}; the config asks for {:?}",
+                    config.layout
+                )));
+            }
         }
         let (weights_path, weights) = read_checkpoint(model_dir)?;
         let tokenizer = load_tokenizer(model_dir)?;
         let encoder = TextEncoder::new(tokenizer, config.segments.clone())?;
 
         let init_std = model_config.initializer_range.unwrap_or(0.02);
-        Classifier::build(&model_config, encoder, device, config, |vars| {
+        let source = (model_json, model_dir.to_path_buf());
+        Classifier::build(&model_config, source, encoder, device, config, |vars| {
             assign_weights(vars, &weights, &weights_path, init_std, config.seed)
         })
     }
@@ -111,7 +141,10 @@ impl Classifier {
         config: &TransformerConfig,
     ) -> Result<Classifier> {
         let encoder = TextEncoder::new(load_tokenizer(tokenizer_dir)?, config.segments.clone())?;
-        Classifier::build(model_config, encoder, device, config, |vars| {
+        let model_json =
+            serde_json::to_value(model_config).map_err(|e| Error::Invalid(e.to_string()))?;
+        let source = (model_json, tokenizer_dir.to_path_buf());
+        Classifier::build(model_config, source, encoder, device, config, |vars| {
             for (name, var) in vars.data().lock().expect("weights lock poisoned").iter() {
                 if name.ends_with("weight") && !name.contains("LayerNorm") {
                     var.set(&(Tensor::randn(0f32, 1f32, var.shape(), device)? * 0.02)?)?;
@@ -122,9 +155,11 @@ impl Classifier {
     }
 
     /// Creates the model's variables, lets `set_weights` fill them, and assembles the
-    /// classifier: the part `load` and `random` share.
+    /// classifier: the part `load` and `random` share. `source` is the model's `config.json`
+    /// and the folder of its tokenizer files.
     fn build(
         model_config: &DebertaConfig,
+        (model_json, tokenizer_dir): (serde_json::Value, PathBuf),
         encoder: TextEncoder,
         device: &Device,
         config: &TransformerConfig,
@@ -132,7 +167,7 @@ impl Classifier {
     ) -> Result<Classifier> {
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
-        let model = DebertaClassifier::load(model_config, config.layout, vb)?;
+        let model = DebertaClassifier::load(model_config, config.layout, config.precision, vb)?;
         set_weights(&vars)?;
         Ok(Classifier {
             model,
@@ -140,6 +175,8 @@ impl Classifier {
             encoder,
             config: config.clone(),
             device: device.clone(),
+            model_json,
+            tokenizer_dir,
         })
     }
 
@@ -278,16 +315,55 @@ impl Classifier {
         Ok(())
     }
 
-    /// Writes the weights (with the head) as safetensors, loadable by [`Classifier::load`]
-    /// next to a copy of the original `config.json` and tokenizer files.
-    pub fn save_weights(&self, path: &Path) -> Result<()> {
-        self.vars.save(path).map_err(|e| match e {
+    /// Writes a Hugging Face model folder: `model.safetensors` (f32, with the head),
+    /// `config.json` with the three classes named and the layout recorded, and the tokenizer
+    /// files. [`Classifier::load`] reads it back, and so does transformers'
+    /// `DebertaV2ForSequenceClassification` for the cross layout.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        let weights_path = dir.join(SAFETENSORS_FILE);
+        self.vars.save(&weights_path).map_err(|e| match e {
             candle_core::Error::Io(cause) => Error::Io {
-                path: path.to_path_buf(),
+                path: weights_path.clone(),
                 cause,
             },
             other => Error::Candle(other),
-        })
+        })?;
+        let mut model_json = self.model_json.clone();
+        if let Some(fields) = model_json.as_object_mut() {
+            let id2label: serde_json::Map<String, serde_json::Value> = LABELS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (i.to_string(), (*name).into()))
+                .collect();
+            let label2id: serde_json::Map<String, serde_json::Value> = LABELS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (name.to_string(), i.into()))
+                .collect();
+            fields.insert("id2label".into(), id2label.into());
+            fields.insert("label2id".into(), label2id.into());
+            fields.insert(
+                "architectures".into(),
+                serde_json::json!(["DebertaV2ForSequenceClassification"]),
+            );
+            fields.insert(
+                LAYOUT_KEY.into(),
+                serde_json::to_value(self.config.layout)
+                    .map_err(|e| Error::Invalid(e.to_string()))?,
+            );
+        }
+        let config_path = dir.join(CONFIG_FILE);
+        let text =
+            serde_json::to_string_pretty(&model_json).map_err(|e| Error::Invalid(e.to_string()))?;
+        std::fs::write(&config_path, text).map_err(Error::io(&config_path))?;
+        for name in TOKENIZER_FILES {
+            let source = self.tokenizer_dir.join(name);
+            if source.is_file() {
+                std::fs::copy(&source, dir.join(name)).map_err(Error::io(&source))?;
+            }
+        }
+        Ok(())
     }
 }
 

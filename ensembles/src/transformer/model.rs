@@ -9,6 +9,8 @@ use std::cell::RefCell;
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
+
+use super::config::Precision;
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::Deserialize;
@@ -17,7 +19,7 @@ type CandleResult<T> = candle_core::Result<T>;
 
 /// The fields of a Hugging Face `config.json` that the forward pass depends on, with the
 /// defaults that `DebertaV2Config` and the modelling code apply.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 pub struct DebertaConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -213,11 +215,11 @@ fn dropout(x: &Tensor, p: f64, pass: &Pass) -> CandleResult<Tensor> {
             let mask: Vec<f32> = (0..x.elem_count())
                 .map(|_| if rng.random::<f64>() < p { 0.0 } else { scale })
                 .collect();
-            Tensor::from_vec(mask, x.shape(), x.device())?
+            Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?
         }
         device => {
             let uniform = Tensor::rand(0f32, 1f32, x.shape(), device)?;
-            (uniform.ge(p)?.to_dtype(DType::F32)? / (1.0 - p))?
+            (uniform.ge(p)?.to_dtype(x.dtype())? / (1.0 - p))?
         }
     };
     x.mul(&keep)
@@ -238,20 +240,45 @@ impl LayerNorm {
         })
     }
 
-    /// The fused kernel has no backward pass, so training uses the composed one.
+    /// Normalizes in f32 whatever the activations' dtype (as autocast does) and returns that
+    /// dtype. The fused kernel has no backward pass, so training uses the composed one.
     fn forward(&self, x: &Tensor, grads: bool) -> CandleResult<Tensor> {
-        if grads {
-            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
+        let wide = x.to_dtype(DType::F32)?;
+        let normed = if grads {
+            candle_nn::ops::layer_norm_slow(&wide, &self.weight, &self.bias, self.eps as f32)?
         } else {
-            candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
-        }
+            candle_nn::ops::layer_norm(
+                &wide.contiguous()?,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            )?
+        };
+        normed.to_dtype(x.dtype())
     }
 }
 
-fn linear(input: usize, output: usize, vb: VarBuilder) -> CandleResult<Linear> {
-    let weight = vb.get_with_hints((output, input), "weight", Init::Const(0.0))?;
-    let bias = vb.get_with_hints(output, "bias", Init::Const(0.0))?;
-    Ok(Linear::new(weight, Some(bias)))
+/// A dense layer that keeps its weights in f32 and casts them to the input's dtype on use:
+/// with bf16 activations that is mixed precision (f32 master weights, bf16 matmuls), as in
+/// torch's autocast. Casting to the same dtype is free.
+struct Dense {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Dense {
+    fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        let dtype = x.dtype();
+        let bias = self.bias.as_ref().map(|b| b.to_dtype(dtype)).transpose()?;
+        Linear::new(self.weight.to_dtype(dtype)?, bias).forward(x)
+    }
+}
+
+fn linear(input: usize, output: usize, vb: VarBuilder) -> CandleResult<Dense> {
+    Ok(Dense {
+        weight: vb.get_with_hints((output, input), "weight", Init::Const(0.0))?,
+        bias: Some(vb.get_with_hints(output, "bias", Init::Const(0.0))?),
+    })
 }
 
 fn activation(name: &str, x: &Tensor) -> CandleResult<Tensor> {
@@ -268,7 +295,7 @@ struct Embeddings {
     word: Embedding,
     position: Option<Embedding>,
     token_type: Option<Embedding>,
-    projection: Option<Linear>,
+    projection: Option<Dense>,
     norm: LayerNorm,
     dropout: f64,
 }
@@ -302,7 +329,7 @@ impl Embeddings {
                     "embed_proj.weight",
                     Init::Const(0.0),
                 )?;
-                Some(Linear::new(weight, None))
+                Some(Dense { weight, bias: None })
             } else {
                 None
             },
@@ -386,15 +413,15 @@ impl RelativeIndex {
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    pos_query: Option<Linear>,
-    pos_key: Option<Linear>,
-    attention_out: Linear,
+    query: Dense,
+    key: Dense,
+    value: Dense,
+    pos_query: Option<Dense>,
+    pos_key: Option<Dense>,
+    attention_out: Dense,
     attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     output_norm: LayerNorm,
     heads: usize,
     config: DebertaConfig,
@@ -478,7 +505,7 @@ impl Layer {
         let mut scores = (query.matmul(&key.t()?)? / scale)?;
         if let Some((embeddings, index)) = relative {
             let embeddings = dropout(embeddings, config.hidden_dropout_prob, pass)?.unsqueeze(0)?;
-            let project = |own: &Option<Linear>, shared: &Linear| -> CandleResult<Tensor> {
+            let project = |own: &Option<Dense>, shared: &Dense| -> CandleResult<Tensor> {
                 self.split_heads(&own.as_ref().unwrap_or(shared).forward(&embeddings)?)
             };
             if config.c2p() {
@@ -490,12 +517,14 @@ impl Layer {
                 scores = (scores + (self.relative_scores(&key, &pos_query, &index.p2c)? / scale)?)?;
             }
         }
-        let scores = scores.broadcast_add(mask_bias)?;
+        // The softmax runs in f32 whatever the activations' dtype, as under autocast.
+        let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask_bias)?;
         let probs = if grads {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
-        };
+        }
+        .to_dtype(value.dtype())?;
         let probs = dropout(&probs, config.attention_probs_dropout_prob, pass)?;
         let context = probs
             .matmul(&value)?
@@ -524,10 +553,12 @@ pub struct Backbone {
     relative: Option<Embedding>,
     relative_norm: Option<LayerNorm>,
     config: DebertaConfig,
+    /// The activations' dtype; weights stay f32 and are cast on use.
+    dtype: DType,
 }
 
 impl Backbone {
-    fn load(config: &DebertaConfig, vb: VarBuilder) -> CandleResult<Backbone> {
+    fn load(config: &DebertaConfig, dtype: DType, vb: VarBuilder) -> CandleResult<Backbone> {
         let encoder = vb.pp("encoder");
         let layers = (0..config.num_hidden_layers)
             .map(|i| Layer::load(config, encoder.pp(format!("layer.{i}"))))
@@ -561,13 +592,17 @@ impl Backbone {
                 None
             },
             config: config.clone(),
+            dtype,
         })
     }
 
     /// Last hidden states `[B, L, hidden]` of token ids `[B, L]` (u32) and mask `[B, L]` (f32).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, pass: &Pass) -> CandleResult<Tensor> {
         let (_, len) = ids.dims2()?;
-        let mut x = self.embeddings.forward(ids, mask, pass)?;
+        let mut x = self
+            .embeddings
+            .forward(ids, mask, pass)?
+            .to_dtype(self.dtype)?;
         if !pass.train_embeddings {
             x = x.detach();
         }
@@ -579,6 +614,7 @@ impl Backbone {
                 if let Some(norm) = &self.relative_norm {
                     embeddings = norm.forward(&embeddings, pass.train_embeddings)?;
                 }
+                embeddings = embeddings.to_dtype(self.dtype)?;
                 if !pass.train_embeddings {
                     embeddings = embeddings.detach();
                 }
@@ -603,8 +639,8 @@ impl Backbone {
 /// Backbone, context pooler (`pooler.dense` on the `[CLS]` state) and `classifier`.
 pub struct DebertaClassifier {
     backbone: Backbone,
-    pooler: Linear,
-    classifier: Linear,
+    pooler: Dense,
+    classifier: Dense,
     layout: Layout,
     config: DebertaConfig,
 }
@@ -613,14 +649,19 @@ pub struct DebertaClassifier {
 pub const HEAD_PREFIXES: [&str; 2] = ["pooler.", "classifier."];
 
 impl DebertaClassifier {
-    pub fn load(config: &DebertaConfig, layout: Layout, vb: VarBuilder) -> CandleResult<Self> {
+    pub fn load(
+        config: &DebertaConfig,
+        layout: Layout,
+        precision: Precision,
+        vb: VarBuilder,
+    ) -> CandleResult<Self> {
         let pooled = config.pooled_size();
         let head_input = match layout {
             Layout::Cross => pooled,
             Layout::Siamese => 4 * pooled,
         };
         Ok(DebertaClassifier {
-            backbone: Backbone::load(config, vb.pp("deberta"))?,
+            backbone: Backbone::load(config, precision.dtype(), vb.pp("deberta"))?,
             pooler: linear(config.hidden_size, pooled, vb.pp("pooler.dense"))?,
             classifier: linear(head_input, 3, vb.pp("classifier"))?,
             layout,
@@ -645,7 +686,7 @@ impl DebertaClassifier {
         )
     }
 
-    /// Logits `[N, 3]`. Cross: `ids` holds N sequences. Siamese: `ids` holds 2N sequences, the
+    /// Logits `[N, 3]` in f32. Cross: `ids` holds N sequences. Siamese: `ids` holds 2N sequences, the
     /// N prompt+A sequences first, then the N prompt+B sequences in the same order.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, pass: &Pass) -> CandleResult<Tensor> {
         let pooled = self.pool(&self.backbone.forward(ids, mask, pass)?, pass)?;
@@ -662,7 +703,9 @@ impl DebertaClassifier {
             .config
             .cls_dropout
             .unwrap_or(self.config.hidden_dropout_prob);
-        self.classifier.forward(&dropout(&features, drop, pass)?)
+        self.classifier
+            .forward(&dropout(&features, drop, pass)?)?
+            .to_dtype(DType::F32)
     }
 }
 

@@ -35,7 +35,10 @@ pub struct FoldResult {
     /// Swap-averaged logits of the held-out rows at the best checkpoint.
     #[serde(skip)]
     pub valid_logits: Vec<[f32; 3]>,
+    /// Wall time of the whole fit, evaluations included.
     pub train_seconds: f64,
+    /// The part of `train_seconds` spent on held-out evaluations and checkpoints.
+    pub eval_seconds: f64,
 }
 
 /// The best evaluation so far and the weights that made it.
@@ -214,6 +217,7 @@ pub fn fit_fold(
     let mut best: Option<Checkpoint> = None;
     let mut since_best = 0usize;
     let (mut loss_sum, mut loss_count) = (0.0f64, 0usize);
+    let mut eval_seconds = 0.0;
 
     'epochs: for epoch in 0..config.epochs {
         let mut order: Vec<usize> = (0..train.len()).collect();
@@ -289,6 +293,7 @@ pub fn fit_fold(
             let scheduled =
                 config.eval_every_steps > 0 && step.is_multiple_of(config.eval_every_steps);
             if epoch_end || scheduled {
+                let evaluating = Instant::now();
                 let valid_logits = classifier.predict_logits(valid)?;
                 let probs: Vec<_> = valid_logits.iter().map(probs_from_logits).collect();
                 let valid_log_loss = log_loss(valid_labels, &probs);
@@ -309,9 +314,10 @@ pub fn fit_fold(
                     since_best = 0;
                 } else {
                     since_best += 1;
-                    if since_best >= config.patience.max(1) {
-                        break 'epochs;
-                    }
+                }
+                eval_seconds += evaluating.elapsed().as_secs_f64();
+                if since_best >= config.patience.max(1) {
+                    break 'epochs;
                 }
             }
         }
@@ -326,6 +332,7 @@ pub fn fit_fold(
         history,
         valid_logits: best.valid_logits,
         train_seconds: started.elapsed().as_secs_f64(),
+        eval_seconds,
     })
 }
 
