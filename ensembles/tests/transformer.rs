@@ -155,7 +155,8 @@ fn bf16_logits_stay_near_hugging_face() {
     };
     let classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
     // bf16 rounds every matmul input to 8 significant bits (±0.4%); through the fixture's
-    // layers the logits, of order 1, move by a few hundredths.
+    // layers the logits, of order 1, move by a few hundredths: 0.045 here, 0.038 under
+    // PyTorch's autocast to bf16 on the same inputs.
     let largest = check_logits(&classifier, 0.1);
     assert!(
         largest > 1e-6,

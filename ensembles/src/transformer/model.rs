@@ -369,6 +369,36 @@ struct RelativeIndex {
     p2c: Tensor,
 }
 
+/// The `[L, L]` index tables of the longest length seen so far, on the model's device. An
+/// entry does not depend on L, so a shorter length's indices are the top-left corner: built
+/// once rather than on the host for every batch.
+#[derive(Default)]
+struct RelativeIndexCache(std::sync::Mutex<Option<(Tensor, Tensor)>>);
+
+impl RelativeIndexCache {
+    fn get(
+        &self,
+        len: usize,
+        config: &DebertaConfig,
+        device: &Device,
+    ) -> CandleResult<RelativeIndex> {
+        let mut tables = self.0.lock().expect("relative index lock poisoned");
+        let covered = tables
+            .as_ref()
+            .is_some_and(|(c2p, _)| c2p.dim(0).is_ok_and(|d| d >= len));
+        if !covered {
+            let full = RelativeIndex::new(len, config, device)?;
+            *tables = Some((full.c2p.reshape((len, len))?, full.p2c.reshape((len, len))?));
+        }
+        let (c2p, p2c) = tables.as_ref().expect("filled above");
+        let corner = |t: &Tensor| t.narrow(0, 0, len)?.narrow(1, 0, len)?.flatten_all();
+        Ok(RelativeIndex {
+            c2p: corner(c2p)?,
+            p2c: corner(p2c)?,
+        })
+    }
+}
+
 /// HF's `make_log_bucket_position`, in f32 as torch computes it.
 fn log_bucket(relative: i64, bucket_size: i64, max_position: i64) -> i64 {
     let mid = bucket_size / 2;
@@ -555,6 +585,7 @@ pub struct Backbone {
     config: DebertaConfig,
     /// The activations' dtype; weights stay f32 and are cast on use.
     dtype: DType,
+    relative_index: RelativeIndexCache,
 }
 
 impl Backbone {
@@ -593,6 +624,7 @@ impl Backbone {
             },
             config: config.clone(),
             dtype,
+            relative_index: RelativeIndexCache::default(),
         })
     }
 
@@ -620,7 +652,7 @@ impl Backbone {
                 }
                 Some((
                     embeddings,
-                    RelativeIndex::new(len, &self.config, ids.device())?,
+                    self.relative_index.get(len, &self.config, ids.device())?,
                 ))
             }
             None => None,
@@ -712,6 +744,28 @@ impl DebertaClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_relative_indices_equal_fresh_ones_for_shorter_lengths() {
+        let config: DebertaConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 8, "relative_attention": true,
+            "position_buckets": 4, "pos_att_type": "p2c|c2p"
+        }))
+        .unwrap();
+        let cache = RelativeIndexCache::default();
+        for len in [12, 5, 12, 1] {
+            let cached = cache.get(len, &config, &Device::Cpu).unwrap();
+            let fresh = RelativeIndex::new(len, &config, &Device::Cpu).unwrap();
+            for (a, b) in [(&cached.c2p, &fresh.c2p), (&cached.p2c, &fresh.p2c)] {
+                assert_eq!(
+                    a.to_vec1::<u32>().unwrap(),
+                    b.to_vec1::<u32>().unwrap(),
+                    "{len}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn log_buckets_match_hugging_face() {
