@@ -160,8 +160,9 @@ pub struct CvArgs {
 pub struct TransformerArgs {
     /// Hugging Face DeBERTa-v2/v3 folder (e.g. microsoft/deberta-v3-base as downloaded):
     /// config.json, model.safetensors or pytorch_model.bin, and tokenizer.json or spm.model.
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    /// Needed to train (not with --merge or --predict-only).
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["merge", "predict_only"])]
+    pub model: Option<PathBuf>,
     /// Training file in Kaggle's train.csv format (plain or .gz).
     #[arg(long, value_name = "PATH")]
     pub train: PathBuf,
@@ -170,7 +171,7 @@ pub struct TransformerArgs {
     pub test: PathBuf,
     /// folds.csv (id,fold) from `ensemble cv`, so that OOF rows line up with the other
     /// members. Without it, stratified folds are made (--folds, config seed) and written to
-    /// OUT/folds.csv.
+    /// OUT/folds.csv, which --merge and --predict-only then read.
     #[arg(long, value_name = "PATH")]
     pub folds_file: Option<PathBuf>,
     /// Number of folds to make when no --folds-file is given.
@@ -211,6 +212,11 @@ pub struct TransformerArgs {
     /// per fold for deberta-v3-base.
     #[arg(long)]
     pub save_models: bool,
+    /// Do not train: predict --test with the fold models an earlier --save-models run left in
+    /// OUT/fold-K/model/ (all folds, or --fold K), then merge as usual: for a new test file,
+    /// e.g. a Kaggle notebook's hidden one. Use the precision and max length of training.
+    #[arg(long, conflicts_with_all = ["merge", "save_models"])]
+    pub predict_only: bool,
     /// TOML training config; flags override it. The defaults are those of
     /// configs/deberta.toml.
     #[arg(long, value_name = "PATH")]

@@ -60,6 +60,7 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
         String::from_utf8_lossy(&output.stderr)
     );
     let folds_file = out.path().join("folds.csv");
+    assert!(folds_file.is_file());
     let folds_path = folds_file.to_str().unwrap();
     let mut one = common.to_vec();
     one.extend([
@@ -77,8 +78,50 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // The saved fold model predicts the test file again, without training and without
+    // --model, bit for bit as when it was trained.
+    let test_logits = out.path().join("fold-1/test_logits.csv");
+    let trained_logits = std::fs::read_to_string(&test_logits).unwrap();
+    std::fs::remove_file(&test_logits).unwrap();
+    let predict = [
+        "transformer",
+        "--train",
+        train,
+        "--test",
+        test,
+        "--out",
+        out_dir,
+        "--max-len",
+        "128",
+        "--precision",
+        "bf16",
+        "--predict-only",
+        "--fold",
+        "1",
+    ];
+    let output = ensemble(&predict);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&test_logits).unwrap(),
+        trained_logits
+    );
+    // Fold 0 kept no model, so it cannot predict.
+    let mut predict_zero = predict.to_vec();
+    *predict_zero.last_mut().unwrap() = "0";
+    let output = ensemble(&predict_zero);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no saved model for fold 0"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The merge finds the run's folds.csv itself.
     let mut merge = common.to_vec();
-    merge.extend(["--folds-file", folds_path, "--merge"]);
+    merge.push("--merge");
     let output = ensemble(&merge);
     assert!(
         output.status.success(),

@@ -4,7 +4,8 @@
 //! Each fold writes `OUT/fold-K/` (held-out and test logits, fold.json), so folds can run on
 //! separate machines with `--fold K`; the merge step (after all folds, or `--merge`) assembles
 //! `oof.csv`, `oof_logits.csv`, `submission.csv`, `test_logits.csv` and `metrics.json`.
-//! With `--save-models`, `fold-K/model/` holds the fold's fine-tuned model.
+//! With `--save-models`, `fold-K/model/` holds the fold's fine-tuned model, and a later
+//! `--predict-only` run predicts a test file with those models instead of training.
 use crate::cli::TransformerArgs;
 use crate::data;
 use anyhow::{bail, Context, Result};
@@ -47,7 +48,7 @@ struct FoldSeconds {
 
 #[derive(Serialize)]
 struct RunSummary {
-    model: PathBuf,
+    model: Option<PathBuf>,
     train: PathBuf,
     test: PathBuf,
     device: String,
@@ -88,11 +89,15 @@ pub fn run(args: TransformerArgs) -> Result<()> {
     let train = data::read_train(&args.train)?;
     let test = data::read_test(&args.test)?;
     let ids = &train.battles.ids;
+    let own_folds = args.out.join("folds.csv");
+    // Steps that reuse a run's folds read them from that run when not given them.
+    let reuses_run = args.merge || args.predict_only;
     let folds = match &args.folds_file {
         Some(path) => Folds::read(path, ids)?,
+        None if reuses_run && own_folds.is_file() => Folds::read(&own_folds, ids)?,
         None => {
             let folds = Folds::stratified(&train.labels, args.folds, config.seed)?;
-            folds.write(&args.out.join("folds.csv"), ids)?;
+            folds.write(&own_folds, ids)?;
             folds
         }
     };
@@ -112,6 +117,10 @@ pub fn run(args: TransformerArgs) -> Result<()> {
         let train_pairs = response_pairs(&train.battles.battles);
         let test_pairs = response_pairs(&test.battles);
         for fold in to_run {
+            if args.predict_only {
+                predict_fold(&args, &config, &device, fold, &test, &test_pairs)?;
+                continue;
+            }
             run_fold(
                 &args,
                 &config,
@@ -144,7 +153,11 @@ fn run_fold(
     test_pairs: &[ResponsePair],
 ) -> Result<()> {
     let started = Instant::now();
-    let mut classifier = Classifier::load(&args.model, device, config)?;
+    let model = args
+        .model
+        .as_deref()
+        .context("--model is needed to train")?;
+    let mut classifier = Classifier::load(model, device, config)?;
     let load = started.elapsed().as_secs_f64();
     let (train_rows, held_out) = folds.split(fold);
     let pick = |rows: &[usize]| {
@@ -215,6 +228,39 @@ fn run_fold(
     let path = dir.join("fold.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Predicts the test rows with fold K's saved model and rewrites `fold-K/test_logits.csv`.
+fn predict_fold(
+    args: &TransformerArgs,
+    config: &TransformerConfig,
+    device: &Device,
+    fold: usize,
+    test: &data::Battles,
+    test_pairs: &[ResponsePair],
+) -> Result<()> {
+    let dir = fold_dir(&args.out, fold);
+    let model_dir = dir.join("model");
+    if !model_dir.is_dir() {
+        bail!(
+            "{}: no saved model for fold {fold}; train with --save-models first",
+            model_dir.display()
+        );
+    }
+    let started = Instant::now();
+    let classifier = Classifier::load(&model_dir, device, config)?;
+    let logits = classifier.predict_logits(&classifier.encode(test_pairs)?)?;
+    write_logits(
+        &dir.join("test_logits.csv"),
+        &test.ids.iter().collect::<Vec<_>>(),
+        &logits,
+    )?;
+    eprintln!(
+        "fold {fold}: predicted {} test rows in {:.1} s",
+        logits.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn fold_dir(out: &Path, fold: usize) -> PathBuf {

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Candle beside PyTorch on one GPU: training and inference sequences per second of a
+# deberta-v3-base-sized random model at 512 tokens, in bf16 and f32, same batches and steps.
+# Run on the GPU machine from the repository root:
+#
+#   scripts/bench_gpu.sh [BENCH_BINARY]
+#
+# BENCH_BINARY is the bench_transformer example built with CUDA, by
+# `scripts/build_cuda.sh --example bench_transformer -p ensembles` (default
+# target/release/examples/bench_transformer). Its CUDA libraries (cuBLAS, cuRAND, cudart of the
+# major version it was built with) are taken from the Python environment's NVIDIA wheels, the
+# ones PyTorch brings, after whatever LD_LIBRARY_PATH already holds. Writes bench_gpu.log and
+# prints a table. BENCH_ARGS adds flags to both sides, later ones win (e.g. "--batches 10");
+# BENCH_DEVICE=cpu runs the same comparison on the CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-target/release/examples/bench_transformer}
+PY=${PYTHON:-python3}
+LOG=${BENCH_LOG:-bench_gpu.log}
+DEVICE=${BENCH_DEVICE:-cuda}
+COMMON="--max-len 512 --train-batch 8 --eval-batch 32 --warmup 2 --batches 5 ${BENCH_ARGS:-}"
+
+WHEEL_LIBS=$("$PY" -c '
+import glob, os, sysconfig
+root = os.path.join(sysconfig.get_paths()["purelib"], "nvidia")
+print(":".join(sorted(glob.glob(os.path.join(root, "**", "lib"), recursive=True))))')
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WHEEL_LIBS"
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
+    for precision in bf16 f32; do
+        # shellcheck disable=SC2086 # COMMON is a list of flags
+        "$BIN" --device "$DEVICE" --precision "$precision" $COMMON
+        # shellcheck disable=SC2086
+        "$PY" scripts/bench_torch_deberta.py --device "$DEVICE" --dtype "$precision" $COMMON
+    done
+} 2>&1 | tee "$LOG"
+
+"$PY" - "$LOG" <<'EOF'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    if line.startswith("JSON "):
+        r = json.loads(line[5:])
+        rows[(r["mode"], r["dtype"], r["framework"])] = r["sequences_per_s"]
+print("\n| mode | precision | candle seq/s | PyTorch seq/s | candle / PyTorch |")
+print("|---|---|---|---|---|")
+for mode in ("train", "infer"):
+    for dtype in ("bf16", "f32"):
+        c, t = rows.get((mode, dtype, "candle")), rows.get((mode, dtype, "pytorch"))
+        ratio = f"{c / t:.2f}" if c and t else "n/a"
+        fmt = lambda v: f"{v:.1f}" if v else "n/a"
+        print(f"| {mode} | {dtype} | {fmt(c)} | {fmt(t)} | {ratio} |")
+EOF
