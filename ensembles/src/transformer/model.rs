@@ -526,13 +526,15 @@ impl Layer {
     ) -> CandleResult<Tensor> {
         let config = &self.config;
         let (batch, len, hidden) = x.dims3()?;
-        let query = self.split_heads(&self.query.forward(x)?)?;
-        let key = self.split_heads(&self.key.forward(x)?)?;
-        let value = self.split_heads(&self.value.forward(x)?)?;
         let head_size = hidden / self.heads;
         let factor = 1 + usize::from(config.c2p()) + usize::from(config.p2c());
         let scale = ((head_size * factor) as f64).sqrt();
-        let mut scores = (query.matmul(&key.t()?)? / scale)?;
+        // Every score term is divided by the same scale, so it is applied to the (small) query
+        // and position-query projections rather than to three [B, H, L, L] score tensors.
+        let query = (self.split_heads(&self.query.forward(x)?)? / scale)?;
+        let key = self.split_heads(&self.key.forward(x)?)?;
+        let value = self.split_heads(&self.value.forward(x)?)?;
+        let mut scores = query.matmul(&key.t()?)?;
         if let Some((embeddings, index)) = relative {
             let embeddings = dropout(embeddings, config.hidden_dropout_prob, pass)?.unsqueeze(0)?;
             let project = |own: &Option<Dense>, shared: &Dense| -> CandleResult<Tensor> {
@@ -540,11 +542,11 @@ impl Layer {
             };
             if config.c2p() {
                 let pos_key = project(&self.pos_key, &self.key)?;
-                scores = (scores + (self.relative_scores(&query, &pos_key, &index.c2p)? / scale)?)?;
+                scores = (scores + self.relative_scores(&query, &pos_key, &index.c2p)?)?;
             }
             if config.p2c() {
-                let pos_query = project(&self.pos_query, &self.query)?;
-                scores = (scores + (self.relative_scores(&key, &pos_query, &index.p2c)? / scale)?)?;
+                let pos_query = (project(&self.pos_query, &self.query)? / scale)?;
+                scores = (scores + self.relative_scores(&key, &pos_query, &index.p2c)?)?;
             }
         }
         // The softmax runs in f32 whatever the activations' dtype, as under autocast.
