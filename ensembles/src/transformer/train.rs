@@ -81,17 +81,44 @@ impl Stage {
 
     /// Whether the weight `name` is updated in this stage.
     fn trains(self, name: &str, layers: usize) -> bool {
+        match Part::of(name) {
+            Part::Head => true,
+            _ if self == Stage::All => true,
+            Part::Layer(i) => i >= self.first_trained_layer(layers),
+            Part::Embeddings => false,
+        }
+    }
+}
+
+/// Where a weight sits, for unfreezing and layer-wise learning rates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Head,
+    Layer(usize),
+    /// Word and relative embeddings and the norms around them: everything below layer 0.
+    Embeddings,
+}
+
+impl Part {
+    fn of(name: &str) -> Part {
         if HEAD_PREFIXES.iter().any(|p| name.starts_with(p)) {
-            return true;
+            return Part::Head;
         }
-        if self == Stage::All {
-            return true;
-        }
-        let first = self.first_trained_layer(layers);
         name.strip_prefix("deberta.encoder.layer.")
             .and_then(|rest| rest.split('.').next())
             .and_then(|i| i.parse::<usize>().ok())
-            .is_some_and(|i| i >= first)
+            .map_or(Part::Embeddings, Part::Layer)
+    }
+
+    /// The learning rate before the schedule: the head's own, the top layer's, and
+    /// `layer_lr_decay` per layer further down.
+    fn learning_rate(self, config: &TransformerConfig, layers: usize) -> f64 {
+        let depth = match self {
+            Part::Head => return config.head_learning_rate,
+            Part::Layer(i) => layers.saturating_sub(i + 1),
+            Part::Embeddings => layers,
+        };
+        config.learning_rate * config.layer_lr_decay.powi(depth as i32)
     }
 }
 
@@ -280,12 +307,7 @@ pub fn fit_fold(
                 } else {
                     grad.clone()
                 };
-                let is_head = HEAD_PREFIXES.iter().any(|p| name.starts_with(p));
-                let lr = if is_head {
-                    config.head_learning_rate
-                } else {
-                    config.learning_rate
-                };
+                let lr = Part::of(name).learning_rate(&config, layers);
                 optimizer.step(name, var, &grad, lr * factor)?;
             }
             step += 1;
@@ -393,5 +415,34 @@ mod tests {
         assert!(!top.trains("deberta.encoder.layer.2.output.dense.weight", 4));
         assert!(!top.trains("deberta.embeddings.word_embeddings.weight", 4));
         assert!(!Stage::HeadOnly.trains("deberta.encoder.layer.3.output.dense.weight", 4));
+    }
+
+    #[test]
+    fn learning_rates_decay_layer_by_layer_below_the_top() {
+        let config = TransformerConfig {
+            learning_rate: 1e-3,
+            head_learning_rate: 5e-3,
+            layer_lr_decay: 0.5,
+            ..TransformerConfig::default()
+        };
+        let lr = |name: &str| Part::of(name).learning_rate(&config, 4);
+        assert_eq!(lr("classifier.bias"), 5e-3);
+        assert_eq!(lr("pooler.dense.weight"), 5e-3);
+        assert_eq!(lr("deberta.encoder.layer.3.output.dense.weight"), 1e-3);
+        assert_eq!(
+            lr("deberta.encoder.layer.2.attention.self.query_proj.bias"),
+            5e-4
+        );
+        assert_eq!(
+            lr("deberta.encoder.layer.0.output.LayerNorm.weight"),
+            1.25e-4
+        );
+        assert_eq!(lr("deberta.embeddings.word_embeddings.weight"), 6.25e-5);
+        assert_eq!(lr("deberta.encoder.rel_embeddings.weight"), 6.25e-5);
+        let flat = TransformerConfig::default();
+        assert_eq!(
+            Part::of("deberta.embeddings.LayerNorm.bias").learning_rate(&flat, 12),
+            flat.learning_rate
+        );
     }
 }
