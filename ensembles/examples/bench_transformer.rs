@@ -15,8 +15,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use ensembles::transformer::{
-    fit_fold, parse_device, Classifier, DebertaConfig, Device, EncodedPair, Precision,
-    ResponsePair, TransformerConfig,
+    fit_fold, parse_device, reuse_freed_host_memory, Classifier, DebertaConfig, Device,
+    EncodedPair, Precision, ResponsePair, TransformerConfig,
 };
 use ensembles::{Error, Outcome};
 
@@ -124,6 +124,7 @@ fn train(classifier: &mut Classifier, warmup: usize, batches: usize) -> Result<M
 }
 
 fn main() -> Result<(), Error> {
+    reuse_freed_host_memory(); // as `ensemble transformer` does
     let device: Device = parse_device(&arg("--device", "cpu"))?;
     let precision = match arg("--precision", "f32").as_str() {
         "f32" => Precision::F32,

@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 use ensembles::folds::Folds;
 use ensembles::predictions::Predictions;
 use ensembles::transformer::{
-    fit_fold, parse_device, probs_from_logits, Classifier, Device, FoldResult, ResponsePair,
-    TransformerConfig,
+    fit_fold, parse_device, probs_from_logits, reuse_freed_host_memory, Classifier, Device,
+    FoldResult, ResponsePair, TransformerConfig,
 };
 use ensembles::{metrics, Outcome, Probs};
 use serde::{Deserialize, Serialize};
@@ -83,6 +83,7 @@ fn response_pairs(battles: &[features::Battle]) -> Vec<ResponsePair> {
 }
 
 pub fn run(args: TransformerArgs) -> Result<()> {
+    reuse_freed_host_memory();
     let config = resolve_config(&args)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;

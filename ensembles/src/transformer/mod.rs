@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 pub use candle_core::Device;
 pub use config::{Precision, Schedule, TransformerConfig, Unfreeze};
-pub use device::parse_device;
+pub use device::{parse_device, reuse_freed_host_memory};
 pub use model::{DebertaConfig, Layout};
 pub use tokenizer::{load_tokenizer, SegmentBudget, TextEncoder};
 pub use train::{fit_fold, EvalPoint, FoldResult};
