@@ -15,6 +15,16 @@ fn ensemble(args: &[&str]) -> std::process::Output {
         .expect("the binary runs")
 }
 
+/// Runs the binary and fails the test with its stderr unless it succeeds.
+fn run_ok(args: &[&str]) {
+    let output = ensemble(args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn rows(path: &Path) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(path).unwrap();
     text.lines()
@@ -53,12 +63,7 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
     // bf16, keeping its model), then the merge step on its own.
     let mut all = common.to_vec();
     all.extend(["--folds", "3"]);
-    let output = ensemble(&all);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_ok(&all);
     let folds_file = out.path().join("folds.csv");
     assert!(folds_file.is_file());
     let folds_path = folds_file.to_str().unwrap();
@@ -72,12 +77,7 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
         "bf16",
         "--save-models",
     ]);
-    let output = ensemble(&one);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_ok(&one);
     // The saved fold model predicts the test file again, without training and without
     // --model, bit for bit as when it was trained.
     let test_logits = out.path().join("fold-1/test_logits.csv");
@@ -99,12 +99,7 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
         "--fold",
         "1",
     ];
-    let output = ensemble(&predict);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_ok(&predict);
     assert_eq!(
         std::fs::read_to_string(&test_logits).unwrap(),
         trained_logits
@@ -122,12 +117,7 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
     // The merge finds the run's folds.csv itself.
     let mut merge = common.to_vec();
     merge.push("--merge");
-    let output = ensemble(&merge);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_ok(&merge);
 
     let header = ["id", "winner_model_a", "winner_model_b", "winner_tie"];
     for (file, expected_rows) in [("submission.csv", 3), ("oof.csv", 100)] {

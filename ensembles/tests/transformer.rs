@@ -325,9 +325,9 @@ fn training_lowers_the_loss(precision: Precision) {
     assert_eq!(after, result.valid_logits);
 }
 
-#[test]
-fn frozen_layers_do_not_move() {
-    let mut config = TransformerConfig {
+/// One epoch of one step at a high learning rate: enough to move every trained weight.
+fn one_short_epoch() -> TransformerConfig {
+    TransformerConfig {
         max_len: 32,
         batch_size: 4,
         grad_accumulation: 1,
@@ -336,16 +336,15 @@ fn frozen_layers_do_not_move() {
         head_learning_rate: 1e-2,
         warmup_ratio: 0.0,
         ..TransformerConfig::default()
-    };
-    config.unfreeze.head_only_steps = 0;
-    config.unfreeze.top_layers = 1;
-    config.unfreeze.top_layers_steps = 100;
-    let mut classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
-    let before = classifier.snapshot().unwrap();
+    }
+}
+
+/// Fits on 4 battles, early-stopping on 4 more; returns all 8 encoded.
+fn fit_briefly(classifier: &mut Classifier) -> Vec<ensembles::transformer::EncodedPair> {
     let (pairs, labels) = battles(8);
     let encoded = classifier.encode(&pairs).unwrap();
     fit_fold(
-        &mut classifier,
+        classifier,
         &encoded[..4],
         &labels[..4],
         &encoded[4..],
@@ -353,6 +352,18 @@ fn frozen_layers_do_not_move() {
         0,
     )
     .unwrap();
+    encoded
+}
+
+#[test]
+fn frozen_layers_do_not_move() {
+    let mut config = one_short_epoch();
+    config.unfreeze.head_only_steps = 0;
+    config.unfreeze.top_layers = 1;
+    config.unfreeze.top_layers_steps = 100;
+    let mut classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
+    let before = classifier.snapshot().unwrap();
+    fit_briefly(&mut classifier);
     let after = classifier.snapshot().unwrap();
     let moved = |name: &str| {
         let diff = (&before[name] - &after[name]).unwrap().abs().unwrap();
@@ -401,28 +412,9 @@ fn sequences_of_1024_tokens_run() {
 
 #[test]
 fn a_saved_model_loads_back_with_the_same_predictions() {
-    let config = TransformerConfig {
-        max_len: 32,
-        batch_size: 4,
-        grad_accumulation: 1,
-        epochs: 1,
-        learning_rate: 1e-2,
-        head_learning_rate: 1e-2,
-        warmup_ratio: 0.0,
-        ..TransformerConfig::default()
-    };
+    let config = one_short_epoch();
     let mut classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
-    let (pairs, labels) = battles(8);
-    let encoded = classifier.encode(&pairs).unwrap();
-    fit_fold(
-        &mut classifier,
-        &encoded[..4],
-        &labels[..4],
-        &encoded[4..],
-        &labels[4..],
-        0,
-    )
-    .unwrap();
+    let encoded = fit_briefly(&mut classifier);
     let trained = classifier.predict_logits(&encoded).unwrap();
     let saved = tempfile::tempdir().unwrap();
     classifier.save_pretrained(saved.path()).unwrap();
