@@ -131,6 +131,16 @@ pub struct CvArgs {
     /// Seed of the folds and of LightGBM [config: cv.seed and lgbm.seed, default 42].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Keep battles with the same prompt in one fold (stratified group k-fold), so that OOF
+    /// scores are not flattered by prompts seen in training [config: cv.group_by, default
+    /// none].
+    #[arg(
+        long,
+        value_enum,
+        value_name = "none|prompt",
+        conflicts_with = "folds_file"
+    )]
+    pub group_by: Option<crate::config::FoldGroups>,
     /// TOML config with [cv], [features] and [lgbm] tables; flags override it. The defaults
     /// are those of configs/lgbm.toml.
     #[arg(long, value_name = "PATH")]

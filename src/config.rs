@@ -19,6 +19,7 @@ pub struct LgbmRunConfig {
 pub struct CvSettings {
     pub folds: usize,
     pub seed: u64,
+    pub group_by: FoldGroups,
 }
 
 impl Default for CvSettings {
@@ -26,8 +27,19 @@ impl Default for CvSettings {
         CvSettings {
             folds: 10,
             seed: 42,
+            group_by: FoldGroups::None,
         }
     }
+}
+
+/// Rows that must share a fold when new folds are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FoldGroups {
+    /// Every row on its own (plain stratified folds).
+    None,
+    /// Battles with the same prompt (all turns) are held out together.
+    Prompt,
 }
 
 /// Reads a TOML config; fields it leaves out keep their defaults.

@@ -173,6 +173,62 @@ fn reusing_folds_file_holds_out_the_same_rows() {
 }
 
 #[test]
+fn grouped_folds_hold_out_each_prompt_whole() {
+    let out = temp_dir("grouped");
+    // 48 battles over 8 prompts, 6 each; prompt 7 has two turns.
+    let prompt = |i: usize| match i % 8 {
+        7 => r#"["question 7", "and a follow-up"]"#.to_string(),
+        k => format!(r#"["question {k}"]"#),
+    };
+    let mut train = String::from(
+        "id,model_a,model_b,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n",
+    );
+    for i in 0..48 {
+        let label = ["1,0,0", "0,1,0", "0,0,1"][i % 3];
+        let answer = "x ".repeat(i % 5 + 1);
+        train.push_str(&format!(
+            "{},m1,m2,\"{}\",\"[\"\"{answer}\"\"]\",\"[\"\"y\"\"]\",{label}\n",
+            100 + i,
+            prompt(i).replace('"', "\"\"")
+        ));
+    }
+    std::fs::write(out.join("train.csv"), train).unwrap();
+    let output = ensemble(&[
+        "cv",
+        "--train",
+        out.join("train.csv").to_str().unwrap(),
+        "--test",
+        shared("test.csv").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--folds",
+        "4",
+        "--group-by",
+        "prompt",
+        "--no-tfidf",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let folds: Vec<usize> = std::fs::read_to_string(out.join("folds.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once(',').unwrap().1.parse().unwrap())
+        .collect();
+    assert_eq!(folds.len(), 48);
+    for i in 0..48 {
+        assert_eq!(folds[i], folds[i % 8], "battle {i} left its prompt's fold");
+    }
+    let mut used = folds.clone();
+    used.sort();
+    used.dedup();
+    assert_eq!(used, [0, 1, 2, 3]);
+}
+
+#[test]
 fn bad_inputs_are_reported_with_file_line_and_id() {
     let dir = temp_dir("bad-input");
     let header = "id,model_a,model_b,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n";

@@ -45,6 +45,67 @@ impl Folds {
         })
     }
 
+    /// Stratified folds that keep each group whole: rows with the same `groups` key (e.g. the
+    /// same prompt) are held out together, so that no fold is scored on a prompt it trained
+    /// on. Groups are taken largest first (ties in seeded order) and placed greedily to keep
+    /// each class's share even across folds, as sklearn's `StratifiedGroupKFold` aims to.
+    pub fn stratified_grouped<K: std::hash::Hash + Eq>(
+        labels: &[Outcome],
+        groups: &[K],
+        n_folds: usize,
+        seed: u64,
+    ) -> Result<Folds> {
+        if n_folds < 2 {
+            return Err(Error::Invalid(format!(
+                "need at least 2 folds, got {n_folds}"
+            )));
+        }
+        if groups.len() != labels.len() {
+            return Err(Error::Invalid("one group key per row is needed".into()));
+        }
+        let mut index: HashMap<&K, usize> = HashMap::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        for (row, key) in groups.iter().enumerate() {
+            let group = *index.entry(key).or_insert_with(|| {
+                members.push(Vec::new());
+                members.len() - 1
+            });
+            members[group].push(row);
+        }
+        if members.len() < n_folds {
+            return Err(Error::Invalid(format!(
+                "{} distinct groups cannot fill {n_folds} folds",
+                members.len()
+            )));
+        }
+        let mut class_totals = [0f64; 3];
+        labels.iter().for_each(|l| class_totals[l.index()] += 1.0);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        members.shuffle(&mut rng);
+        members.sort_by_key(|rows| std::cmp::Reverse(rows.len()));
+        // Each fold's share of each class; a group goes where the sum of squared shares grows
+        // least, which keeps every class spread evenly and the fold sizes close.
+        let mut shares = vec![[0f64; 3]; n_folds];
+        let mut assignment = vec![0; labels.len()];
+        for rows in &members {
+            let mut added = [0f64; 3];
+            rows.iter()
+                .for_each(|&r| added[labels[r].index()] += 1.0 / class_totals[labels[r].index()]);
+            let growth = |fold: &[f64; 3]| -> f64 {
+                (0..3).map(|c| added[c] * (2.0 * fold[c] + added[c])).sum()
+            };
+            let fold = (0..n_folds)
+                .min_by(|&a, &b| growth(&shares[a]).total_cmp(&growth(&shares[b])))
+                .expect("n_folds >= 2");
+            (0..3).for_each(|c| shares[fold][c] += added[c]);
+            rows.iter().for_each(|&r| assignment[r] = fold);
+        }
+        Ok(Folds {
+            assignment,
+            n_folds,
+        })
+    }
+
     pub fn n_folds(&self) -> usize {
         self.n_folds
     }
@@ -148,6 +209,53 @@ mod tests {
         }
         assert_eq!(folds, Folds::stratified(&labels, 10, 42).unwrap(), "seeded");
         assert_ne!(folds, Folds::stratified(&labels, 10, 43).unwrap());
+    }
+
+    #[test]
+    fn grouped_folds_keep_groups_whole_and_balance_classes() {
+        let labels = labels(600);
+        // 150 groups of 1 to 7 rows.
+        let groups: Vec<usize> = (0..600)
+            .map(|i| (i * 37 % 600) / 4 + usize::from(i % 5 == 0))
+            .collect();
+        let folds = Folds::stratified_grouped(&labels, &groups, 5, 42).unwrap();
+        for row in 0..600 {
+            for other in 0..600 {
+                if groups[row] == groups[other] {
+                    assert_eq!(folds.fold_of(row), folds.fold_of(other), "group split");
+                }
+            }
+        }
+        for fold in 0..5 {
+            let (_, held_out) = folds.split(fold);
+            assert!(
+                (110..=130).contains(&held_out.len()),
+                "fold {fold}: {}",
+                held_out.len()
+            );
+            for class in Outcome::ALL {
+                let total = labels.iter().filter(|&&l| l == class).count() as f64;
+                let held = held_out.iter().filter(|&&r| labels[r] == class).count() as f64;
+                assert!(
+                    (held / total - 0.2).abs() < 0.03,
+                    "class {class:?} in fold {fold}"
+                );
+            }
+        }
+        assert_eq!(
+            folds,
+            Folds::stratified_grouped(&labels, &groups, 5, 42).unwrap(),
+            "seeded"
+        );
+        assert_ne!(
+            folds,
+            Folds::stratified_grouped(&labels, &groups, 5, 43).unwrap()
+        );
+        let one_group = vec![0; 600];
+        let error = Folds::stratified_grouped(&labels, &one_group, 5, 42).unwrap_err();
+        assert!(error
+            .to_string()
+            .contains("1 distinct groups cannot fill 5 folds"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `ensemble cv`: features, then K-fold LightGBM, then the run folder.
 use crate::cli::CvArgs;
-use crate::config::{self, LgbmRunConfig};
+use crate::config::{self, FoldGroups, LgbmRunConfig};
 use crate::data::{self, TextIssues};
 use crate::example;
 use crate::report;
@@ -50,6 +50,7 @@ fn resolve_config(args: &CvArgs) -> Result<LgbmRunConfig> {
     if let Some(folds) = args.folds {
         config.cv.folds = folds;
     }
+    config.cv.group_by = args.group_by.unwrap_or(config.cv.group_by);
     if let Some(seed) = args.seed {
         config.cv.seed = seed;
         config.lgbm.seed = seed;
@@ -131,7 +132,14 @@ pub fn run(args: CvArgs) -> Result<()> {
 
     let folds = match &args.folds_file {
         Some(path) => Folds::read(path, &train.battles.ids)?,
-        None => Folds::stratified(&train.labels, config.cv.folds, config.cv.seed)?,
+        None => match config.cv.group_by {
+            FoldGroups::None => Folds::stratified(&train.labels, config.cv.folds, config.cv.seed)?,
+            FoldGroups::Prompt => {
+                let prompts: Vec<&Vec<String>> =
+                    train.battles.battles.iter().map(|b| &b.prompt).collect();
+                Folds::stratified_grouped(&train.labels, &prompts, config.cv.folds, config.cv.seed)?
+            }
+        },
     };
     folds.write(&args.out.join("folds.csv"), &train.battles.ids)?;
 
