@@ -1,8 +1,8 @@
 //! The transformer member: a DeBERTa-v3 cross-encoder (or siamese pair) fine-tuned in candle on
 //! each fold, predicting with A/B swap averaging.
 //!
-//! Public interface: [`TransformerConfig`], [`Classifier`] (load, encode, predict),
-//! [`fit_fold`] and [`parse_device`].
+//! Public interface: [`TransformerConfig`], [`Classifier`] (load, encode, predict,
+//! save_pretrained), [`fit_fold`], [`parse_device`] and [`reuse_freed_host_memory`].
 mod config;
 mod device;
 mod model;
