@@ -215,8 +215,8 @@ pub struct TransformerArgs {
     pub epochs: Option<usize>,
     /// Activations and matmuls in f32, or bf16 with f32 weights, LayerNorm and softmax (mixed
     /// precision; for GPUs with bf16 tensor cores) [config: precision, default f32].
-    #[arg(long, value_enum)]
-    pub precision: Option<PrecisionArg>,
+    #[arg(long, value_name = "f32|bf16")]
+    pub precision: Option<ensembles::transformer::Precision>,
     /// Also write each fold's fine-tuned model to OUT/fold-K/model/ as a Hugging Face folder
     /// (model.safetensors, config.json with the class names, tokenizer files): about 0.7 GB
     /// per fold for deberta-v3-base.
@@ -231,22 +231,6 @@ pub struct TransformerArgs {
     /// configs/deberta.toml.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-}
-
-/// `--precision` values; the config's `Precision` under clap's names.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum PrecisionArg {
-    F32,
-    Bf16,
-}
-
-impl From<PrecisionArg> for ensembles::transformer::Precision {
-    fn from(arg: PrecisionArg) -> Self {
-        match arg {
-            PrecisionArg::F32 => Self::F32,
-            PrecisionArg::Bf16 => Self::Bf16,
-        }
-    }
 }
 
 #[derive(Args, Debug)]

@@ -44,10 +44,7 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
         test.to_str().unwrap(),
         model.to_str().unwrap(),
     );
-    let common = [
-        "transformer",
-        "--model",
-        model,
+    let data = [
         "--train",
         train,
         "--test",
@@ -56,9 +53,13 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
         out_dir,
         "--max-len",
         "128",
-        "--epochs",
-        "1",
     ];
+    let common = [
+        ["transformer", "--model", model].as_slice(),
+        &data,
+        &["--epochs", "1"],
+    ]
+    .concat();
     // All folds in one run (makes folds.csv), then fold 1 again alone from that file (in
     // bf16, keeping its model), then the merge step on its own.
     let mut all = common.to_vec();
@@ -84,21 +85,11 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
     let trained_logits = std::fs::read_to_string(&test_logits).unwrap();
     std::fs::remove_file(&test_logits).unwrap();
     let predict = [
-        "transformer",
-        "--train",
-        train,
-        "--test",
-        test,
-        "--out",
-        out_dir,
-        "--max-len",
-        "128",
-        "--precision",
-        "bf16",
-        "--predict-only",
-        "--fold",
-        "1",
-    ];
+        ["transformer"].as_slice(),
+        &data,
+        &["--precision", "bf16", "--predict-only", "--fold", "1"],
+    ]
+    .concat();
     run_ok(&predict);
     assert_eq!(
         std::fs::read_to_string(&test_logits).unwrap(),

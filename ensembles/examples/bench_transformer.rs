@@ -126,11 +126,7 @@ fn train(classifier: &mut Classifier, warmup: usize, batches: usize) -> Result<M
 fn main() -> Result<(), Error> {
     reuse_freed_host_memory(); // as `ensemble transformer` does
     let device: Device = parse_device(&arg("--device", "cpu"))?;
-    let precision = match arg("--precision", "f32").as_str() {
-        "f32" => Precision::F32,
-        "bf16" => Precision::Bf16,
-        other => return Err(Error::Invalid(format!("--precision {other}: f32 or bf16"))),
-    };
+    let precision: Precision = arg("--precision", "f32").parse().map_err(Error::Invalid)?;
     let mode = arg("--mode", "both");
     let tiny = std::env::args().any(|a| a == "--tiny");
     let (warmup, batches) = (number("--warmup", 2)?, number("--batches", 2)?);

@@ -65,7 +65,7 @@ fn resolve_config(args: &TransformerArgs) -> Result<TransformerConfig> {
     };
     config.max_len = args.max_len.unwrap_or(config.max_len);
     config.epochs = args.epochs.unwrap_or(config.epochs);
-    config.precision = args.precision.map_or(config.precision, Into::into);
+    config.precision = args.precision.unwrap_or(config.precision);
     config.validate().map_err(anyhow::Error::msg)?;
     Ok(config)
 }
@@ -115,8 +115,12 @@ pub fn run(args: TransformerArgs) -> Result<()> {
     };
     if !to_run.is_empty() {
         let device = parse_device(&args.device)?;
-        let train_pairs = response_pairs(&train.battles.battles);
         let test_pairs = response_pairs(&test.battles);
+        let train_pairs = if args.predict_only {
+            Vec::new()
+        } else {
+            response_pairs(&train.battles.battles)
+        };
         for fold in to_run {
             if args.predict_only {
                 predict_fold(&args, &config, &device, fold, &test, &test_pairs)?;

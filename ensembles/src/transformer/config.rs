@@ -27,6 +27,19 @@ impl Precision {
     }
 }
 
+/// The names the config file uses, for command-line flags.
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(name: &str) -> std::result::Result<Precision, String> {
+        match name {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown precision {other:?}: f32 or bf16")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
@@ -173,6 +186,15 @@ mod tests {
         let config = TransformerConfig::from_toml_file(&path).unwrap();
         // The file documents the defaults, so it must state exactly them.
         assert_eq!(config, TransformerConfig::default());
+    }
+
+    #[test]
+    fn precision_flags_use_the_config_names() {
+        for precision in [Precision::F32, Precision::Bf16] {
+            let name = serde_json::to_value(precision).unwrap();
+            assert_eq!(name.as_str().unwrap().parse::<Precision>(), Ok(precision));
+        }
+        assert!("f16".parse::<Precision>().is_err());
     }
 
     #[test]
