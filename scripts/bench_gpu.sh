@@ -6,7 +6,7 @@
 #   scripts/bench_gpu.sh [BENCH_BINARY]
 #
 # BENCH_BINARY is the bench_transformer example built with CUDA, by
-# `scripts/build_cuda.sh --example bench_transformer -p ensembles` (default
+# `scripts/build_cuda.sh --example bench_transformer -p deberta` (default
 # target/release/examples/bench_transformer). Its CUDA libraries (cuBLAS, cuRAND, cudart of the
 # major version it was built with) are taken from the Python environment's NVIDIA wheels, the
 # ones PyTorch brings, after whatever LD_LIBRARY_PATH already holds. Writes bench_gpu.log and

@@ -14,7 +14,7 @@ and the peak memory of each (CUDA: torch.cuda.max_memory_allocated(), reset befo
 measurement; CPU: the process's peak RSS, which never goes down, so on CPU a later measurement's
 figure includes everything before it). Every sequence is exactly --max-len random token ids with
 an all-ones attention mask, so the figures line up with candle's
-(`cargo run --release -p ensembles --example bench_transformer`) on the same machine.
+(`cargo run --release -p deberta --example bench_transformer`) on the same machine.
 
 --warmup steps (default 2) run untimed first, then --batches steps are timed (default 5 on CUDA,
 2 on CPU); CUDA is synchronised before the clock is read. With --mode both, inference runs

@@ -5,7 +5,7 @@
 #   scripts/build_cuda.sh                       # → $CARGO_TARGET_DIR/release/ensemble (default target/)
 #   CUDA_COMPUTE_CAP=80 scripts/build_cuda.sh   # A100 instead of H100/H200
 #   CUDA_ROOT=/usr/local/cuda scripts/build_cuda.sh   # use an installed toolkit instead
-#   scripts/build_cuda.sh --example bench_transformer -p ensembles   # other cargo targets
+#   scripts/build_cuda.sh --example bench_transformer -p deberta   # other cargo targets
 #
 # Why the details:
 # - The CUDA 12 nvcc wheels hold only ptxas; the CUDA 13 ones hold the whole compiler. 13.0 is

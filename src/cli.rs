@@ -28,6 +28,7 @@ pub enum Command {
     Importance(ImportanceArgs),
     /// Fine-tunes a DeBERTa model per fold (candle, CPU or CUDA) and writes OOF and test
     /// predictions with A/B swap averaging.
+    #[cfg(feature = "transformer")]
     Transformer(TransformerArgs),
     /// Writes the generated example data set (train.csv, test.csv) to a folder.
     Example(ExampleArgs),
@@ -166,6 +167,7 @@ pub struct CvArgs {
     pub no_tfidf: bool,
 }
 
+#[cfg(feature = "transformer")]
 #[derive(Args, Debug)]
 pub struct TransformerArgs {
     /// Hugging Face DeBERTa-v2/v3 folder (e.g. microsoft/deberta-v3-base as downloaded):
@@ -213,10 +215,16 @@ pub struct TransformerArgs {
     /// Training epochs per fold [config: epochs, default 2].
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
-    /// Activations and matmuls in f32, or bf16 with f32 weights, LayerNorm and softmax (mixed
-    /// precision; for GPUs with bf16 tensor cores) [config: precision, default f32].
-    #[arg(long, value_name = "f32|bf16")]
-    pub precision: Option<ensembles::transformer::Precision>,
+    /// Activations and matmuls in f32, or in bf16 (GPUs with bf16 tensor cores: A100, L4,
+    /// H100) or f16 with dynamic loss scaling (T4, P100, V100), with f32 weights, optimizer,
+    /// LayerNorm and softmax (mixed precision) [config: precision, default f32].
+    #[arg(long, value_name = "f32|bf16|f16")]
+    pub precision: Option<deberta::Precision>,
+    /// Recompute each encoder layer in the backward pass instead of keeping its activations:
+    /// a fraction of the training memory for about a third more time [config:
+    /// gradient_checkpointing, default false].
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Also write each fold's fine-tuned model to OUT/fold-K/model/ as a Hugging Face folder
     /// (model.safetensors, config.json with the class names, tokenizer files): about 0.7 GB
     /// per fold for deberta-v3-base.

@@ -1,3 +1,4 @@
+#![cfg(feature = "transformer")]
 //! `ensemble transformer` end to end on the real Kaggle sample rows in ../shared/arena-sample
 //! with the tiny fixture model: a folds file, per-fold runs, the merge, and the outputs'
 //! shape.

@@ -29,16 +29,6 @@ pub enum Error {
     Stacking(String),
     #[error("LightGBM: {0}")]
     LightGbm(String),
-    /// A model folder that lacks a file the transformer needs.
-    #[error("{path}: missing {what}")]
-    MissingFile { path: PathBuf, what: String },
-    /// A model or tokenizer file that exists but cannot be used.
-    #[error("{path}: {message}")]
-    BadModelFile { path: PathBuf, message: String },
-    #[error("tensor computation: {0}")]
-    Candle(#[from] candle_core::Error),
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -54,13 +44,6 @@ impl Error {
         move |error| Error::Member {
             member: member.to_string(),
             error: Box::new(error),
-        }
-    }
-
-    pub(crate) fn bad_model_file(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
-        Error::BadModelFile {
-            path: path.into(),
-            message: message.into(),
         }
     }
 }

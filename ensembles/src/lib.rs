@@ -10,7 +10,6 @@ pub mod metrics;
 pub mod outcome;
 pub mod predictions;
 mod stage_file;
-pub mod transformer;
 
 pub use error::{Error, Result};
 pub use folds::Folds;

@@ -2,6 +2,7 @@
 mod blend;
 mod cv;
 mod importance;
+#[cfg(feature = "transformer")]
 mod transformer;
 
 use crate::cli::{Cli, Command};
@@ -12,6 +13,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Cv(args) => cv::run(args),
         Command::Importance(args) => importance::run(args),
         Command::Blend(args) => blend::run(args),
+        #[cfg(feature = "transformer")]
         Command::Transformer(args) => transformer::run(args),
         Command::Example(args) => {
             crate::example::write(&args.out, args.rows, args.test_rows, args.seed)?;

@@ -9,12 +9,12 @@
 use crate::cli::TransformerArgs;
 use crate::data;
 use anyhow::{bail, Context, Result};
-use ensembles::folds::Folds;
-use ensembles::predictions::Predictions;
-use ensembles::transformer::{
+use deberta::{
     fit_fold, parse_device, probs_from_logits, reuse_freed_host_memory, Classifier, Device,
     FoldResult, ResponsePair, TransformerConfig,
 };
+use ensembles::folds::Folds;
+use ensembles::predictions::Predictions;
 use ensembles::{metrics, Outcome, Probs};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -32,6 +32,9 @@ struct FoldSummary {
     best_step: usize,
     steps: usize,
     history: serde_json::Value,
+    /// f16: the final dynamic loss scale and the steps skipped on overflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loss_scale: Option<serde_json::Value>,
     seconds: FoldSeconds,
 }
 
@@ -66,6 +69,7 @@ fn resolve_config(args: &TransformerArgs) -> Result<TransformerConfig> {
     config.max_len = args.max_len.unwrap_or(config.max_len);
     config.epochs = args.epochs.unwrap_or(config.epochs);
     config.precision = args.precision.unwrap_or(config.precision);
+    config.gradient_checkpointing |= args.gradient_checkpointing;
     config.validate().map_err(anyhow::Error::msg)?;
     Ok(config)
 }
@@ -219,6 +223,11 @@ fn run_fold(
         best_step: result.best_step,
         steps: result.steps,
         history: serde_json::to_value(&result.history)?,
+        loss_scale: result
+            .loss_scale
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()?,
         seconds: FoldSeconds {
             load,
             tokenize,

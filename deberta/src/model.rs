@@ -5,15 +5,17 @@
 //! Follows `transformers/models/deberta_v2/modeling_deberta_v2.py`. Written here rather than
 //! taken from candle-transformers because that model has no dropout and no way to stop
 //! gradients below the layers being trained.
-use std::cell::RefCell;
-
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
-use super::config::Precision;
-use rand::rngs::StdRng;
-use rand::Rng;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Shape, TensorId, Var};
 use serde::Deserialize;
+
+use crate::config::Precision;
+use crate::ops::{self, DropoutRng, Precomputed, Relative, RelativeIndex};
 
 type CandleResult<T> = candle_core::Result<T>;
 
@@ -165,16 +167,6 @@ pub enum Layout {
     Siamese,
 }
 
-/// Seeded randomness for dropout in training. CPU masks come from this generator so that a run
-/// is reproducible; on a GPU the device's own (seeded) generator is used to avoid transfers.
-pub struct DropoutRng(RefCell<StdRng>);
-
-impl DropoutRng {
-    pub fn new(rng: StdRng) -> Self {
-        DropoutRng(RefCell::new(rng))
-    }
-}
-
 /// Whether a forward pass trains (dropout on, differentiable kernels) and which parts of the
 /// graph gradients flow into.
 #[derive(Clone, Copy)]
@@ -185,6 +177,9 @@ pub struct Pass<'a> {
     pub first_trained_layer: usize,
     /// Whether the embeddings (word and relative) receive gradients.
     pub train_embeddings: bool,
+    /// Gradient checkpointing: trained layers keep only their inputs and are run again in the
+    /// backward pass.
+    pub checkpoint: bool,
 }
 
 impl Pass<'_> {
@@ -193,6 +188,7 @@ impl Pass<'_> {
             dropout: None,
             first_trained_layer: usize::MAX,
             train_embeddings: false,
+            checkpoint: false,
         }
     }
 
@@ -202,27 +198,7 @@ impl Pass<'_> {
 }
 
 fn dropout(x: &Tensor, p: f64, pass: &Pass) -> CandleResult<Tensor> {
-    let Some(rng) = pass.dropout else {
-        return Ok(x.clone());
-    };
-    if p <= 0.0 {
-        return Ok(x.clone());
-    }
-    let keep = match x.device() {
-        Device::Cpu => {
-            let mut rng = rng.0.borrow_mut();
-            let scale = (1.0 / (1.0 - p)) as f32;
-            let mask: Vec<f32> = (0..x.elem_count())
-                .map(|_| if rng.random::<f64>() < p { 0.0 } else { scale })
-                .collect();
-            Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?
-        }
-        device => {
-            let uniform = Tensor::rand(0f32, 1f32, x.shape(), device)?;
-            (uniform.ge(p)?.to_dtype(x.dtype())? / (1.0 - p))?
-        }
-    };
-    x.mul(&keep)
+    ops::dropout(x, p, pass.dropout)
 }
 
 struct LayerNorm {
@@ -241,20 +217,10 @@ impl LayerNorm {
     }
 
     /// Normalizes in f32 whatever the activations' dtype (as autocast does) and returns that
-    /// dtype. The fused kernel has no backward pass, so training uses the composed one.
-    fn forward(&self, x: &Tensor, grads: bool) -> CandleResult<Tensor> {
-        let wide = x.to_dtype(DType::F32)?;
-        let normed = if grads {
-            candle_nn::ops::layer_norm_slow(&wide, &self.weight, &self.bias, self.eps as f32)?
-        } else {
-            candle_nn::ops::layer_norm(
-                &wide.contiguous()?,
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            )?
-        };
-        normed.to_dtype(x.dtype())
+    /// dtype; a graph node with its own backward pass when anything in it trains.
+    fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        ops::layer_norm(&x.to_dtype(DType::F32)?, &self.weight, &self.bias, self.eps)?
+            .to_dtype(x.dtype())
     }
 }
 
@@ -355,18 +321,10 @@ impl Embeddings {
         if let Some(projection) = &self.projection {
             x = projection.forward(&x)?;
         }
-        let x = self.norm.forward(&x, pass.train_embeddings)?;
+        let x = self.norm.forward(&x)?;
         let x = x.broadcast_mul(&mask.unsqueeze(2)?)?;
         dropout(&x, self.dropout, pass)
     }
-}
-
-/// Relative positions of a sequence length as flat gather indices (they depend on the length
-/// only): `c2p[i·L+j] = i·2S + δ(i,j)` and `p2c[i·L+j] = j·2S + δ(i,j)`, where
-/// `δ(i,j) = clamp(bucket(i−j) + S, 0, 2S−1)` and S is the attention span.
-struct RelativeIndex {
-    c2p: Tensor,
-    p2c: Tensor,
 }
 
 /// The `[L, L]` index tables of the longest length seen so far, on the model's device. An
@@ -387,7 +345,7 @@ impl RelativeIndexCache {
             .as_ref()
             .is_some_and(|(c2p, _)| c2p.dim(0).is_ok_and(|d| d >= len));
         if !covered {
-            let full = RelativeIndex::new(len, config, device)?;
+            let full = relative_index(len, config, device)?;
             *tables = Some((full.c2p.reshape((len, len))?, full.p2c.reshape((len, len))?));
         }
         let (c2p, p2c) = tables.as_ref().expect("filled above");
@@ -415,31 +373,35 @@ fn log_bucket(relative: i64, bucket_size: i64, max_position: i64) -> i64 {
     log_pos as i64 * relative.signum()
 }
 
-impl RelativeIndex {
-    fn new(len: usize, config: &DebertaConfig, device: &Device) -> CandleResult<RelativeIndex> {
-        let span = config.attention_span();
-        let (buckets, max_position) = (config.position_buckets, config.max_relative());
-        let width = (2 * span) as usize;
-        let mut c2p = Vec::with_capacity(len * len);
-        let mut p2c = Vec::with_capacity(len * len);
-        for i in 0..len {
-            for j in 0..len {
-                let relative = i as i64 - j as i64;
-                let relative = if buckets > 0 && max_position > 0 {
-                    log_bucket(relative, buckets, max_position)
-                } else {
-                    relative
-                };
-                let delta = (relative + span).clamp(0, 2 * span - 1) as usize;
-                c2p.push((i * width + delta) as u32);
-                p2c.push((j * width + delta) as u32);
-            }
+/// Relative positions of a sequence length as flat gather indices (they depend on the length
+/// only), where `δ(i,j) = clamp(bucket(i−j) + S, 0, 2S−1)` and S is the attention span.
+fn relative_index(
+    len: usize,
+    config: &DebertaConfig,
+    device: &Device,
+) -> CandleResult<RelativeIndex> {
+    let span = config.attention_span();
+    let (buckets, max_position) = (config.position_buckets, config.max_relative());
+    let width = (2 * span) as usize;
+    let mut c2p = Vec::with_capacity(len * len);
+    let mut p2c = Vec::with_capacity(len * len);
+    for i in 0..len {
+        for j in 0..len {
+            let relative = i as i64 - j as i64;
+            let relative = if buckets > 0 && max_position > 0 {
+                log_bucket(relative, buckets, max_position)
+            } else {
+                relative
+            };
+            let delta = (relative + span).clamp(0, 2 * span - 1) as usize;
+            c2p.push((i * width + delta) as u32);
+            p2c.push((j * width + delta) as u32);
         }
-        Ok(RelativeIndex {
-            c2p: Tensor::from_vec(c2p, len * len, device)?,
-            p2c: Tensor::from_vec(p2c, len * len, device)?,
-        })
     }
+    Ok(RelativeIndex {
+        c2p: Tensor::from_vec(c2p, len * len, device)?,
+        p2c: Tensor::from_vec(p2c, len * len, device)?,
+    })
 }
 
 struct Layer {
@@ -502,27 +464,13 @@ impl Layer {
             .contiguous()
     }
 
-    /// Disentangled attention score of one projection of the relative embeddings:
-    /// `out[b,h,i,j] = x[b,h,·,:] · pos[h, δ(i,j), :]` through the flat index.
-    fn relative_scores(&self, x: &Tensor, pos: &Tensor, index: &Tensor) -> CandleResult<Tensor> {
-        let (batch, heads, len, _) = x.dims4()?;
-        let pos = pos
-            .broadcast_as((batch, heads, pos.dim(2)?, pos.dim(3)?))?
-            .contiguous()?;
-        let all = x.matmul(&pos.t()?)?; // [B, H, L, 2S]
-        let span2 = all.dim(3)?;
-        all.reshape((batch * heads, len * span2))?
-            .index_select(index, 1)?
-            .reshape((batch, heads, len, len))
-    }
-
     fn forward(
         &self,
         x: &Tensor,
         mask_bias: &Tensor,
         relative: Option<(&Tensor, &RelativeIndex)>,
         grads: bool,
-        pass: &Pass,
+        rng: Option<&DropoutRng>,
     ) -> CandleResult<Tensor> {
         let config = &self.config;
         let (batch, len, hidden) = x.dims3()?;
@@ -534,67 +482,251 @@ impl Layer {
         let query = (self.split_heads(&self.query.forward(x)?)? / scale)?;
         let key = self.split_heads(&self.key.forward(x)?)?;
         let value = self.split_heads(&self.value.forward(x)?)?;
-        let mut scores = query.matmul(&key.t()?)?;
-        if let Some((embeddings, index)) = relative {
-            let embeddings = dropout(embeddings, config.hidden_dropout_prob, pass)?.unsqueeze(0)?;
-            let project = |own: &Option<Dense>, shared: &Dense| -> CandleResult<Tensor> {
-                self.split_heads(&own.as_ref().unwrap_or(shared).forward(&embeddings)?)
-            };
-            if config.c2p() {
-                let pos_key = project(&self.pos_key, &self.key)?;
-                scores = (scores + self.relative_scores(&query, &pos_key, &index.c2p)?)?;
+        let relative = match relative {
+            Some((embeddings, index)) => {
+                let embeddings =
+                    ops::dropout(embeddings, config.hidden_dropout_prob, rng)?.unsqueeze(0)?;
+                let project = |own: &Option<Dense>, shared: &Dense| -> CandleResult<Tensor> {
+                    self.split_heads(&own.as_ref().unwrap_or(shared).forward(&embeddings)?)
+                };
+                Some(Relative {
+                    pos_key: config
+                        .c2p()
+                        .then(|| project(&self.pos_key, &self.key))
+                        .transpose()?,
+                    pos_query: config
+                        .p2c()
+                        .then(|| {
+                            Ok::<_, candle_core::Error>(
+                                (project(&self.pos_query, &self.query)? / scale)?,
+                            )
+                        })
+                        .transpose()?,
+                    index,
+                })
             }
-            if config.p2c() {
-                let pos_query = (project(&self.pos_query, &self.query)? / scale)?;
-                scores = (scores + self.relative_scores(&key, &pos_query, &index.p2c)?)?;
-            }
-        }
-        // The softmax runs in f32 whatever the activations' dtype, as under autocast.
-        let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask_bias)?;
-        let probs = if grads {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        }
-        .to_dtype(value.dtype())?;
-        let probs = dropout(&probs, config.attention_probs_dropout_prob, pass)?;
+            None => None,
+        };
+        let probs = ops::attention_probs(
+            &query,
+            &key,
+            relative,
+            mask_bias,
+            rng.map(|rng| (config.attention_probs_dropout_prob, rng)),
+            grads,
+        )?;
         let context = probs
             .matmul(&value)?
             .transpose(1, 2)?
             .reshape((batch, len, hidden))?;
-        let attended = dropout(
+        let attended = ops::dropout(
             &self.attention_out.forward(&context)?,
             config.hidden_dropout_prob,
-            pass,
+            rng,
         )?;
-        let attended = self.attention_norm.forward(&(attended + x)?, grads)?;
+        let attended = self.attention_norm.forward(&(attended + x)?)?;
         let inner = activation(&config.hidden_act, &self.intermediate.forward(&attended)?)?;
-        let out = dropout(
+        let out = ops::dropout(
             &self.output.forward(&inner)?,
             config.hidden_dropout_prob,
-            pass,
+            rng,
         )?;
-        self.output_norm.forward(&(out + attended)?, grads)
+        self.output_norm.forward(&(out + attended)?)
+    }
+
+    /// Every weight of the layer, for the gradients a checkpointed backward pass finds.
+    fn parameters(&self) -> Vec<&Tensor> {
+        let dense = [
+            Some(&self.query),
+            Some(&self.key),
+            Some(&self.value),
+            self.pos_query.as_ref(),
+            self.pos_key.as_ref(),
+            Some(&self.attention_out),
+            Some(&self.intermediate),
+            Some(&self.output),
+        ];
+        let mut parameters: Vec<&Tensor> = dense
+            .into_iter()
+            .flatten()
+            .flat_map(|d| std::iter::once(&d.weight).chain(d.bias.as_ref()))
+            .collect();
+        for norm in [&self.attention_norm, &self.output_norm] {
+            parameters.extend([&norm.weight, &norm.bias]);
+        }
+        parameters
+    }
+}
+
+/// Gradients of checkpointed layers' weights, which candle's backward pass cannot return
+/// (a custom op has gradients for its inputs only): the recomputing backward pass of each
+/// layer adds them here, and the training step collects them beside candle's.
+pub type ParamGrads = Arc<Mutex<HashMap<TensorId, Tensor>>>;
+
+/// Gradient checkpointing of one encoder layer: the forward pass keeps only the layer's input
+/// (and output); the backward pass runs the layer again with the same dropout masks, tracked,
+/// and back-propagates through that.
+struct CheckpointedLayer {
+    layer: Arc<Layer>,
+    mask_bias: Tensor,
+    index: Option<RelativeIndex>,
+    /// The layer's dropout seed, drawn once and used by both passes.
+    seed: Option<u64>,
+    param_grads: ParamGrads,
+}
+
+impl CheckpointedLayer {
+    fn run(&self, x: &Tensor, relative: Option<&Tensor>, grads: bool) -> CandleResult<Tensor> {
+        let rng = self
+            .seed
+            .map(|s| DropoutRng::replay(s, x.device()))
+            .transpose()?;
+        let relative = relative.zip(self.index.as_ref());
+        self.layer
+            .forward(x, &self.mask_bias, relative, grads, rng.as_ref())
+    }
+
+    /// The layer's output as one node whose inputs are `x` and the relative embeddings.
+    fn forward(self, x: &Tensor, relative: Option<&Tensor>) -> CandleResult<Tensor> {
+        let value = self.run(&x.detach(), relative.map(|r| r.detach()).as_ref(), false)?;
+        let op = Checkpoint {
+            plan: self,
+            value: Precomputed::new(value)?,
+        };
+        match relative {
+            Some(relative) => x.apply_op2(relative, op),
+            None => x.apply_op1(op),
+        }
+    }
+
+    fn backward(
+        &self,
+        x: &Tensor,
+        relative: Option<&Tensor>,
+        grad: &Tensor,
+    ) -> CandleResult<(Tensor, Option<Tensor>)> {
+        let x = Var::from_tensor(&x.detach())?;
+        let relative_var = match relative {
+            Some(r) if r.track_op() => Some(Var::from_tensor(&r.detach())?),
+            _ => None,
+        };
+        let relative = match &relative_var {
+            Some(var) => Some(var.as_tensor().clone()),
+            None => relative.map(Tensor::detach),
+        };
+        let out = self.run(x.as_tensor(), relative.as_ref(), true)?;
+        // d(Σ out·grad)/dθ is the vector-Jacobian product the outer backward pass asks for.
+        let surrogate = (out.to_dtype(DType::F32)? * grad.to_dtype(DType::F32)?)?.sum_all()?;
+        let mut grads = surrogate.backward()?;
+        let mut store = self
+            .param_grads
+            .lock()
+            .expect("checkpoint grads lock poisoned");
+        for weight in self.layer.parameters() {
+            if let Some(g) = grads.remove(weight) {
+                let sum = match store.remove(&weight.id()) {
+                    Some(previous) => (previous + g)?,
+                    None => g,
+                };
+                store.insert(weight.id(), sum);
+            }
+        }
+        let dx = match grads.remove(x.as_tensor()) {
+            Some(dx) => dx,
+            None => x.zeros_like()?,
+        };
+        let drelative = relative_var.and_then(|r| grads.remove(r.as_tensor()));
+        Ok((dx, drelative))
+    }
+}
+
+struct Checkpoint {
+    plan: CheckpointedLayer,
+    value: Precomputed,
+}
+
+impl CustomOp1 for Checkpoint {
+    fn name(&self) -> &'static str {
+        "checkpointed-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &candle_core::Layout,
+    ) -> CandleResult<(CpuStorage, Shape)> {
+        self.value.cpu()
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &candle_core::Layout,
+    ) -> CandleResult<(CudaStorage, Shape)> {
+        self.value.cuda()
+    }
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
+        Ok(Some(self.plan.backward(x, None, grad)?.0))
+    }
+}
+
+impl CustomOp2 for Checkpoint {
+    fn name(&self) -> &'static str {
+        "checkpointed-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &candle_core::Layout,
+        _: &CpuStorage,
+        _: &candle_core::Layout,
+    ) -> CandleResult<(CpuStorage, Shape)> {
+        self.value.cpu()
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &candle_core::Layout,
+        _: &CudaStorage,
+        _: &candle_core::Layout,
+    ) -> CandleResult<(CudaStorage, Shape)> {
+        self.value.cuda()
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        relative: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> CandleResult<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, drelative) = self.plan.backward(x, Some(relative), grad)?;
+        Ok((Some(dx), drelative))
     }
 }
 
 /// The DeBERTa encoder (`deberta.*` weights).
 pub struct Backbone {
     embeddings: Embeddings,
-    layers: Vec<Layer>,
+    layers: Vec<Arc<Layer>>,
     relative: Option<Embedding>,
     relative_norm: Option<LayerNorm>,
     config: DebertaConfig,
     /// The activations' dtype; weights stay f32 and are cast on use.
     dtype: DType,
     relative_index: RelativeIndexCache,
+    /// Weight gradients of checkpointed layers, collected by [`DebertaClassifier::take_checkpoint_grads`].
+    checkpoint_grads: ParamGrads,
 }
 
 impl Backbone {
     fn load(config: &DebertaConfig, dtype: DType, vb: VarBuilder) -> CandleResult<Backbone> {
         let encoder = vb.pp("encoder");
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Layer::load(config, encoder.pp(format!("layer.{i}"))))
+            .map(|i| Layer::load(config, encoder.pp(format!("layer.{i}"))).map(Arc::new))
             .collect::<CandleResult<Vec<_>>>()?;
         let relative = if config.relative_attention {
             let rows = 2 * config.attention_span() as usize;
@@ -627,6 +759,7 @@ impl Backbone {
             config: config.clone(),
             dtype,
             relative_index: RelativeIndexCache::default(),
+            checkpoint_grads: ParamGrads::default(),
         })
     }
 
@@ -646,7 +779,7 @@ impl Backbone {
             Some(table) => {
                 let mut embeddings = table.embeddings().clone();
                 if let Some(norm) = &self.relative_norm {
-                    embeddings = norm.forward(&embeddings, pass.train_embeddings)?;
+                    embeddings = norm.forward(&embeddings)?;
                 }
                 embeddings = embeddings.to_dtype(self.dtype)?;
                 if !pass.train_embeddings {
@@ -660,8 +793,27 @@ impl Backbone {
             None => None,
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            let relative = relative.as_ref().map(|(e, index)| (e, index));
-            x = layer.forward(&x, &mask_bias, relative, pass.grads_at(i), pass)?;
+            // Each layer draws its dropout masks from a generator of its own, so that a
+            // checkpointed layer can draw the same masks again in the backward pass.
+            let seed = pass.dropout.map(|rng| rng.fork_seed());
+            let grads = pass.grads_at(i);
+            x = match (&relative, pass.checkpoint && grads) {
+                (_, true) => CheckpointedLayer {
+                    layer: layer.clone(),
+                    mask_bias: mask_bias.clone(),
+                    index: relative.as_ref().map(|(_, index)| index.clone()),
+                    seed,
+                    param_grads: self.checkpoint_grads.clone(),
+                }
+                .forward(&x, relative.as_ref().map(|(e, _)| e))?,
+                (relative, false) => {
+                    let rng = seed
+                        .map(|s| DropoutRng::replay(s, x.device()))
+                        .transpose()?;
+                    let relative = relative.as_ref().map(|(e, index)| (e, index));
+                    layer.forward(&x, &mask_bias, relative, grads, rng.as_ref())?
+                }
+            };
             if !pass.grads_at(i + 1) {
                 x = x.detach();
             }
@@ -711,6 +863,18 @@ impl DebertaClassifier {
         self.backbone.layers.len()
     }
 
+    /// The weight gradients that checkpointed layers found in the backward passes since the
+    /// last call, by weight; candle's gradient store has the others.
+    pub fn take_checkpoint_grads(&self) -> HashMap<TensorId, Tensor> {
+        std::mem::take(
+            &mut *self
+                .backbone
+                .checkpoint_grads
+                .lock()
+                .expect("checkpoint grads lock poisoned"),
+        )
+    }
+
     fn pool(&self, hidden: &Tensor, pass: &Pass) -> CandleResult<Tensor> {
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
         let first = dropout(&first, self.config.pooler_dropout, pass)?;
@@ -758,7 +922,7 @@ mod tests {
         let cache = RelativeIndexCache::default();
         for len in [12, 5, 12, 1] {
             let cached = cache.get(len, &config, &Device::Cpu).unwrap();
-            let fresh = RelativeIndex::new(len, &config, &Device::Cpu).unwrap();
+            let fresh = relative_index(len, &config, &Device::Cpu).unwrap();
             for (a, b) in [(&cached.c2p, &fresh.c2p), (&cached.p2c, &fresh.p2c)] {
                 assert_eq!(
                     a.to_vec1::<u32>().unwrap(),

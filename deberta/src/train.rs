@@ -9,10 +9,12 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::model::{DropoutRng, Pass, HEAD_PREFIXES};
-use super::{probs_from_logits, Classifier, EncodedPair, Schedule, TransformerConfig};
-use crate::metrics::log_loss;
-use crate::{Error, Outcome, Result};
+use crate::model::{Pass, HEAD_PREFIXES};
+use crate::ops::DropoutRng;
+use crate::{probs_from_logits, Classifier, EncodedPair, Precision, Schedule, TransformerConfig};
+use crate::{Error, Result};
+use ensembles::metrics::log_loss;
+use ensembles::Outcome;
 
 /// One held-out evaluation during training.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -39,6 +41,8 @@ pub struct FoldResult {
     pub train_seconds: f64,
     /// The part of `train_seconds` spent on held-out evaluations and checkpoints.
     pub eval_seconds: f64,
+    /// f16 only: the final loss scale and the steps skipped for overflowing gradients.
+    pub loss_scale: Option<LossScaler>,
 }
 
 /// The best evaluation so far and the weights that made it.
@@ -162,6 +166,9 @@ impl AdamW {
         }
     }
 
+    /// Updates `var` and its moments in place, a block of rows at a time: no temporary is
+    /// larger than a block, where whole-tensor ops would make several copies of the
+    /// 128,100 × 768 embedding table on every step.
     fn step(&mut self, name: &str, var: &Var, grad: &Tensor, lr: f64) -> Result<()> {
         let state = match self.moments.get_mut(name) {
             Some(state) => state,
@@ -172,11 +179,8 @@ impl AdamW {
             }),
         };
         state.steps += 1;
-        state.first = ((&state.first * self.beta1)? + (grad * (1.0 - self.beta1))?)?;
-        state.second = ((&state.second * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
-        let first = (&state.first / (1.0 - self.beta1.powi(state.steps)))?;
-        let second = (&state.second / (1.0 - self.beta2.powi(state.steps)))?;
-        let update = (first / (second.sqrt()? + self.eps)?)?;
+        let first_correction = 1.0 - self.beta1.powi(state.steps);
+        let second_correction = 1.0 - self.beta2.powi(state.steps);
         // Biases and LayerNorm weights are not decayed (the usual BERT recipe).
         let decay = if name.ends_with("bias") || name.contains("LayerNorm") {
             0.0
@@ -184,11 +188,27 @@ impl AdamW {
             self.weight_decay
         };
         let weights = var.as_tensor();
-        let next = ((weights * (1.0 - lr * decay))? - (update * lr)?)?;
-        var.set(&next)?;
+        let rows = weights.dim(0)?.max(1);
+        let block = (ADAMW_BLOCK_ELEMENTS / (weights.elem_count() / rows).max(1)).max(1);
+        for start in (0..rows).step_by(block) {
+            let len = block.min(rows - start);
+            let part = |t: &Tensor| t.narrow(0, start, len);
+            let g = part(grad)?;
+            let first = ((part(&state.first)? * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
+            let second = ((part(&state.second)? * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            let update = ((&first / first_correction)?
+                / ((&second / second_correction)?.sqrt()? + self.eps)?)?;
+            let next = ((part(weights)? * (1.0 - lr * decay))? - (update * lr)?)?;
+            state.first.slice_set(&first, 0, start)?;
+            state.second.slice_set(&second, 0, start)?;
+            weights.slice_set(&next, 0, start)?;
+        }
         Ok(())
     }
 }
+
+/// Elements per block of an in-place AdamW update (4 MB in f32).
+const ADAMW_BLOCK_ELEMENTS: usize = 1 << 20;
 
 /// Cross-entropy with label smoothing, averaged over the rows.
 fn smoothed_cross_entropy(logits: &Tensor, labels: &[Outcome], smoothing: f64) -> Result<Tensor> {
@@ -239,6 +259,7 @@ pub fn fit_fold(
     let total_steps = steps_per_epoch * config.epochs;
 
     let mut optimizer = AdamW::new(&config);
+    let mut scaler = LossScaler::new(&config);
     let mut step = 0usize;
     let mut history = Vec::new();
     let mut best: Option<Checkpoint> = None;
@@ -255,6 +276,7 @@ pub fn fit_fold(
                 dropout: Some(&dropout_rng),
                 first_trained_layer: stage.first_trained_layer(layers),
                 train_embeddings: stage == Stage::All,
+                checkpoint: config.gradient_checkpointing,
             };
             let trained: Vec<(String, Var)> = {
                 let vars = classifier
@@ -283,32 +305,36 @@ pub fn fit_fold(
                         train_labels[row]
                     });
                 }
-                let logits = classifier.forward_views(&views, &pass)?;
-                let loss = smoothed_cross_entropy(&logits, &labels, config.label_smoothing)?;
-                loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * micro.len() as f64;
-                loss_count += micro.len();
                 // Weighted so that the accumulated gradient is that of the step's mean loss.
-                let store = (loss * (micro.len() as f64 / step_rows.len() as f64))?.backward()?;
-                for ((_, var), sum) in trained.iter().zip(grads.iter_mut()) {
-                    if let Some(grad) = store.get(var.as_tensor()) {
-                        *sum = Some(match sum.take() {
-                            Some(s) => (s + grad)?,
-                            None => grad.clone(),
-                        });
-                    }
-                }
+                let weight = micro.len() as f64 / step_rows.len() as f64;
+                let loss = accumulate_gradients(
+                    classifier,
+                    &views,
+                    &labels,
+                    weight * scaler.scale(),
+                    &pass,
+                    &trained,
+                    &mut grads,
+                )?;
+                loss_sum += loss * micro.len() as f64;
+                loss_count += micro.len();
             }
-            let clip = clip_factor(&grads, config.max_grad_norm)?;
-            let factor = lr_factor(step, total_steps, &config);
-            for ((name, var), grad) in trained.iter().zip(&grads) {
-                let Some(grad) = grad else { continue };
-                let grad = if clip < 1.0 {
-                    (grad * clip)?
-                } else {
-                    grad.clone()
-                };
-                let lr = Part::of(name).learning_rate(&config, layers);
-                optimizer.step(name, var, &grad, lr * factor)?;
+            unscale(&mut grads, scaler.scale())?;
+            let squares = squared_norm(&grads)?;
+            // In f16, a step whose gradients overflowed is skipped and the scale halved.
+            if scaler.update(squares.is_finite()) {
+                let clip = clip_factor(squares, config.max_grad_norm);
+                let factor = lr_factor(step, total_steps, &config);
+                for ((name, var), grad) in trained.iter().zip(&grads) {
+                    let Some(grad) = grad else { continue };
+                    let grad = if clip < 1.0 {
+                        (grad * clip)?
+                    } else {
+                        grad.clone()
+                    };
+                    let lr = Part::of(name).learning_rate(&config, layers);
+                    optimizer.step(name, var, &grad, lr * factor)?;
+                }
             }
             step += 1;
             let epoch_end = step.is_multiple_of(steps_per_epoch);
@@ -355,33 +381,211 @@ pub fn fit_fold(
         valid_logits: best.valid_logits,
         train_seconds: started.elapsed().as_secs_f64(),
         eval_seconds,
+        loss_scale: scaler.enabled.then_some(scaler),
     })
 }
 
-/// The factor that scales the gradients to a global L2 norm of at most `max_norm`.
-fn clip_factor(grads: &[Option<Tensor>], max_norm: f64) -> Result<f64> {
-    if max_norm <= 0.0 {
-        return Ok(1.0);
-    }
+/// The squared global L2 norm of the gradients: infinite or NaN after an overflow.
+fn squared_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut squares = 0.0f64;
     for grad in grads.iter().flatten() {
         squares += grad
+            .to_dtype(DType::F64)?
             .sqr()?
             .sum_all()?
-            .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
     }
+    Ok(squares)
+}
+
+/// The factor that scales gradients of squared norm `squares` to a global L2 norm of at most
+/// `max_norm`.
+fn clip_factor(squares: f64, max_norm: f64) -> f64 {
     let norm = squares.sqrt();
-    Ok(if norm > max_norm {
+    if max_norm > 0.0 && norm > max_norm {
         max_norm / (norm + 1e-6)
     } else {
         1.0
-    })
+    }
+}
+
+/// Divides gradients of a loss scaled by `scale` back to the loss's own.
+fn unscale(grads: &mut [Option<Tensor>], scale: f64) -> Result<()> {
+    if scale != 1.0 {
+        for grad in grads.iter_mut().flatten() {
+            *grad = (&*grad / scale)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one micro-batch forward and backward and adds the gradients of `weight` × its mean
+/// loss to `grads` (one entry per trained weight, in order). Returns the mean loss.
+fn accumulate_gradients(
+    classifier: &Classifier,
+    views: &[&[Vec<u32>]],
+    labels: &[Outcome],
+    weight: f64,
+    pass: &Pass,
+    trained: &[(String, Var)],
+    grads: &mut [Option<Tensor>],
+) -> Result<f64> {
+    let logits = classifier.forward_views(views, pass)?;
+    let loss = smoothed_cross_entropy(&logits, labels, classifier.config().label_smoothing)?;
+    let mean = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let mut store = (loss * weight)?.backward()?;
+    let mut checkpointed = classifier.model.take_checkpoint_grads();
+    for ((_, var), sum) in trained.iter().zip(grads.iter_mut()) {
+        let grad = store
+            .remove(var.as_tensor())
+            .or_else(|| checkpointed.remove(&var.id()));
+        if let Some(grad) = grad {
+            *sum = Some(match sum.take() {
+                Some(s) => (s + grad)?,
+                None => grad,
+            });
+        }
+    }
+    Ok(mean)
+}
+
+/// Dynamic loss scaling for f16, as PyTorch's GradScaler: the loss is multiplied by the scale
+/// before the backward pass so that small gradients survive in f16; a step whose gradients
+/// overflow is skipped and the scale halved, and the scale doubles after
+/// `LOSS_SCALE_GROWTH_INTERVAL` clean steps in a row. Off (scale 1) in f32 and bf16.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LossScaler {
+    pub scale: f64,
+    pub skipped_steps: usize,
+    #[serde(skip)]
+    clean_steps: usize,
+    #[serde(skip)]
+    enabled: bool,
+}
+
+/// PyTorch GradScaler's `growth_interval`.
+const LOSS_SCALE_GROWTH_INTERVAL: usize = 2000;
+
+impl LossScaler {
+    fn new(config: &TransformerConfig) -> LossScaler {
+        let enabled = config.precision == Precision::F16;
+        LossScaler {
+            scale: if enabled { config.loss_scale } else { 1.0 },
+            skipped_steps: 0,
+            clean_steps: 0,
+            enabled,
+        }
+    }
+
+    fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Records a step's outcome; returns whether its update may be applied.
+    fn update(&mut self, finite: bool) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        if !finite {
+            self.scale /= 2.0;
+            self.clean_steps = 0;
+            self.skipped_steps += 1;
+            return false;
+        }
+        self.clean_steps += 1;
+        if self.clean_steps == LOSS_SCALE_GROWTH_INTERVAL {
+            self.scale *= 2.0;
+            self.clean_steps = 0;
+        }
+        true
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ResponsePair;
+    use candle_core::Device;
+
+    #[test]
+    fn gradient_checkpointing_gives_the_same_gradients() {
+        let fixture =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-deberta");
+        let config = TransformerConfig {
+            max_len: 40,
+            ..TransformerConfig::default()
+        };
+        let classifier = Classifier::load(&fixture, &Device::Cpu, &config).unwrap();
+        let pairs: Vec<ResponsePair> = (0..3)
+            .map(|i| ResponsePair {
+                prompt: format!("Which answer is better, number {i}?"),
+                response_a: "a longer answer with some detail ".repeat(i + 1),
+                response_b: "no".into(),
+            })
+            .collect();
+        let encoded = classifier.encode(&pairs).unwrap();
+        let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.view(false)).collect();
+        let labels = [Outcome::A, Outcome::B, Outcome::Tie];
+        let mut trained: Vec<(String, Var)> = classifier
+            .vars
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect();
+        trained.sort_by(|a, b| a.0.cmp(&b.0));
+        let gradients = |checkpoint: bool| {
+            // The same dropout seed: checkpointing must replay the masks exactly.
+            let rng = DropoutRng::replay(5, &Device::Cpu).unwrap();
+            let pass = Pass {
+                dropout: Some(&rng),
+                first_trained_layer: 0,
+                train_embeddings: true,
+                checkpoint,
+            };
+            let mut grads = vec![None; trained.len()];
+            accumulate_gradients(
+                &classifier,
+                &views,
+                &labels,
+                1.0,
+                &pass,
+                &trained,
+                &mut grads,
+            )
+            .unwrap();
+            grads
+        };
+        let (stored, recomputed) = (gradients(false), gradients(true));
+        let mut layer_weights = 0;
+        for (((name, _), a), b) in trained.iter().zip(&stored).zip(&recomputed) {
+            let (Some(a), Some(b)) = (a, b) else {
+                assert!(
+                    a.is_none() && b.is_none(),
+                    "{name}: a gradient in one run only"
+                );
+                continue;
+            };
+            let difference = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                difference < 1e-5,
+                "{name}: gradients differ by {difference}"
+            );
+            layer_weights += usize::from(name.contains("encoder.layer."));
+        }
+        // Every weight of both encoder layers got its gradient through the checkpoints.
+        assert_eq!(layer_weights, 2 * 16, "{layer_weights}");
+    }
 
     #[test]
     fn schedule_warms_up_then_decays_to_zero() {

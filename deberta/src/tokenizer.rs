@@ -15,7 +15,7 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
-use super::sentencepiece::SentencePieceModel;
+use crate::sentencepiece::SentencePieceModel;
 use crate::{Error, Result};
 
 const CLS: &str = "[CLS]";

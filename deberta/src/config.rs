@@ -4,8 +4,8 @@ use std::path::Path;
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
-use super::model::Layout;
-use super::tokenizer::SegmentBudget;
+use crate::model::Layout;
+use crate::tokenizer::SegmentBudget;
 use crate::{Error, Result};
 
 /// The dtype of the activations and matmuls. Weights, optimizer state, LayerNorm, softmax
@@ -16,6 +16,8 @@ pub enum Precision {
     F32,
     /// bfloat16: for GPUs with bf16 tensor cores (A100, H100); slow on CPUs.
     Bf16,
+    /// float16 with dynamic loss scaling: for GPUs without bf16 (T4, P100, V100).
+    F16,
 }
 
 impl Precision {
@@ -23,6 +25,7 @@ impl Precision {
         match self {
             Precision::F32 => DType::F32,
             Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
         }
     }
 }
@@ -35,7 +38,8 @@ impl std::str::FromStr for Precision {
         match name {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(format!("unknown precision {other:?}: f32 or bf16")),
+            "f16" => Ok(Precision::F16),
+            other => Err(format!("unknown precision {other:?}: f32, bf16 or f16")),
         }
     }
 }
@@ -94,6 +98,11 @@ pub struct TransformerConfig {
     /// Evaluations without improvement before training stops.
     pub patience: usize,
     pub seed: u64,
+    /// Recompute each trained encoder layer in the backward pass instead of keeping its
+    /// activations: a fraction of the memory for about a third more time.
+    pub gradient_checkpointing: bool,
+    /// f16 only: the initial dynamic loss scale (PyTorch GradScaler's `init_scale`).
+    pub loss_scale: f64,
     pub segments: SegmentBudget,
     pub unfreeze: Unfreeze,
 }
@@ -123,6 +132,8 @@ impl Default for TransformerConfig {
             eval_every_steps: 0,
             patience: 2,
             seed: 42,
+            gradient_checkpointing: false,
+            loss_scale: 65536.0,
             segments: SegmentBudget::default(),
             unfreeze: Unfreeze::default(),
         }
@@ -166,6 +177,12 @@ impl TransformerConfig {
         {
             return Err("swap_probability and warmup_ratio must lie in [0, 1]".into());
         }
+        if !(self.loss_scale.is_finite() && self.loss_scale >= 1.0) {
+            return Err(format!(
+                "loss_scale {} must be a finite number ≥ 1",
+                self.loss_scale
+            ));
+        }
         let segments = &self.segments;
         if !(0.0..1.0).contains(&segments.prompt_share)
             || !(0.0..=1.0).contains(&segments.head_share)
@@ -190,11 +207,11 @@ mod tests {
 
     #[test]
     fn precision_flags_use_the_config_names() {
-        for precision in [Precision::F32, Precision::Bf16] {
+        for precision in [Precision::F32, Precision::Bf16, Precision::F16] {
             let name = serde_json::to_value(precision).unwrap();
             assert_eq!(name.as_str().unwrap().parse::<Precision>(), Ok(precision));
         }
-        assert!("f16".parse::<Precision>().is_err());
+        assert!("fp16".parse::<Precision>().is_err());
     }
 
     #[test]

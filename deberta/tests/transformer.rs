@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use ensembles::transformer::{
+use deberta::Error;
+use deberta::{
     fit_fold, load_tokenizer, probs_from_logits, Classifier, Layout, Precision, ResponsePair,
     TransformerConfig,
 };
-use ensembles::{Error, Outcome};
+use ensembles::Outcome;
 use serde::Deserialize;
 
 fn fixtures() -> PathBuf {
@@ -278,14 +279,23 @@ fn swap_averaging_mirrors_exactly_in_both_layouts() {
 
 #[test]
 fn training_lowers_the_loss_on_a_separable_task() {
-    for precision in [Precision::F32, Precision::Bf16] {
-        training_lowers_the_loss(precision);
-    }
+    let f32_loss = training_lowers_the_loss(Precision::F32);
+    training_lowers_the_loss(Precision::Bf16);
+    // f16 with loss scaling trains as f32 does: the same final training loss within 2%.
+    let f16_loss = training_lowers_the_loss(Precision::F16);
+    assert!(
+        (f16_loss - f32_loss).abs() <= 0.02 * f32_loss,
+        "final training loss f16 {f16_loss} vs f32 {f32_loss}"
+    );
 }
 
-fn training_lowers_the_loss(precision: Precision) {
+/// Fine-tunes the fixture briefly in `precision`; returns the last training loss.
+fn training_lowers_the_loss(precision: Precision) -> f64 {
     let config = TransformerConfig {
         precision,
+        // Low enough that no step of this short run overflows, so that f16 and f32 take the
+        // same steps (the overflow path has its own test).
+        loss_scale: 1024.0,
         max_len: 32,
         batch_size: 8,
         grad_accumulation: 1,
@@ -323,6 +333,68 @@ fn training_lowers_the_loss(precision: Precision) {
     // The classifier is left at the best checkpoint.
     let after = classifier.predict_logits(valid).unwrap();
     assert_eq!(after, result.valid_logits);
+    // Only f16 scales the loss.
+    match &result.loss_scale {
+        Some(scaler) => {
+            assert_eq!(precision, Precision::F16);
+            assert_eq!((scaler.scale, scaler.skipped_steps), (1024.0, 0));
+        }
+        None => assert_ne!(precision, Precision::F16),
+    }
+    last.train_loss
+}
+
+#[test]
+fn an_overflowing_f16_step_is_skipped_and_halves_the_loss_scale() {
+    // A loss scale of 1e300 overflows f32, let alone f16: every step's gradients are infinite.
+    let config = TransformerConfig {
+        precision: Precision::F16,
+        loss_scale: 1e300,
+        ..one_short_epoch()
+    };
+    let mut classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
+    let before = classifier.snapshot().unwrap();
+    let (pairs, labels) = battles(12);
+    let encoded = classifier.encode(&pairs).unwrap();
+    let result = fit_fold(
+        &mut classifier,
+        &encoded[..8],
+        &labels[..8],
+        &encoded[8..],
+        &labels[8..],
+        0,
+    )
+    .unwrap();
+    assert_eq!(result.steps, 2);
+    let scaler = result.loss_scale.expect("f16 reports its loss scale");
+    assert_eq!(scaler.skipped_steps, 2);
+    assert_eq!(scaler.scale, 1e300 / 4.0);
+    let after = classifier.snapshot().unwrap();
+    for (name, weight) in &before {
+        let moved = (weight - &after[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(moved, 0.0, "{name} moved in a skipped step");
+    }
+}
+
+#[test]
+fn f16_logits_stay_near_f32() {
+    let config = TransformerConfig {
+        precision: Precision::F16,
+        ..TransformerConfig::default()
+    };
+    let classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
+    // Hugging Face's f32 logits, which candle's f32 matches within 1e-4 (tests above).
+    let largest = check_logits(&classifier, 1e-2);
+    assert!(largest > 1e-6, "f16 gave f32-exact logits: was it applied?");
 }
 
 /// One epoch of one step at a high learning rate: enough to move every trained weight.
@@ -340,7 +412,7 @@ fn one_short_epoch() -> TransformerConfig {
 }
 
 /// Fits on 4 battles, early-stopping on 4 more; returns all 8 encoded.
-fn fit_briefly(classifier: &mut Classifier) -> Vec<ensembles::transformer::EncodedPair> {
+fn fit_briefly(classifier: &mut Classifier) -> Vec<deberta::EncodedPair> {
     let (pairs, labels) = battles(8);
     let encoded = classifier.encode(&pairs).unwrap();
     fit_fold(

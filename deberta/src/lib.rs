@@ -1,11 +1,13 @@
-//! The transformer member: a DeBERTa-v3 cross-encoder (or siamese pair) fine-tuned in candle on
+//! The transformer member (the `deberta` crate): a DeBERTa-v3 cross-encoder (or siamese pair) fine-tuned in candle on
 //! each fold, predicting with A/B swap averaging.
 //!
 //! Public interface: [`TransformerConfig`], [`Classifier`] (load, encode, predict,
 //! save_pretrained), [`fit_fold`], [`parse_device`] and [`reuse_freed_host_memory`].
 mod config;
 mod device;
+mod error;
 mod model;
+mod ops;
 mod sentencepiece;
 mod tokenizer;
 mod train;
@@ -22,12 +24,13 @@ use serde::Deserialize;
 pub use candle_core::Device;
 pub use config::{Precision, Schedule, TransformerConfig, Unfreeze};
 pub use device::{parse_device, reuse_freed_host_memory};
+pub use error::{Error, Result};
 pub use model::{DebertaConfig, Layout};
 pub use tokenizer::{load_tokenizer, SegmentBudget, TextEncoder};
 pub use train::{fit_fold, EvalPoint, FoldResult};
 
-use crate::outcome::swap_average;
-use crate::{Error, Probs, Result};
+use ensembles::outcome::swap_average;
+use ensembles::Probs;
 use model::{DebertaClassifier, Pass, HEAD_PREFIXES};
 
 /// The texts of one battle, each multi-turn field already joined into one string.

@@ -4,7 +4,8 @@
 //! `scripts/bench_torch_deberta.py` measures PyTorch the same way, with the same flags.
 //!
 //!     cargo run --release -p ensembles --example bench_transformer -- \
-//!         [--device cpu|cuda:0] [--precision f32|bf16] [--mode infer|train|both] [--tiny] \
+//!         [--device cpu|cuda:0] [--precision f32|bf16|f16] [--mode infer|train|both] [--tiny] \
+//!         [--gradient-checkpointing] \
 //!         [--max-len 512] [--eval-batch 32] [--train-batch 8] [--warmup 2] [--batches 2]
 //!
 //! Batches count sequences, as PyTorch's do: a prediction row runs in both A/B orders, so an
@@ -14,11 +15,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ensembles::transformer::{
+use deberta::Error;
+use deberta::{
     fit_fold, parse_device, reuse_freed_host_memory, Classifier, DebertaConfig, Device,
     EncodedPair, Precision, ResponsePair, TransformerConfig,
 };
-use ensembles::{Error, Outcome};
+use ensembles::Outcome;
 
 fn peak_memory_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -139,6 +141,7 @@ fn main() -> Result<(), Error> {
         grad_accumulation: 1,
         epochs: 1,
         warmup_ratio: 0.0,
+        gradient_checkpointing: std::env::args().any(|a| a == "--gradient-checkpointing"),
         ..TransformerConfig::default()
     };
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-deberta");
@@ -164,7 +167,7 @@ fn main() -> Result<(), Error> {
             "dtype": arg("--precision", "f32"), "mode": name, "max_len": config.max_len,
             "batch": batch, "sequences": measured.sequences, "seconds": measured.seconds,
             "sequences_per_s": rate, "peak_mib": peak, "model": model,
-            "threads": rayon::current_num_threads(),
+            "threads": rayon::current_num_threads(), "checkpointing": config.gradient_checkpointing,
         });
         println!("JSON {record}");
     };
