@@ -28,12 +28,18 @@ export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WHEEL_LIBS"
 
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
-    for precision in bf16 f32; do
+    for precision in bf16 f16 f32; do
         # shellcheck disable=SC2086 # COMMON is a list of flags
         "$BIN" --device "$DEVICE" --precision "$precision" $COMMON
         # shellcheck disable=SC2086
         "$PY" scripts/bench_torch_deberta.py --device "$DEVICE" --dtype "$precision" $COMMON
     done
+    # Training with gradient checkpointing, f16 (the T4 configuration).
+    # shellcheck disable=SC2086
+    "$BIN" --device "$DEVICE" --precision f16 --mode train --gradient-checkpointing $COMMON
+    # shellcheck disable=SC2086
+    "$PY" scripts/bench_torch_deberta.py --device "$DEVICE" --dtype f16 --mode train \
+        --gradient-checkpointing $COMMON
 } 2>&1 | tee "$LOG"
 
 "$PY" - "$LOG" <<'EOF'
@@ -42,13 +48,16 @@ rows = {}
 for line in open(sys.argv[1]):
     if line.startswith("JSON "):
         r = json.loads(line[5:])
-        rows[(r["mode"], r["dtype"], r["framework"])] = r["sequences_per_s"]
-print("\n| mode | precision | candle seq/s | PyTorch seq/s | candle / PyTorch |")
-print("|---|---|---|---|---|")
+        dtype = r["dtype"].lower() + (" +ckpt" if r.get("gradient_checkpointing") or r.get("checkpointing") else "")
+        rows[(r["mode"], dtype, r["framework"])] = (r["sequences_per_s"], r["peak_mib"])
+print("\n| mode | precision | candle seq/s | PyTorch seq/s | candle / PyTorch | candle peak MiB | PyTorch peak MiB |")
+print("|---|---|---|---|---|---|---|")
 for mode in ("train", "infer"):
-    for dtype in ("bf16", "f32"):
+    for dtype in ("bf16", "f16", "f32", "f16 +ckpt"):
         c, t = rows.get((mode, dtype, "candle")), rows.get((mode, dtype, "pytorch"))
-        ratio = f"{c / t:.2f}" if c and t else "n/a"
-        fmt = lambda v: f"{v:.1f}" if v else "n/a"
-        print(f"| {mode} | {dtype} | {fmt(c)} | {fmt(t)} | {ratio} |")
+        if not c and not t:
+            continue
+        ratio = f"{c[0] / t[0]:.2f}" if c and t else "n/a"
+        fmt = lambda v, i: f"{v[i]:.1f}" if v else "n/a"
+        print(f"| {mode} | {dtype} | {fmt(c, 0)} | {fmt(t, 0)} | {ratio} | {fmt(c, 1)} | {fmt(t, 1)} |")
 EOF

@@ -23,6 +23,8 @@ before training.
 Precision:
   --dtype f32   float32 throughout; TF32 matmuls/convolutions are switched off so that f32 really
                 is f32 (pass --tf32 to allow them).
+  --dtype f16   as bf16 with float16, and the loss scaled by torch.amp.GradScaler (training).
+  --gradient-checkpointing  transformers' per-layer activation checkpointing (training).
   --dtype bf16  mixed precision: float32 master weights, forward pass (and loss) under
                 torch.autocast(device_type, dtype=torch.bfloat16) for training and inference
                 alike, so weights are cast per forward and LayerNorm/softmax stay in float32, as
@@ -137,8 +139,9 @@ def make_batches(count, batch, max_len, vocab_size, seed, device):
 
 
 def autocast_ctx(device, dtype):
-    if dtype == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if dtype in ("bf16", "f16"):
+        half = torch.bfloat16 if dtype == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=half)
     return torch.autocast(device_type=device.type, enabled=False)
 
 
@@ -170,14 +173,20 @@ def bench_train(model, args, device):
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01, eps=1e-6)
+    # f16 scales the loss as candle does (GradScaler: init 2**16, growth interval 2000).
+    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "f16")
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def step(ids, mask, labels):
         with autocast_ctx(device, args.dtype):
             logits = model(input_ids=ids, attention_mask=mask).logits
             loss = F.cross_entropy(logits.float(), labels)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
     batches = make_batches(args.warmup + args.batches, args.train_batch, args.max_len,
@@ -191,7 +200,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--dtype", choices=["f32", "bf16"], default="bf16")
+    p.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="bf16")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each layer in the backward pass (transformers' checkpointing)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions for f32")
     p.add_argument("--mode", choices=["train", "infer", "both"], default="both")
     p.add_argument("--max-len", type=int, default=512)
@@ -248,6 +259,7 @@ def main():
             "transformers_version": transformers.__version__,
             "device": device_name,
             "dtype": args.dtype,
+            "gradient_checkpointing": args.gradient_checkpointing,
             "mode": mode,
             "max_len": args.max_len,
             "batch": batch,

@@ -496,11 +496,7 @@ impl Layer {
                         .transpose()?,
                     pos_query: config
                         .p2c()
-                        .then(|| {
-                            Ok::<_, candle_core::Error>(
-                                (project(&self.pos_query, &self.query)? / scale)?,
-                            )
-                        })
+                        .then(|| project(&self.pos_query, &self.query)? / scale)
                         .transpose()?,
                     index,
                 })
@@ -622,8 +618,10 @@ impl CheckpointedLayer {
             .param_grads
             .lock()
             .expect("checkpoint grads lock poisoned");
+        // Gradients come out of candle's backward pass still recorded as ops on the layer's
+        // activations; detached, they keep only their own values.
         for weight in self.layer.parameters() {
-            if let Some(g) = grads.remove(weight) {
+            if let Some(g) = grads.remove(weight).map(|g| g.detach()) {
                 let sum = match store.remove(&weight.id()) {
                     Some(previous) => (previous + g)?,
                     None => g,
@@ -632,10 +630,10 @@ impl CheckpointedLayer {
             }
         }
         let dx = match grads.remove(x.as_tensor()) {
-            Some(dx) => dx,
+            Some(dx) => dx.detach(),
             None => x.zeros_like()?,
         };
-        let drelative = relative_var.and_then(|r| grads.remove(r.as_tensor()));
+        let drelative = relative_var.and_then(|r| grads.remove(r.as_tensor()).map(|g| g.detach()));
         Ok((dx, drelative))
     }
 }

@@ -153,6 +153,8 @@ struct AdamW {
     beta2: f64,
     eps: f64,
     weight_decay: f64,
+    /// Elements per block of an in-place update.
+    block_elements: usize,
 }
 
 impl AdamW {
@@ -163,13 +165,22 @@ impl AdamW {
             beta2: config.adam_beta2,
             eps: config.adam_eps,
             weight_decay: config.weight_decay,
+            block_elements: ADAMW_BLOCK_ELEMENTS,
         }
     }
 
     /// Updates `var` and its moments in place, a block of rows at a time: no temporary is
     /// larger than a block, where whole-tensor ops would make several copies of the
     /// 128,100 × 768 embedding table on every step.
-    fn step(&mut self, name: &str, var: &Var, grad: &Tensor, lr: f64) -> Result<()> {
+    /// `grad_factor` multiplies the gradient first (the clipping factor).
+    fn step(
+        &mut self,
+        name: &str,
+        var: &Var,
+        grad: &Tensor,
+        grad_factor: f64,
+        lr: f64,
+    ) -> Result<()> {
         let state = match self.moments.get_mut(name) {
             Some(state) => state,
             None => self.moments.entry(name.to_string()).or_insert(Moments {
@@ -189,11 +200,11 @@ impl AdamW {
         };
         let weights = var.as_tensor();
         let rows = weights.dim(0)?.max(1);
-        let block = (ADAMW_BLOCK_ELEMENTS / (weights.elem_count() / rows).max(1)).max(1);
+        let block = (self.block_elements / (weights.elem_count() / rows).max(1)).max(1);
         for start in (0..rows).step_by(block) {
             let len = block.min(rows - start);
             let part = |t: &Tensor| t.narrow(0, start, len);
-            let g = part(grad)?;
+            let g = (part(grad)? * grad_factor)?;
             let first = ((part(&state.first)? * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
             let second = ((part(&state.second)? * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let update = ((&first / first_correction)?
@@ -327,13 +338,8 @@ pub fn fit_fold(
                 let factor = lr_factor(step, total_steps, &config);
                 for ((name, var), grad) in trained.iter().zip(&grads) {
                     let Some(grad) = grad else { continue };
-                    let grad = if clip < 1.0 {
-                        (grad * clip)?
-                    } else {
-                        grad.clone()
-                    };
                     let lr = Part::of(name).learning_rate(&config, layers);
-                    optimizer.step(name, var, &grad, lr * factor)?;
+                    optimizer.step(name, var, grad, clip, lr * factor)?;
                 }
             }
             step += 1;
@@ -389,10 +395,11 @@ pub fn fit_fold(
 fn squared_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut squares = 0.0f64;
     for grad in grads.iter().flatten() {
+        // Summed in the gradients' f32: an f64 copy would cost twice the embedding table.
         squares += grad
-            .to_dtype(DType::F64)?
             .sqr()?
             .sum_all()?
+            .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
     }
     Ok(squares)
@@ -436,8 +443,11 @@ fn accumulate_gradients(
     let mut store = (loss * weight)?.backward()?;
     let mut checkpointed = classifier.model.take_checkpoint_grads();
     for ((_, var), sum) in trained.iter().zip(grads.iter_mut()) {
+        // Detached: candle returns gradients recorded as ops on the activations, which would
+        // otherwise stay alive until the optimizer step.
         let grad = store
             .remove(var.as_tensor())
+            .map(|g| g.detach())
             .or_else(|| checkpointed.remove(&var.id()));
         if let Some(grad) = grad {
             *sum = Some(match sum.take() {
@@ -585,6 +595,46 @@ mod tests {
         }
         // Every weight of both encoder layers got its gradient through the checkpoints.
         assert_eq!(layer_weights, 2 * 16, "{layer_weights}");
+    }
+
+    #[test]
+    fn adamw_steps_in_place_as_pytorch_does() {
+        // Two steps of torch.optim.AdamW(lr=0.01, betas=(0.9, 0.999), eps=1e-6,
+        // weight_decay=0.1): scripts/adamw_reference.py, torch 2.15.0.
+        let expected = [
+            0.485_008_4_f32,
+            -0.991_672_2,
+            1.988_560_8,
+            0.086_354_05,
+            0.207_827_7,
+            -0.316_090_5,
+        ];
+        let config = TransformerConfig {
+            weight_decay: 0.1,
+            ..TransformerConfig::default()
+        };
+        let device = Device::Cpu;
+        let weight =
+            Var::from_vec(vec![0.5f32, -1.0, 2.0, 0.1, 0.2, -0.3], (3, 2), &device).unwrap();
+        let grads = [
+            [0.3f32, -0.2, 0.0, 1.5, -0.7, 0.05],
+            [-0.1, 0.4, 0.2, -0.6, 0.9, 0.0],
+        ];
+        let mut optimizer = AdamW::new(&config);
+        // Blocks of one row, so that the in-place block updates are exercised.
+        optimizer.block_elements = 2;
+        for grad in grads {
+            // The factor halves a doubled gradient: clipping's path.
+            let doubled =
+                Tensor::from_vec(grad.map(|g| 2.0 * g).to_vec(), (3, 2), &device).unwrap();
+            optimizer
+                .step("w.weight", &weight, &doubled, 0.5, 0.01)
+                .unwrap();
+        }
+        let got = weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (g, e) in got.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-6, "{got:?} vs {expected:?}");
+        }
     }
 
     #[test]
