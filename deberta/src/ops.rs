@@ -331,6 +331,8 @@ pub fn attention_probs(
     } else {
         Tensor::cat(&positions, 0)?
     };
+    // Without dropout in f32 the node's own output is the softmax: not kept twice.
+    let softmax = (mask.is_some() || dtype != DType::F32).then_some(softmax);
     query.apply_op3(
         key,
         &positions,
@@ -352,8 +354,8 @@ enum Gather {
 
 struct AttentionProbs {
     value: Precomputed,
-    /// The f32 softmax before dropout.
-    softmax: Tensor,
+    /// The f32 softmax before dropout, where it differs from the node's output.
+    softmax: Option<Tensor>,
     mask: Option<(Tensor, f64)>,
     /// The relative terms present, in the order of their projections in the third input.
     gathers: Vec<Gather>,
@@ -396,7 +398,7 @@ impl CustomOp3 for AttentionProbs {
         query: &Tensor,
         key: &Tensor,
         positions: &Tensor,
-        _: &Tensor,
+        output: &Tensor,
         grad: &Tensor,
     ) -> CandleResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dtype = query.dtype();
@@ -404,7 +406,7 @@ impl CustomOp3 for AttentionProbs {
         if let Some((mask, scale)) = &self.mask {
             grad_softmax = apply_mask(&grad_softmax, mask, *scale)?;
         }
-        let y = &self.softmax;
+        let y = self.softmax.as_ref().unwrap_or(output);
         let dot = (&grad_softmax * y)?.sum_keepdim(D::Minus1)?;
         let grad_scores = (grad_softmax.broadcast_sub(&dot)? * y)?;
         drop(grad_softmax);
