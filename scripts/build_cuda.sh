@@ -18,12 +18,13 @@
 # - candle-kernels builds PTX for one architecture and candle-core loads it as text; the
 #   script patches a copy of the crates.io crate in the target directory
 #   (scripts/candle-kernels-0.11.1-multiarch.patch) so that each kernel module is a fatbin with
-#   a cubin per architecture and PTX, and builds with `cargo --config patch.crates-io…`
+#   a cubin per architecture and PTX (compressed), built with `cargo --config patch.crates-io…`
 #   (Cargo.toml unchanged; Cargo.lock is restored afterwards). bf16 kernels are compiled only
 #   for ≥ 8.0 (candle's #if __CUDA_ARCH__ >= 800), so the per-arch cubins keep them on A100/H100.
-# - Libraries: the binary links cuBLAS, cuBLASLt, cuRAND (and NVRTC if used) of CUDA 12
-#   (libcublas.so.12 …, from NVIDIA's cu12 wheels, as PyTorch's cu12 wheels and Kaggle's images
-#   have them), and the driver API at cudarc's CUDA 12.0 level. The kernels' CUDA runtime
+# - Libraries: the binary needs cuBLAS (and its cuBLASLt) and cuRAND of CUDA 12
+#   (libcublas.so.12, libcurand.so.10; linked against NVIDIA's cu12 wheels 12.1, the libraries
+#   PyTorch's cu12 wheels bring; NVRTC is unused and dropped), and the driver API at cudarc's
+#   CUDA 12.0 level. The kernels' CUDA runtime
 #   (MoE/GGUF kernels only) is linked statically.
 #   CUDA_ARCHS (cubins) and CUDA_PTX (PTX targets) change the architecture lists.
 #
@@ -105,7 +106,7 @@ case "$CUDA_MAJOR" in
         for so in "$SITE"/nvidia/{cublas,curand,cuda_nvrtc}/lib/lib*.so.*; do
             ln -sf "$so" "$LIB/$(basename "$so" | sed 's/\.so\..*/.so/')"
         done
-        RUNTIME_LIBS="$SITE/nvidia/cublas/lib:$SITE/nvidia/curand/lib:$SITE/nvidia/cuda_nvrtc/lib"
+        RUNTIME_LIBS="$SITE/nvidia/cublas/lib:$SITE/nvidia/curand/lib"
         export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-12000}  # driver API of CUDA 12.0 (≥ 525)
         unset CUDA_HOME CUDA_PATH CUDA_TOOLKIT_ROOT_DIR
         CUDA_ROOT="$LINK"
@@ -121,17 +122,18 @@ case "$CUDA_MAJOR" in
         fi
     done
 
-    # Architectures: cubins, and PTX for the GPUs between and after them.
+    # Architectures: cubins, and PTX for the GPUs between and after them. Compressed fatbins
+    # (the driver unpacks them when it loads a module): about 8x smaller.
     CUDA_ARCHS=${CUDA_ARCHS:-75 80 86 89 90}
     CUDA_PTX=${CUDA_PTX:-70 90}
-    GENCODE=""
-    for a in $CUDA_ARCHS; do GENCODE+=" -gencode=arch=compute_$a,code=sm_$a"; done
-    for a in $CUDA_PTX; do GENCODE+=" -gencode=arch=compute_$a,code=compute_$a"; done
-    export CANDLE_KERNELS_GENCODE="$GENCODE"
+    NVCC_ARGS="-Xfatbin=-compress-all"
+    for a in $CUDA_ARCHS; do NVCC_ARGS+=" -gencode=arch=compute_$a,code=sm_$a"; done
+    for a in $CUDA_PTX; do NVCC_ARGS+=" -gencode=arch=compute_$a,code=compute_$a"; done
+    export CANDLE_KERNELS_NVCC_ARGS="$NVCC_ARGS"
     # The statically linked MoE/GGUF kernels (quantized mixture-of-experts models, unused by
-    # this project) need ≥ 8.0 for their bf16 WMMA code: sm_80 cubin and compute_80 PTX.
+    # this project) need >= 8.0 for their bf16 WMMA code: sm_80 cubin and compute_80 PTX.
     export CUDA_COMPUTE_CAP=80
-    export CANDLE_KERNELS_MOE_GENCODE="-gencode=arch=compute_80,code=compute_80"
+    export CANDLE_KERNELS_MOE_NVCC_ARGS="-Xfatbin=-compress-all -gencode=arch=compute_80,code=compute_80"
     export NVCC
 
     # candle-kernels, patched, in the target directory.
