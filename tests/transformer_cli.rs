@@ -186,3 +186,51 @@ fn transformer_names_a_missing_model_file() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("config.json"));
 }
+
+#[test]
+fn f16_with_checkpointing_records_its_loss_scale() {
+    let out = tempfile::tempdir().unwrap();
+    let train = root().join("../shared/arena-sample/train.csv");
+    let test = root().join("../shared/arena-sample/test.csv");
+    let model = root().join("tests/fixtures/tiny-deberta");
+    run_ok(&[
+        "transformer",
+        "--model",
+        model.to_str().unwrap(),
+        "--train",
+        train.to_str().unwrap(),
+        "--test",
+        test.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+        "--folds",
+        "2",
+        "--fold",
+        "0",
+        "--max-len",
+        "64",
+        "--epochs",
+        "1",
+        "--precision",
+        "f16",
+        "--gradient-checkpointing",
+    ]);
+    let fold: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("fold-0/fold.json")).unwrap(),
+    )
+    .unwrap();
+    let scaler = &fold["loss_scale"];
+    let skipped = scaler["skipped_steps"]
+        .as_u64()
+        .expect("skipped steps recorded");
+    // Fewer than 2,000 clean steps: the scale only ever halved from 2^16, once per skip.
+    assert_eq!(
+        scaler["scale"].as_f64(),
+        Some(65536.0 / 2f64.powi(skipped as i32)),
+        "{scaler}"
+    );
+    assert!(
+        skipped < fold["steps"].as_u64().unwrap(),
+        "every step skipped: {fold}"
+    );
+}
