@@ -26,6 +26,16 @@ fn run_ok(args: &[&str]) {
     );
 }
 
+/// The arena sample's train.csv and test.csv and the tiny fixture model, as arguments.
+fn sample_and_model() -> [String; 3] {
+    [
+        "../shared/arena-sample/train.csv",
+        "../shared/arena-sample/test.csv",
+        "tests/fixtures/tiny-deberta",
+    ]
+    .map(|p| root().join(p).to_str().unwrap().to_owned())
+}
+
 fn rows(path: &Path) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(path).unwrap();
     text.lines()
@@ -37,14 +47,8 @@ fn rows(path: &Path) -> Vec<Vec<String>> {
 fn transformer_runs_folds_and_merges_on_the_arena_sample() {
     let out = tempfile::tempdir().unwrap();
     let out_dir = out.path().to_str().unwrap();
-    let train = root().join("../shared/arena-sample/train.csv");
-    let test = root().join("../shared/arena-sample/test.csv");
-    let model = root().join("tests/fixtures/tiny-deberta");
-    let (train, test, model) = (
-        train.to_str().unwrap(),
-        test.to_str().unwrap(),
-        model.to_str().unwrap(),
-    );
+    let [train, test, model] = sample_and_model();
+    let (train, test, model) = (train.as_str(), test.as_str(), model.as_str());
     let data = [
         "--train",
         train,
@@ -190,17 +194,15 @@ fn transformer_names_a_missing_model_file() {
 #[test]
 fn f16_with_checkpointing_records_its_loss_scale() {
     let out = tempfile::tempdir().unwrap();
-    let train = root().join("../shared/arena-sample/train.csv");
-    let test = root().join("../shared/arena-sample/test.csv");
-    let model = root().join("tests/fixtures/tiny-deberta");
+    let [train, test, model] = sample_and_model();
     run_ok(&[
         "transformer",
         "--model",
-        model.to_str().unwrap(),
+        &model,
         "--train",
-        train.to_str().unwrap(),
+        &train,
         "--test",
-        test.to_str().unwrap(),
+        &test,
         "--out",
         out.path().to_str().unwrap(),
         "--folds",

@@ -11,7 +11,7 @@ use candle_nn::{Embedding, Init, Linear, VarBuilder};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Shape, TensorId, Var};
+use candle_core::{CustomOp1, CustomOp2, TensorId, Var};
 use serde::Deserialize;
 
 use crate::config::Precision;
@@ -648,21 +648,7 @@ impl CustomOp1 for Checkpoint {
         "checkpointed-layer"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &candle_core::Layout,
-    ) -> CandleResult<(CpuStorage, Shape)> {
-        self.value.cpu()
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &candle_core::Layout,
-    ) -> CandleResult<(CudaStorage, Shape)> {
-        self.value.cuda()
-    }
+    ops::precomputed_forward!(storage layout);
 
     fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
         Ok(Some(self.plan.backward(x, None, grad)?.0))
@@ -674,25 +660,7 @@ impl CustomOp2 for Checkpoint {
         "checkpointed-layer"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &candle_core::Layout,
-        _: &CpuStorage,
-        _: &candle_core::Layout,
-    ) -> CandleResult<(CpuStorage, Shape)> {
-        self.value.cpu()
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &candle_core::Layout,
-        _: &CudaStorage,
-        _: &candle_core::Layout,
-    ) -> CandleResult<(CudaStorage, Shape)> {
-        self.value.cuda()
-    }
+    ops::precomputed_forward!(s1 l1, s2 l2);
 
     fn bwd(
         &self,

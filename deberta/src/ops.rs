@@ -15,8 +15,7 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    bail, CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Storage,
-    Tensor, D,
+    bail, CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Device, Shape, Storage, Tensor, D,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -67,6 +66,29 @@ impl Precomputed {
         }
     }
 }
+
+/// The `cpu_fwd` and `cuda_fwd` of a node whose value was computed beforehand from the same
+/// inputs (held in `self.value`, a [`Precomputed`]): the input storages are not read again.
+macro_rules! precomputed_forward {
+    ($($storage:ident $layout:ident),+) => {
+        fn cpu_fwd(
+            &self,
+            $($storage: &candle_core::CpuStorage, $layout: &candle_core::Layout),+
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            $(let _ = ($storage, $layout);)+
+            self.value.cpu()
+        }
+
+        fn cuda_fwd(
+            &self,
+            $($storage: &candle_core::CudaStorage, $layout: &candle_core::Layout),+
+        ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+            $(let _ = ($storage, $layout);)+
+            self.value.cuda()
+        }
+    };
+}
+pub(crate) use precomputed_forward;
 
 /// Seeded randomness for dropout in training. CPU masks come from this generator so that a run
 /// is reproducible; on a GPU the device's own (seeded) generator is used to avoid transfers.
@@ -143,13 +165,7 @@ impl CustomOp1 for Dropout {
         "byte-mask-dropout"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> CandleResult<(CpuStorage, Shape)> {
-        self.value.cpu()
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> CandleResult<(CudaStorage, Shape)> {
-        self.value.cuda()
-    }
+    precomputed_forward!(storage layout);
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
         Ok(Some(apply_mask(grad, &self.mask, self.scale)?))
@@ -184,29 +200,7 @@ impl CustomOp3 for LayerNorm {
         "layer-norm-with-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> CandleResult<(CpuStorage, Shape)> {
-        self.value.cpu()
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> CandleResult<(CudaStorage, Shape)> {
-        self.value.cuda()
-    }
+    precomputed_forward!(s1 l1, s2 l2, s3 l3);
 
     /// With x̂ = (x − μ)·r and r = 1/√(σ² + ε): dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) where
     /// ĝ = g·w; dw = Σ g·x̂ and db = Σ g over every row.
@@ -366,29 +360,7 @@ impl CustomOp3 for AttentionProbs {
         "disentangled-attention-probs"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> CandleResult<(CpuStorage, Shape)> {
-        self.value.cpu()
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> CandleResult<(CudaStorage, Shape)> {
-        self.value.cuda()
-    }
+    precomputed_forward!(s1 l1, s2 l2, s3 l3);
 
     /// Softmax: ds = y·(dy − Σⱼ dy·y). Scores: dq = ds·k, dk = dsᵀ·q, and through each
     /// relative term the gather's adjoint G (a scatter-add of ds):
@@ -437,7 +409,7 @@ impl CustomOp3 for AttentionProbs {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Var;
 
@@ -451,7 +423,8 @@ mod tests {
         Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap()
     }
 
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+    /// The largest absolute difference between two tensors of the same shape.
+    pub(crate) fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.shape(), b.shape());
         (a - b)
             .unwrap()

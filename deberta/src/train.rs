@@ -577,16 +577,7 @@ mod tests {
                 );
                 continue;
             };
-            let difference = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let difference = crate::ops::tests::max_difference(a, b);
             assert!(
                 difference < 1e-5,
                 "{name}: gradients differ by {difference}"
