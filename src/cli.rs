@@ -115,7 +115,8 @@ pub struct CvArgs {
     #[arg(long, value_name = "PATH")]
     pub train: Option<PathBuf>,
     /// Test file in Kaggle's test.csv format (plain or .gz). Defaults to the example's test
-    /// file when --train is not given; otherwise required.
+    /// file when --train is not given. Without it, --train runs the CV alone: every output but
+    /// submission.csv (an earlier run's submission.csv in OUT is removed).
     #[arg(long, value_name = "PATH")]
     pub test: Option<PathBuf>,
     /// Output folder: folds.csv, oof.csv, submission.csv, metrics.json, importance.csv,

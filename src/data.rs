@@ -19,6 +19,7 @@ const LABEL_COLUMNS: [&str; 3] = ensembles::CLASS_COLUMNS;
 const ISSUE_EXAMPLES: usize = 5;
 
 /// Battles of one file, in file order.
+#[derive(Default)]
 pub struct Battles {
     pub ids: Vec<String>,
     pub battles: Vec<Battle>,

@@ -346,3 +346,45 @@ fn blend_of_one_cv_run_reproduces_it_and_finds_its_training_file() {
         serde_json::from_str(&std::fs::read_to_string(out.join("blend.json")).unwrap()).unwrap();
     assert!(report.to_string().contains("lgbm"));
 }
+
+#[test]
+fn cv_without_test_writes_out_of_fold_predictions_only() {
+    let out = temp_dir("arena-oof-only");
+    std::fs::create_dir_all(&out).unwrap();
+    // A submission left by an earlier run in the same folder must not survive as if current.
+    std::fs::write(
+        out.join("submission.csv"),
+        "id,winner_model_a,winner_model_b,winner_tie\n",
+    )
+    .unwrap();
+    let train = shared("train.csv");
+    let output = ensemble(&[
+        "cv",
+        "--folds",
+        "3",
+        "--train",
+        train.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no submission.csv"));
+    assert!(!out.join("submission.csv").exists());
+    for file in ["folds.csv", "oof.csv", "metrics.json", "importance.csv"] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    // Every training id once, in the training file's order.
+    let oof: Vec<String> = read_predictions(&out.join("oof.csv"))
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(oof, ids_of(&train));
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert!(metrics["test"].is_null());
+    assert_eq!(metrics["test_rows"], 0);
+}

@@ -20,7 +20,8 @@ use std::time::Instant;
 #[derive(Serialize)]
 struct RunSummary {
     train: PathBuf,
-    test: PathBuf,
+    /// None for an OOF-only run (no --test).
+    test: Option<PathBuf>,
     train_rows: usize,
     test_rows: usize,
     features: usize,
@@ -68,11 +69,10 @@ fn resolve_config(args: &CvArgs) -> Result<LgbmRunConfig> {
     Ok(config)
 }
 
-/// The train and test files: given, or the generated example.
-fn resolve_inputs(args: &CvArgs) -> Result<(PathBuf, PathBuf)> {
+/// The train and test files: given (the test file optional), or the generated example.
+fn resolve_inputs(args: &CvArgs) -> Result<(PathBuf, Option<PathBuf>)> {
     match (&args.train, &args.test) {
-        (Some(train), Some(test)) => Ok((train.clone(), test.clone())),
-        (Some(_), None) => bail!("--test is required with --train"),
+        (Some(train), test) => Ok((train.clone(), test.clone())),
         (None, Some(_)) => bail!("--test needs --train"),
         (None, None) => {
             let dir = args.out.join("example");
@@ -81,7 +81,7 @@ fn resolve_inputs(args: &CvArgs) -> Result<(PathBuf, PathBuf)> {
                 "No --train given: using the generated example in {}",
                 dir.display()
             );
-            Ok((dir.join("train.csv"), dir.join("test.csv")))
+            Ok((dir.join("train.csv"), Some(dir.join("test.csv"))))
         }
     }
 }
@@ -108,7 +108,10 @@ pub fn run(args: CvArgs) -> Result<()> {
 
     let bar = spinner("reading CSV files");
     let train = data::read_train(&train_path)?;
-    let test = data::read_test(&test_path)?;
+    let test = match &test_path {
+        Some(path) => data::read_test(path)?,
+        None => data::Battles::default(),
+    };
     timings.read = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let (n_train, n_test) = (train.labels.len(), test.ids.len());
@@ -117,9 +120,10 @@ pub fn run(args: CvArgs) -> Result<()> {
         timings.read
     );
     for (file, issues) in [
-        (&train_path, &train.battles.text_issues),
-        (&test_path, &test.text_issues),
+        (Some(&train_path), &train.battles.text_issues),
+        (test_path.as_ref(), &test.text_issues),
     ] {
+        let Some(file) = file else { continue };
         if issues.total() > 0 {
             eprintln!(
                 "{}: {} text fields kept as they were: {}",
@@ -203,7 +207,14 @@ pub fn run(args: CvArgs) -> Result<()> {
     timings.cv = cv_started.elapsed().as_secs_f64();
 
     Predictions::new(train_ids, output.oof.clone()).write(&args.out.join("oof.csv"))?;
-    Predictions::new(test_ids, output.test.clone()).write(&args.out.join("submission.csv"))?;
+    let submission = args.out.join("submission.csv");
+    if test_path.is_some() {
+        Predictions::new(test_ids, output.test.clone()).write(&submission)?;
+    } else if submission.exists() {
+        // An earlier run's submission would not belong to these folds and models.
+        std::fs::remove_file(&submission)
+            .with_context(|| format!("cannot remove the earlier {}", submission.display()))?;
+    }
     for (fold, model) in output.models.iter().enumerate() {
         let path = args.out.join("models").join(format!("fold_{fold}.txt"));
         std::fs::write(&path, model).with_context(|| format!("cannot write {}", path.display()))?;
@@ -216,7 +227,7 @@ pub fn run(args: CvArgs) -> Result<()> {
     let summary = RunSummary {
         // Absolute, so that `ensemble blend` finds the labels from any directory.
         train: std::fs::canonicalize(&train_path).unwrap_or(train_path),
-        test: std::fs::canonicalize(&test_path).unwrap_or(test_path),
+        test: test_path.map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
         train_rows: n_train,
         test_rows: n_test,
         features: names.len(),
@@ -233,6 +244,9 @@ pub fn run(args: CvArgs) -> Result<()> {
     println!("{}", summary_table(&summary));
     println!("{}", importance.table(10));
     println!("wrote {}", args.out.display());
+    if summary.test.is_none() {
+        println!("no --test given: out-of-fold predictions only, no submission.csv");
+    }
     Ok(())
 }
 
