@@ -8,43 +8,52 @@ use features::{
     parse_turns, Battle, CsrMatrix, Extractor, FeatureConfig, FeatureTable, Orientation,
 };
 
-/// `<workspace root>/../shared/arena-sample`, seen from the main checkout or a worktree.
-fn arena_dir() -> PathBuf {
+/// `<workspace root>/../shared/arena-sample`, seen from the main checkout or a worktree. A
+/// user's clone has no `../shared`: the tests that need it then say so and pass. CI has it,
+/// so there a missing folder fails.
+fn arena_dir() -> Option<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [
+    let dir = [
         manifest.join("../../shared/arena-sample"),
         manifest.join("../shared/arena-sample"),
     ]
     .into_iter()
-    .find(|dir| dir.join("train.csv").exists())
-    .expect("arena sample not found next to the workspace (../shared/arena-sample)")
+    .find(|dir| dir.join("train.csv").exists());
+    if dir.is_none() {
+        let missing = "the Kaggle sample rows in ../shared/arena-sample next to the workspace";
+        assert!(std::env::var_os("CI").is_none(), "CI needs {missing}");
+        eprintln!("skipped: needs {missing}");
+    }
+    dir
 }
 
 /// (prompt, response_a, response_b) raw fields of every row of an arena CSV file.
-fn raw_fields(file: &str) -> Vec<[String; 3]> {
-    let mut reader = csv::Reader::from_path(arena_dir().join(file)).expect("arena CSV");
+fn raw_fields(file: &str) -> Option<Vec<[String; 3]>> {
+    let mut reader = csv::Reader::from_path(arena_dir()?.join(file)).expect("arena CSV");
     let headers = reader.headers().unwrap().clone();
     let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
     let columns = [column("prompt"), column("response_a"), column("response_b")];
-    reader
+    let rows = reader
         .records()
         .map(|record| {
             let record = record.unwrap();
             columns.map(|c| record[c].to_string())
         })
-        .collect()
+        .collect();
+    Some(rows)
 }
 
-fn arena_battles() -> Vec<Battle> {
-    raw_fields("train.csv")
+fn arena_battles() -> Option<Vec<Battle>> {
+    let battles = raw_fields("train.csv")?
         .into_iter()
-        .chain(raw_fields("test.csv"))
+        .chain(raw_fields("test.csv")?)
         .map(|[prompt, a, b]| Battle {
             prompt: parse_turns(&prompt).turns,
             response_a: parse_turns(&a).turns,
             response_b: parse_turns(&b).turns,
         })
-        .collect()
+        .collect();
+    Some(battles)
 }
 
 /// A vocabulary small enough for 103 rows but with every kind of column present.
@@ -88,7 +97,10 @@ fn assert_csr_invariants(m: &CsrMatrix) {
 fn every_arena_field_decodes_like_strict_json() {
     let mut fields = 0;
     for file in ["train.csv", "test.csv"] {
-        for row in raw_fields(file) {
+        let Some(rows) = raw_fields(file) else {
+            return;
+        };
+        for row in rows {
             for raw in row {
                 let parsed = parse_turns(&raw);
                 // The sample has no nulls or lone surrogates, so strict JSON must agree.
@@ -105,7 +117,9 @@ fn every_arena_field_decodes_like_strict_json() {
 
 #[test]
 fn swapped_battle_equals_swapped_orientation_bit_for_bit() {
-    let battles = arena_battles();
+    let Some(battles) = arena_battles() else {
+        return;
+    };
     let extractor = Extractor::fit(&battles, &small_config()).unwrap();
     let table = extractor.transform(&battles);
     let swapped_battles: Vec<Battle> = battles.iter().map(Battle::swapped).collect();
@@ -134,7 +148,9 @@ fn swapped_battle_equals_swapped_orientation_bit_for_bit() {
 
 #[test]
 fn difference_columns_are_the_most_frequent_n_grams_only() {
-    let battles = arena_battles();
+    let Some(battles) = arena_battles() else {
+        return;
+    };
     let full = Extractor::fit(&battles, &small_config()).unwrap();
     let mut config = small_config();
     config.tfidf.word_diff_columns = 7;
@@ -179,7 +195,9 @@ fn difference_columns_are_the_most_frequent_n_grams_only() {
 
 #[test]
 fn names_match_columns_and_are_unique() {
-    let battles = arena_battles();
+    let Some(battles) = arena_battles() else {
+        return;
+    };
     let extractor = Extractor::fit(&battles, &small_config()).unwrap();
     let table = extractor.transform(&battles);
     let names = extractor.feature_names();
@@ -215,7 +233,9 @@ fn names_match_columns_and_are_unique() {
 
 #[test]
 fn csr_invariants_hold_in_both_orientations() {
-    let battles = arena_battles();
+    let Some(battles) = arena_battles() else {
+        return;
+    };
     let extractor = Extractor::fit(&battles, &small_config()).unwrap();
     let table = extractor.transform(&battles);
     assert_eq!(table.n_rows(), battles.len());
@@ -377,7 +397,9 @@ fn config_is_strict_and_validated() {
     assert!(Extractor::fit(&[], &bad).is_err());
 
     // Switching an analyzer off removes its columns.
-    let battles = arena_battles();
+    let Some(battles) = arena_battles() else {
+        return;
+    };
     let words_only = Extractor::fit(&battles, &parsed).unwrap();
     let names = words_only.feature_names();
     assert!(!names
