@@ -3,6 +3,8 @@
 //!
 //! Public interface: [`TransformerConfig`], [`Classifier`] (load, encode, predict,
 //! save_pretrained), [`fit_fold`], [`parse_device`] and [`reuse_freed_host_memory`].
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod config;
 mod device;
 mod error;

@@ -237,7 +237,13 @@ pub fn cross_validate(
                 sum[k] += p[k] / n_folds as f64;
             }
         }
-        let (fold_gain, fold_split) = trained.model.importance(n_features)?;
+        let (fold_gain, fold_split) = trained.model.importance()?;
+        if fold_gain.len() != n_features {
+            return Err(Error::LightGbm(format!(
+                "fold {fold}: the model has {} features, the data {n_features}",
+                fold_gain.len()
+            )));
+        }
         for j in 0..n_features {
             gain[j] += fold_gain[j] / n_folds as f64;
             split[j] += fold_split[j] / n_folds as f64;

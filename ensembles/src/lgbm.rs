@@ -179,23 +179,6 @@ impl Dataset {
             n_rows: rows.len(),
         })
     }
-
-    pub fn set_feature_names(&mut self, names: &[String]) -> Result<()> {
-        // LightGBM's model text cannot hold spaces or some symbols in names: it gets indices,
-        // and the readable names stay on our side.
-        let names: Vec<CString> = (0..names.len())
-            .map(|i| c_string(&format!("f{i}")))
-            .collect::<Result<_>>()?;
-        let pointers: Vec<*const std::os::raw::c_char> = names.iter().map(|n| n.as_ptr()).collect();
-        // SAFETY: `pointers` holds one valid C string per feature for the call's duration.
-        check(unsafe {
-            sys::LGBM_DatasetSetFeatureNames(
-                self.handle,
-                pointers.as_ptr() as *mut *const std::os::raw::c_char,
-                pointers.len() as i32,
-            )
-        })
-    }
 }
 
 impl Drop for Dataset {
@@ -221,6 +204,8 @@ impl<'d> TrainingBooster<'d> {
             handle,
             _data: std::marker::PhantomData,
         };
+        // SAFETY: both handles are live LightGBM objects; `valid` outlives the booster ('d).
+        // Should this fail, `booster` is already built and its Drop frees the handle.
         check(unsafe { sys::LGBM_BoosterAddValidData(booster.handle, valid.handle) })?;
         Ok(booster)
     }
@@ -228,6 +213,7 @@ impl<'d> TrainingBooster<'d> {
     /// One boosting round; false when no tree could be grown.
     fn update(&mut self) -> Result<bool> {
         let mut finished = 0;
+        // SAFETY: a live booster handle and a valid out-pointer for the flag.
         check(unsafe { sys::LGBM_BoosterUpdateOneIter(self.handle, &mut finished) })?;
         Ok(finished == 0)
     }
@@ -235,9 +221,12 @@ impl<'d> TrainingBooster<'d> {
     /// The first metric on the validation data after the last round.
     fn valid_metric(&self) -> Result<f64> {
         let mut count = 0;
+        // SAFETY: a live booster handle and a valid out-pointer for the count.
         check(unsafe { sys::LGBM_BoosterGetEvalCounts(self.handle, &mut count) })?;
         let mut results = vec![0.0; count.max(1) as usize];
         let mut len = 0;
+        // SAFETY: `results` is sized from LightGBM's own count of metrics, which is what it
+        // writes for one data set.
         check(unsafe { sys::LGBM_BoosterGetEval(self.handle, 1, &mut len, results.as_mut_ptr()) })?;
         results
             .first()
@@ -250,6 +239,8 @@ impl<'d> TrainingBooster<'d> {
         let mut len = 0i64;
         let mut buffer = vec![0u8; 1 << 20];
         for _ in 0..2 {
+            // SAFETY: LightGBM writes at most `buffer.len()` bytes and reports the length it
+            // needs in `len`; a longer model is fetched again into a buffer of that length.
             check(unsafe {
                 sys::LGBM_BoosterSaveModelToString(
                     self.handle,
@@ -273,6 +264,7 @@ impl<'d> TrainingBooster<'d> {
 
 impl Drop for TrainingBooster<'_> {
     fn drop(&mut self) {
+        // SAFETY: the handle came from LGBM_BoosterCreate and is freed once, here.
         unsafe { sys::LGBM_BoosterFree(self.handle) };
     }
 }
@@ -341,24 +333,32 @@ pub struct Model {
     text: String,
 }
 
-// SAFETY: prediction on a loaded booster is thread-safe in LightGBM.
+// SAFETY: a booster is heap state owned by this value, with no tie to the thread that made
+// it, so it may move between threads. It is deliberately not `Sync`: every prediction builds
+// a `Predictor` whose `GBDT::InitPredict` writes fields of the shared booster, so two threads
+// must not predict with one `Model` at once.
 unsafe impl Send for Model {}
-unsafe impl Sync for Model {}
 
 impl Model {
     pub fn from_string(text: &str) -> Result<Model> {
         let c_text = c_string(text)?;
         let (mut handle, mut iterations) = (std::ptr::null_mut(), 0);
+        // SAFETY: a NUL-terminated model text and valid out-pointers.
         check(unsafe {
             sys::LGBM_BoosterLoadModelFromString(c_text.as_ptr(), &mut iterations, &mut handle)
         })?;
-        let mut n_classes = 0;
-        check(unsafe { sys::LGBM_BoosterGetNumClasses(handle, &mut n_classes) })?;
-        Ok(Model {
+        // Owned (and freed on drop) before anything else can fail.
+        let mut model = Model {
             handle,
-            n_classes: n_classes as usize,
+            n_classes: 0,
             text: text.to_owned(),
-        })
+        };
+        let mut n_classes = 0;
+        // SAFETY: a live booster handle and a valid out-pointer.
+        check(unsafe { sys::LGBM_BoosterGetNumClasses(model.handle, &mut n_classes) })?;
+        model.n_classes = usize::try_from(n_classes)
+            .map_err(|_| Error::LightGbm(format!("the model reports {n_classes} classes")))?;
+        Ok(model)
     }
 
     /// LightGBM's text format of the model.
@@ -399,13 +399,25 @@ impl Model {
         Ok(out)
     }
 
-    /// Total gain and number of splits per feature.
-    pub fn importance(&self, n_features: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    /// The number of features the model was trained on, as LightGBM counts them.
+    pub fn n_features(&self) -> Result<usize> {
+        let mut n = 0;
+        // SAFETY: a live booster handle and a valid out-pointer.
+        check(unsafe { sys::LGBM_BoosterGetNumFeature(self.handle, &mut n) })?;
+        usize::try_from(n).map_err(|_| Error::LightGbm(format!("the model reports {n} features")))
+    }
+
+    /// Total gain and number of splits per feature, one value per model feature.
+    pub fn importance(&self) -> Result<(Vec<f64>, Vec<f64>)> {
+        // Sized from LightGBM's own count: it writes one value per feature of the model.
+        let n_features = self.n_features()?;
         let mut gain = vec![0.0; n_features];
         let mut split = vec![0.0; n_features];
+        // SAFETY: `gain` holds one f64 per model feature, which is what LightGBM writes.
         check(unsafe {
             sys::LGBM_BoosterFeatureImportance(self.handle, 0, IMPORTANCE_GAIN, gain.as_mut_ptr())
         })?;
+        // SAFETY: as above, for `split`.
         check(unsafe {
             sys::LGBM_BoosterFeatureImportance(self.handle, 0, IMPORTANCE_SPLIT, split.as_mut_ptr())
         })?;
@@ -415,6 +427,7 @@ impl Model {
 
 impl Drop for Model {
     fn drop(&mut self) {
+        // SAFETY: the handle came from LGBM_BoosterLoadModelFromString and is freed once, here.
         unsafe { sys::LGBM_BoosterFree(self.handle) };
     }
 }
@@ -485,7 +498,10 @@ mod tests {
             assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
             assert!(p[row % 3] > 0.8, "row {row}: {p:?}");
         }
-        let (gain, split) = trained.model.importance(2).unwrap();
+        // One value per model feature, as LightGBM counts them (the buffers are sized from it).
+        let (gain, split) = trained.model.importance().unwrap();
+        assert_eq!(trained.model.n_features().unwrap(), 2);
+        assert_eq!((gain.len(), split.len()), (2, 2));
         assert!(gain[0] > gain[1] && split[0] > 0.0);
         let reloaded = Model::from_string(trained.model.as_text()).unwrap();
         assert_eq!(

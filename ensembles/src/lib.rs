@@ -1,6 +1,8 @@
 //! Folds, boosters, blending and metrics: everything that turns a feature matrix or member
 //! predictions into probabilities for the three outcomes of a battle.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod blend;
 pub mod cv;
 pub mod error;
