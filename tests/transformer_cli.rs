@@ -171,6 +171,21 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
             .unwrap();
     assert_eq!(metrics["folds"].as_array().unwrap().len(), 3);
     assert!(metrics["oof_log_loss"].as_f64().unwrap().is_finite());
+
+    // A NaN logit in a fold file stops the merge, naming the file, line and id.
+    let fold_logits = out.path().join("fold-2/test_logits.csv");
+    let text = std::fs::read_to_string(&fold_logits).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let id = lines[1].split(',').next().unwrap().to_owned();
+    lines[1] = format!("{id},NaN,0.5,0.1");
+    std::fs::write(&fold_logits, lines.join("\n")).unwrap();
+    let output = ensemble(&merge);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("fold-2/test_logits.csv, line 2") && stderr.contains(&id),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -152,6 +152,34 @@ impl TransformerConfig {
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
+        // NaN or negative rates train to constant predictions or uphill without failing.
+        let positive = [
+            ("learning_rate", self.learning_rate),
+            ("head_learning_rate", self.head_learning_rate),
+            ("adam_eps", self.adam_eps),
+        ];
+        for (key, value) in positive {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!("{key} {value} must be a finite number above 0"));
+            }
+        }
+        let non_negative = [
+            ("weight_decay", self.weight_decay),
+            ("max_grad_norm", self.max_grad_norm),
+        ];
+        for (key, value) in non_negative {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!("{key} {value} must be a finite number ≥ 0"));
+            }
+        }
+        for (key, value) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&value) {
+                return Err(format!("{key} {value} is outside [0, 1)"));
+            }
+        }
         if self.max_len < 8 {
             return Err(format!("max_len {} is below 8", self.max_len));
         }
@@ -212,6 +240,22 @@ mod tests {
             assert_eq!(name.as_str().unwrap().parse::<Precision>(), Ok(precision));
         }
         assert!("fp16".parse::<Precision>().is_err());
+    }
+
+    #[test]
+    fn non_finite_or_negative_rates_are_rejected_by_name() {
+        for (text, key) in [
+            ("learning_rate = nan", "learning_rate"),
+            ("learning_rate = -1e-5", "learning_rate"),
+            ("head_learning_rate = inf", "head_learning_rate"),
+            ("weight_decay = -0.1", "weight_decay"),
+            ("adam_beta2 = 1.0", "adam_beta2"),
+            ("max_grad_norm = nan", "max_grad_norm"),
+        ] {
+            let config: TransformerConfig = toml::from_str(text).unwrap();
+            let error = config.validate().unwrap_err();
+            assert!(error.starts_with(key), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -327,6 +327,14 @@ pub fn fit_fold(
                     &trained,
                     &mut grads,
                 )?;
+                // In f16 an overflow is the loss scaler's to handle; anywhere else a non-finite
+                // loss means the run has diverged, and its predictions would be worthless.
+                if !loss.is_finite() && config.precision != Precision::F16 {
+                    return Err(Error::Invalid(format!(
+                        "fold {fold}, step {step}: the training loss is {loss}; lower the \
+                         learning rate or check the model folder"
+                    )));
+                }
                 loss_sum += loss * micro.len() as f64;
                 loss_count += micro.len();
             }

@@ -300,11 +300,16 @@ fn read_logits(path: &Path) -> Result<Vec<(String, [f32; 3])>> {
         .enumerate()
         .map(|(i, line)| {
             let fields: Vec<&str> = line.split(',').collect();
-            let parse = |s: &str| s.parse::<f32>().ok();
+            // NaN or infinite logits would become NaN probabilities in the submission.
+            let parse = |s: &str| s.parse::<f32>().ok().filter(|v| v.is_finite());
             match fields.as_slice() {
                 [id, a, b, t] => match (parse(a), parse(b), parse(t)) {
                     (Some(a), Some(b), Some(t)) => Ok((id.to_string(), [a, b, t])),
-                    _ => bail!("{}, line {}: bad number", path.display(), i + 2),
+                    _ => bail!(
+                        "{}, line {} (id {id}): logits must be finite numbers",
+                        path.display(),
+                        i + 2
+                    ),
                 },
                 _ => bail!("{}, line {}: expected 4 fields", path.display(), i + 2),
             }
