@@ -162,6 +162,14 @@ fn read_ids(path: &Path, frame: &DataFrame) -> Result<Vec<String>> {
                 line_of(path, record)
             );
         }
+        // Files concatenated with their headers (`cat a.csv b.csv`) bring one in as a row.
+        if id == "id" {
+            bail!(
+                "{}: {}: a second header row (id \"id\"); remove it",
+                path.display(),
+                line_of(path, record)
+            );
+        }
         if id.contains([',', '"', '\n', '\r']) {
             bail!(
                 "{}: {} (id {id:?}): ids cannot hold commas, quotes or line breaks",

@@ -279,6 +279,30 @@ fn bad_inputs_are_reported_with_file_line_and_id() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // A header repeated inside test.csv is not a battle with id "id".
+    let train = dir.join("train_good.csv");
+    std::fs::write(&train, format!("{header}{good}")).unwrap();
+    let doubled = dir.join("test_doubled.csv");
+    std::fs::write(
+        &doubled,
+        "id,prompt,response_a,response_b\n5,\"[]\",\"[]\",\"[]\"\nid,prompt,response_a,response_b\n",
+    )
+    .unwrap();
+    let output = ensemble(&[
+        "cv",
+        "--train",
+        train.to_str().unwrap(),
+        "--test",
+        doubled.to_str().unwrap(),
+        "--out",
+        dir.join("run").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("test_doubled.csv: line 3: a second header row"),
+        "{stderr}"
+    );
     let missing = ensemble(&["cv", "--train", "no/such.csv", "--test", "no/such.csv"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read no/such.csv"));
 }
@@ -354,6 +378,22 @@ fn blend_of_one_cv_run_reproduces_it_and_finds_its_training_file() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("blend.json")).unwrap()).unwrap();
     assert!(report.to_string().contains("lgbm"));
+
+    // Inside the member's folder, the default --out is the member's own submission: refused,
+    // and the member's file is left as it was.
+    let before = std::fs::read_to_string(run.join("submission.csv")).unwrap();
+    let inside = Command::new(env!("CARGO_BIN_EXE_ensemble"))
+        .current_dir(&run)
+        .args(["blend", "--members", "."])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&inside.stderr);
+    assert!(!inside.status.success());
+    assert!(stderr.contains("would overwrite member"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(run.join("submission.csv")).unwrap(),
+        before
+    );
 }
 
 #[test]

@@ -2,10 +2,12 @@
 use crate::cli::{BlendArgs, BlendMethod, BlendSpace};
 use crate::data;
 use anyhow::{bail, Context, Result};
+use ensembles::blend::MemberSource;
 use ensembles::blend::{self, BlendRequest, FoldsChoice, Method, Space, WeightChoice};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub fn run(args: BlendArgs) -> Result<()> {
+    refuse_overwriting_inputs(&args.members, &args.out)?;
     let method = method(&args)?;
     let train = data::read_train(&training_file(&args)?)?;
     let request = BlendRequest {
@@ -23,6 +25,40 @@ pub fn run(args: BlendArgs) -> Result<()> {
     let report = blend::run(&request)?;
     println!("{report}");
     Ok(())
+}
+
+/// Refuses an output that is one of the inputs: run inside a member's folder, the default
+/// `--out submission.csv` would replace that member's own submission.
+fn refuse_overwriting_inputs(members: &[MemberSource], out: &Path) -> Result<()> {
+    let outputs = [resolved(out), resolved(&out.with_file_name("blend.json"))];
+    for member in members {
+        let inputs = [
+            Some(&member.oof),
+            Some(&member.submission),
+            member.folds.as_ref(),
+        ];
+        for input in inputs.into_iter().flatten() {
+            if outputs.contains(&resolved(input)) {
+                bail!(
+                    "--out {} would overwrite member {}'s {}: write the blend elsewhere",
+                    out.display(),
+                    member.name,
+                    input.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `path` with its folder resolved (the file itself may not exist yet).
+fn resolved(path: &Path) -> PathBuf {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let folder = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+    folder.join(path.file_name().unwrap_or_default())
 }
 
 /// `--train`, or the training file a member's run recorded in its metrics.json.
