@@ -440,3 +440,38 @@ fn cv_without_test_writes_out_of_fold_predictions_only() {
     assert!(metrics["test"].is_null());
     assert_eq!(metrics["test_rows"], 0);
 }
+
+#[test]
+fn lightgbm_extra_parameters_are_checked_before_anything_is_written() {
+    let dir = temp_dir("lgbm-extra");
+    for (extra, needle) in [
+        (
+            "lambda_l3 = \"1\"",
+            "lambda_l3 = \"1\": not a LightGBM parameter",
+        ),
+        (
+            "lambda_l1 = \"1 num_leaves=2\"",
+            "lambda_l1 = \"1 num_leaves=2\": a value must be one word",
+        ),
+        ("metrics = \"auc\"", "metrics = \"auc\": set by this tool"),
+    ] {
+        let config = dir.join("lgbm.toml");
+        std::fs::write(&config, format!("[lgbm.extra]\n{extra}\n")).unwrap();
+        let out = dir.join("run");
+        let output = ensemble(&[
+            "cv",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(
+            !out.exists(),
+            "{extra}: a failed run left {}",
+            out.display()
+        );
+    }
+}

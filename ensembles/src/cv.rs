@@ -53,6 +53,30 @@ impl Default for BoosterParams {
 }
 
 impl BoosterParams {
+    /// Checks `extra` against LightGBM's own parameter list before anything runs: an unknown
+    /// key is an error rather than a setting LightGBM ignores (its warnings are off), a value
+    /// with a space or `=` would smuggle in other parameters, and the objective, class count
+    /// and metric are this tool's to set.
+    pub fn validate(&self) -> Result<()> {
+        for (key, value) in &self.extra {
+            let bad = |why: &str| {
+                Err(Error::Invalid(format!(
+                    "[lgbm.extra] {key} = {value:?}: {why}"
+                )))
+            };
+            let Some(canonical) = lgbm::canonical_parameter(key)? else {
+                return bad("not a LightGBM parameter");
+            };
+            if OWN_PARAMETERS.contains(&canonical.as_str()) {
+                return bad("set by this tool, not configurable");
+            }
+            if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c == '=') {
+                return bad("a value must be one word, without spaces or '='");
+            }
+        }
+        Ok(())
+    }
+
     fn threads(&self) -> usize {
         match self.num_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -94,6 +118,9 @@ impl BoosterParams {
         text
     }
 }
+
+/// Parameters that `booster_params` sets itself, the task's (aliases resolve to them).
+const OWN_PARAMETERS: [&str; 3] = ["objective", "num_class", "metric"];
 
 /// The matrices a CV run needs, all with the same columns.
 pub struct CvInputs<'a> {

@@ -188,6 +188,35 @@ impl Drop for Dataset {
     }
 }
 
+/// The LightGBM parameter that `name` (a parameter or an alias) sets, from LightGBM's own
+/// `LGBM_DumpParamAliases` (`{"name": ["alias", …], …}`); None for an unknown name.
+pub fn canonical_parameter(name: &str) -> Result<Option<String>> {
+    let mut len = 0i64;
+    let mut buffer = vec![0u8; 1 << 16];
+    for _ in 0..2 {
+        // SAFETY: LightGBM writes at most `buffer.len()` bytes and reports the length it needs
+        // in `len`; a longer text is fetched again into a buffer of that length.
+        check(unsafe {
+            sys::LGBM_DumpParamAliases(
+                buffer.len() as i64,
+                &mut len,
+                buffer.as_mut_ptr() as *mut std::os::raw::c_char,
+            )
+        })?;
+        if (len as usize) <= buffer.len() {
+            break;
+        }
+        buffer.resize(len as usize, 0);
+    }
+    buffer.truncate((len as usize).saturating_sub(1));
+    let aliases: std::collections::BTreeMap<String, Vec<String>> = serde_json::from_slice(&buffer)
+        .map_err(|e| Error::LightGbm(format!("cannot read LightGBM's parameter list: {e}")))?;
+    Ok(aliases
+        .into_iter()
+        .find(|(canonical, aliases)| canonical == name || aliases.iter().any(|a| a == name))
+        .map(|(canonical, _)| canonical))
+}
+
 /// A booster being trained; it borrows its datasets, which LightGBM reads at every round.
 struct TrainingBooster<'d> {
     handle: sys::BoosterHandle,
@@ -503,6 +532,18 @@ mod tests {
         assert_eq!(trained.model.n_features().unwrap(), 2);
         assert_eq!((gain.len(), split.len()), (2, 2));
         assert!(gain[0] > gain[1] && split[0] > 0.0);
+        for (name, canonical) in [
+            ("lambda_l1", "lambda_l1"),
+            ("reg_alpha", "lambda_l1"),
+            ("min_gain_to_split", "min_gain_to_split"),
+            ("metrics", "metric"),
+        ] {
+            assert_eq!(
+                canonical_parameter(name).unwrap().as_deref(),
+                Some(canonical)
+            );
+        }
+        assert_eq!(canonical_parameter("lambda_l3").unwrap(), None);
         let reloaded = Model::from_string(trained.model.as_text()).unwrap();
         assert_eq!(
             reloaded.predict(csr.view(), "").unwrap(),

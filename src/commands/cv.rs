@@ -95,6 +95,7 @@ fn spinner(message: &str) -> ProgressBar {
 pub fn run(args: CvArgs) -> Result<()> {
     let started = Instant::now();
     let config = resolve_config(&args)?;
+    config.lgbm.validate()?;
     if config.lgbm.num_threads > 0 {
         // Features use rayon's global pool; size it like LightGBM's.
         let _ = rayon::ThreadPoolBuilder::new()
