@@ -48,7 +48,7 @@ rows = {}
 for line in open(sys.argv[1]):
     if line.startswith("JSON "):
         r = json.loads(line[5:])
-        dtype = r["dtype"].lower() + (" +ckpt" if r.get("gradient_checkpointing") or r.get("checkpointing") else "")
+        dtype = r["dtype"].lower() + (" +ckpt" if r.get("gradient_checkpointing") else "")
         rows[(r["mode"], dtype, r["framework"])] = (r["sequences_per_s"], r["peak_mib"])
 print("\n| mode | precision | candle seq/s | PyTorch seq/s | candle / PyTorch | candle peak MiB | PyTorch peak MiB |")
 print("|---|---|---|---|---|---|---|")

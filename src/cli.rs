@@ -217,12 +217,12 @@ pub struct TransformerArgs {
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
     /// Activations and matmuls in f32, or in bf16 (GPUs with bf16 tensor cores: A100, L4,
-    /// H100) or f16 with dynamic loss scaling (T4, P100, V100), with f32 weights, optimizer,
+    /// H100) or f16 with dynamic loss scaling (T4, V100), with f32 weights, optimizer,
     /// LayerNorm and softmax (mixed precision) [config: precision, default f32].
     #[arg(long, value_name = "f32|bf16|f16")]
     pub precision: Option<deberta::Precision>,
     /// Recompute each encoder layer in the backward pass instead of keeping its activations:
-    /// a fraction of the training memory for about a third more time [config:
+    /// about half the training memory for about a quarter more time [config:
     /// gradient_checkpointing, default false].
     #[arg(long)]
     pub gradient_checkpointing: bool,

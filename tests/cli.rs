@@ -4,19 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::arena_sample as shared;
-
-/// Runs the binary. Tests run side by side on few cores: `cv` gets one thread, and OpenMP
-/// (inside LightGBM) sleeps instead of spinning while it waits, or oversubscribed cores make
-/// each boosting round many times slower.
-fn ensemble(args: &[&str]) -> std::process::Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ensemble"));
-    command.args(args).env("OMP_WAIT_POLICY", "PASSIVE");
-    if args.first() == Some(&"cv") {
-        command.args(["--threads", "1"]);
-    }
-    command.output().expect("the binary runs")
-}
+use common::{arena_sample as shared, ensemble, run_ok};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ensemble-{name}-{}", std::process::id()));
@@ -75,7 +63,7 @@ fn cv_on_the_arena_sample_writes_a_complete_run() {
     }
     let out = temp_dir("arena-cv");
     let (train, test) = (shared("train.csv"), shared("test.csv"));
-    let output = ensemble(&[
+    run_ok(&[
         "cv",
         "--folds",
         "3",
@@ -86,11 +74,6 @@ fn cv_on_the_arena_sample_writes_a_complete_run() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 
     for file in [
         "folds.csv",
@@ -150,7 +133,7 @@ fn reusing_folds_file_holds_out_the_same_rows() {
         text.push_str(&format!("{id},{}\n", i % 2));
     }
     std::fs::write(&folds, &text).unwrap();
-    let output = ensemble(&[
+    run_ok(&[
         "cv",
         "--train",
         shared("train.csv").to_str().unwrap(),
@@ -164,11 +147,6 @@ fn reusing_folds_file_holds_out_the_same_rows() {
         "--max-rounds",
         "20",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     assert_eq!(
         std::fs::read_to_string(out.join("folds.csv")).unwrap(),
         text
@@ -199,7 +177,7 @@ fn grouped_folds_hold_out_each_prompt_whole() {
         ));
     }
     std::fs::write(out.join("train.csv"), train).unwrap();
-    let output = ensemble(&[
+    run_ok(&[
         "cv",
         "--train",
         out.join("train.csv").to_str().unwrap(),
@@ -213,11 +191,6 @@ fn grouped_folds_hold_out_each_prompt_whole() {
         "prompt",
         "--no-tfidf",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     let folds: Vec<usize> = std::fs::read_to_string(out.join("folds.csv"))
         .unwrap()
         .lines()
@@ -310,12 +283,7 @@ fn bad_inputs_are_reported_with_file_line_and_id() {
 #[test]
 fn one_command_runs_on_the_generated_example() {
     let out = temp_dir("example");
-    let output = ensemble(&["cv", "--folds", "3", "--out", out.to_str().unwrap()]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_ok(&["cv", "--folds", "3", "--out", out.to_str().unwrap()]);
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     let (loss, prior) = (
@@ -334,7 +302,7 @@ fn blend_of_one_cv_run_reproduces_it_and_finds_its_training_file() {
     }
     let out = temp_dir("arena-blend");
     let run = out.join("lgbm");
-    let cv = ensemble(&[
+    run_ok(&[
         "cv",
         "--folds",
         "3",
@@ -346,13 +314,8 @@ fn blend_of_one_cv_run_reproduces_it_and_finds_its_training_file() {
         run.to_str().unwrap(),
         "--no-tfidf",
     ]);
-    assert!(
-        cv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cv.stderr)
-    );
     let submission = out.join("submission.csv");
-    let blend = ensemble(&[
+    run_ok(&[
         "blend",
         "--members",
         run.to_str().unwrap(),
@@ -361,11 +324,6 @@ fn blend_of_one_cv_run_reproduces_it_and_finds_its_training_file() {
         "--out",
         submission.to_str().unwrap(),
     ]);
-    assert!(
-        blend.status.success(),
-        "{}",
-        String::from_utf8_lossy(&blend.stderr)
-    );
     let blended = read_predictions(&submission);
     let member = read_predictions(&run.join("submission.csv"));
     assert_eq!(blended.len(), 3);
@@ -410,7 +368,7 @@ fn cv_without_test_writes_out_of_fold_predictions_only() {
     )
     .unwrap();
     let train = shared("train.csv");
-    let output = ensemble(&[
+    let output = run_ok(&[
         "cv",
         "--folds",
         "3",
@@ -419,11 +377,6 @@ fn cv_without_test_writes_out_of_fold_predictions_only() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("no submission.csv"));
     assert!(!out.join("submission.csv").exists());
     for file in ["folds.csv", "oof.csv", "metrics.json", "importance.csv"] {

@@ -3,29 +3,12 @@
 //! with the tiny fixture model: a folds file, per-fold runs, the merge, and the outputs'
 //! shape.
 use std::path::Path;
-use std::process::Command;
 
 mod common;
+use common::{ensemble, run_ok};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ensemble(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ensemble"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-/// Runs the binary and fails the test with its stderr unless it succeeds.
-fn run_ok(args: &[&str]) {
-    let output = ensemble(args);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// The arena sample's train.csv and test.csv and the tiny fixture model, as arguments.

@@ -1,9 +1,9 @@
 //! Throughput benchmark of the transformer member: inference and training sequences per second
 //! for a deberta-v3-base-sized random model (hidden 768, 12 layers, 12 heads, vocabulary
-//! 128,100) or the tiny fixture, at --max-len tokens, in f32 or bf16, on the CPU or a GPU.
+//! 128,100) or the tiny fixture, at --max-len tokens, in f32, bf16 or f16, on the CPU or a GPU.
 //! `scripts/bench_torch_deberta.py` measures PyTorch the same way, with the same flags.
 //!
-//!     cargo run --release -p ensembles --example bench_transformer -- \
+//!     cargo run --release -p deberta --example bench_transformer -- \
 //!         [--device cpu|cuda:0] [--precision f32|bf16|f16] [--mode infer|train|both] [--tiny] \
 //!         [--gradient-checkpointing] \
 //!         [--max-len 512] [--eval-batch 32] [--train-batch 8] [--warmup 2] [--batches 2]
@@ -167,7 +167,7 @@ fn main() -> Result<(), Error> {
             "dtype": arg("--precision", "f32"), "mode": name, "max_len": config.max_len,
             "batch": batch, "sequences": measured.sequences, "seconds": measured.seconds,
             "sequences_per_s": rate, "peak_mib": peak, "model": model,
-            "threads": rayon::current_num_threads(), "checkpointing": config.gradient_checkpointing,
+            "threads": rayon::current_num_threads(), "gradient_checkpointing": config.gradient_checkpointing,
         });
         println!("JSON {record}");
     };

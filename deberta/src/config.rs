@@ -16,7 +16,7 @@ pub enum Precision {
     F32,
     /// bfloat16: for GPUs with bf16 tensor cores (A100, H100); slow on CPUs.
     Bf16,
-    /// float16 with dynamic loss scaling: for GPUs without bf16 (T4, P100, V100).
+    /// float16 with dynamic loss scaling: for GPUs without bf16 (T4, V100).
     F16,
 }
 
@@ -99,7 +99,7 @@ pub struct TransformerConfig {
     pub patience: usize,
     pub seed: u64,
     /// Recompute each trained encoder layer in the backward pass instead of keeping its
-    /// activations: a fraction of the memory for about a third more time.
+    /// activations: about half the memory for about a quarter more time (CPU, BENCHMARKS.md).
     pub gradient_checkpointing: bool,
     /// f16 only: the initial dynamic loss scale (PyTorch GradScaler's `init_scale`).
     pub loss_scale: f64,

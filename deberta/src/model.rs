@@ -197,10 +197,6 @@ impl Pass<'_> {
     }
 }
 
-fn dropout(x: &Tensor, p: f64, pass: &Pass) -> CandleResult<Tensor> {
-    ops::dropout(x, p, pass.dropout)
-}
-
 struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
@@ -323,7 +319,7 @@ impl Embeddings {
         }
         let x = self.norm.forward(&x)?;
         let x = x.broadcast_mul(&mask.unsqueeze(2)?)?;
-        dropout(&x, self.dropout, pass)
+        ops::dropout(&x, self.dropout, pass.dropout)
     }
 }
 
@@ -559,19 +555,17 @@ impl Layer {
 /// layer adds them here, and the training step collects them beside candle's.
 pub type ParamGrads = Arc<Mutex<HashMap<TensorId, Tensor>>>;
 
-/// Gradient checkpointing of one encoder layer: the forward pass keeps only the layer's input
-/// (and output); the backward pass runs the layer again with the same dropout masks, tracked,
-/// and back-propagates through that.
-struct CheckpointedLayer {
+/// One encoder layer's call in a forward pass: the layer, its inputs besides the hidden
+/// states, and the seed of its dropout masks, so that the call can be made again.
+struct LayerCall {
     layer: Arc<Layer>,
     mask_bias: Tensor,
     index: Option<RelativeIndex>,
-    /// The layer's dropout seed, drawn once and used by both passes.
+    /// Drawn once per layer and pass; None without dropout.
     seed: Option<u64>,
-    param_grads: ParamGrads,
 }
 
-impl CheckpointedLayer {
+impl LayerCall {
     fn run(&self, x: &Tensor, relative: Option<&Tensor>, grads: bool) -> CandleResult<Tensor> {
         let rng = self
             .seed
@@ -582,11 +576,19 @@ impl CheckpointedLayer {
             .forward(x, &self.mask_bias, relative, grads, rng.as_ref())
     }
 
-    /// The layer's output as one node whose inputs are `x` and the relative embeddings.
-    fn forward(self, x: &Tensor, relative: Option<&Tensor>) -> CandleResult<Tensor> {
+    /// Gradient checkpointing: the layer's output as one node whose inputs are `x` and the
+    /// relative embeddings. The forward pass keeps only those; the backward pass makes the
+    /// call again, tracked, with the same dropout masks, and back-propagates through it.
+    fn checkpointed(
+        self,
+        x: &Tensor,
+        relative: Option<&Tensor>,
+        param_grads: ParamGrads,
+    ) -> CandleResult<Tensor> {
         let value = self.run(&x.detach(), relative.map(|r| r.detach()).as_ref(), false)?;
         let op = Checkpoint {
-            plan: self,
+            call: self,
+            param_grads,
             value: Precomputed::new(value)?,
         };
         match relative {
@@ -594,7 +596,17 @@ impl CheckpointedLayer {
             None => x.apply_op1(op),
         }
     }
+}
 
+struct Checkpoint {
+    call: LayerCall,
+    param_grads: ParamGrads,
+    value: Precomputed,
+}
+
+impl Checkpoint {
+    /// Gradients for `x` and the relative embeddings; the layer's weight gradients go to
+    /// `param_grads`.
     fn backward(
         &self,
         x: &Tensor,
@@ -610,7 +622,7 @@ impl CheckpointedLayer {
             Some(var) => Some(var.as_tensor().clone()),
             None => relative.map(Tensor::detach),
         };
-        let out = self.run(x.as_tensor(), relative.as_ref(), true)?;
+        let out = self.call.run(x.as_tensor(), relative.as_ref(), true)?;
         // d(Σ out·grad)/dθ is the vector-Jacobian product the outer backward pass asks for.
         let surrogate = (out.to_dtype(DType::F32)? * grad.to_dtype(DType::F32)?)?.sum_all()?;
         let mut grads = surrogate.backward()?;
@@ -620,7 +632,7 @@ impl CheckpointedLayer {
             .expect("checkpoint grads lock poisoned");
         // Gradients come out of candle's backward pass still recorded as ops on the layer's
         // activations; detached, they keep only their own values.
-        for weight in self.layer.parameters() {
+        for weight in self.call.layer.parameters() {
             if let Some(g) = grads.remove(weight).map(|g| g.detach()) {
                 let sum = match store.remove(&weight.id()) {
                     Some(previous) => (previous + g)?,
@@ -638,11 +650,6 @@ impl CheckpointedLayer {
     }
 }
 
-struct Checkpoint {
-    plan: CheckpointedLayer,
-    value: Precomputed,
-}
-
 impl CustomOp1 for Checkpoint {
     fn name(&self) -> &'static str {
         "checkpointed-layer"
@@ -651,7 +658,7 @@ impl CustomOp1 for Checkpoint {
     ops::precomputed_forward!(storage layout);
 
     fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
-        Ok(Some(self.plan.backward(x, None, grad)?.0))
+        Ok(Some(self.backward(x, None, grad)?.0))
     }
 }
 
@@ -669,7 +676,7 @@ impl CustomOp2 for Checkpoint {
         _: &Tensor,
         grad: &Tensor,
     ) -> CandleResult<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, drelative) = self.plan.backward(x, Some(relative), grad)?;
+        let (dx, drelative) = self.backward(x, Some(relative), grad)?;
         Ok((Some(dx), drelative))
     }
 }
@@ -763,22 +770,17 @@ impl Backbone {
             // checkpointed layer can draw the same masks again in the backward pass.
             let seed = pass.dropout.map(|rng| rng.fork_seed());
             let grads = pass.grads_at(i);
-            x = match (&relative, pass.checkpoint && grads) {
-                (_, true) => CheckpointedLayer {
-                    layer: layer.clone(),
-                    mask_bias: mask_bias.clone(),
-                    index: relative.as_ref().map(|(_, index)| index.clone()),
-                    seed,
-                    param_grads: self.checkpoint_grads.clone(),
-                }
-                .forward(&x, relative.as_ref().map(|(e, _)| e))?,
-                (relative, false) => {
-                    let rng = seed
-                        .map(|s| DropoutRng::replay(s, x.device()))
-                        .transpose()?;
-                    let relative = relative.as_ref().map(|(e, index)| (e, index));
-                    layer.forward(&x, &mask_bias, relative, grads, rng.as_ref())?
-                }
+            let call = LayerCall {
+                layer: layer.clone(),
+                mask_bias: mask_bias.clone(),
+                index: relative.as_ref().map(|(_, index)| index.clone()),
+                seed,
+            };
+            let embeddings = relative.as_ref().map(|(e, _)| e);
+            x = if pass.checkpoint && grads {
+                call.checkpointed(&x, embeddings, self.checkpoint_grads.clone())?
+            } else {
+                call.run(&x, embeddings, grads)?
             };
             if !pass.grads_at(i + 1) {
                 x = x.detach();
@@ -843,7 +845,7 @@ impl DebertaClassifier {
 
     fn pool(&self, hidden: &Tensor, pass: &Pass) -> CandleResult<Tensor> {
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        let first = dropout(&first, self.config.pooler_dropout, pass)?;
+        let first = ops::dropout(&first, self.config.pooler_dropout, pass.dropout)?;
         activation(
             &self.config.pooler_hidden_act,
             &self.pooler.forward(&first)?,
@@ -868,7 +870,7 @@ impl DebertaClassifier {
             .cls_dropout
             .unwrap_or(self.config.hidden_dropout_prob);
         self.classifier
-            .forward(&dropout(&features, drop, pass)?)?
+            .forward(&ops::dropout(&features, drop, pass.dropout)?)?
             .to_dtype(DType::F32)
     }
 }

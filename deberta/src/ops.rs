@@ -113,18 +113,35 @@ impl DropoutRng {
         Ok(DropoutRng::new(StdRng::seed_from_u64(seed)))
     }
 
-    /// A keep mask (u8: 1 kept, 0 dropped) of `shape`, each entry dropped with probability p.
-    pub fn mask(&self, p: f64, shape: &Shape, device: &Device) -> CandleResult<Tensor> {
-        match device {
+    /// A dropout mask of `shape`, each entry dropped with probability p.
+    pub fn mask(&self, p: f64, shape: &Shape, device: &Device) -> CandleResult<KeepMask> {
+        let keep = match device {
             Device::Cpu => {
                 let mut rng = self.0.borrow_mut();
                 let keep: Vec<u8> = (0..shape.elem_count())
                     .map(|_| u8::from(rng.random::<f64>() >= p))
                     .collect();
-                Tensor::from_vec(keep, shape, device)
+                Tensor::from_vec(keep, shape, device)?
             }
-            device => Tensor::rand(0f32, 1f32, shape, device)?.ge(p),
-        }
+            device => Tensor::rand(0f32, 1f32, shape, device)?.ge(p)?,
+        };
+        Ok(KeepMask {
+            keep,
+            scale: 1.0 / (1.0 - p),
+        })
+    }
+}
+
+/// Inverted dropout's mask: a byte per entry (1 kept, 0 dropped), kept entries scaled by
+/// 1/(1−p). The forward and backward passes both apply it.
+pub struct KeepMask {
+    pub keep: Tensor,
+    pub scale: f64,
+}
+
+impl KeepMask {
+    pub fn apply(&self, x: &Tensor) -> CandleResult<Tensor> {
+        (x * self.keep.to_dtype(x.dtype())?)? * self.scale
     }
 }
 
@@ -138,26 +155,19 @@ pub fn dropout(x: &Tensor, p: f64, rng: Option<&DropoutRng>) -> CandleResult<Ten
         return Ok(x.clone());
     }
     let mask = rng.mask(p, x.shape(), x.device())?;
-    let scale = 1.0 / (1.0 - p);
-    let value = apply_mask(&x.detach(), &mask, scale)?;
+    let value = mask.apply(&x.detach())?;
     if !x.track_op() {
         return Ok(value);
     }
     x.apply_op1(Dropout {
         value: Precomputed::new(value)?,
         mask,
-        scale,
     })
-}
-
-fn apply_mask(x: &Tensor, mask: &Tensor, scale: f64) -> CandleResult<Tensor> {
-    (x * mask.to_dtype(x.dtype())?)? * scale
 }
 
 struct Dropout {
     value: Precomputed,
-    mask: Tensor,
-    scale: f64,
+    mask: KeepMask,
 }
 
 impl CustomOp1 for Dropout {
@@ -168,7 +178,7 @@ impl CustomOp1 for Dropout {
     precomputed_forward!(storage layout);
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
-        Ok(Some(apply_mask(grad, &self.mask, self.scale)?))
+        Ok(Some(self.mask.apply(grad)?))
     }
 }
 
@@ -306,14 +316,11 @@ pub fn attention_probs(
         candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?.broadcast_add(mask_bias)?)?;
     drop(scores);
     let mask = match dropout {
-        Some((p, rng)) if p > 0.0 => Some((
-            rng.mask(p, softmax.shape(), softmax.device())?,
-            1.0 / (1.0 - p),
-        )),
+        Some((p, rng)) if p > 0.0 => Some(rng.mask(p, softmax.shape(), softmax.device())?),
         _ => None,
     };
     let value = match &mask {
-        Some((mask, scale)) => apply_mask(&softmax, mask, *scale)?.to_dtype(dtype)?,
+        Some(mask) => mask.apply(&softmax)?.to_dtype(dtype)?,
         None => softmax.to_dtype(dtype)?,
     };
     if !grads {
@@ -350,7 +357,7 @@ struct AttentionProbs {
     value: Precomputed,
     /// The f32 softmax before dropout, where it differs from the node's output.
     softmax: Option<Tensor>,
-    mask: Option<(Tensor, f64)>,
+    mask: Option<KeepMask>,
     /// The relative terms present, in the order of their projections in the third input.
     gathers: Vec<Gather>,
 }
@@ -375,8 +382,8 @@ impl CustomOp3 for AttentionProbs {
     ) -> CandleResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dtype = query.dtype();
         let mut grad_softmax = grad.to_dtype(DType::F32)?;
-        if let Some((mask, scale)) = &self.mask {
-            grad_softmax = apply_mask(&grad_softmax, mask, *scale)?;
+        if let Some(mask) = &self.mask {
+            grad_softmax = mask.apply(&grad_softmax)?;
         }
         let y = self.softmax.as_ref().unwrap_or(output);
         let dot = (&grad_softmax * y)?.sum_keepdim(D::Minus1)?;
@@ -527,8 +534,8 @@ pub(crate) mod tests {
                 let keep = DropoutRng::replay(seed, &Device::Cpu)
                     .unwrap()
                     .mask(p, softmax.shape(), &Device::Cpu)
-                    .unwrap();
-                assert!(keep.sum_all().unwrap().to_scalar::<u8>().is_ok());
+                    .unwrap()
+                    .keep;
                 ((softmax * keep.to_dtype(DType::F32).unwrap()).unwrap() / (1.0 - p)).unwrap()
             } else {
                 softmax
@@ -571,7 +578,8 @@ pub(crate) mod tests {
         let keep = DropoutRng::replay(3, &Device::Cpu)
             .unwrap()
             .mask(0.25, x.shape(), &Device::Cpu)
-            .unwrap();
+            .unwrap()
+            .keep;
         assert_eq!(keep.dtype(), DType::U8);
         let kept = keep
             .sum_all()

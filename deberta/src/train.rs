@@ -172,7 +172,7 @@ impl AdamW {
     /// Updates `var` and its moments in place, a block of rows at a time: no temporary is
     /// larger than a block, where whole-tensor ops would make several copies of the
     /// 128,100 × 768 embedding table on every step.
-    /// `grad_factor` multiplies the gradient first (the clipping factor).
+    /// `grad_factor` multiplies the gradient first (loss unscaling and clipping).
     fn step(
         &mut self,
         name: &str,
@@ -322,7 +322,7 @@ pub fn fit_fold(
                     classifier,
                     &views,
                     &labels,
-                    weight * scaler.scale(),
+                    weight * scaler.scale,
                     &pass,
                     &trained,
                     &mut grads,
@@ -338,16 +338,18 @@ pub fn fit_fold(
                 loss_sum += loss * micro.len() as f64;
                 loss_count += micro.len();
             }
-            unscale(&mut grads, scaler.scale())?;
-            let squares = squared_norm(&grads)?;
+            // The gradients are of the scaled loss: unscaling and clipping are one factor that
+            // the optimizer applies block by block, rather than a copy of every gradient.
+            let scale = scaler.scale;
+            let squares = squared_norm(&grads)? / (scale * scale);
             // In f16, a step whose gradients overflowed is skipped and the scale halved.
             if scaler.update(squares.is_finite()) {
-                let clip = clip_factor(squares, config.max_grad_norm);
+                let grad_factor = clip_factor(squares, config.max_grad_norm) / scale;
                 let factor = lr_factor(step, total_steps, &config);
                 for ((name, var), grad) in trained.iter().zip(&grads) {
                     let Some(grad) = grad else { continue };
                     let lr = Part::of(name).learning_rate(&config, layers);
-                    optimizer.step(name, var, grad, clip, lr * factor)?;
+                    optimizer.step(name, var, grad, grad_factor, lr * factor)?;
                 }
             }
             step += 1;
@@ -424,16 +426,6 @@ fn clip_factor(squares: f64, max_norm: f64) -> f64 {
     }
 }
 
-/// Divides gradients of a loss scaled by `scale` back to the loss's own.
-fn unscale(grads: &mut [Option<Tensor>], scale: f64) -> Result<()> {
-    if scale != 1.0 {
-        for grad in grads.iter_mut().flatten() {
-            *grad = (&*grad / scale)?;
-        }
-    }
-    Ok(())
-}
-
 /// Runs one micro-batch forward and backward and adds the gradients of `weight` × its mean
 /// loss to `grads` (one entry per trained weight, in order). Returns the mean loss.
 fn accumulate_gradients(
@@ -493,10 +485,6 @@ impl LossScaler {
             clean_steps: 0,
             enabled,
         }
-    }
-
-    fn scale(&self) -> f64 {
-        self.scale
     }
 
     /// Records a step's outcome; returns whether its update may be applied.

@@ -58,13 +58,17 @@ impl BoosterParams {
     /// with a space or `=` would smuggle in other parameters, and the objective, class count
     /// and metric are this tool's to set.
     pub fn validate(&self) -> Result<()> {
+        if self.extra.is_empty() {
+            return Ok(());
+        }
+        let names = lgbm::parameter_names()?;
         for (key, value) in &self.extra {
             let bad = |why: &str| {
                 Err(Error::Invalid(format!(
                     "[lgbm.extra] {key} = {value:?}: {why}"
                 )))
             };
-            let Some(canonical) = lgbm::canonical_parameter(key)? else {
+            let Some(canonical) = names.get(key) else {
                 return bad("not a LightGBM parameter");
             };
             if OWN_PARAMETERS.contains(&canonical.as_str()) {

@@ -4,6 +4,7 @@
 //! built once and subset per fold instead of re-binned ten times.
 use crate::{Error, Result};
 use lightgbm3_sys as sys;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_void, CStr, CString};
 
 const DTYPE_FLOAT32: i32 = 0;
@@ -188,33 +189,43 @@ impl Drop for Dataset {
     }
 }
 
-/// The LightGBM parameter that `name` (a parameter or an alias) sets, from LightGBM's own
-/// `LGBM_DumpParamAliases` (`{"name": ["alias", …], …}`); None for an unknown name.
-pub fn canonical_parameter(name: &str) -> Result<Option<String>> {
+/// Every LightGBM parameter name and alias, mapped to the parameter it sets, from LightGBM's
+/// own `LGBM_DumpParamAliases` (`{"name": ["alias", …], …}`).
+pub fn parameter_names() -> Result<HashMap<String, String>> {
+    let text = fetch_text(1 << 16, |size, len, out| {
+        // SAFETY: `out` points to `size` writable bytes (`fetch_text`'s buffer), and LightGBM
+        // writes at most `size` of them.
+        check(unsafe { sys::LGBM_DumpParamAliases(size, len, out) })
+    })?;
+    let aliases: BTreeMap<String, Vec<String>> = serde_json::from_slice(&text)
+        .map_err(|e| Error::LightGbm(format!("cannot read LightGBM's parameter list: {e}")))?;
+    Ok(aliases
+        .into_iter()
+        .flat_map(|(name, aliases)| {
+            let names = std::iter::once(name.clone()).chain(aliases);
+            names.map(move |alias| (alias, name.clone()))
+        })
+        .collect())
+}
+
+/// Text that a LightGBM call writes into the caller's buffer. `call(size, len, out)` writes at
+/// most `size` bytes to `out` and the length it needs, NUL included, to `len`; a longer text
+/// is fetched again into a buffer of that length. Returned without its NUL.
+fn fetch_text(
+    initial_size: usize,
+    mut call: impl FnMut(i64, &mut i64, *mut std::os::raw::c_char) -> Result<()>,
+) -> Result<Vec<u8>> {
     let mut len = 0i64;
-    let mut buffer = vec![0u8; 1 << 16];
+    let mut buffer = vec![0u8; initial_size];
     for _ in 0..2 {
-        // SAFETY: LightGBM writes at most `buffer.len()` bytes and reports the length it needs
-        // in `len`; a longer text is fetched again into a buffer of that length.
-        check(unsafe {
-            sys::LGBM_DumpParamAliases(
-                buffer.len() as i64,
-                &mut len,
-                buffer.as_mut_ptr() as *mut std::os::raw::c_char,
-            )
-        })?;
+        call(buffer.len() as i64, &mut len, buffer.as_mut_ptr().cast())?;
         if (len as usize) <= buffer.len() {
             break;
         }
         buffer.resize(len as usize, 0);
     }
     buffer.truncate((len as usize).saturating_sub(1));
-    let aliases: std::collections::BTreeMap<String, Vec<String>> = serde_json::from_slice(&buffer)
-        .map_err(|e| Error::LightGbm(format!("cannot read LightGBM's parameter list: {e}")))?;
-    Ok(aliases
-        .into_iter()
-        .find(|(canonical, aliases)| canonical == name || aliases.iter().any(|a| a == name))
-        .map(|(canonical, _)| canonical))
+    Ok(buffer)
 }
 
 /// A booster being trained; it borrows its datasets, which LightGBM reads at every round.
@@ -265,29 +276,22 @@ impl<'d> TrainingBooster<'d> {
     }
 
     fn model_string(&self, num_iterations: usize) -> Result<String> {
-        let mut len = 0i64;
-        let mut buffer = vec![0u8; 1 << 20];
-        for _ in 0..2 {
-            // SAFETY: LightGBM writes at most `buffer.len()` bytes and reports the length it
-            // needs in `len`; a longer model is fetched again into a buffer of that length.
+        let text = fetch_text(1 << 20, |size, len, out| {
+            // SAFETY: `out` points to `size` writable bytes (`fetch_text`'s buffer), and
+            // LightGBM writes at most `size` of them.
             check(unsafe {
                 sys::LGBM_BoosterSaveModelToString(
                     self.handle,
                     0,
                     num_iterations as i32,
                     IMPORTANCE_GAIN,
-                    buffer.len() as i64,
-                    &mut len,
-                    buffer.as_mut_ptr() as *mut std::os::raw::c_char,
+                    size,
+                    len,
+                    out,
                 )
-            })?;
-            if (len as usize) <= buffer.len() {
-                break;
-            }
-            buffer.resize(len as usize, 0);
-        }
-        buffer.truncate((len as usize).saturating_sub(1));
-        String::from_utf8(buffer).map_err(|_| Error::LightGbm("model text is not UTF-8".into()))
+            })
+        })?;
+        String::from_utf8(text).map_err(|_| Error::LightGbm("model text is not UTF-8".into()))
     }
 }
 
@@ -532,18 +536,16 @@ mod tests {
         assert_eq!(trained.model.n_features().unwrap(), 2);
         assert_eq!((gain.len(), split.len()), (2, 2));
         assert!(gain[0] > gain[1] && split[0] > 0.0);
+        let names = parameter_names().unwrap();
         for (name, canonical) in [
             ("lambda_l1", "lambda_l1"),
             ("reg_alpha", "lambda_l1"),
             ("min_gain_to_split", "min_gain_to_split"),
             ("metrics", "metric"),
         ] {
-            assert_eq!(
-                canonical_parameter(name).unwrap().as_deref(),
-                Some(canonical)
-            );
+            assert_eq!(names.get(name).map(String::as_str), Some(canonical));
         }
-        assert_eq!(canonical_parameter("lambda_l3").unwrap(), None);
+        assert_eq!(names.get("lambda_l3"), None);
         let reloaded = Model::from_string(trained.model.as_text()).unwrap();
         assert_eq!(
             reloaded.predict(csr.view(), "").unwrap(),

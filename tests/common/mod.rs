@@ -1,5 +1,29 @@
 //! Helpers shared by the binary's end-to-end tests.
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the binary. Tests run side by side on few cores: `cv` gets one thread, and OpenMP
+/// (inside LightGBM) sleeps instead of spinning while it waits, or oversubscribed cores make
+/// each boosting round many times slower.
+pub fn ensemble(args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ensemble"));
+    command.args(args).env("OMP_WAIT_POLICY", "PASSIVE");
+    if args.first() == Some(&"cv") {
+        command.args(["--threads", "1"]);
+    }
+    command.output().expect("the binary runs")
+}
+
+/// Runs the binary and fails the test with its stderr unless it succeeds.
+pub fn run_ok(args: &[&str]) -> Output {
+    let output = ensemble(args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
 
 /// `../shared/arena-sample/NAME`: the real Kaggle sample rows beside the checkout.
 pub fn arena_sample(name: &str) -> PathBuf {
