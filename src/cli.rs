@@ -24,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Cross-validates the feature model (features + LightGBM) and writes OOF and test predictions.
     Cv(CvArgs),
+    /// Predicts a new test file with a saved `cv` run: its fitted feature state and fold
+    /// models, averaged as `cv` averages them (same numbers for the same test file).
+    Predict(PredictArgs),
     /// Prints a run's feature importance table.
     Importance(ImportanceArgs),
     /// Fine-tunes a DeBERTa model per fold (candle, CPU or CUDA) and writes OOF and test
@@ -64,9 +67,15 @@ pub struct BlendArgs {
     /// member run folder's metrics.json.
     #[arg(long, value_name = "PATH")]
     pub train: Option<PathBuf>,
-    /// The submission to write; blend.json is written next to it.
+    /// The submission to write; blend.json is written next to it (not with --apply).
     #[arg(long, value_name = "PATH", default_value = "submission.csv")]
     pub out: PathBuf,
+    /// Reapply the blend an earlier `blend` saved in this blend.json to the members' (new)
+    /// submission.csv files: no OOF files, labels or fitting. The members must be the ones it
+    /// was fitted on, in the same order (checked by name).
+    #[arg(long, value_name = "BLEND.json", conflicts_with_all = ["train", "method", "weights",
+        "space", "calibrate", "folds_file"])]
+    pub apply: Option<PathBuf>,
     /// `weighted`: a convex combination of the members (see --weights, --space, --calibrate).
     /// `stack`: a multinomial logistic regression on the members' log-probabilities, fitted
     /// out of fold for the estimate and on all rows for the test.
@@ -240,6 +249,23 @@ pub struct TransformerArgs {
     /// configs/deberta.toml.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// A run folder written by `ensemble cv` (features.json, models/, metrics.json).
+    #[arg(long, value_name = "DIR", default_value = "runs/lgbm")]
+    pub run: PathBuf,
+    /// Test file in Kaggle's test.csv format (plain or .gz).
+    #[arg(long, value_name = "PATH")]
+    pub test: PathBuf,
+    /// Output folder for submission.csv and predict.json; must not be the run folder, whose
+    /// own submission.csv belongs to its cv test file.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Threads for features and LightGBM (0: all cores).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
 }
 
 #[derive(Args, Debug)]

@@ -6,7 +6,8 @@
 use anyhow::{bail, Context, Result};
 use ensembles::Outcome;
 use features::{parse_turns, Battle, TurnsIssue};
-use polars::prelude::*;
+use polars_core::prelude::*;
+use polars_io::prelude::*;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::HashSet;

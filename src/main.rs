@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod data;
 mod example;
+mod lgbm_run;
 mod report;
 
 use clap::Parser;

@@ -110,6 +110,7 @@ fn cv_on_the_arena_sample_writes_a_complete_run() {
     assert_eq!(metrics["train_rows"], 100);
     assert_eq!(metrics["folds"].as_array().unwrap().len(), 3);
     assert!(metrics["oof_log_loss"].as_f64().unwrap().is_finite());
+    assert_predict_reproduces_submission(&out, &test);
 
     let importance = ensemble(&["importance", "--run", out.to_str().unwrap(), "--top", "5"]);
     assert!(importance.status.success());
@@ -293,6 +294,86 @@ fn one_command_runs_on_the_generated_example() {
     // The example carries real signal: the model must beat the class prior clearly.
     assert!(loss < prior - 0.05, "OOF {loss} vs prior {prior}");
     assert_eq!(read_predictions(&out.join("submission.csv")).len(), 200);
+    assert_predict_reproduces_submission(&out, &out.join("example/test.csv"));
+}
+
+/// `predict` with the run's saved state on the run's own test file writes the submission
+/// `cv` wrote, within 1e-9; a run folder that lost a part is refused, naming it.
+fn assert_predict_reproduces_submission(run: &Path, test: &Path) {
+    let predicted = run.with_extension("predicted");
+    let args = |run: &Path| {
+        [
+            "predict",
+            "--run",
+            run.to_str().unwrap(),
+            "--test",
+            test.to_str().unwrap(),
+            "--out",
+            predicted.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+    };
+    let ensemble_args =
+        |run: &Path| ensemble(&args(run).iter().map(|a| a.as_str()).collect::<Vec<_>>());
+    let output = ensemble_args(run);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (expected, got) = (
+        read_predictions(&run.join("submission.csv")),
+        read_predictions(&predicted.join("submission.csv")),
+    );
+    assert_eq!(expected.len(), got.len());
+    for ((id, p), (got_id, q)) in expected.iter().zip(&got) {
+        assert_eq!(id, got_id);
+        for k in 0..3 {
+            assert!((p[k] - q[k]).abs() < 1e-9, "id {id}: {p:?} vs {q:?}");
+        }
+    }
+
+    let refused = |edit: &dyn Fn(&Path), expected: &str| {
+        let copy = run.with_extension("damaged");
+        let _ = std::fs::remove_dir_all(&copy);
+        std::fs::create_dir_all(copy.join("models")).unwrap();
+        for entry in ["features.json", "metrics.json"] {
+            std::fs::copy(run.join(entry), copy.join(entry)).unwrap();
+        }
+        for entry in std::fs::read_dir(run.join("models")).unwrap() {
+            let entry = entry.unwrap().path();
+            std::fs::copy(&entry, copy.join("models").join(entry.file_name().unwrap())).unwrap();
+        }
+        edit(&copy);
+        let output = ensemble_args(&copy);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(expected),
+            "{stderr}"
+        );
+    };
+    refused(
+        &|run| std::fs::remove_file(run.join("features.json")).unwrap(),
+        "features.json: the run folder lacks the fitted feature state",
+    );
+    refused(
+        &|run| std::fs::remove_file(run.join("models/fold_2.txt")).unwrap(),
+        "metrics.json records 3 folds but models has 2 model files",
+    );
+    refused(
+        &|run| std::fs::write(run.join("models/fold_1.txt"), "tree\nnot a model").unwrap(),
+        "fold_1.txt: not a LightGBM model",
+    );
+    let into_run = ensemble(&[
+        "predict",
+        "--run",
+        run.to_str().unwrap(),
+        "--test",
+        test.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&into_run.stderr).contains("is the run folder"));
 }
 
 #[test]

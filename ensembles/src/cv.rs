@@ -4,7 +4,7 @@
 //! both copies always sit on the same side of a fold. Predictions average the model over both
 //! orientations, which makes them exactly mirror-symmetric.
 use crate::folds::Folds;
-use crate::lgbm::{self, CsrView, Dataset, Rounds};
+use crate::lgbm::{self, CsrView, Dataset, Model, Rounds};
 use crate::outcome::swap_average;
 use crate::{metrics, Error, Outcome, Probs, Result};
 use serde::{Deserialize, Serialize};
@@ -219,9 +219,9 @@ pub fn cross_validate(
     };
 
     let mut oof = vec![[f64::NAN; 3]; n];
-    let mut test = vec![[0.0; 3]; inputs.test_as_given.n_rows()];
     let (mut gain, mut split) = (vec![0.0; n_features], vec![0.0; n_features]);
     let (mut reports, mut models) = (Vec::new(), Vec::new());
+    let predict_threads = format!("num_threads={}", params.threads());
     let n_folds = folds.n_folds();
     for fold in 0..n_folds {
         let started = Instant::now();
@@ -244,7 +244,6 @@ pub fn cross_validate(
         )?;
         drop((train_set, valid_set));
 
-        let predict_threads = format!("num_threads={}", params.threads());
         let predict = |rows: &[usize]| -> Result<Vec<f64>> {
             trained
                 .model
@@ -254,19 +253,6 @@ pub fn cross_validate(
         let fold_probs = swap_averaged(&predict(&held_out)?, &predict(&held_out_swapped)?);
         for (&row, p) in held_out.iter().zip(&fold_probs) {
             oof[row] = *p;
-        }
-        let test_probs = swap_averaged(
-            &trained
-                .model
-                .predict(inputs.test_as_given, &predict_threads)?,
-            &trained
-                .model
-                .predict(inputs.test_swapped, &predict_threads)?,
-        );
-        for (sum, p) in test.iter_mut().zip(&test_probs) {
-            for k in 0..3 {
-                sum[k] += p[k] / n_folds as f64;
-            }
         }
         let (fold_gain, fold_split) = trained.model.importance()?;
         if fold_gain.len() != n_features {
@@ -292,16 +278,61 @@ pub fn cross_validate(
         };
         progress(Progress::FoldFinished(report.clone()));
         reports.push(report);
-        models.push(trained.model.as_text().to_owned());
+        models.push(trained.model);
     }
+    let test = predict_mean(
+        &models,
+        inputs.test_as_given,
+        inputs.test_swapped,
+        params.threads(),
+    )?;
     Ok(CvOutput {
         oof,
         test,
         folds: reports,
         gain,
         split,
-        models,
+        models: models.iter().map(|m| m.as_text().to_owned()).collect(),
     })
+}
+
+/// Probabilities for rows given in both orientations (`swapped` holds the same rows with A
+/// and B exchanged): each model's swap-averaged prediction, then their mean. The CV predicts
+/// its test rows with this, and `ensemble predict` with the models a run saved, so both give
+/// the same numbers.
+pub fn predict_mean(
+    models: &[Model],
+    as_given: CsrView<'_>,
+    swapped: CsrView<'_>,
+    threads: usize,
+) -> Result<Vec<Probs>> {
+    if as_given.n_rows() != swapped.n_rows() {
+        return Err(Error::Invalid(format!(
+            "{} rows as given but {} swapped",
+            as_given.n_rows(),
+            swapped.n_rows()
+        )));
+    }
+    let params = format!("num_threads={threads}");
+    let mut mean = vec![[0.0; 3]; as_given.n_rows()];
+    for model in models {
+        if model.n_classes() != 3 {
+            return Err(Error::Invalid(format!(
+                "a model with {} classes; these predictions need 3 (A, B, tie)",
+                model.n_classes()
+            )));
+        }
+        let probs = swap_averaged(
+            &model.predict(as_given, &params)?,
+            &model.predict(swapped, &params)?,
+        );
+        for (sum, p) in mean.iter_mut().zip(&probs) {
+            for k in 0..3 {
+                sum[k] += p[k] / models.len() as f64;
+            }
+        }
+    }
+    Ok(mean)
 }
 
 #[cfg(test)]

@@ -394,6 +394,10 @@ impl Model {
         Ok(model)
     }
 
+    pub fn n_classes(&self) -> usize {
+        self.n_classes
+    }
+
     /// LightGBM's text format of the model.
     pub fn as_text(&self) -> &str {
         &self.text

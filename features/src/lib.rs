@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 use analysis::{analyze, join_turns};
 use columns::{write_dense_row, ColumnKind, Schema, Similarities, Values};
 pub use table::{CsrMatrix, FeatureTable, Orientation};
-use tfidf::Tfidf;
 pub use tfidf::TfidfConfig;
+use tfidf::{SavedVocabularies, Tfidf};
 pub use turns::{parse_turns, Turns, TurnsIssue};
 
 /// Errors of this crate.
@@ -44,6 +44,9 @@ pub enum Error {
     /// A [`FeatureConfig`] value out of range (e.g. an empty n-gram range).
     #[error("invalid feature configuration: {0}")]
     InvalidConfig(String),
+    /// A saved [`ExtractorState`] that cannot be restored.
+    #[error("invalid saved feature state: {0}")]
+    InvalidState(String),
 }
 
 /// One comparison: a prompt and two responses, each a list of turns.
@@ -76,6 +79,7 @@ pub struct FeatureConfig {
 /// Fitted TF-IDF vocabularies plus the column layout.
 #[derive(Clone, Debug)]
 pub struct Extractor {
+    config: FeatureConfig,
     tfidf: Tfidf,
     diff_columns: DiffColumns,
     similarities: Similarities,
@@ -98,6 +102,36 @@ impl Extractor {
             })
             .collect();
         let tfidf = Tfidf::fit(&documents, &config.tfidf);
+        Ok(Extractor::assemble(tfidf, config.clone()))
+    }
+
+    /// What fitting learned, to be saved with a run: [`Extractor::restore`] rebuilds an
+    /// extractor that computes bit-identical features.
+    pub fn state(&self) -> ExtractorState {
+        ExtractorState {
+            format: ExtractorState::FORMAT,
+            config: self.config.clone(),
+            vocabularies: self.tfidf.saved(),
+        }
+    }
+
+    /// The extractor a saved [`ExtractorState`] describes; refuses a state whose parts
+    /// disagree (vocabularies against the config, lengths, idf values, hashing).
+    pub fn restore(state: ExtractorState) -> Result<Extractor, Error> {
+        if state.format != ExtractorState::FORMAT {
+            return Err(Error::InvalidState(format!(
+                "format {}, this build reads format {}",
+                state.format,
+                ExtractorState::FORMAT
+            )));
+        }
+        state.config.tfidf.validate()?;
+        let tfidf = Tfidf::restore(state.vocabularies, &state.config.tfidf)?;
+        Ok(Extractor::assemble(tfidf, state.config))
+    }
+
+    /// The column layout of a fitted TF-IDF.
+    fn assemble(tfidf: Tfidf, config: FeatureConfig) -> Extractor {
         let similarities = Similarities {
             word: tfidf.word.is_some(),
             char: tfidf.char.is_some(),
@@ -124,13 +158,14 @@ impl Extractor {
                 names.extend(kept.iter().map(|name| format!("{prefix}{name}")));
             }
         }
-        Ok(Extractor {
+        Extractor {
+            config,
             tfidf,
             diff_columns,
             similarities,
             dense_kinds: schema.kinds,
             names,
-        })
+        }
     }
 
     /// Computes all features for every battle, in parallel over blocks of battles.
@@ -201,6 +236,21 @@ impl Extractor {
     pub fn feature_names(&self) -> &[String] {
         &self.names
     }
+}
+
+/// An [`Extractor`]'s fitted state as saved with a run (the run folder's `features.json`):
+/// the feature config and the TF-IDF vocabularies with their idf.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractorState {
+    /// Bumped whenever the features computed from the same state change.
+    format: u32,
+    config: FeatureConfig,
+    vocabularies: SavedVocabularies,
+}
+
+impl ExtractorState {
+    const FORMAT: u32 = 1;
 }
 
 /// How many n-grams of each vocabulary (its first, most frequent ones) become A−B columns.

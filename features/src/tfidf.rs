@@ -106,40 +106,85 @@ pub(crate) struct Tfidf {
     max_chars_per_text: usize,
 }
 
+/// The (word, char) vocabulary specs of a config; `None` for a switched-off analyzer.
+fn specs(config: &TfidfConfig) -> [Option<VocabularySpec>; 2] {
+    [
+        config.word.then_some(VocabularySpec {
+            analyzer: Analyzer::Word {
+                min: config.word_ngram_min,
+                max: config.word_ngram_max,
+            },
+            max_features: config.word_max_features,
+        }),
+        config.char.then_some(VocabularySpec {
+            analyzer: Analyzer::Char {
+                min: config.char_ngram_min,
+                max: config.char_ngram_max,
+            },
+            max_features: config.char_max_features,
+        }),
+    ]
+}
+
 impl Tfidf {
     /// Fits on lowercased documents; the config must have been validated.
     pub fn fit(lowercase_documents: &[String], config: &TfidfConfig) -> Tfidf {
-        let mut specs = Vec::new();
-        if config.word {
-            specs.push(VocabularySpec {
-                analyzer: Analyzer::Word {
-                    min: config.word_ngram_min,
-                    max: config.word_ngram_max,
-                },
-                max_features: config.word_max_features,
-            });
-        }
-        if config.char {
-            specs.push(VocabularySpec {
-                analyzer: Analyzer::Char {
-                    min: config.char_ngram_min,
-                    max: config.char_ngram_max,
-                },
-                max_features: config.char_max_features,
-            });
-        }
+        let [word, char] = specs(config);
         let mut vocabularies = Vocabulary::fit_all(
             lowercase_documents,
-            &specs,
+            &[word, char].into_iter().flatten().collect::<Vec<_>>(),
             (config.min_df, config.max_df),
             config.max_chars_per_text,
         )
         .into_iter();
         Tfidf {
-            word: config.word.then(|| vocabularies.next()).flatten(),
-            char: config.char.then(|| vocabularies.next()).flatten(),
+            word: word.and_then(|_| vocabularies.next()),
+            char: char.and_then(|_| vocabularies.next()),
             max_chars_per_text: config.max_chars_per_text,
         }
+    }
+
+    /// The fitted vocabularies, to be saved (see [`SavedVocabularies`]).
+    pub fn saved(&self) -> SavedVocabularies {
+        SavedVocabularies {
+            hash_probe: hash_probe(),
+            word: self.word.as_ref().map(Vocabulary::saved),
+            char: self.char.as_ref().map(Vocabulary::saved),
+        }
+    }
+
+    /// Rebuilds the fitted TF-IDF from saved vocabularies and the (validated) config they were
+    /// fitted with, checking that they agree.
+    pub fn restore(saved: SavedVocabularies, config: &TfidfConfig) -> Result<Tfidf, Error> {
+        if saved.hash_probe != hash_probe() {
+            return Err(Error::InvalidState(
+                "it was written by a build that hashes n-grams differently; refit".into(),
+            ));
+        }
+        let [word_spec, char_spec] = specs(config);
+        let restore =
+            |what: &str, spec: Option<VocabularySpec>, saved: Option<SavedVocabulary>| match (
+                spec, saved,
+            ) {
+                (None, None) => Ok(None),
+                (Some(spec), Some(saved)) => Vocabulary::restore(spec, saved)
+                    .map(Some)
+                    .map_err(|e| Error::InvalidState(format!("{what} vocabulary: {e}"))),
+                (spec, _) => Err(Error::InvalidState(format!(
+                    "the config has {what} n-grams {}, the saved vocabularies {}",
+                    if spec.is_some() { "on" } else { "off" },
+                    if spec.is_some() {
+                        "have none"
+                    } else {
+                        "have them"
+                    },
+                ))),
+            };
+        Ok(Tfidf {
+            word: restore("word", word_spec, saved.word)?,
+            char: restore("char", char_spec, saved.char)?,
+            max_chars_per_text: config.max_chars_per_text,
+        })
     }
 
     /// (word, char) TF-IDF vectors of one document; empty for a switched-off analyzer.
@@ -372,6 +417,30 @@ pub(crate) struct VocabularySpec {
     pub max_features: usize,
 }
 
+/// Fitted vocabularies as saved with a run. N-grams are known by their 64-bit hashes, so the
+/// saved state carries the hash of a fixed probe text: a build whose hashing differs (another
+/// hash function or version) is refused instead of silently matching nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedVocabularies {
+    hash_probe: u64,
+    word: Option<SavedVocabulary>,
+    char: Option<SavedVocabulary>,
+}
+
+/// One vocabulary in column order: each n-gram's hash, readable name and idf.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedVocabulary {
+    hashes: Vec<u64>,
+    names: Vec<String>,
+    idf: Vec<f64>,
+}
+
+fn hash_probe() -> u64 {
+    hash_bytes("ensemble n-gram hash probe: Ünïcode, 1234".as_bytes())
+}
+
 impl Vocabulary {
     /// Fits one vocabulary per spec in a single pass over the lowercased documents: selects
     /// the `max_features` n-grams with the highest document frequency (within `min_df`..`max_df`) and
@@ -449,6 +518,56 @@ impl Vocabulary {
 
     pub fn len(&self) -> usize {
         self.idf.len()
+    }
+
+    fn saved(&self) -> SavedVocabulary {
+        let mut hashes = vec![0; self.len()];
+        for (&hash, &column) in &self.columns {
+            hashes[column as usize] = hash;
+        }
+        SavedVocabulary {
+            hashes,
+            names: self.names.clone(),
+            idf: self.idf.clone(),
+        }
+    }
+
+    fn restore(spec: VocabularySpec, saved: SavedVocabulary) -> Result<Vocabulary, String> {
+        let SavedVocabulary { hashes, names, idf } = saved;
+        let n = hashes.len();
+        if names.len() != n || idf.len() != n {
+            return Err(format!(
+                "{n} hashes, {} names and {} idf values",
+                names.len(),
+                idf.len()
+            ));
+        }
+        if n > spec.max_features {
+            return Err(format!(
+                "{n} n-grams, more than the config's {}",
+                spec.max_features
+            ));
+        }
+        if let Some(bad) = idf.iter().position(|v| !(v.is_finite() && *v >= 1.0)) {
+            return Err(format!(
+                "idf of `{}` is {}; smooth idf is finite and at least 1",
+                names[bad], idf[bad]
+            ));
+        }
+        let columns: FxHashMap<u64, u32> = hashes
+            .iter()
+            .enumerate()
+            .map(|(column, &hash)| (hash, column as u32))
+            .collect();
+        if columns.len() != n {
+            return Err("an n-gram hash appears twice".into());
+        }
+        Ok(Vocabulary {
+            analyzer: spec.analyzer,
+            columns,
+            idf,
+            names,
+        })
     }
 
     /// Sublinear-tf TF-IDF vector of one document, l2-normalised.

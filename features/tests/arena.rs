@@ -455,3 +455,65 @@ fn edge_case_texts_are_finite_and_swap_exactly() {
         "identical_ab"
     );
 }
+
+/// A fitted extractor saved as JSON and restored computes bit-identical features, on battles
+/// it was not fitted on too; a state whose parts disagree is refused, naming what is wrong.
+#[test]
+fn saved_state_restores_bit_identical_features() {
+    let Some(battles) = arena_battles() else {
+        return;
+    };
+    let (fit_on, unseen) = battles.split_at(60);
+    let fitted = Extractor::fit(fit_on, &small_config()).unwrap();
+    let json = serde_json::to_string(&fitted.state()).unwrap();
+    let restored = Extractor::restore(serde_json::from_str(&json).unwrap()).unwrap();
+    assert_eq!(fitted.feature_names(), restored.feature_names());
+    let rows: Vec<usize> = (0..battles.len()).collect();
+    for orientation in [Orientation::AsGiven, Orientation::Swapped] {
+        assert_bit_identical(
+            &fitted.transform(&battles).csr(&rows, orientation),
+            &restored.transform(&battles).csr(&rows, orientation),
+            "restored extractor",
+        );
+    }
+    assert!(!unseen.is_empty());
+
+    let refused = |edit: &dyn Fn(&mut serde_json::Value), expected: &str| {
+        let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        edit(&mut value);
+        let state = serde_json::from_value(value).unwrap();
+        let error = Extractor::restore(state).unwrap_err().to_string();
+        assert!(error.contains(expected), "{error:?} lacks {expected:?}");
+    };
+    refused(&|v| v["format"] = 99.into(), "format 99");
+    refused(
+        &|v| v["vocabularies"]["hash_probe"] = 1.into(),
+        "hashes n-grams differently",
+    );
+    refused(
+        &|v| v["config"]["tfidf"]["char"] = false.into(),
+        "the config has char n-grams off",
+    );
+    refused(
+        &|v| v["config"]["tfidf"]["word_max_features"] = 3.into(),
+        "more than the config's 3",
+    );
+    refused(
+        &|v| v["vocabularies"]["word"]["idf"][0] = 0.5.into(),
+        "word vocabulary: idf of",
+    );
+    refused(
+        &|v| {
+            let names = v["vocabularies"]["char"]["names"].as_array_mut().unwrap();
+            names.pop();
+        },
+        "char vocabulary:",
+    );
+    refused(
+        &|v| {
+            let hashes = &mut v["vocabularies"]["word"]["hashes"];
+            hashes[1] = hashes[0].clone();
+        },
+        "an n-gram hash appears twice",
+    );
+}

@@ -7,7 +7,18 @@ use ensembles::blend::{self, BlendRequest, FoldsChoice, Method, Space, WeightCho
 use std::path::{Path, PathBuf};
 
 pub fn run(args: BlendArgs) -> Result<()> {
-    refuse_overwriting_inputs(&args.members, &args.out)?;
+    if let Some(saved) = &args.apply {
+        refuse_overwriting_inputs(&args.members, &args.out, Some(saved))?;
+        let rows = blend::apply(saved, &args.members, &args.out)?;
+        println!(
+            "applied the blend in {} to {} member(s): wrote {} ({rows} rows)",
+            saved.display(),
+            args.members.len(),
+            args.out.display()
+        );
+        return Ok(());
+    }
+    refuse_overwriting_inputs(&args.members, &args.out, None)?;
     let method = method(&args)?;
     let train = data::read_train(&training_file(&args)?)?;
     let request = BlendRequest {
@@ -28,9 +39,22 @@ pub fn run(args: BlendArgs) -> Result<()> {
 }
 
 /// Refuses an output that is one of the inputs: run inside a member's folder, the default
-/// `--out submission.csv` would replace that member's own submission.
-fn refuse_overwriting_inputs(members: &[MemberSource], out: &Path) -> Result<()> {
-    let outputs = [resolved(out), resolved(&out.with_file_name("blend.json"))];
+/// `--out submission.csv` would replace that member's own submission. With `--apply`, only
+/// the submission is written, and it must not replace the saved blend either.
+fn refuse_overwriting_inputs(
+    members: &[MemberSource],
+    out: &Path,
+    saved_blend: Option<&Path>,
+) -> Result<()> {
+    let outputs = match saved_blend {
+        None => vec![resolved(out), resolved(&out.with_file_name("blend.json"))],
+        Some(saved) => {
+            if resolved(out) == resolved(saved) {
+                bail!("--out {} is the --apply file itself", out.display());
+            }
+            vec![resolved(out)]
+        }
+    };
     for member in members {
         let inputs = [
             Some(&member.oof),

@@ -3,6 +3,7 @@ use crate::cli::CvArgs;
 use crate::config::{self, FoldGroups, LgbmRunConfig};
 use crate::data::{self, TextIssues};
 use crate::example;
+use crate::lgbm_run;
 use crate::report;
 use anyhow::{bail, Context, Result};
 use ensembles::cv::{self, CvInputs, FoldReport, Progress};
@@ -103,7 +104,7 @@ pub fn run(args: CvArgs) -> Result<()> {
             .build_global();
     }
     let (train_path, test_path) = resolve_inputs(&args)?;
-    std::fs::create_dir_all(args.out.join("models"))
+    std::fs::create_dir_all(args.out.join(lgbm_run::MODELS_DIR))
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut timings = Timings::default();
 
@@ -216,10 +217,7 @@ pub fn run(args: CvArgs) -> Result<()> {
         std::fs::remove_file(&submission)
             .with_context(|| format!("cannot remove the earlier {}", submission.display()))?;
     }
-    for (fold, model) in output.models.iter().enumerate() {
-        let path = args.out.join("models").join(format!("fold_{fold}.txt"));
-        std::fs::write(&path, model).with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    lgbm_run::write(&args.out, &extractor, &output.models)?;
     let importance = report::Importance::new(names, &output.gain, &output.split);
     importance.write_csv(&args.out.join("importance.csv"))?;
     importance.write_svg(&args.out.join("importance.svg"), 30)?;
@@ -251,7 +249,7 @@ pub fn run(args: CvArgs) -> Result<()> {
     Ok(())
 }
 
-fn view(csr: &CsrMatrix) -> CsrView<'_> {
+pub(super) fn view(csr: &CsrMatrix) -> CsrView<'_> {
     CsrView {
         indptr: &csr.indptr,
         indices: &csr.indices,
@@ -265,7 +263,7 @@ fn prior_log_loss(labels: &[Outcome]) -> f64 {
     metrics::log_loss(labels, &vec![prior; labels.len()])
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+pub(super) fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }

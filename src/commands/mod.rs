@@ -2,6 +2,7 @@
 mod blend;
 mod cv;
 mod importance;
+mod predict;
 #[cfg(feature = "transformer")]
 mod transformer;
 
@@ -11,6 +12,7 @@ use anyhow::Result;
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Cv(args) => cv::run(args),
+        Command::Predict(args) => predict::run(args),
         Command::Importance(args) => importance::run(args),
         Command::Blend(args) => blend::run(args),
         #[cfg(feature = "transformer")]

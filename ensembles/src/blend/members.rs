@@ -175,30 +175,11 @@ impl MemberSet {
         let train_row = index_ids(train_ids)
             .map_err(|id| Error::Invalid(format!("training id {id} appears twice")))?;
         let mut oof = Vec::with_capacity(sources.len());
-        let mut test = Vec::with_capacity(sources.len());
-        let mut test_ids: Vec<String> = Vec::new();
         let mut shared: Option<SharedFolds> = None;
-        for (i, source) in sources.iter().enumerate() {
+        for source in sources {
             let member_oof = read_aligned(&source.oof, train_ids, &train_row, "training ids")
                 .map_err(Error::in_member(&source.name))?;
             oof.push(member_oof);
-            if i == 0 {
-                let first = Predictions::read(&source.submission)
-                    .map_err(Error::in_member(&source.name))?;
-                test_ids = first.ids;
-                test.push(first.probs);
-            } else {
-                let test_row = index_ids(&test_ids).expect("ids checked unique on reading");
-                let reference = format!(
-                    "test ids of member {}'s {}",
-                    sources[0].name,
-                    sources[0].submission.display()
-                );
-                let member_test =
-                    read_aligned(&source.submission, &test_ids, &test_row, &reference)
-                        .map_err(Error::in_member(&source.name))?;
-                test.push(member_test);
-            }
             if let Some(path) = &source.folds {
                 let member_folds =
                     Folds::read(path, train_ids).map_err(Error::in_member(&source.name))?;
@@ -222,13 +203,37 @@ impl MemberSet {
                 }
             }
         }
+        let (test_ids, test) = MemberSet::load_test(sources)?;
         Ok(MemberSet {
             sources: sources.to_vec(),
             oof: MemberMatrix::from_members(&oof)?,
             test_ids,
-            test: MemberMatrix::from_members(&test)?,
+            test,
             folds: shared,
         })
+    }
+
+    /// The members' test predictions alone, rows in the first member's order; every member
+    /// must cover exactly the first member's test ids.
+    pub fn load_test(sources: &[MemberSource]) -> Result<(Vec<String>, MemberMatrix)> {
+        let Some(first_source) = sources.first() else {
+            return Err(Error::Invalid("a blend needs at least one member".into()));
+        };
+        let Predictions { ids, probs } = Predictions::read(&first_source.submission)
+            .map_err(Error::in_member(&first_source.name))?;
+        let test_row = index_ids(&ids).expect("ids checked unique on reading");
+        let reference = format!(
+            "test ids of member {}'s {}",
+            first_source.name,
+            first_source.submission.display()
+        );
+        let mut test = vec![probs];
+        for source in &sources[1..] {
+            let member_test = read_aligned(&source.submission, &ids, &test_row, &reference)
+                .map_err(Error::in_member(&source.name))?;
+            test.push(member_test);
+        }
+        Ok((ids, MemberMatrix::from_members(&test)?))
     }
 }
 

@@ -33,8 +33,11 @@ pub enum Method {
     Stack,
 }
 
-/// A blend fitted on a set of OOF rows.
-enum FittedBlend {
+/// A blend fitted on a set of OOF rows; `blend.json` carries the one fitted on all rows
+/// (its `model`), which `ensemble blend --apply` reapplies to members' new predictions.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum FittedBlend {
     Weighted(WeightedBlend),
     Stack(StackModel),
 }
@@ -73,6 +76,22 @@ impl FittedBlend {
             FittedBlend::Stack(model) => model.predict(members),
         }
     }
+
+    fn n_members(&self) -> usize {
+        match self {
+            FittedBlend::Weighted(blend) => blend.weights.len(),
+            FittedBlend::Stack(model) => model.n_members(),
+        }
+    }
+
+    /// Test predictions as the submission has them: clipped at the metric's epsilon and
+    /// renormalised.
+    fn predict_submission(&self, members: &MemberMatrix) -> Vec<Probs> {
+        self.predict(members)
+            .into_iter()
+            .map(clip_renormalise)
+            .collect()
+    }
 }
 
 /// What fitting a blend produced.
@@ -91,6 +110,8 @@ pub struct BlendFit {
     /// The test predictions of the blend fitted on all OOF rows, clipped at the metric's
     /// epsilon and renormalised.
     pub test: Vec<Probs>,
+    /// The blend fitted on all OOF rows.
+    pub model: FittedBlend,
 }
 
 /// Fits the blend on all OOF rows (for the test predictions and the in-sample loss) and once
@@ -154,11 +175,8 @@ pub fn fit_blend(
         in_sample: full.predict(oof),
         nested,
         nested_fold_losses,
-        test: full
-            .predict(test)
-            .into_iter()
-            .map(clip_renormalise)
-            .collect(),
+        test: full.predict_submission(test),
+        model: full,
     })
 }
 
@@ -232,6 +250,8 @@ pub struct BlendReport {
     pub n_test: usize,
     pub submission: PathBuf,
     pub report: PathBuf,
+    /// The blend fitted on all OOF rows, for `ensemble blend --apply`.
+    pub model: FittedBlend,
 }
 
 /// Reads and checks the members, fits the blend, writes the submission and `blend.json` next
@@ -304,11 +324,61 @@ pub fn run(request: &BlendRequest) -> Result<BlendReport> {
         n_test: members.test_ids.len(),
         submission: request.out.clone(),
         report: report_path.clone(),
+        model: fit.model,
     };
     let json = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::Invalid(format!("serialising the report: {e}")))?;
     std::fs::write(&report_path, json + "\n").map_err(Error::io(&report_path))?;
     Ok(report)
+}
+
+/// What `ensemble blend --apply` reads back from a `blend.json`.
+#[derive(serde::Deserialize)]
+struct SavedBlend {
+    members: Vec<SavedMember>,
+    model: FittedBlend,
+}
+
+#[derive(serde::Deserialize)]
+struct SavedMember {
+    name: String,
+}
+
+/// Applies the blend a `blend.json` saved to the members' (new) test predictions, without
+/// OOF files or labels: the members must be those the blend was fitted on, in the same order
+/// (checked by name). Writes the submission to `out` and returns the number of rows.
+pub fn apply(saved_blend: &Path, members: &[MemberSource], out: &Path) -> Result<usize> {
+    let text = std::fs::read_to_string(saved_blend).map_err(Error::io(saved_blend))?;
+    let saved: SavedBlend = serde_json::from_str(&text).map_err(|e| Error::BadFile {
+        path: saved_blend.to_owned(),
+        line: e.line(),
+        message: format!("not a blend.json of this version: {e}"),
+    })?;
+    let mismatch = |message: String| Error::Mismatch {
+        path: saved_blend.to_owned(),
+        message,
+    };
+    let recorded: Vec<&str> = saved.members.iter().map(|m| m.name.as_str()).collect();
+    let given: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    if recorded != given {
+        return Err(mismatch(format!(
+            "the blend was fitted on members {recorded:?}, in that order; --members gives {given:?}"
+        )));
+    }
+    if saved.model.n_members() != members.len() {
+        return Err(mismatch(format!(
+            "its model has {} members but it lists {}",
+            saved.model.n_members(),
+            members.len()
+        )));
+    }
+    let (test_ids, test) = MemberSet::load_test(members)?;
+    let probs = saved.model.predict_submission(&test);
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    }
+    Predictions::new(test_ids, probs).write(out)?;
+    Ok(test.n_rows())
 }
 
 /// The members' folds (checked against `--folds-file` when both exist), else the folds file,

@@ -1,8 +1,9 @@
 //! Stacking: a multinomial logistic regression (linfa) on the members' log-probabilities.
 use super::members::MemberMatrix;
+use super::weighted::softmax;
 use crate::{Error, Outcome, Probs, Result};
 use linfa::prelude::*;
-use linfa_logistic::{MultiFittedLogisticRegression, MultiLogisticRegression};
+use linfa_logistic::MultiLogisticRegression;
 use ndarray::{Array1, Array2};
 
 /// L2 penalty on the coefficients, against the loss summed (not averaged) over rows: it only
@@ -12,9 +13,15 @@ const MAX_ITERATIONS: u64 = 500;
 /// Stops when the mean (per-row) gradient is this small.
 const GRADIENT_TOLERANCE_PER_ROW: f64 = 1e-7;
 
-#[derive(Clone, Debug)]
+/// A fitted stacking model: softmax(x·W + b) over x, the members' log-probabilities. Kept as
+/// plain coefficients (not linfa's fitted type) so that `blend.json` can carry it and
+/// `ensemble blend --apply` predicts with exactly the numbers the fit made.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StackModel {
-    model: MultiFittedLogisticRegression<f64, usize>,
+    /// One row per member and outcome (member-major, as the features), one column per class.
+    coefficients: Vec<Probs>,
+    intercept: Probs,
 }
 
 impl StackModel {
@@ -33,15 +40,33 @@ impl StackModel {
                 model.classes()
             )));
         }
-        Ok(StackModel { model })
+        let (params, intercept) = (model.params(), model.intercept());
+        Ok(StackModel {
+            coefficients: params
+                .rows()
+                .into_iter()
+                .map(|row| [row[0], row[1], row[2]])
+                .collect(),
+            intercept: [intercept[0], intercept[1], intercept[2]],
+        })
+    }
+
+    pub fn n_members(&self) -> usize {
+        self.coefficients.len() / 3
     }
 
     pub fn predict(&self, members: &MemberMatrix) -> Vec<Probs> {
-        self.model
-            .predict_probabilities(&features(members))
-            .rows()
-            .into_iter()
-            .map(|row| [row[0], row[1], row[2]])
+        (0..members.n_rows())
+            .map(|r| {
+                let mut scores = self.intercept;
+                for (j, w) in self.coefficients.iter().enumerate() {
+                    let x = members.row(r)[j / 3][j % 3].ln();
+                    for c in 0..3 {
+                        scores[c] += x * w[c];
+                    }
+                }
+                softmax(scores)
+            })
             .collect()
     }
 }

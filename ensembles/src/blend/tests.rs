@@ -702,4 +702,62 @@ mod files {
             assert!((0..3).all(|c| (w[c] - o[c]).abs() < 1e-12));
         }
     }
+
+    #[test]
+    fn apply_reproduces_the_submission_from_blend_json_without_oof_files() {
+        let ids = train_ids();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let methods = [
+            ("probability", auto(Space::Probability)),
+            (
+                "logit-calibrated",
+                Method::Weighted {
+                    space: Space::Logit,
+                    weights: WeightChoice::Auto,
+                    calibrate: true,
+                },
+            ),
+            ("stack", Method::Stack),
+        ];
+        for (name, method) in methods {
+            let dir = temp_dir(&format!("apply-{name}"));
+            let members = vec![
+                run_folder(&dir, "lgbm", &ids, &["t2", "t1", "t3"], None),
+                run_folder(&dir, "deberta", &ids, &["t3", "t2", "t1"], None),
+            ];
+            let blend = request(&dir, members.clone(), method);
+            run(&blend).unwrap();
+            for member in &members {
+                std::fs::remove_file(&member.oof).unwrap();
+            }
+            let applied = dir.join("applied/submission.csv");
+            let saved = dir.join("out/blend.json");
+            assert_eq!(apply(&saved, &members, &applied).unwrap(), 3);
+            assert_eq!(
+                Predictions::read(&applied).unwrap(),
+                Predictions::read(&blend.out).unwrap(),
+                "{name}"
+            );
+
+            let reversed: Vec<MemberSource> = members.iter().rev().cloned().collect();
+            let message = apply(&saved, &reversed, &applied).unwrap_err().to_string();
+            assert_names(
+                &message,
+                &[
+                    "blend.json",
+                    r#"fitted on members ["lgbm", "deberta"], in that order"#,
+                ],
+            );
+        }
+        let garbled = temp_dir("apply-garbled").join("blend.json");
+        std::fs::write(
+            &garbled,
+            "{\"members\": [], \"model\": {\"method\": \"magic\"}}",
+        )
+        .unwrap();
+        let message = apply(&garbled, &[], &garbled.with_extension("csv"))
+            .unwrap_err()
+            .to_string();
+        assert_names(&message, &["blend.json", "line 1", "not a blend.json"]);
+    }
 }

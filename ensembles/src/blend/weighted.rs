@@ -5,7 +5,7 @@ use super::simplex::{self, Objective};
 use crate::{Error, Outcome, Probs, Result};
 
 /// What the weights average.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Space {
     /// The weighted mean of the probabilities.
@@ -24,7 +24,8 @@ pub enum WeightChoice {
 }
 
 /// A fitted weighted blend.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WeightedBlend {
     pub space: Space,
     pub weights: Vec<f64>,
@@ -134,7 +135,7 @@ fn normalised_fixed(weights: &[f64], n_members: usize) -> Result<Vec<f64>> {
     Ok(weights.iter().map(|w| w / total).collect())
 }
 
-fn softmax(scores: Probs) -> Probs {
+pub(super) fn softmax(scores: Probs) -> Probs {
     let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let exp = scores.map(|s| (s - max).exp());
     let total: f64 = exp.iter().sum();

@@ -1,0 +1,86 @@
+//! `ensemble predict`: a saved feature-model run applied to a new test file.
+use crate::cli::PredictArgs;
+use crate::data;
+use crate::lgbm_run::SavedRun;
+use anyhow::{bail, Context, Result};
+use ensembles::cv::predict_mean;
+use ensembles::predictions::Predictions;
+use features::Orientation;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What `predict.json` records.
+#[derive(Serialize)]
+struct PredictSummary {
+    run: PathBuf,
+    test: PathBuf,
+    test_rows: usize,
+    models: usize,
+    features: usize,
+    seconds: f64,
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    let started = Instant::now();
+    let same_folder = std::fs::canonicalize(&args.run)
+        .ok()
+        .zip(std::fs::canonicalize(&args.out).ok())
+        .is_some_and(|(run, out)| run == out);
+    if same_folder {
+        bail!(
+            "--out {} is the run folder: its submission.csv belongs to the run's own test file; \
+             choose another folder",
+            args.out.display()
+        );
+    }
+    if args.threads > 0 {
+        // Features use rayon's global pool; size it like LightGBM's.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(args.threads)
+            .build_global();
+    }
+    let saved = SavedRun::read(&args.run)?;
+    let test = data::read_test(&args.test)?;
+    if test.text_issues.total() > 0 {
+        eprintln!(
+            "{}: {} text fields kept as they were: {}",
+            args.test.display(),
+            test.text_issues.total(),
+            test.text_issues.examples.join("; ")
+        );
+    }
+    let table = saved.extractor.transform(&test.battles);
+    let rows: Vec<usize> = (0..test.ids.len()).collect();
+    let (as_given, swapped) = (
+        table.csr(&rows, Orientation::AsGiven),
+        table.csr(&rows, Orientation::Swapped),
+    );
+    let probs = predict_mean(
+        &saved.models,
+        super::cv::view(&as_given),
+        super::cv::view(&swapped),
+        args.threads,
+    )?;
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let n_test = test.ids.len();
+    Predictions::new(test.ids, probs).write(&args.out.join("submission.csv"))?;
+    let summary = PredictSummary {
+        run: std::fs::canonicalize(&args.run).unwrap_or(args.run),
+        test: std::fs::canonicalize(&args.test).unwrap_or(args.test),
+        test_rows: n_test,
+        models: saved.models.len(),
+        features: saved.extractor.feature_names().len(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    super::cv::write_json(&args.out.join("predict.json"), &summary)?;
+    println!(
+        "predicted {n_test} battles with {} fold models in {:.1}s: wrote {}",
+        summary.models,
+        summary.seconds,
+        args.out.join("submission.csv").display()
+    );
+    Ok(())
+}
