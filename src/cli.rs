@@ -165,10 +165,16 @@ pub struct CvArgs {
     /// Most boosting rounds per fold [config: lgbm.max_rounds].
     #[arg(long)]
     pub max_rounds: Option<usize>,
-    /// Stop a fold after this many rounds without a better held-out log loss
+    /// Stop a fold after this many rounds without a better log loss on the watched rows
     /// [config: lgbm.early_stopping_rounds].
     #[arg(long)]
     pub early_stopping: Option<usize>,
+    /// The rows early stopping watches. `inner-fold`: the next fold, left out of training, so
+    /// the held-out fold is never looked at before it is scored (honest OOF; models train on
+    /// K-2 folds). `held-out`: the held-out fold itself, as many notebooks do; it flatters
+    /// the OOF score [config: lgbm.early_stopping_on, default inner-fold].
+    #[arg(long, value_name = "inner-fold|held-out")]
+    pub early_stopping_on: Option<ensembles::cv::StoppingRows>,
     /// Threads for features and LightGBM; 0 means every core [config: lgbm.num_threads].
     #[arg(long)]
     pub threads: Option<usize>,

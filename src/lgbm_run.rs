@@ -3,6 +3,7 @@
 //! reads them back; both go through here.
 use anyhow::{bail, Context, Result};
 use ensembles::lgbm::Model;
+use ensembles::stage_file::write_atomically;
 use features::{Extractor, ExtractorState};
 use std::path::{Path, PathBuf};
 
@@ -15,12 +16,19 @@ fn model_path(run: &Path, fold: usize) -> PathBuf {
 
 /// Writes `features.json` and one model file per fold into `run` (whose `models/` exists).
 pub fn write(run: &Path, extractor: &Extractor, models: &[String]) -> Result<()> {
-    let path = run.join(FEATURES_FILE);
     let text = serde_json::to_string(&extractor.state())?;
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    write_atomically(&run.join(FEATURES_FILE), text.as_bytes())?;
     for (fold, model) in models.iter().enumerate() {
-        let path = model_path(run, fold);
-        std::fs::write(&path, model).with_context(|| format!("cannot write {}", path.display()))?;
+        write_atomically(&model_path(run, fold), model.as_bytes())?;
+    }
+    // Model files of an earlier run with more folds would be read as this run's.
+    for fold in models.len().. {
+        let stale = model_path(run, fold);
+        if !stale.exists() {
+            break;
+        }
+        std::fs::remove_file(&stale)
+            .with_context(|| format!("cannot remove the earlier {}", stale.display()))?;
     }
     Ok(())
 }

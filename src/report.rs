@@ -1,9 +1,12 @@
 //! Reports for people: plain-text tables and the feature-importance files.
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+use ensembles::stage_file::{self, StageFile};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::fmt::Write as _;
 use std::path::Path;
+
+const HEADER: [&str; 3] = ["feature", "gain", "split"];
 
 /// Left-aligned first column, right-aligned numbers, columns sized to fit.
 pub fn text_table(rows: &[Vec<String>]) -> String {
@@ -53,49 +56,30 @@ impl Importance {
         Importance { rows }
     }
 
-    /// `feature,gain,split`; feature names are quoted since n-grams can hold commas.
+    /// `feature,gain,split`; n-gram names with commas or quotes are quoted.
     pub fn write_csv(&self, path: &Path) -> Result<()> {
-        let mut text = String::from("feature,gain,split\n");
-        for (name, gain, split) in &self.rows {
-            writeln!(text, "\"{}\",{gain},{split}", name.replace('"', "\"\"")).unwrap();
-        }
-        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+        let rows = self
+            .rows
+            .iter()
+            .map(|(name, gain, split)| [name.clone(), gain.to_string(), split.to_string()]);
+        Ok(stage_file::write(path, &HEADER, rows)?)
     }
 
     pub fn read_csv(path: &Path) -> Result<Importance> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut lines = text.lines().enumerate();
-        if lines.next().map(|(_, h)| h) != Some("feature,gain,split") {
-            bail!(
-                "{}, line 1: the header must be `feature,gain,split`",
-                path.display()
-            );
-        }
+        let file = StageFile::read(path, &HEADER)?;
         let mut rows = Vec::new();
-        for (index, line) in lines {
-            let parsed = line.rsplitn(3, ',').collect::<Vec<_>>();
-            let [split, gain, name] = parsed[..] else {
-                bail!(
-                    "{}, line {}: expected `feature,gain,split`",
-                    path.display(),
-                    index + 1
-                );
-            };
+        for (line, fields) in file.rows() {
             let number = |field: &str| {
-                field.parse::<f64>().with_context(|| {
-                    format!(
-                        "{}, line {}: {field:?} is not a number",
-                        path.display(),
-                        index + 1
-                    )
-                })
+                field
+                    .trim()
+                    .parse::<f64>()
+                    .map_err(|_| file.error(line, format!("{field:?} is not a number")))
             };
-            let name = name
-                .strip_prefix('"')
-                .and_then(|n| n.strip_suffix('"'))
-                .unwrap_or(name);
-            rows.push((name.replace("\"\"", "\""), number(gain)?, number(split)?));
+            rows.push((
+                fields[0].to_string(),
+                number(&fields[1])?,
+                number(&fields[2])?,
+            ));
         }
         Ok(Importance { rows })
     }

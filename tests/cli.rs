@@ -129,10 +129,32 @@ fn reusing_folds_file_holds_out_the_same_rows() {
     }
     let out = temp_dir("arena-refold");
     let folds = out.join("given.csv");
-    let mut text = String::from("id,fold\n");
-    for (i, id) in ids_of(&shared("train.csv")).iter().enumerate() {
-        text.push_str(&format!("{id},{}\n", i % 2));
-    }
+    let folds_text = |k: usize| {
+        let mut text = String::from("id,fold\n");
+        for (i, id) in ids_of(&shared("train.csv")).iter().enumerate() {
+            text.push_str(&format!("{id},{}\n", i % k));
+        }
+        text
+    };
+    // Two folds leave nothing to train on beside the watched fold: refused before anything
+    // is written, so no folds.csv of a failed run is left behind.
+    std::fs::write(&folds, folds_text(2)).unwrap();
+    let failed_out = out.join("failed");
+    let failed = ensemble(&[
+        "cv",
+        "--train",
+        shared("train.csv").to_str().unwrap(),
+        "--folds-file",
+        folds.to_str().unwrap(),
+        "--out",
+        failed_out.to_str().unwrap(),
+        "--no-tfidf",
+    ]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("needs at least 3 folds"), "{stderr}");
+    assert!(!failed_out.exists(), "a failed run leaves no run folder");
+
+    let text = folds_text(3);
     std::fs::write(&folds, &text).unwrap();
     run_ok(&[
         "cv",

@@ -25,6 +25,8 @@ pub struct BoosterParams {
     pub max_bin: usize,
     pub max_rounds: usize,
     pub early_stopping_rounds: usize,
+    /// Which rows early stopping watches (see [`StoppingRows`]).
+    pub early_stopping_on: StoppingRows,
     /// 0 uses every core.
     pub num_threads: usize,
     pub seed: u64,
@@ -45,6 +47,7 @@ impl Default for BoosterParams {
             max_bin: 63,
             max_rounds: 2000,
             early_stopping_rounds: 50,
+            early_stopping_on: StoppingRows::InnerFold,
             num_threads: 0,
             seed: 42,
             extra: BTreeMap::new(),
@@ -123,6 +126,32 @@ impl BoosterParams {
     }
 }
 
+/// The rows whose loss decides when a fold's boosting stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoppingRows {
+    /// The next fold (K+1 mod the number of folds), left out of training: the held-out fold
+    /// is never looked at before it is predicted, so the OOF score is honest. Fold models
+    /// train on K−2 folds.
+    InnerFold,
+    /// The held-out fold itself (the common Kaggle notebook practice): fold models train on
+    /// K−1 folds, but the round count is chosen on the rows the OOF score is computed on,
+    /// which flatters that score and the blender's estimate built on it.
+    HeldOut,
+}
+
+impl std::str::FromStr for StoppingRows {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<StoppingRows, String> {
+        match text {
+            "inner-fold" => Ok(StoppingRows::InnerFold),
+            "held-out" => Ok(StoppingRows::HeldOut),
+            _ => Err(format!("`{text}`: expected inner-fold or held-out")),
+        }
+    }
+}
+
 /// Parameters that `booster_params` sets itself, the task's (aliases resolve to them).
 const OWN_PARAMETERS: [&str; 3] = ["objective", "num_class", "metric"];
 
@@ -154,6 +183,10 @@ pub struct FoldReport {
     pub fold: usize,
     pub train_rows: usize,
     pub held_out_rows: usize,
+    /// The fold whose rows early stopping watched (this fold itself with `held-out`).
+    pub stopping_fold: usize,
+    /// The log loss of the watched rows at the best round.
+    pub stopping_log_loss: f64,
     pub best_iteration: usize,
     pub log_loss: f64,
     pub accuracy: f64,
@@ -180,6 +213,35 @@ fn swap_averaged(as_given: &[f64], swapped: &[f64]) -> Vec<Probs> {
         .zip(swapped.chunks_exact(3))
         .map(|(p, q)| swap_average([p[0], p[1], p[2]], [q[0], q[1], q[2]]))
         .collect()
+}
+
+/// The rows one fold's model trains on, watches for early stopping, and predicts.
+#[derive(Debug, PartialEq)]
+struct FoldRows {
+    train: Vec<usize>,
+    stopping: Vec<usize>,
+    stopping_fold: usize,
+    held_out: Vec<usize>,
+}
+
+impl FoldRows {
+    fn new(folds: &Folds, fold: usize, stopping_on: StoppingRows) -> FoldRows {
+        let stopping_fold = match stopping_on {
+            StoppingRows::InnerFold => (fold + 1) % folds.n_folds(),
+            StoppingRows::HeldOut => fold,
+        };
+        let n = folds.len();
+        let in_fold =
+            |k: usize| -> Vec<usize> { (0..n).filter(|&r| folds.fold_of(r) == k).collect() };
+        FoldRows {
+            train: (0..n)
+                .filter(|&r| ![fold, stopping_fold].contains(&folds.fold_of(r)))
+                .collect(),
+            stopping: in_fold(stopping_fold),
+            stopping_fold,
+            held_out: in_fold(fold),
+        }
+    }
 }
 
 /// Rows of the augmented matrix for the given training rows: each row and its swapped copy.
@@ -223,12 +285,23 @@ pub fn cross_validate(
     let (mut reports, mut models) = (Vec::new(), Vec::new());
     let predict_threads = format!("num_threads={}", params.threads());
     let n_folds = folds.n_folds();
+    if params.early_stopping_on == StoppingRows::InnerFold && n_folds < 3 {
+        return Err(Error::Invalid(format!(
+            "early stopping on an inner fold needs at least 3 folds (one held out, one \
+             watched, one or more trained on), not {n_folds}; or stop on the held-out fold"
+        )));
+    }
     for fold in 0..n_folds {
         let started = Instant::now();
         progress(Progress::FoldStarted { fold, n_folds });
-        let (train_rows, held_out) = folds.split(fold);
+        let FoldRows {
+            train: train_rows,
+            stopping: stopping_rows,
+            stopping_fold,
+            held_out,
+        } = FoldRows::new(folds, fold, params.early_stopping_on);
         let train_set = full.subset(&augmented_rows(&train_rows, n), "")?;
-        let valid_set = full.subset(&augmented_rows(&held_out, n), "")?;
+        let valid_set = full.subset(&augmented_rows(&stopping_rows, n), "")?;
         let trained = lgbm::train(
             &train_set,
             &valid_set,
@@ -271,6 +344,8 @@ pub fn cross_validate(
             fold,
             train_rows: train_rows.len(),
             held_out_rows: held_out.len(),
+            stopping_fold,
+            stopping_log_loss: trained.best_valid_metric,
             best_iteration: trained.best_iteration,
             log_loss: metrics::log_loss(&fold_labels, &fold_probs),
             accuracy: metrics::accuracy(&fold_labels, &fold_probs),
@@ -339,6 +414,7 @@ pub fn predict_mean(
 mod tests {
     use super::*;
     use crate::lgbm::CsrOwned;
+    use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
     /// Rows with columns [a_len, b_len, a_len − b_len]; the longer answer tends to win.
     fn battles(n: usize, seed: usize) -> (Vec<[f32; 2]>, Vec<Outcome>) {
@@ -422,6 +498,65 @@ mod tests {
                     row % n
                 );
             }
+        }
+    }
+
+    #[test]
+    fn inner_fold_stopping_never_trains_on_or_watches_the_held_out_fold() {
+        let labels: Vec<Outcome> = (0..60).map(|i| Outcome::ALL[i % 3]).collect();
+        let folds = Folds::stratified(&labels, 4, 5).unwrap();
+        for fold in 0..4 {
+            let inner = FoldRows::new(&folds, fold, StoppingRows::InnerFold);
+            assert_eq!(inner.stopping_fold, (fold + 1) % 4);
+            assert!(inner.held_out.iter().all(|&r| folds.fold_of(r) == fold));
+            assert!(inner
+                .stopping
+                .iter()
+                .all(|&r| folds.fold_of(r) == inner.stopping_fold));
+            for row in &inner.held_out {
+                assert!(!inner.train.contains(row) && !inner.stopping.contains(row));
+            }
+            let mut all = [&inner.train[..], &inner.stopping, &inner.held_out].concat();
+            all.sort_unstable();
+            assert_eq!(
+                all,
+                (0..60).collect::<Vec<_>>(),
+                "every row in exactly one part"
+            );
+
+            // The peeking protocol watches the held-out fold itself, and trains on the rest.
+            let peeking = FoldRows::new(&folds, fold, StoppingRows::HeldOut);
+            assert_eq!(peeking.stopping, peeking.held_out);
+            assert_eq!(peeking.train.len() + peeking.held_out.len(), 60);
+        }
+    }
+
+    /// A leakage canary: with labels that carry no signal, an honest OOF score cannot beat
+    /// the class prior (the best constant for these very labels) by more than chance.
+    #[test]
+    fn shuffled_labels_give_no_oof_score_below_the_prior() {
+        let (rows, labels) = battles(900, 3);
+        let mut shuffled = labels.clone();
+        shuffled.shuffle(&mut StdRng::seed_from_u64(9));
+        let train = augmented(&rows);
+        let none = CsrOwned {
+            indptr: vec![0],
+            n_cols: 3,
+            ..Default::default()
+        };
+        let folds = Folds::stratified(&shuffled, 5, 1).unwrap();
+        let inputs = CvInputs {
+            train: train.view(),
+            labels: &shuffled,
+            test_as_given: none.view(),
+            test_swapped: none.view(),
+        };
+        let out = cross_validate(&inputs, &folds, &params(), |_| {}).unwrap();
+        let prior = metrics::log_loss(&shuffled, &vec![metrics::class_prior(&shuffled); 900]);
+        let oof = metrics::log_loss(&shuffled, &out.oof);
+        assert!(oof > prior - 0.005, "OOF {oof} vs prior {prior}");
+        for report in &out.folds {
+            assert_eq!(report.stopping_fold, (report.fold + 1) % 5);
         }
     }
 

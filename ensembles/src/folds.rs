@@ -1,6 +1,6 @@
 //! K-fold assignments: made stratified and seeded, stored as `folds.csv` (`id,fold`) so that
 //! every member of the ensemble holds out the same rows.
-use crate::stage_file::StageFile;
+use crate::stage_file::{self, StageFile};
 use crate::{Error, Outcome, Result};
 use rand::{seq::SliceRandom, SeedableRng};
 use std::collections::HashMap;
@@ -110,6 +110,15 @@ impl Folds {
         self.n_folds
     }
 
+    /// The number of training rows assigned.
+    pub fn len(&self) -> usize {
+        self.assignment.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.assignment.is_empty()
+    }
+
     /// The fold of training row `row`.
     pub fn fold_of(&self, row: usize) -> usize {
         self.assignment[row]
@@ -121,17 +130,17 @@ impl Folds {
     }
 
     pub fn write(&self, path: &Path, ids: &[String]) -> Result<()> {
-        let mut text = String::from("id,fold\n");
-        for (id, fold) in ids.iter().zip(&self.assignment) {
-            text.push_str(&format!("{id},{fold}\n"));
-        }
-        std::fs::write(path, text).map_err(Error::io(path))
+        let rows = ids
+            .iter()
+            .zip(&self.assignment)
+            .map(|(id, fold)| [id.clone(), fold.to_string()]);
+        stage_file::write(path, &["id", "fold"], rows)
     }
 
     /// Reads `folds.csv` and aligns it with `ids`: every id must appear exactly once, and the
     /// folds must be numbered 0..K-1 with none empty.
     pub fn read(path: &Path, ids: &[String]) -> Result<Folds> {
-        let file = StageFile::read(path, "id,fold")?;
+        let file = StageFile::read(path, &["id", "fold"])?;
         let bad = |line: usize, message: String| file.error(line, message);
         let row_of: HashMap<&str, usize> = ids
             .iter()
@@ -139,10 +148,8 @@ impl Folds {
             .map(|(row, id)| (id.as_str(), row))
             .collect();
         let mut assignment = vec![usize::MAX; ids.len()];
-        for (line_no, line) in file.rows() {
-            let (id, fold) = line
-                .split_once(',')
-                .ok_or_else(|| bad(line_no, format!("expected `id,fold`, found {line:?}")))?;
+        for (line_no, fields) in file.rows() {
+            let (id, fold) = (&fields[0], &fields[1]);
             let fold: usize = fold
                 .trim()
                 .parse()
@@ -156,16 +163,16 @@ impl Folds {
             assignment[row] = fold;
         }
         if let Some(row) = assignment.iter().position(|&f| f == usize::MAX) {
-            return Err(bad(0, format!("training id {} has no fold", ids[row])));
+            return Err(file.file_error(format!("training id {} has no fold", ids[row])));
         }
         let n_folds = assignment.iter().max().map_or(0, |&m| m + 1);
         for fold in 0..n_folds {
             if !assignment.contains(&fold) {
-                return Err(bad(0, format!("fold {fold} of 0..{n_folds} holds no row")));
+                return Err(file.file_error(format!("fold {fold} of 0..{n_folds} holds no row")));
             }
         }
         if n_folds < 2 {
-            return Err(bad(0, "at least 2 folds are needed".into()));
+            return Err(file.file_error("at least 2 folds are needed".into()));
         }
         Ok(Folds {
             assignment,

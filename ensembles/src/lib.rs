@@ -11,7 +11,7 @@ pub mod lgbm;
 pub mod metrics;
 pub mod outcome;
 pub mod predictions;
-mod stage_file;
+pub mod stage_file;
 
 pub use error::{Error, Result};
 pub use folds::Folds;

@@ -1,9 +1,8 @@
 //! Prediction files in the submission's columns: `id,winner_model_a,winner_model_b,winner_tie`.
 //! Every member writes `oof.csv` and `submission.csv` in this format; the blender reads them.
-use crate::stage_file::StageFile;
-use crate::{Error, Probs, Result, CLASS_COLUMNS};
+use crate::stage_file::{self, StageFile};
+use crate::{Probs, Result, CLASS_COLUMNS};
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::path::Path;
 
 /// Rows sum to 1 within this tolerance in any prediction file we accept.
@@ -32,31 +31,31 @@ impl Predictions {
 
     /// Writes the file with full precision, so that reading it back gives the same numbers.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let mut text = format!("id,{}\n", CLASS_COLUMNS.join(","));
-        for (id, p) in self.ids.iter().zip(&self.probs) {
-            writeln!(text, "{id},{},{},{}", p[0], p[1], p[2]).expect("writing to a String");
-        }
-        std::fs::write(path, text).map_err(Error::io(path))
+        let rows = self.ids.iter().zip(&self.probs).map(|(id, p)| {
+            [
+                id.clone(),
+                p[0].to_string(),
+                p[1].to_string(),
+                p[2].to_string(),
+            ]
+        });
+        stage_file::write(path, &header(), rows)
     }
 
     /// Reads and checks a prediction file: the exact header, unique ids, finite probabilities
     /// in [0, 1] that sum to 1 within [`SUM_TOLERANCE`]. Errors name the file, line and id.
     pub fn read(path: &Path) -> Result<Predictions> {
-        let file = StageFile::read(path, &format!("id,{}", CLASS_COLUMNS.join(",")))?;
+        let file = StageFile::read(path, &header())?;
         let bad = |line: usize, message: String| file.error(line, message);
         let mut seen = HashSet::new();
         let (mut ids, mut probs) = (Vec::new(), Vec::new());
-        for (line_no, line) in file.rows() {
-            let fields: Vec<&str> = line.split(',').collect();
-            if fields.len() != 4 {
-                return Err(bad(
-                    line_no,
-                    format!("expected 4 fields, found {}", fields.len()),
-                ));
-            }
+        for (line_no, fields) in file.rows() {
             let id = fields[0].to_string();
+            if id.trim().is_empty() {
+                return Err(bad(line_no, "the id is empty".into()));
+            }
             let mut p = [0.0; 3];
-            for (k, field) in fields[1..].iter().enumerate() {
+            for (k, field) in fields.iter().skip(1).enumerate() {
                 p[k] = field
                     .trim()
                     .parse()
@@ -89,6 +88,11 @@ impl Predictions {
     }
 }
 
+/// `id,winner_model_a,winner_model_b,winner_tie`.
+fn header() -> [&'static str; 4] {
+    ["id", CLASS_COLUMNS[0], CLASS_COLUMNS[1], CLASS_COLUMNS[2]]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +117,17 @@ mod tests {
     }
 
     #[test]
+    fn ids_with_commas_and_quotes_round_trip() {
+        let path = temp_file("quoted.csv");
+        let p = Predictions::new(
+            vec!["a,1".into(), "say \"x\"".into()],
+            vec![[0.5, 0.5, 0.0]; 2],
+        );
+        p.write(&path).unwrap();
+        assert_eq!(Predictions::read(&path).unwrap(), p);
+    }
+
+    #[test]
     fn bad_prediction_files_are_rejected_with_line_and_id() {
         let path = temp_file("bad.csv");
         let header = "id,winner_model_a,winner_model_b,winner_tie\n";
@@ -127,7 +142,11 @@ mod tests {
                 "id 1: winner_model_a = \"NaN\" is not a probability",
             ),
             ("1,1.5,-0.5,0\n", "is not a probability"),
-            ("1,0.5,0.5\n", "expected 4 fields, found 3"),
+            (
+                "1,0.5,0.5\n",
+                "line 2: expected 4 fields (as the header), found 3",
+            ),
+            ("\"\",0.5,0.5,0\n", "line 2: the id is empty"),
         ] {
             std::fs::write(&path, format!("{header}{body}")).unwrap();
             let message = Predictions::read(&path).unwrap_err().to_string();

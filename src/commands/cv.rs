@@ -10,6 +10,7 @@ use ensembles::cv::{self, CvInputs, FoldReport, Progress};
 use ensembles::folds::Folds;
 use ensembles::lgbm::CsrView;
 use ensembles::predictions::Predictions;
+use ensembles::stage_file;
 use ensembles::{metrics, Outcome};
 use features::{CsrMatrix, Extractor, Orientation};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -62,6 +63,7 @@ fn resolve_config(args: &CvArgs) -> Result<LgbmRunConfig> {
     lgbm.num_leaves = args.num_leaves.unwrap_or(lgbm.num_leaves);
     lgbm.max_rounds = args.max_rounds.unwrap_or(lgbm.max_rounds);
     lgbm.early_stopping_rounds = args.early_stopping.unwrap_or(lgbm.early_stopping_rounds);
+    lgbm.early_stopping_on = args.early_stopping_on.unwrap_or(lgbm.early_stopping_on);
     lgbm.num_threads = args.threads.unwrap_or(lgbm.num_threads);
     if args.no_tfidf {
         config.features.tfidf.word = false;
@@ -104,8 +106,6 @@ pub fn run(args: CvArgs) -> Result<()> {
             .build_global();
     }
     let (train_path, test_path) = resolve_inputs(&args)?;
-    std::fs::create_dir_all(args.out.join(lgbm_run::MODELS_DIR))
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut timings = Timings::default();
 
     let bar = spinner("reading CSV files");
@@ -147,7 +147,6 @@ pub fn run(args: CvArgs) -> Result<()> {
             }
         },
     };
-    folds.write(&args.out.join("folds.csv"), &train.battles.ids)?;
 
     let features_started = Instant::now();
     let bar = spinner("computing features");
@@ -194,7 +193,7 @@ pub fn run(args: CvArgs) -> Result<()> {
         Progress::FoldStarted { .. } => {}
         Progress::Round {
             round, valid_loss, ..
-        } => bar.set_message(format!("round {round}, held-out log loss {valid_loss:.4}")),
+        } => bar.set_message(format!("round {round}, watched log loss {valid_loss:.4}")),
         Progress::FoldFinished(report) => {
             bar.inc(1);
             bar.suspend(|| {
@@ -208,6 +207,11 @@ pub fn run(args: CvArgs) -> Result<()> {
     bar.finish_and_clear();
     timings.cv = cv_started.elapsed().as_secs_f64();
 
+    // Every input was read and checked and every fold trained: only now is the run folder
+    // written, each file atomically.
+    std::fs::create_dir_all(args.out.join(lgbm_run::MODELS_DIR))
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    folds.write(&args.out.join("folds.csv"), &train_ids)?;
     Predictions::new(train_ids, output.oof.clone()).write(&args.out.join("oof.csv"))?;
     let submission = args.out.join("submission.csv");
     if test_path.is_some() {
@@ -265,7 +269,7 @@ fn prior_log_loss(labels: &[Outcome]) -> f64 {
 
 pub(super) fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    Ok(stage_file::write_atomically(path, text.as_bytes())?)
 }
 
 fn summary_table(summary: &RunSummary) -> String {

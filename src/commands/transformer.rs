@@ -15,12 +15,13 @@ use deberta::{
 };
 use ensembles::folds::Folds;
 use ensembles::predictions::Predictions;
+use ensembles::stage_file::{self, StageFile};
 use ensembles::{metrics, Outcome, Probs};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-const LOGIT_HEADER: &str = "id,logit_a,logit_b,logit_tie";
+const LOGIT_HEADER: [&str; 4] = ["id", "logit_a", "logit_b", "logit_tie"];
 
 /// What a fold records in `fold-K/fold.json`.
 #[derive(Serialize, Deserialize)]
@@ -89,22 +90,21 @@ fn response_pairs(battles: &[features::Battle]) -> Vec<ResponsePair> {
 pub fn run(args: TransformerArgs) -> Result<()> {
     reuse_freed_host_memory();
     let config = resolve_config(&args)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let train = data::read_train(&args.train)?;
     let test = data::read_test(&args.test)?;
     let ids = &train.battles.ids;
     let own_folds = args.out.join("folds.csv");
     // Steps that reuse a run's folds read them from that run when not given them.
     let reuses_run = args.merge || args.predict_only;
-    let folds = match &args.folds_file {
-        Some(path) => Folds::read(path, ids)?,
-        None if reuses_run && own_folds.is_file() => Folds::read(&own_folds, ids)?,
-        None => {
-            let folds = Folds::stratified(&train.labels, args.folds, config.seed)?;
-            folds.write(&own_folds, ids)?;
-            folds
-        }
+    // The run folder's own folds.csv is (re)written once a fold has trained, so that a run
+    // that fails early (a bad model folder) leaves no folds.csv that looks like a run's.
+    let (folds, write_own_folds) = match &args.folds_file {
+        Some(path) => (Folds::read(path, ids)?, true),
+        None if reuses_run && own_folds.is_file() => (Folds::read(&own_folds, ids)?, false),
+        None => (
+            Folds::stratified(&train.labels, args.folds, config.seed)?,
+            true,
+        ),
     };
     let to_run: Vec<usize> = match args.fold {
         Some(k) if k >= folds.n_folds() => {
@@ -142,6 +142,11 @@ pub fn run(args: TransformerArgs) -> Result<()> {
                 &test_pairs,
             )?;
         }
+    }
+    if write_own_folds {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("cannot create {}", args.out.display()))?;
+        folds.write(&own_folds, ids)?;
     }
     if args.fold.is_none() {
         merge(&args, &config, &folds, &train, &test.ids)?;
@@ -239,9 +244,11 @@ fn run_fold(
     if args.save_models {
         classifier.save_pretrained(&dir.join("model"))?;
     }
-    let path = dir.join("fold.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
-        .with_context(|| format!("cannot write {}", path.display()))
+    let text = serde_json::to_string_pretty(&summary)?;
+    Ok(stage_file::write_atomically(
+        &dir.join("fold.json"),
+        text.as_bytes(),
+    )?)
 }
 
 /// Predicts the test rows with fold K's saved model and rewrites `fold-K/test_logits.csv`.
@@ -282,36 +289,31 @@ fn fold_dir(out: &Path, fold: usize) -> PathBuf {
 }
 
 fn write_logits(path: &Path, ids: &[&String], logits: &[[f32; 3]]) -> Result<()> {
-    let mut text = format!("{LOGIT_HEADER}\n");
-    for (id, l) in ids.iter().zip(logits) {
-        text.push_str(&format!("{id},{},{},{}\n", l[0], l[1], l[2]));
-    }
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    let rows = ids.iter().zip(logits).map(|(id, l)| {
+        [
+            (*id).clone(),
+            l[0].to_string(),
+            l[1].to_string(),
+            l[2].to_string(),
+        ]
+    });
+    Ok(stage_file::write(path, &LOGIT_HEADER, rows)?)
 }
 
 fn read_logits(path: &Path) -> Result<Vec<(String, [f32; 3])>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut lines = text.lines();
-    if lines.next() != Some(LOGIT_HEADER) {
-        bail!("{}: expected the header {LOGIT_HEADER}", path.display());
-    }
-    lines
-        .enumerate()
-        .map(|(i, line)| {
-            let fields: Vec<&str> = line.split(',').collect();
+    let file = StageFile::read(path, &LOGIT_HEADER)?;
+    file.rows()
+        .map(|(line, fields)| {
             // NaN or infinite logits would become NaN probabilities in the submission.
-            let parse = |s: &str| s.parse::<f32>().ok().filter(|v| v.is_finite());
-            match fields.as_slice() {
-                [id, a, b, t] => match (parse(a), parse(b), parse(t)) {
-                    (Some(a), Some(b), Some(t)) => Ok((id.to_string(), [a, b, t])),
-                    _ => bail!(
-                        "{}, line {} (id {id}): logits must be finite numbers",
-                        path.display(),
-                        i + 2
-                    ),
-                },
-                _ => bail!("{}, line {}: expected 4 fields", path.display(), i + 2),
+            let parse = |s: &str| s.trim().parse::<f32>().ok().filter(|v| v.is_finite());
+            match (parse(&fields[1]), parse(&fields[2]), parse(&fields[3])) {
+                (Some(a), Some(b), Some(t)) => Ok((fields[0].to_string(), [a, b, t])),
+                _ => Err(file
+                    .error(
+                        line,
+                        format!("id {}: logits must be finite numbers", &fields[0]),
+                    )
+                    .into()),
             }
         })
         .collect()
@@ -408,9 +410,8 @@ fn merge(
         folds: summaries,
         config: config.clone(),
     };
-    let path = out.join("metrics.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let text = serde_json::to_string_pretty(&summary)?;
+    stage_file::write_atomically(&out.join("metrics.json"), text.as_bytes())?;
     println!(
         "transformer: OOF log loss {:.4} over {} folds; wrote {}",
         summary.oof_log_loss,
