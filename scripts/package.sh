@@ -64,6 +64,9 @@ bind /dev /dev
 bind "$rust_home" /opt/rustup
 bind "$cargo_home" /opt/cargo
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# This machine's trusted certificates (a proxy's own CA included) serve pip and cargo inside.
+[ -f /etc/ssl/certs/ca-certificates.crt ] &&
+    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 
 say "copying the working tree to $root/build"
 mkdir -p "$root/build"

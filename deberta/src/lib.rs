@@ -126,8 +126,20 @@ impl Classifier {
                 )));
             }
         }
+        check_max_len(config.max_len, &model_config).map_err(bad_config)?;
         let (weights_path, weights) = read_checkpoint(model_dir)?;
+        check_layers(&weights, &model_config)
+            .map_err(|message| Error::bad_model_file(&weights_path, message))?;
         let tokenizer = load_tokenizer(model_dir)?;
+        // An id past the embedding table would fail mid-training with an index error.
+        let tokenizer_size = tokenizer.get_vocab_size(true);
+        if tokenizer_size > model_config.vocab_size {
+            return Err(bad_config(format!(
+                "vocab_size is {}, but the tokenizer has {tokenizer_size} tokens: the model \
+                 has no embedding for the last ones (a tokenizer of another model?)",
+                model_config.vocab_size
+            )));
+        }
         let encoder = TextEncoder::new(tokenizer, config.segments.clone())?;
 
         let init_std = model_config.initializer_range.unwrap_or(0.02);
@@ -209,8 +221,8 @@ impl Classifier {
                 ]
             })
             .collect();
-        let ids = self.encoder.token_ids(&texts)?;
         let max_len = self.config.max_len;
+        let ids = self.encoder.token_ids(&texts, max_len)?;
         Ok(ids
             .chunks(3)
             .map(|c| {
@@ -430,6 +442,46 @@ fn read_checkpoint(model_dir: &Path) -> Result<(PathBuf, HashMap<String, Tensor>
         .map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?)))
         .collect::<Result<HashMap<_, _>>>()?;
     Ok((path, tensors))
+}
+
+/// Longest sequences a model takes: absolute position embeddings end at
+/// `max_position_embeddings`; relative-only models (DeBERTa-v3) run longer sequences, up to
+/// twice that here, since their attention grows with the square of the length.
+fn check_max_len(max_len: usize, model: &DebertaConfig) -> std::result::Result<(), String> {
+    let limit = if model.position_biased_input {
+        model.max_position_embeddings
+    } else {
+        2 * model.max_position_embeddings
+    };
+    if max_len > limit {
+        return Err(format!(
+            "max_len {max_len} exceeds what this model takes: {limit} tokens (max_position_embeddings {}{})",
+            model.max_position_embeddings,
+            if model.position_biased_input { ", absolute positions" } else { ", relative positions: twice that" }
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a checkpoint with more encoder layers than `num_hidden_layers`: their weights
+/// would be dropped without a word.
+fn check_layers(
+    weights: &HashMap<String, Tensor>,
+    model: &DebertaConfig,
+) -> std::result::Result<(), String> {
+    let deepest = weights
+        .keys()
+        .filter_map(|name| name.strip_prefix("deberta.encoder.layer."))
+        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+        .max();
+    match deepest {
+        Some(layer) if layer >= model.num_hidden_layers => Err(format!(
+            "it has encoder layer {layer}, but config.json's num_hidden_layers is {}: \
+             the deeper layers' weights would be ignored",
+            model.num_hidden_layers
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Copies checkpoint tensors into the model's variables. Head weights the checkpoint lacks (or

@@ -1,6 +1,7 @@
 //! The DeBERTa-v3 tokenizer, loaded from `tokenizer.json` or built from `spm.model` the way
 //! Hugging Face's `DebertaV2Converter` does, and the layout of a battle into token ids with a
 //! token budget per segment.
+use std::borrow::Cow;
 use std::path::Path;
 
 use tokenizers::models::unigram::Unigram;
@@ -208,9 +209,39 @@ impl SegmentBudget {
     }
 }
 
+/// `text` without its middle when it is longer than twice `keep_chars`: the first and the
+/// last `keep_chars` characters or fewer, each cut back to a whitespace so that no word is
+/// split, joined by a space.
+fn cut_middle(text: &str, keep_chars: usize) -> Cow<'_, str> {
+    if text.len() <= keep_chars.saturating_mul(2) {
+        return Cow::Borrowed(text);
+    }
+    let head_end = text
+        .char_indices()
+        .nth(keep_chars)
+        .map_or(text.len(), |(i, _)| i);
+    let head_end = text[..head_end]
+        .rfind(char::is_whitespace)
+        .unwrap_or(head_end);
+    let tail_start = text
+        .char_indices()
+        .rev()
+        .nth(keep_chars.saturating_sub(1))
+        .map_or(0, |(i, _)| i);
+    let tail_start = text[tail_start..]
+        .find(char::is_whitespace)
+        .map_or(tail_start, |i| tail_start + i);
+    if head_end >= tail_start {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(format!("{} {}", &text[..head_end], &text[tail_start..]))
+}
+
 /// Turns texts into model inputs with the tokenizer's special tokens.
 pub struct TextEncoder {
     tokenizer: Tokenizer,
+    /// The longest vocabulary entry, in characters: a token never covers more text.
+    max_token_chars: usize,
     cls: u32,
     sep: u32,
     pub pad: u32,
@@ -224,7 +255,14 @@ impl TextEncoder {
                 .token_to_id(token)
                 .ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no {token} token")))
         };
+        let max_token_chars = tokenizer
+            .get_vocab(true)
+            .keys()
+            .map(|token| token.chars().count())
+            .max()
+            .unwrap_or(1);
         Ok(TextEncoder {
+            max_token_chars,
             cls: id(CLS)?,
             sep: id(SEP)?,
             pad: id(PAD)?,
@@ -237,11 +275,19 @@ impl TextEncoder {
         &self.tokenizer
     }
 
-    /// Token ids of each text without special tokens.
-    pub fn token_ids(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+    /// Token ids of each text without special tokens, as far as sequences of `max_len`
+    /// tokens can use them: a segment keeps at most `max_len` tokens from its head and tail,
+    /// so a longer text is tokenized from its first and last `max_len` tokens' worth of
+    /// characters only (cut between words; a 5 MB answer otherwise costs seconds and a
+    /// gigabyte). The kept tokens are those of the whole text, since words are tokenized
+    /// one by one.
+    pub fn token_ids(&self, texts: &[&str], max_len: usize) -> Result<Vec<Vec<u32>>> {
+        // One space before each token at most, hence the +1.
+        let keep_chars = max_len.saturating_mul(self.max_token_chars + 1);
+        let texts: Vec<Cow<str>> = texts.iter().map(|t| cut_middle(t, keep_chars)).collect();
         let encodings = self
             .tokenizer
-            .encode_batch(texts.to_vec(), false)
+            .encode_batch(texts, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encodings
             .into_iter()

@@ -7,7 +7,7 @@ use candle_core::Device;
 use deberta::Error;
 use deberta::{
     fit_fold, load_tokenizer, probs_from_logits, Classifier, Layout, Precision, ResponsePair,
-    TransformerConfig,
+    SegmentBudget, TextEncoder, TransformerConfig,
 };
 use ensembles::Outcome;
 use serde::Deserialize;
@@ -185,6 +185,101 @@ fn logits_match_hugging_face_from_pytorch_bin() {
         &Classifier::load(dir.path(), &Device::Cpu, &config).unwrap(),
         1e-4,
     );
+}
+
+/// A model folder that disagrees with itself is refused at load time, naming the file and
+/// what is wrong, instead of failing mid-training or dropping weights.
+#[test]
+fn inconsistent_model_folders_are_refused_at_load() {
+    let load_with = |edit: &dyn Fn(&mut serde_json::Value), config: &TransformerConfig| {
+        let dir = folder_with(&[
+            ("config.json", model_dir().join("config.json")),
+            ("model.safetensors", model_dir().join("model.safetensors")),
+            ("spm.model", model_dir().join("spm.model")),
+        ]);
+        let path = dir.path().join("config.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut json);
+        std::fs::write(&path, json.to_string()).unwrap();
+        match Classifier::load(dir.path(), &Device::Cpu, config) {
+            Err(e) => e.to_string(),
+            Ok(_) => "loaded".to_owned(),
+        }
+    };
+    let default = TransformerConfig::default();
+    assert_eq!(load_with(&|_| {}, &default), "loaded");
+
+    let message = load_with(&|c| c["num_hidden_layers"] = 1.into(), &default);
+    assert!(
+        message.contains("model.safetensors")
+            && message.contains("encoder layer 1, but config.json's num_hidden_layers is 1"),
+        "{message}"
+    );
+    let message = load_with(&|c| c["vocab_size"] = 100.into(), &default);
+    assert!(
+        message.contains("config.json")
+            && message.contains("vocab_size is 100, but the tokenizer has"),
+        "{message}"
+    );
+    let long = TransformerConfig {
+        max_len: 100_000,
+        ..TransformerConfig::default()
+    };
+    let message = load_with(&|_| {}, &long);
+    assert!(
+        message.contains("max_len 100000 exceeds what this model takes: 1024 tokens"),
+        "{message}"
+    );
+}
+
+/// A long text is tokenized from its head and tail only, and the sequences built from it are
+/// those of the whole text.
+#[test]
+fn long_texts_are_cut_before_tokenizing_without_changing_the_sequences() {
+    let encoder = TextEncoder::new(
+        load_tokenizer(&model_dir()).unwrap(),
+        SegmentBudget::default(),
+    )
+    .unwrap();
+    let words = [
+        "the",
+        "answer,",
+        "explained:",
+        "Ünïcode",
+        "token",
+        "ids",
+        "(x)",
+        "and",
+        "more",
+        "text.",
+    ];
+    let long: String = (0..60_000)
+        .map(|i| words[(i * 7 + i / 13) % words.len()])
+        .collect::<Vec<_>>()
+        .join(" ");
+    let prompt = "What is in the middle?";
+    for max_len in [16, 64, 512] {
+        let cut = encoder
+            .token_ids(&[prompt, &long, "short"], max_len)
+            .unwrap();
+        let whole = encoder
+            .token_ids(&[prompt, &long, "short"], usize::MAX)
+            .unwrap();
+        assert!(
+            cut[1].len() < whole[1].len() / 10,
+            "the middle was not tokenized"
+        );
+        assert_eq!(
+            encoder.cross(&cut[0], &cut[1], &cut[2], max_len),
+            encoder.cross(&whole[0], &whole[1], &whole[2], max_len),
+            "max_len {max_len}"
+        );
+        assert_eq!(
+            encoder.cross(&cut[0], &cut[2], &cut[1], max_len),
+            encoder.cross(&whole[0], &whole[2], &whole[1], max_len),
+        );
+    }
 }
 
 #[test]
