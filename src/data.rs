@@ -59,14 +59,14 @@ impl TextIssues {
 }
 
 pub fn read_train(path: &Path) -> Result<TrainSet> {
-    let frame = read_frame(path)?;
-    require_columns(path, &frame, &["id"])?;
-    require_columns(path, &frame, &TEXT_COLUMNS)?;
-    require_columns(path, &frame, &LABEL_COLUMNS)?;
-    let ids = read_ids(path, &frame)?;
+    let table = CsvTable::read(path)?;
+    table.require_columns(&["id"])?;
+    table.require_columns(&TEXT_COLUMNS)?;
+    table.require_columns(&LABEL_COLUMNS)?;
+    let ids = table.read_ids()?;
     let winners: Vec<Vec<Option<&str>>> = LABEL_COLUMNS
         .iter()
-        .map(|name| string_column(&frame, name))
+        .map(|name| table.string_column(name))
         .collect::<Result<_>>()?;
     let mut labels = Vec::with_capacity(ids.len());
     for (record, id) in ids.iter().enumerate() {
@@ -74,24 +74,24 @@ pub fn read_train(path: &Path) -> Result<TrainSet> {
         match label_of(cells) {
             Some(label) => labels.push(label),
             None => bail!(
-                "{}: {} (id {id}): {} must be 0 or 1 with exactly one 1, found {:?}",
+                "{}, line {} (id {id}): {} must be 0 or 1 with exactly one 1, found {:?}",
                 path.display(),
-                line_of(path, record),
+                table.line(record),
                 LABEL_COLUMNS.join(", "),
                 cells.map(|c| c.unwrap_or(""))
             ),
         }
     }
-    let battles = read_battles(&frame, ids)?;
+    let battles = table.read_battles(ids)?;
     Ok(TrainSet { battles, labels })
 }
 
 pub fn read_test(path: &Path) -> Result<Battles> {
-    let frame = read_frame(path)?;
-    require_columns(path, &frame, &["id"])?;
-    require_columns(path, &frame, &TEXT_COLUMNS)?;
-    let ids = read_ids(path, &frame)?;
-    read_battles(&frame, ids)
+    let table = CsvTable::read(path)?;
+    table.require_columns(&["id"])?;
+    table.require_columns(&TEXT_COLUMNS)?;
+    let ids = table.read_ids()?;
+    table.read_battles(ids)
 }
 
 fn label_of(cells: [Option<&str>; 3]) -> Option<Outcome> {
@@ -106,162 +106,257 @@ fn label_of(cells: [Option<&str>; 3]) -> Option<Outcome> {
     winner
 }
 
-fn read_frame(path: &Path) -> Result<DataFrame> {
-    let mut bytes =
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut plain = Vec::new();
-        flate2::read::MultiGzDecoder::new(bytes.as_slice())
-            .read_to_end(&mut plain)
-            .with_context(|| format!("{}: broken gzip data", path.display()))?;
-        bytes = plain;
+/// A Kaggle CSV file read into text columns, with the line each record starts on.
+struct CsvTable<'p> {
+    path: &'p Path,
+    frame: DataFrame,
+    /// `record_lines[r]`: the 1-based line where data record `r` starts.
+    record_lines: Vec<usize>,
+}
+
+impl<'p> CsvTable<'p> {
+    fn read(path: &'p Path) -> Result<CsvTable<'p>> {
+        let mut bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut plain = Vec::new();
+            flate2::read::MultiGzDecoder::new(bytes.as_slice())
+                .read_to_end(&mut plain)
+                .with_context(|| {
+                    format!(
+                        "{}: broken gzip data (a truncated download?)",
+                        path.display()
+                    )
+                })?;
+            bytes = plain;
+        }
+        if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
+            bytes = rest.to_vec();
+        }
+        let record_lines = check_structure(&bytes)
+            .map_err(|message| anyhow::anyhow!("{}{message}", path.display()))?;
+        // Every column as text: we check ids and labels ourselves, with better messages.
+        let frame = CsvReadOptions::default()
+            .with_has_header(true)
+            .with_infer_schema_length(Some(0))
+            .into_reader_with_file_handle(std::io::Cursor::new(bytes))
+            .finish()
+            .map_err(|e| {
+                // polars' own advice is for its Python users; its first line says what failed.
+                let first_line = e.to_string().lines().next().unwrap_or_default().to_owned();
+                anyhow::anyhow!("{}: not a readable CSV file: {first_line}", path.display())
+            })?;
+        if frame.height() != record_lines.len() {
+            bail!(
+                "{}: {} records, but the CSV reader found {} rows",
+                path.display(),
+                record_lines.len(),
+                frame.height()
+            );
+        }
+        Ok(CsvTable {
+            path,
+            frame,
+            record_lines,
+        })
     }
-    // Every column as text: we check ids and labels ourselves, with better messages.
-    CsvReadOptions::default()
-        .with_has_header(true)
-        .with_infer_schema_length(Some(0))
-        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
-        .finish()
-        .map_err(|e| anyhow::anyhow!("{}: not a readable CSV file: {e}", path.display()))
-}
 
-fn require_columns(path: &Path, frame: &DataFrame, names: &[&str]) -> Result<()> {
-    let present: HashSet<&str> = frame
-        .get_column_names()
-        .iter()
-        .map(|n| n.as_str())
-        .collect();
-    let missing: Vec<&str> = names
-        .iter()
-        .copied()
-        .filter(|n| !present.contains(n))
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "{}: missing column(s) {}",
-            path.display(),
-            missing.join(", ")
-        );
+    fn line(&self, record: usize) -> usize {
+        self.record_lines[record]
     }
-    Ok(())
-}
 
-fn string_column<'a>(frame: &'a DataFrame, name: &str) -> Result<Vec<Option<&'a str>>> {
-    Ok(frame.column(name)?.str()?.iter().collect())
-}
-
-/// Ids, checked: present, unique, and free of characters that would break our CSV output.
-fn read_ids(path: &Path, frame: &DataFrame) -> Result<Vec<String>> {
-    let mut seen = HashSet::new();
-    let mut ids = Vec::with_capacity(frame.height());
-    for (record, id) in string_column(frame, "id")?.into_iter().enumerate() {
-        let id = id.map(str::trim).unwrap_or("");
-        if id.is_empty() {
+    fn require_columns(&self, names: &[&str]) -> Result<()> {
+        let present: HashSet<&str> = self
+            .frame
+            .get_column_names()
+            .iter()
+            .map(|n| n.as_str())
+            .collect();
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !present.contains(n))
+            .collect();
+        if !missing.is_empty() {
             bail!(
-                "{}: {}: the id is empty",
-                path.display(),
-                line_of(path, record)
+                "{}: missing column(s) {}",
+                self.path.display(),
+                missing.join(", ")
             );
         }
-        // Files concatenated with their headers (`cat a.csv b.csv`) bring one in as a row.
-        if id == "id" {
-            bail!(
-                "{}: {}: a second header row (id \"id\"); remove it",
-                path.display(),
-                line_of(path, record)
-            );
-        }
-        if id.contains([',', '"', '\n', '\r']) {
-            bail!(
-                "{}: {} (id {id:?}): ids cannot hold commas, quotes or line breaks",
-                path.display(),
-                line_of(path, record)
-            );
-        }
-        if !seen.insert(id) {
-            bail!(
-                "{}: {} (id {id}): the id appears twice",
-                path.display(),
-                line_of(path, record)
-            );
-        }
-        ids.push(id.to_owned());
+        Ok(())
     }
-    Ok(ids)
+
+    fn string_column(&self, name: &str) -> Result<Vec<Option<&str>>> {
+        Ok(self.frame.column(name)?.str()?.iter().collect())
+    }
+
+    /// Ids, checked: present, unique, and free of characters that would break our CSV output.
+    fn read_ids(&self) -> Result<Vec<String>> {
+        let mut seen = HashSet::new();
+        let mut ids = Vec::with_capacity(self.frame.height());
+        let path = self.path.display();
+        for (record, id) in self.string_column("id")?.into_iter().enumerate() {
+            let id = id.map(str::trim).unwrap_or("");
+            let line = self.line(record);
+            if id.is_empty() {
+                bail!("{path}, line {line}: the id is empty");
+            }
+            // Files concatenated with their headers (`cat a.csv b.csv`) bring one in as a row.
+            if id == "id" {
+                bail!("{path}, line {line}: a second header row (id \"id\"); remove it");
+            }
+            if id.contains([',', '"', '\n', '\r']) {
+                bail!("{path}, line {line} (id {id:?}): ids cannot hold commas, quotes or line breaks");
+            }
+            if !seen.insert(id) {
+                bail!("{path}, line {line} (id {id}): the id appears twice");
+            }
+            ids.push(id.to_owned());
+        }
+        Ok(ids)
+    }
+
+    fn read_battles(&self, ids: Vec<String>) -> Result<Battles> {
+        let columns: Vec<Vec<Option<&str>>> = TEXT_COLUMNS
+            .iter()
+            .map(|name| self.string_column(name))
+            .collect::<Result<_>>()?;
+        let parsed: Vec<[features::Turns; 3]> = (0..ids.len())
+            .into_par_iter()
+            .map(|row| std::array::from_fn(|k| parse_turns(columns[k][row].unwrap_or(""))))
+            .collect();
+        let mut text_issues = TextIssues::default();
+        let mut battles = Vec::with_capacity(parsed.len());
+        for (id, fields) in ids.iter().zip(parsed) {
+            for (column, field) in TEXT_COLUMNS.iter().zip(&fields) {
+                if let Some(issue) = &field.issue {
+                    text_issues.record(id, column, issue);
+                }
+            }
+            let [prompt, response_a, response_b] = fields.map(|f| f.turns);
+            battles.push(Battle {
+                prompt,
+                response_a,
+                response_b,
+            });
+        }
+        Ok(Battles {
+            ids,
+            battles,
+            text_issues,
+        })
+    }
 }
 
-fn read_battles(frame: &DataFrame, ids: Vec<String>) -> Result<Battles> {
-    let columns: Vec<Vec<Option<&str>>> = TEXT_COLUMNS
-        .iter()
-        .map(|name| string_column(frame, name))
-        .collect::<Result<_>>()?;
-    let parsed: Vec<[features::Turns; 3]> = (0..ids.len())
-        .into_par_iter()
-        .map(|row| std::array::from_fn(|k| parse_turns(columns[k][row].unwrap_or(""))))
-        .collect();
-    let mut text_issues = TextIssues::default();
-    let mut battles = Vec::with_capacity(parsed.len());
-    for (id, fields) in ids.iter().zip(parsed) {
-        for (column, field) in TEXT_COLUMNS.iter().zip(&fields) {
-            if let Some(issue) = &field.issue {
-                text_issues.record(id, column, issue);
+/// Checks a CSV file's structure with the csv crate before polars reads its columns, so that
+/// what is wrong is said in our words with its line: UTF-16 or binary data, text that is not
+/// UTF-8, duplicate column names, records with another number of fields than the header, a
+/// file that ends inside a quoted field. Returns the line each data record starts on. The
+/// error message starts after the file name.
+fn check_structure(bytes: &[u8]) -> std::result::Result<Vec<usize>, String> {
+    if bytes.starts_with(&[0xFF, 0xFE])
+        || bytes.starts_with(&[0xFE, 0xFF])
+        || bytes.iter().take(4096).any(|&b| b == 0)
+    {
+        return Err(": UTF-16 text or binary data; save the file as UTF-8 CSV".into());
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(bytes);
+    let mut record = csv::ByteRecord::new();
+    let mut lines = Lines::new(bytes);
+    let mut record_lines = Vec::new();
+    let mut header_len = None;
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {
+                let line = lines.at(record.position().map_or(0, |p| p.byte()));
+                if std::str::from_utf8(record.as_slice()).is_err() {
+                    return Err(format!(", line {line}: not UTF-8 text (a Latin-1 or Windows file? save it as UTF-8)"));
+                }
+                if header_len.is_none() {
+                    header_len = Some(record.len());
+                    let mut seen = HashSet::new();
+                    if let Some(name) = record.iter().find(|name| !seen.insert(*name)) {
+                        return Err(format!(
+                            ", line {line}: the column {} appears twice",
+                            String::from_utf8_lossy(name)
+                        ));
+                    }
+                } else {
+                    record_lines.push(line);
+                }
+            }
+            Err(error) => {
+                let line = lines.at(error.position().map_or(0, |p| p.byte()));
+                let is_last = matches!(reader.read_byte_record(&mut record), Ok(false));
+                if is_last && odd_quotes(bytes) {
+                    return Err(truncated(line));
+                }
+                return Err(match error.kind() {
+                    csv::ErrorKind::UnequalLengths {
+                        expected_len, len, ..
+                    } => format!(
+                        ", line {line}: {len} fields where the header has {expected_len} (a truncated file, a quote \
+                         not doubled inside a quoted field, or a comma outside one?)"
+                    ),
+                    _ => format!(", line {line}: {error}"),
+                });
             }
         }
-        let [prompt, response_a, response_b] = fields.map(|f| f.turns);
-        battles.push(Battle {
-            prompt,
-            response_a,
-            response_b,
-        });
     }
-    Ok(Battles {
-        ids,
-        battles,
-        text_issues,
-    })
+    if header_len.is_none() {
+        return Err(": the file is empty".into());
+    }
+    if odd_quotes(bytes) {
+        return Err(truncated(record_lines.last().copied().unwrap_or(1)));
+    }
+    Ok(record_lines)
 }
 
-/// "line N" of the `record`-th data row (0-based), found by re-reading the file, since rows
-/// can span lines. Only called on the way to an error.
-fn line_of(path: &Path, record: usize) -> String {
-    let Ok(mut bytes) = std::fs::read(path) else {
-        return format!("row {}", record + 1);
-    };
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut plain = Vec::new();
-        if flate2::read::MultiGzDecoder::new(bytes.as_slice())
-            .read_to_end(&mut plain)
-            .is_err()
-        {
-            return format!("row {}", record + 1);
-        }
-        bytes = plain;
-    }
-    let line = record_start_lines(&bytes).get(record + 1).copied();
-    line.map_or_else(
-        || format!("row {}", record + 1),
-        |line| format!("line {line}"),
+/// Quotes come in pairs in a well-formed file (a quote inside a field is doubled).
+fn odd_quotes(bytes: &[u8]) -> bool {
+    bytes.iter().filter(|&&b| b == b'"').count() % 2 == 1
+}
+
+fn truncated(line: usize) -> String {
+    format!(
+        ": the file ends inside a quoted field (the record starting on line {line}): \
+         a truncated file, e.g. an interrupted download?"
     )
 }
 
-/// The 1-based line on which each CSV record starts (the header is record 0). Quoted fields
-/// may hold line breaks; a doubled quote inside quotes toggles twice and so changes nothing.
-fn record_start_lines(bytes: &[u8]) -> Vec<usize> {
-    let mut starts = vec![1];
-    let (mut line, mut in_quotes) = (1, false);
-    for (i, &byte) in bytes.iter().enumerate() {
-        match byte {
-            b'"' => in_quotes = !in_quotes,
-            b'\n' => {
-                line += 1;
-                if !in_quotes && i + 1 < bytes.len() {
-                    starts.push(line);
-                }
-            }
-            _ => {}
+/// Line numbers of byte offsets, counted forward as records are read. A record's position is
+/// where the reader resumed, before any blank lines it skipped.
+struct Lines<'b> {
+    bytes: &'b [u8],
+    counted_to: usize,
+    line: usize,
+}
+
+impl<'b> Lines<'b> {
+    fn new(bytes: &'b [u8]) -> Lines<'b> {
+        Lines {
+            bytes,
+            counted_to: 0,
+            line: 1,
         }
     }
-    starts
+
+    fn at(&mut self, byte: u64) -> usize {
+        let mut start = (byte as usize).clamp(self.counted_to, self.bytes.len());
+        while matches!(self.bytes.get(start), Some(b'\n' | b'\r')) {
+            start += 1;
+        }
+        self.line += self.bytes[self.counted_to..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        self.counted_to = start;
+        self.line
+    }
 }
 
 #[cfg(test)]
@@ -269,9 +364,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_lines_skip_line_breaks_inside_quotes() {
-        let csv = b"id,prompt\n1,\"a\nb\"\n2,\"say \"\"hi\"\"\nthere\"\n3,x\n";
-        assert_eq!(record_start_lines(csv), vec![1, 2, 4, 6]);
+    fn record_lines_skip_line_breaks_inside_quotes_and_blank_lines() {
+        let csv = b"id,prompt\n1,\"a\nb\"\n2,\"say \"\"hi\"\"\nthere\"\n\n3,x\n";
+        assert_eq!(check_structure(csv).unwrap(), vec![2, 4, 7]);
+    }
+
+    #[test]
+    fn structural_problems_are_named_with_their_line() {
+        for (bytes, expected) in [
+            (
+                &b"id,prompt\n1,a\n2,b,c\n"[..],
+                ", line 3: 3 fields where the header has 2",
+            ),
+            (
+                &b"id,prompt\n1,a\n2,\"b\xff\"\n"[..],
+                ", line 3: not UTF-8 text",
+            ),
+            (
+                &b"id,prompt,prompt\n1,a,b\n"[..],
+                ", line 1: the column prompt appears twice",
+            ),
+            (
+                &b"id,prompt\n1,a\n2,\"trunc"[..],
+                "the file ends inside a quoted field (the record starting on line 3)",
+            ),
+            (&b"\xff\xfei\x00d\x00"[..], ": UTF-16 text or binary data"),
+            (&b""[..], ": the file is empty"),
+        ] {
+            let message = check_structure(bytes).unwrap_err();
+            assert!(
+                message.starts_with(expected) || message.contains(expected),
+                "{message:?} vs {expected:?}"
+            );
+        }
     }
 
     #[test]

@@ -248,6 +248,19 @@ fn bad_inputs_are_reported_with_file_line_and_id() {
             "id,prompt,response_a\n1,a,b\n".to_owned(),
             "missing column(s) response_b",
         ),
+        // An interrupted download: the file stops inside a quoted field.
+        (
+            format!("{header}{good}2,x,y,\"[\"\"an answer cut"),
+            "the file ends inside a quoted field (the record starting on line 4)",
+        ),
+        (
+            format!("{header}{good}2,x,y,\"[]\",\"[]\"\n"),
+            "line 4: 5 fields where the header has 9",
+        ),
+        (
+            format!("{}{good}", header.replace("response_b", "prompt")),
+            "line 1: the column prompt appears twice",
+        ),
     ];
     let test = dir.join("test.csv");
     std::fs::write(
@@ -274,6 +287,37 @@ fn bad_inputs_are_reported_with_file_line_and_id() {
             "{stderr}"
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !dir.join("run").exists(),
+            "a failed run leaves no run folder"
+        );
+    }
+    // Bytes that are not UTF-8 text, named with their line; UTF-16 named as such.
+    for (name, bytes, needle) in [
+        (
+            "latin1.csv",
+            [
+                header.as_bytes(),
+                good.as_bytes(),
+                b"2,x,y,\"[\"\"caf\xe9\"\"]\",\"[]\",\"[]\",1,0,0\n",
+            ]
+            .concat(),
+            "latin1.csv, line 4: not UTF-8 text",
+        ),
+        (
+            "utf16.csv",
+            header.encode_utf16().flat_map(u16::to_le_bytes).collect(),
+            "utf16.csv: UTF-16 text or binary data",
+        ),
+    ] {
+        let train = dir.join(name);
+        std::fs::write(&train, bytes).unwrap();
+        let output = ensemble(&["cv", "--train", train.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(needle),
+            "{stderr}"
+        );
     }
     // A header repeated inside test.csv is not a battle with id "id".
     let train = dir.join("train_good.csv");
@@ -296,7 +340,7 @@ fn bad_inputs_are_reported_with_file_line_and_id() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
-        stderr.contains("test_doubled.csv: line 3: a second header row"),
+        stderr.contains("test_doubled.csv, line 3: a second header row"),
         "{stderr}"
     );
     let missing = ensemble(&["cv", "--train", "no/such.csv", "--test", "no/such.csv"]);
