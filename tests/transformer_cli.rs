@@ -88,6 +88,20 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
         std::fs::read_to_string(&test_logits).unwrap(),
         trained_logits
     );
+    // Predicting with another precision than training is refused, naming the key.
+    let mismatch = [
+        ["transformer"].as_slice(),
+        &data,
+        &["--precision", "f32", "--predict-only", "--fold", "1"],
+    ]
+    .concat();
+    let output = ensemble(&mismatch);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("fold.json: the model was trained with precision = \"bf16\""),
+        "{stderr}"
+    );
     // Fold 0 kept no model, so it cannot predict.
     let mut predict_zero = predict.to_vec();
     *predict_zero.last_mut().unwrap() = "0";

@@ -513,12 +513,15 @@ mod tests {
     use crate::ResponsePair;
     use candle_core::Device;
 
-    #[test]
-    fn gradient_checkpointing_gives_the_same_gradients() {
+    const LABELS: [Outcome; 3] = [Outcome::A, Outcome::B, Outcome::Tie];
+
+    /// The tiny fixture model, three encoded battles, and every weight by name.
+    fn tiny_batch(label_smoothing: f64) -> (Classifier, Vec<EncodedPair>, Vec<(String, Var)>) {
         let fixture =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-deberta");
         let config = TransformerConfig {
             max_len: 40,
+            label_smoothing,
             ..TransformerConfig::default()
         };
         let classifier = Classifier::load(&fixture, &Device::Cpu, &config).unwrap();
@@ -530,8 +533,6 @@ mod tests {
             })
             .collect();
         let encoded = classifier.encode(&pairs).unwrap();
-        let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.view(false)).collect();
-        let labels = [Outcome::A, Outcome::B, Outcome::Tie];
         let mut trained: Vec<(String, Var)> = classifier
             .vars
             .data()
@@ -541,6 +542,187 @@ mod tests {
             .map(|(name, var)| (name.clone(), var.clone()))
             .collect();
         trained.sort_by(|a, b| a.0.cmp(&b.0));
+        (classifier, encoded, trained)
+    }
+
+    /// The training path with dropout off: every weight tracked, nothing checkpointed.
+    fn tracked_pass() -> Pass<'static> {
+        Pass {
+            dropout: None,
+            first_trained_layer: 0,
+            train_embeddings: true,
+            checkpoint: false,
+        }
+    }
+
+    fn gradients_of(
+        classifier: &Classifier,
+        views: &[&[Vec<u32>]],
+        labels: &[Outcome],
+        trained: &[(String, Var)],
+    ) -> Vec<Option<Tensor>> {
+        let mut grads = vec![None; trained.len()];
+        accumulate_gradients(
+            classifier,
+            views,
+            labels,
+            1.0,
+            &tracked_pass(),
+            trained,
+            &mut grads,
+        )
+        .unwrap();
+        grads
+    }
+
+    fn loss_of(classifier: &Classifier, views: &[&[Vec<u32>]]) -> f64 {
+        let logits = classifier.forward_views(views, &tracked_pass()).unwrap();
+        smoothed_cross_entropy(&logits, &LABELS, classifier.config().label_smoothing)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    }
+
+    /// Backpropagated gradients against central finite differences, for every weight tensor
+    /// of the model (its two largest-gradient entries), with label smoothing on. f32
+    /// throughout: a step of 1e-2 keeps rounding error (~1e-5) well below the tolerance.
+    #[test]
+    fn gradients_match_finite_differences_for_every_weight() {
+        let (classifier, encoded, trained) = tiny_batch(0.1);
+        let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.view(false)).collect();
+        let grads = gradients_of(&classifier, &views, &LABELS, &trained);
+        let step = 1e-2f32;
+        let mut checked = 0;
+        for ((name, var), grad) in trained.iter().zip(&grads) {
+            let grad = grad
+                .as_ref()
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
+            let values = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut order: Vec<usize> = (0..values.len()).collect();
+            order.sort_by(|&a, &b| values[b].abs().total_cmp(&values[a].abs()));
+            let original = var.as_tensor().copy().unwrap();
+            let weights = original.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for &index in order.iter().take(2) {
+                let loss_at = |delta: f32| {
+                    let mut moved = weights.clone();
+                    moved[index] += delta;
+                    var.set(&Tensor::from_vec(moved, original.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    loss_of(&classifier, &views)
+                };
+                let numeric = (loss_at(step) - loss_at(-step)) / (2.0 * step as f64);
+                var.set(&original).unwrap();
+                let analytic = values[index] as f64;
+                let error = (numeric - analytic).abs();
+                assert!(
+                    error <= 2e-4 + 0.03 * analytic.abs(),
+                    "{name}[{index}]: backprop {analytic:.6e}, finite difference {numeric:.6e}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 2 * 32, "{checked} entries checked");
+    }
+
+    /// The training path (tracked, custom backward ops) with dropout off computes the same
+    /// logits as the inference path.
+    #[test]
+    fn training_path_without_dropout_equals_the_inference_path() {
+        let (classifier, encoded, _) = tiny_batch(0.0);
+        let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.view(false)).collect();
+        let train = classifier.forward_views(&views, &tracked_pass()).unwrap();
+        let infer = classifier.forward_views(&views, &Pass::eval()).unwrap();
+        let difference = crate::ops::tests::max_difference(&train, &infer);
+        assert!(difference < 1e-5, "logits differ by {difference}");
+    }
+
+    /// Micro-batches weighted by their share of the batch add up to the batch's gradients.
+    #[test]
+    fn accumulated_micro_batches_give_the_whole_batch_gradients() {
+        let (classifier, encoded, trained) = tiny_batch(0.1);
+        let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.view(false)).collect();
+        let whole = gradients_of(&classifier, &views, &LABELS, &trained);
+        let mut accumulated = vec![None; trained.len()];
+        for (rows, weight) in [(0..2, 2.0 / 3.0), (2..3, 1.0 / 3.0)] {
+            accumulate_gradients(
+                &classifier,
+                &views[rows.clone()],
+                &LABELS[rows],
+                weight,
+                &tracked_pass(),
+                &trained,
+                &mut accumulated,
+            )
+            .unwrap();
+        }
+        for (((name, _), a), b) in trained.iter().zip(&whole).zip(&accumulated) {
+            let difference =
+                crate::ops::tests::max_difference(a.as_ref().unwrap(), b.as_ref().unwrap());
+            assert!(difference < 1e-6, "{name}: {difference}");
+        }
+    }
+
+    #[test]
+    fn clipping_and_label_smoothing_match_pytorch() {
+        // scripts/training_reference.py, torch 2.15.0: clip_grad_norm_(max_norm=1.0) and
+        // CrossEntropyLoss(label_smoothing=0.1).
+        let device = Device::Cpu;
+        let grads = [
+            Some(Tensor::from_vec(vec![0.6f32, -0.8, 1.2, 0.0], (2, 2), &device).unwrap()),
+            None,
+            Some(Tensor::from_vec(vec![0.5f32, -0.25, 2.0], 3, &device).unwrap()),
+        ];
+        let squares = squared_norm(&grads).unwrap();
+        assert!(
+            (squares.sqrt() - 2.598_557_234).abs() < 1e-6,
+            "{}",
+            squares.sqrt()
+        );
+        let factor = clip_factor(squares, 1.0);
+        let clipped: Vec<f32> = grads
+            .iter()
+            .flatten()
+            .flat_map(|g| {
+                (g * factor)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        let expected = [
+            0.230_897_28,
+            -0.307_863_03,
+            0.461_794_56,
+            0.0,
+            0.192_414_39,
+            -0.096_207_19,
+            0.769_657_55,
+        ];
+        for (c, e) in clipped.iter().zip(expected) {
+            assert!((c - e).abs() < 1e-6, "{clipped:?}");
+        }
+        assert_eq!(
+            clip_factor(0.25, 1.0),
+            1.0,
+            "a norm below the bound is left alone"
+        );
+
+        let logits =
+            Tensor::from_vec(vec![1.0f32, -0.5, 0.2, 0.3, 0.3, -1.2], (2, 3), &device).unwrap();
+        let loss = smoothed_cross_entropy(&logits, &[Outcome::A, Outcome::Tie], 0.1)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((loss - 1.394_938_946).abs() < 1e-6, "{loss}");
+    }
+
+    #[test]
+    fn gradient_checkpointing_gives_the_same_gradients() {
+        let (classifier, encoded, trained) = tiny_batch(0.0);
+        let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.view(false)).collect();
+        let labels = LABELS;
         let gradients = |checkpoint: bool| {
             // The same dropout seed: checkpointing must replay the masks exactly.
             let rng = DropoutRng::replay(5, &Device::Cpu).unwrap();
@@ -587,7 +769,7 @@ mod tests {
     #[test]
     fn adamw_steps_in_place_as_pytorch_does() {
         // Two steps of torch.optim.AdamW(lr=0.01, betas=(0.9, 0.999), eps=1e-6,
-        // weight_decay=0.1): scripts/adamw_reference.py, torch 2.15.0.
+        // weight_decay=0.1): scripts/training_reference.py, torch 2.15.0.
         let expected = [
             0.485_008_4_f32,
             -0.991_672_2,

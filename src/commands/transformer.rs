@@ -37,6 +37,9 @@ struct FoldSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     loss_scale: Option<serde_json::Value>,
     seconds: FoldSeconds,
+    /// The training config, which `--predict-only` checks its own against.
+    #[serde(default)]
+    config: Option<TransformerConfig>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -240,6 +243,7 @@ fn run_fold(
             evaluate: result.eval_seconds,
             predict_test,
         },
+        config: Some(config.clone()),
     };
     if args.save_models {
         classifier.save_pretrained(&dir.join("model"))?;
@@ -268,6 +272,7 @@ fn predict_fold(
             model_dir.display()
         );
     }
+    check_training_config(&dir.join("fold.json"), config)?;
     let started = Instant::now();
     let classifier = Classifier::load(&model_dir, device, config)?;
     let logits = classifier.predict_logits(&classifier.encode(test_pairs)?)?;
@@ -281,6 +286,41 @@ fn predict_fold(
         logits.len(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The config keys that change what a trained model predicts.
+const INFERENCE_KEYS: [&str; 4] = ["layout", "precision", "max_len", "segments"];
+
+/// Refuses to predict with a config that differs from the training config `fold_json`
+/// recorded in a key that changes the predictions, naming the key and both values.
+fn check_training_config(fold_json: &Path, config: &TransformerConfig) -> Result<()> {
+    let text = std::fs::read_to_string(fold_json)
+        .with_context(|| format!("cannot read {}", fold_json.display()))?;
+    let summary: FoldSummary = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a fold summary", fold_json.display()))?;
+    let Some(trained) = summary.config else {
+        bail!(
+            "{}: records no training config (written by an older version); train again to \
+             predict with --predict-only",
+            fold_json.display()
+        );
+    };
+    let (trained, asked) = (
+        serde_json::to_value(trained)?,
+        serde_json::to_value(config)?,
+    );
+    for key in INFERENCE_KEYS {
+        if trained[key] != asked[key] {
+            bail!(
+                "{}: the model was trained with {key} = {}, this run asks for {}; predict with \
+                 the training config",
+                fold_json.display(),
+                trained[key],
+                asked[key]
+            );
+        }
+    }
     Ok(())
 }
 
