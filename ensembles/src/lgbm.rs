@@ -19,7 +19,19 @@ fn check(code: i32) -> Result<()> {
     }
     // SAFETY: LightGBM returns a pointer to a thread-local, NUL-terminated message.
     let message = unsafe { CStr::from_ptr(sys::LGBM_GetLastError()) };
-    Err(Error::LightGbm(message.to_string_lossy().into_owned()))
+    Err(Error::LightGbm(clean_message(&message.to_string_lossy())))
+}
+
+/// LightGBM's message without the C++ source location it appends to failed checks
+/// ("... at /path/of/the/build/src/io/config_auto.cpp, line 371 ."), which means nothing to
+/// a user.
+fn clean_message(message: &str) -> String {
+    let message = message.trim();
+    let message = match message.rfind(" at ") {
+        Some(at) if message[at..].contains(", line ") => &message[..at],
+        _ => message,
+    };
+    message.trim_end_matches([' ', '.']).to_owned()
 }
 
 fn c_string(text: &str) -> Result<CString> {
@@ -577,6 +589,21 @@ mod tests {
         for k in 0..3 {
             assert!((p[k] - 1.0 / 3.0).abs() < 1e-6, "{p:?}");
         }
+    }
+
+    #[test]
+    fn messages_lose_the_cpp_source_location() {
+        assert_eq!(
+            clean_message(
+                "Check failed: (num_leaves) > (1) at /x/out/lightgbm/src/io/config_auto.cpp, \
+                 line 352 .\n"
+            ),
+            "Check failed: (num_leaves) > (1)"
+        );
+        assert_eq!(
+            clean_message("Parameter max_depth should be of type int, got \"abc\""),
+            "Parameter max_depth should be of type int, got \"abc\""
+        );
     }
 
     #[test]
