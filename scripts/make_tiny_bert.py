@@ -28,7 +28,7 @@ tokenizer.save(os.path.join(out, "tokenizer.json"))
 
 torch.manual_seed(0)
 config = BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                    num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                    num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
                     pad_token_id=0)
 model = BertModel(config, add_pooling_layer=False).eval()
 model.save_pretrained(out, safe_serialization=True)

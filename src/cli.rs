@@ -181,6 +181,12 @@ pub struct CvArgs {
     /// Leave out the TF-IDF features (word and character n-grams).
     #[arg(long)]
     pub no_tfidf: bool,
+    /// A BERT-family sentence-encoder folder (config.json, model.safetensors,
+    /// tokenizer.json, optional 1_Pooling/config.json; e.g. all-MiniLM-L6-v2 from
+    /// scripts/get_minilm.sh): adds the cosines of the texts' embeddings as features,
+    /// each distinct text embedded once and cached [config: encoder.dir].
+    #[arg(long, value_name = "DIR")]
+    pub encoder: Option<PathBuf>,
 }
 
 #[cfg(feature = "transformer")]
@@ -272,6 +278,10 @@ pub struct PredictArgs {
     /// Threads for features and LightGBM (0: all cores).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
+    /// The sentence-encoder folder, for a run made with --encoder when the folder has moved
+    /// since (it must be the same encoder: checked by fingerprint). Default: the recorded one.
+    #[arg(long, value_name = "DIR")]
+    pub encoder: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -3,7 +3,7 @@ use anyhow::{Context, Result};
 use ensembles::cv::BoosterParams;
 use features::FeatureConfig;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The feature model's configuration, as in `configs/lgbm.toml`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -12,6 +12,32 @@ pub struct LgbmRunConfig {
     pub cv: CvSettings,
     pub features: FeatureConfig,
     pub lgbm: BoosterParams,
+    pub encoder: EncoderSettings,
+}
+
+/// The sentence encoder behind the semantic features (`[encoder]`, `--encoder`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncoderSettings {
+    /// A BERT-family sentence-encoder folder; none: no semantic features.
+    pub dir: Option<PathBuf>,
+    /// Tokens per text, special tokens included (the head of the text is kept).
+    pub max_tokens: usize,
+    /// Texts per forward pass.
+    pub batch_size: usize,
+    /// Where embeddings are kept between runs (one file per encoder); empty: no cache.
+    pub cache_dir: PathBuf,
+}
+
+impl Default for EncoderSettings {
+    fn default() -> Self {
+        EncoderSettings {
+            dir: None,
+            max_tokens: 128,
+            batch_size: 32,
+            cache_dir: PathBuf::from("runs/encoder-cache"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -1,6 +1,7 @@
 //! What a feature-model run folder keeps for predicting later: the fitted feature state
 //! (`features.json`) and the fold models (`models/fold_K.txt`). `cv` writes them, `predict`
 //! reads them back; both go through here.
+use crate::semantic::{self, EncoderRecord};
 use anyhow::{bail, Context, Result};
 use ensembles::lgbm::Model;
 use ensembles::stage_file::write_atomically;
@@ -14,10 +15,26 @@ fn model_path(run: &Path, fold: usize) -> PathBuf {
     run.join(MODELS_DIR).join(format!("fold_{fold}.txt"))
 }
 
-/// Writes `features.json` and one model file per fold into `run` (whose `models/` exists).
-pub fn write(run: &Path, extractor: &Extractor, models: &[String]) -> Result<()> {
+/// Writes `features.json`, one model file per fold (into `models/`, which exists) and, for a
+/// run with semantic features, `encoder.json`.
+pub fn write(
+    run: &Path,
+    extractor: &Extractor,
+    models: &[String],
+    encoder: Option<&EncoderRecord>,
+) -> Result<()> {
     let text = serde_json::to_string(&extractor.state())?;
     write_atomically(&run.join(FEATURES_FILE), text.as_bytes())?;
+    let encoder_file = run.join(semantic::RECORD_FILE);
+    match encoder {
+        Some(record) => write_atomically(
+            &encoder_file,
+            serde_json::to_string_pretty(record)?.as_bytes(),
+        )?,
+        None if encoder_file.exists() => std::fs::remove_file(&encoder_file)
+            .with_context(|| format!("cannot remove the earlier {}", encoder_file.display()))?,
+        None => {}
+    }
     for (fold, model) in models.iter().enumerate() {
         write_atomically(&model_path(run, fold), model.as_bytes())?;
     }
@@ -39,6 +56,8 @@ pub fn write(run: &Path, extractor: &Extractor, models: &[String]) -> Result<()>
 pub struct SavedRun {
     pub extractor: Extractor,
     pub models: Vec<Model>,
+    /// The sentence encoder of a run with semantic features.
+    pub encoder: Option<EncoderRecord>,
 }
 
 impl SavedRun {
@@ -89,7 +108,30 @@ impl SavedRun {
                 models.len()
             );
         }
-        Ok(SavedRun { extractor, models })
+        let encoder = semantic::read_record(run)?;
+        if encoder.is_some() != extractor.config().semantic {
+            bail!(
+                "{}: {} says the run {} semantic features, but {} is {}",
+                run.display(),
+                FEATURES_FILE,
+                if extractor.config().semantic {
+                    "has"
+                } else {
+                    "has no"
+                },
+                semantic::RECORD_FILE,
+                if encoder.is_some() {
+                    "there"
+                } else {
+                    "missing"
+                }
+            );
+        }
+        Ok(SavedRun {
+            extractor,
+            models,
+            encoder,
+        })
     }
 }
 

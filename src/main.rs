@@ -9,6 +9,7 @@ mod data;
 mod example;
 mod lgbm_run;
 mod report;
+mod semantic;
 
 use clap::Parser;
 

@@ -403,8 +403,10 @@ fn assert_predict_reproduces_submission(run: &Path, test: &Path) {
         let copy = run.with_extension("damaged");
         let _ = std::fs::remove_dir_all(&copy);
         std::fs::create_dir_all(copy.join("models")).unwrap();
-        for entry in ["features.json", "metrics.json"] {
-            std::fs::copy(run.join(entry), copy.join(entry)).unwrap();
+        for entry in ["features.json", "metrics.json", "encoder.json"] {
+            if run.join(entry).exists() {
+                std::fs::copy(run.join(entry), copy.join(entry)).unwrap();
+            }
         }
         for entry in std::fs::read_dir(run.join("models")).unwrap() {
             let entry = entry.unwrap().path();
@@ -574,4 +576,92 @@ fn lightgbm_extra_parameters_are_checked_before_anything_is_written() {
             out.display()
         );
     }
+}
+
+/// `cv --encoder` with the tiny BERT fixture: semantic columns in the run, a second run served
+/// by the cache alone, `predict` embedding the new test file with the recorded encoder and
+/// reproducing the submission, and a different encoder refused by fingerprint.
+#[test]
+fn semantic_features_are_cached_recorded_and_checked_on_predict() {
+    let dir = temp_dir("encoder");
+    let encoder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[encoder]\ncache_dir = {:?}\n",
+            dir.join("cache").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let cv = [
+        "cv",
+        "--folds",
+        "3",
+        "--config",
+        config.to_str().unwrap(),
+        "--encoder",
+        encoder.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    let metrics = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap()
+    };
+    run_ok(&cv);
+    let first = metrics();
+    let embedded = first["embedding"]["embedded"].as_u64().unwrap();
+    assert!(
+        embedded > 0 && first["embedding"]["from_cache"] == 0,
+        "{first}"
+    );
+    let importance = std::fs::read_to_string(run.join("importance.csv")).unwrap();
+    for column in [
+        "a_sem_sim_prompt",
+        "b_sem_sim_prompt",
+        "diff_sem_sim_prompt",
+        "sem_sim_ab",
+    ] {
+        assert!(importance.contains(column), "{column} missing");
+    }
+    run_ok(&cv);
+    let second = metrics();
+    assert_eq!(
+        second["embedding"]["embedded"], 0,
+        "the second run embeds nothing"
+    );
+    assert_eq!(second["embedding"]["from_cache"].as_u64(), Some(embedded));
+    assert_eq!(first["oof_log_loss"], second["oof_log_loss"]);
+
+    assert_predict_reproduces_submission(&run, &run.join("example/test.csv"));
+
+    // Another encoder (CLS instead of mean pooling) is refused by fingerprint.
+    let other = dir.join("other-encoder");
+    std::fs::create_dir_all(other.join("1_Pooling")).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(encoder.join(file), other.join(file)).unwrap();
+    }
+    std::fs::write(
+        other.join("1_Pooling/config.json"),
+        r#"{"pooling_mode_cls_token": true}"#,
+    )
+    .unwrap();
+    let output = ensemble(&[
+        "predict",
+        "--run",
+        run.to_str().unwrap(),
+        "--test",
+        run.join("example/test.csv").to_str().unwrap(),
+        "--out",
+        dir.join("predicted").to_str().unwrap(),
+        "--encoder",
+        other.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("encoder.json: the run was made with another sentence encoder"),
+        "{stderr}"
+    );
 }

@@ -92,7 +92,11 @@ fn main() {
         Err(_) => FeatureConfig::default(),
     };
     let (extractor, fit_s) = timed("fit", || Extractor::fit(&battles, &config).expect("fit"));
-    let (table, transform_s) = timed("transform", || extractor.transform(&battles));
+    let (table, transform_s) = timed("transform", || {
+        extractor
+            .transform(&battles, &[])
+            .expect("no semantic features")
+    });
     println!("fit + transform:     {:>6.2} s wall", fit_s + transform_s);
     let rows: Vec<usize> = (0..table.n_rows()).collect();
     let ((given, swapped), _) = timed("csr (both)", || {

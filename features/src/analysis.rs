@@ -7,7 +7,7 @@ use crate::text_stats::{Diversity, Words};
 use crate::tfidf::{Scratch, SparseVec, Tfidf};
 
 /// Turns are joined with a blank line, so each turn starts a new paragraph.
-pub(crate) fn join_turns(turns: &[String]) -> String {
+pub fn join_turns(turns: &[String]) -> String {
     turns.join("\n\n")
 }
 

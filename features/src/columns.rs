@@ -96,6 +96,7 @@ pub(crate) fn write_dense_row(
     b: &TextAnalysis,
     identical_responses: bool,
     similarities: Similarities,
+    semantic: Option<SemanticSimilarities>,
 ) {
     let counts: [(&str, Measure<usize>); 21] = [
         ("turns", |t| t.turns),
@@ -177,4 +178,18 @@ pub(crate) fn write_dense_row(
     if similarities.char {
         sink.symmetric("sim_char_tfidf_ab", a.char_tfidf.dot(&b.char_tfidf));
     }
+
+    // Sentence-embedding cosines, when an encoder gave embeddings.
+    if let Some(semantic) = semantic {
+        sink.sides("sem_sim_prompt", semantic.prompt_a, semantic.prompt_b);
+        sink.symmetric("sem_sim_ab", semantic.a_b);
+    }
+}
+
+/// Cosines between sentence embeddings of a battle's texts.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SemanticSimilarities {
+    pub prompt_a: f64,
+    pub prompt_b: f64,
+    pub a_b: f64,
 }

@@ -18,6 +18,8 @@
 //!   types found in the prompt), prompt_coverage (share of the prompt's types in the
 //!   response), sim_word_tfidf_prompt, sim_char_tfidf_prompt (cosines);
 //! - A vs B (symmetric): identical_ab, jaccard_words_ab, sim_word_tfidf_ab, sim_char_tfidf_ab;
+//! - with `semantic` on, cosines of sentence embeddings given to [`Extractor::transform`]:
+//!   `a_`/`b_`/`diff_sem_sim_prompt` (each response against the prompt) and `sem_sim_ab`;
 //! - `tfidf_w:<n-gram>` and `tfidf_c:<n-gram>`: A's minus B's TF-IDF weight.
 
 mod analysis;
@@ -31,8 +33,9 @@ mod turns;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use analysis::{analyze, join_turns};
-use columns::{write_dense_row, ColumnKind, Schema, Similarities, Values};
+use analysis::analyze;
+pub use analysis::join_turns;
+use columns::{write_dense_row, ColumnKind, Schema, SemanticSimilarities, Similarities, Values};
 pub use table::{CsrMatrix, FeatureTable, Orientation};
 pub use tfidf::TfidfConfig;
 use tfidf::{SavedVocabularies, Tfidf};
@@ -74,6 +77,45 @@ impl Battle {
 #[serde(default, deny_unknown_fields)]
 pub struct FeatureConfig {
     pub tfidf: TfidfConfig,
+    /// Columns from sentence embeddings, which the caller then passes to
+    /// [`Extractor::transform`] for every battle.
+    pub semantic: bool,
+}
+
+/// Sentence embeddings of one battle's prompt and responses, from an encoder outside this
+/// crate (any dimension, the same for all three).
+#[derive(Clone, Copy, Debug)]
+pub struct BattleEmbeddings<'a> {
+    pub prompt: &'a [f32],
+    pub response_a: &'a [f32],
+    pub response_b: &'a [f32],
+}
+
+impl BattleEmbeddings<'_> {
+    fn similarities(&self) -> SemanticSimilarities {
+        SemanticSimilarities {
+            prompt_a: cosine(self.prompt, self.response_a),
+            prompt_b: cosine(self.prompt, self.response_b),
+            a_b: cosine(self.response_a, self.response_b),
+        }
+    }
+}
+
+/// Cosine similarity, summed in index order so that `cosine(u, v)` and `cosine(v, u)` are
+/// bit-identical; 0 for a zero vector.
+fn cosine(u: &[f32], v: &[f32]) -> f64 {
+    let (mut dot, mut uu, mut vv) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in u.iter().zip(v) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        dot += x * y;
+        uu += x * x;
+        vv += y * y;
+    }
+    if uu == 0.0 || vv == 0.0 {
+        0.0
+    } else {
+        dot / (uu * vv).sqrt()
+    }
 }
 
 /// Fitted TF-IDF vocabularies plus the column layout.
@@ -146,6 +188,7 @@ impl Extractor {
             &nothing,
             false,
             similarities,
+            config.semantic.then(SemanticSimilarities::default),
         );
         let mut names = schema.names;
         let diff_columns = DiffColumns::new(&tfidf, &config.tfidf);
@@ -168,8 +211,43 @@ impl Extractor {
         }
     }
 
-    /// Computes all features for every battle, in parallel over blocks of battles.
-    pub fn transform(&self, battles: &[Battle]) -> FeatureTable {
+    /// Computes all features for every battle, in parallel over blocks of battles. With
+    /// `semantic` on, `embeddings` holds one entry per battle; otherwise it is empty.
+    pub fn transform(
+        &self,
+        battles: &[Battle],
+        embeddings: &[BattleEmbeddings],
+    ) -> Result<FeatureTable, Error> {
+        let expected = if self.config.semantic {
+            battles.len()
+        } else {
+            0
+        };
+        if embeddings.len() != expected {
+            return Err(Error::InvalidConfig(format!(
+                "{} battles with {} sentence embeddings; the extractor was fitted {}",
+                battles.len(),
+                embeddings.len(),
+                if self.config.semantic {
+                    "with semantic features"
+                } else {
+                    "without semantic features"
+                }
+            )));
+        }
+        if let Some(first) = embeddings.first() {
+            let dim = first.prompt.len();
+            let same = |e: &BattleEmbeddings| {
+                [e.prompt, e.response_a, e.response_b]
+                    .iter()
+                    .all(|v| v.len() == dim)
+            };
+            if !embeddings.iter().all(same) {
+                return Err(Error::InvalidConfig(
+                    "sentence embeddings of different dimensions".into(),
+                ));
+            }
+        }
         // A few blocks per thread balance the load; each block keeps its own scratch buffers
         // (and word cache) for all its rows.
         let block_len = battles
@@ -178,11 +256,15 @@ impl Extractor {
             .max(1);
         let blocks: Vec<Rows> = battles
             .par_chunks(block_len)
-            .map(|block| {
+            .enumerate()
+            .map(|(block_index, block)| {
                 let mut scratch = tfidf::Scratch::default();
                 let mut rows = Rows::default();
-                for battle in block {
-                    self.push_row(battle, &mut scratch, &mut rows);
+                for (offset, battle) in block.iter().enumerate() {
+                    let semantic = embeddings
+                        .get(block_index * block_len + offset)
+                        .map(BattleEmbeddings::similarities);
+                    self.push_row(battle, semantic, &mut scratch, &mut rows);
                 }
                 rows
             })
@@ -210,17 +292,31 @@ impl Extractor {
                 .sparse_indptr
                 .extend(block.sparse_ends.iter().map(|end| offset + end));
         }
-        table
+        Ok(table)
     }
 
     /// Appends the dense values and the A − B TF-IDF differences of one battle.
-    fn push_row(&self, battle: &Battle, scratch: &mut tfidf::Scratch, rows: &mut Rows) {
+    fn push_row(
+        &self,
+        battle: &Battle,
+        semantic: Option<SemanticSimilarities>,
+        scratch: &mut tfidf::Scratch,
+        rows: &mut Rows,
+    ) {
         let prompt = analyze(&battle.prompt, &self.tfidf, scratch);
         let a = analyze(&battle.response_a, &self.tfidf, scratch);
         let b = analyze(&battle.response_b, &self.tfidf, scratch);
         let identical = battle.response_a == battle.response_b;
         let mut dense = Values(&mut rows.dense);
-        write_dense_row(&mut dense, &prompt, &a, &b, identical, self.similarities);
+        write_dense_row(
+            &mut dense,
+            &prompt,
+            &a,
+            &b,
+            identical,
+            self.similarities,
+            semantic,
+        );
 
         let DiffColumns { word, char } = self.diff_columns;
         let word_offset = self.dense_kinds.len() as u32;
@@ -231,6 +327,10 @@ impl Extractor {
         a.char_tfidf
             .push_difference(&b.char_tfidf, char, char_offset, indices, values);
         rows.sparse_ends.push(rows.sparse_indices.len());
+    }
+
+    pub fn config(&self) -> &FeatureConfig {
+        &self.config
     }
 
     pub fn feature_names(&self) -> &[String] {

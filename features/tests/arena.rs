@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use features::{
-    parse_turns, Battle, CsrMatrix, Extractor, FeatureConfig, FeatureTable, Orientation,
+    parse_turns, Battle, BattleEmbeddings, CsrMatrix, Extractor, FeatureConfig, FeatureTable,
+    Orientation,
 };
 
 /// `<workspace root>/../shared/arena-sample`, seen from the main checkout or a worktree. A
@@ -121,12 +122,14 @@ fn swapped_battle_equals_swapped_orientation_bit_for_bit() {
         return;
     };
     let extractor = Extractor::fit(&battles, &small_config()).unwrap();
-    let table = extractor.transform(&battles);
+    let table = extractor.transform(&battles, &[]).unwrap();
     let swapped_battles: Vec<Battle> = battles.iter().map(Battle::swapped).collect();
-    let swapped_table = extractor.transform(&swapped_battles);
+    let swapped_table = extractor.transform(&swapped_battles, &[]).unwrap();
 
     for (row, battle) in battles.iter().enumerate() {
-        let one = extractor.transform(std::slice::from_ref(&battle.swapped()));
+        let one = extractor
+            .transform(std::slice::from_ref(&battle.swapped()), &[])
+            .unwrap();
         assert_bit_identical(
             &one.csr(&[0], Orientation::AsGiven),
             &table.csr(&[row], Orientation::Swapped),
@@ -174,14 +177,17 @@ fn difference_columns_are_the_most_frequent_n_grams_only() {
     };
     assert_eq!(grams("tfidf_w:"), full_grams("tfidf_w:", 7));
     assert_eq!(grams("tfidf_c:"), full_grams("tfidf_c:", 3));
-    let table = capped.transform(&battles);
+    let table = capped.transform(&battles, &[]).unwrap();
     assert_eq!(table.n_cols(), names.len());
     let all: Vec<usize> = (0..battles.len()).collect();
     let csr = table.csr(&all, Orientation::AsGiven);
     assert!(csr.indices.iter().all(|&c| (c as usize) < names.len()));
     // The similarities still use the whole vocabularies: the same values as uncapped.
     let sim = names.iter().position(|n| n == "sim_word_tfidf_ab").unwrap();
-    let full_csr = full.transform(&battles).csr(&all, Orientation::AsGiven);
+    let full_csr = full
+        .transform(&battles, &[])
+        .unwrap()
+        .csr(&all, Orientation::AsGiven);
     let value_at = |m: &CsrMatrix, row: usize| {
         let (start, end) = (m.indptr[row] as usize, m.indptr[row + 1] as usize);
         (start..end)
@@ -199,7 +205,7 @@ fn names_match_columns_and_are_unique() {
         return;
     };
     let extractor = Extractor::fit(&battles, &small_config()).unwrap();
-    let table = extractor.transform(&battles);
+    let table = extractor.transform(&battles, &[]).unwrap();
     let names = extractor.feature_names();
     assert_eq!(names.len(), table.n_cols());
     let distinct: HashSet<&String> = names.iter().collect();
@@ -237,7 +243,7 @@ fn csr_invariants_hold_in_both_orientations() {
         return;
     };
     let extractor = Extractor::fit(&battles, &small_config()).unwrap();
-    let table = extractor.transform(&battles);
+    let table = extractor.transform(&battles, &[]).unwrap();
     assert_eq!(table.n_rows(), battles.len());
     let rows: Vec<usize> = (0..battles.len()).rev().collect();
     for orientation in [Orientation::AsGiven, Orientation::Swapped] {
@@ -292,7 +298,7 @@ fn hand_made_battle_has_the_expected_values() {
     };
     let battles = [battle.clone(), battle.swapped()];
     let extractor = Extractor::fit(&battles, &FeatureConfig::default()).unwrap();
-    let table = extractor.transform(&battles[..1]);
+    let table = extractor.transform(&battles[..1], &[]).unwrap();
     let get = |name: &str| value(&extractor, &table, Orientation::AsGiven, name);
     let swapped = |name: &str| value(&extractor, &table, Orientation::Swapped, name);
 
@@ -347,7 +353,9 @@ fn identical_responses_are_flagged_and_have_no_tfidf_difference() {
     config.tfidf.min_df = 1;
     config.tfidf.max_df = 1.0;
     let extractor = Extractor::fit(std::slice::from_ref(&battle), &config).unwrap();
-    let table = extractor.transform(std::slice::from_ref(&battle));
+    let table = extractor
+        .transform(std::slice::from_ref(&battle), &[])
+        .unwrap();
     assert_eq!(
         value(&extractor, &table, Orientation::AsGiven, "identical_ab"),
         1.0
@@ -435,9 +443,9 @@ fn edge_case_texts_are_finite_and_swap_exactly() {
     let mut config = small_config();
     config.tfidf.min_df = 1;
     let extractor = Extractor::fit(&battles, &config).unwrap();
-    let table = extractor.transform(&battles);
+    let table = extractor.transform(&battles, &[]).unwrap();
     let swapped: Vec<Battle> = battles.iter().map(Battle::swapped).collect();
-    let swapped_table = extractor.transform(&swapped);
+    let swapped_table = extractor.transform(&swapped, &[]).unwrap();
     let all: Vec<usize> = (0..battles.len()).collect();
     for orientation in [Orientation::AsGiven, Orientation::Swapped] {
         assert_csr_invariants(&table.csr(&all, orientation));
@@ -471,8 +479,14 @@ fn saved_state_restores_bit_identical_features() {
     let rows: Vec<usize> = (0..battles.len()).collect();
     for orientation in [Orientation::AsGiven, Orientation::Swapped] {
         assert_bit_identical(
-            &fitted.transform(&battles).csr(&rows, orientation),
-            &restored.transform(&battles).csr(&rows, orientation),
+            &fitted
+                .transform(&battles, &[])
+                .unwrap()
+                .csr(&rows, orientation),
+            &restored
+                .transform(&battles, &[])
+                .unwrap()
+                .csr(&rows, orientation),
             "restored extractor",
         );
     }
@@ -516,4 +530,71 @@ fn saved_state_restores_bit_identical_features() {
         },
         "an n-gram hash appears twice",
     );
+}
+
+/// Semantic columns: exact cosines of the given embeddings, exactly mirrored when A and B are
+/// exchanged, and refused when the embeddings do not match the battles.
+#[test]
+fn semantic_columns_are_exact_cosines_and_swap_exactly() {
+    let battles = vec![
+        Battle {
+            prompt: turns(&["Explain recursion."]),
+            response_a: turns(&["A function that calls itself."]),
+            response_b: turns(&["No."]),
+        },
+        Battle {
+            prompt: turns(&["Say hi."]),
+            response_a: turns(&["hi"]),
+            response_b: turns(&["hi"]),
+        },
+    ];
+    let config = FeatureConfig {
+        semantic: true,
+        ..small_config()
+    };
+    let extractor = Extractor::fit(&battles, &config).unwrap();
+    let (p, a, b) = ([1.0f32, 0.0, 0.0], [0.6f32, 0.8, 0.0], [0.0f32, 2.0, 0.0]);
+    let zero = [0.0f32; 3];
+    let given = [
+        BattleEmbeddings {
+            prompt: &p,
+            response_a: &a,
+            response_b: &b,
+        },
+        BattleEmbeddings {
+            prompt: &p,
+            response_a: &a,
+            response_b: &zero,
+        },
+    ];
+    let table = extractor.transform(&battles, &given).unwrap();
+    let at = |name: &str| value(&extractor, &table, Orientation::AsGiven, name);
+    assert_eq!(at("a_sem_sim_prompt"), 0.6);
+    assert_eq!(at("b_sem_sim_prompt"), 0.0);
+    assert_eq!(at("diff_sem_sim_prompt"), 0.6);
+    assert_eq!(at("sem_sim_ab"), 0.8);
+
+    let swapped_battles: Vec<Battle> = battles.iter().map(Battle::swapped).collect();
+    let swapped: Vec<BattleEmbeddings> = given
+        .iter()
+        .map(|e| BattleEmbeddings {
+            prompt: e.prompt,
+            response_a: e.response_b,
+            response_b: e.response_a,
+        })
+        .collect();
+    let rows = [0, 1];
+    assert_bit_identical(
+        &extractor
+            .transform(&swapped_battles, &swapped)
+            .unwrap()
+            .csr(&rows, Orientation::AsGiven),
+        &table.csr(&rows, Orientation::Swapped),
+        "semantic columns of the swapped battles",
+    );
+
+    assert!(extractor.transform(&battles, &given[..1]).is_err());
+    let plain = Extractor::fit(&battles, &small_config()).unwrap();
+    assert!(plain.transform(&battles, &given).is_err());
+    assert!(!plain.feature_names().iter().any(|n| n.contains("sem_sim")));
 }

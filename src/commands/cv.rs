@@ -5,6 +5,7 @@ use crate::data::{self, TextIssues};
 use crate::example;
 use crate::lgbm_run;
 use crate::report;
+use crate::semantic;
 use anyhow::{bail, Context, Result};
 use ensembles::cv::{self, CvInputs, FoldReport, Progress};
 use ensembles::folds::Folds;
@@ -33,6 +34,9 @@ struct RunSummary {
     prior_log_loss: f64,
     seconds: Timings,
     config: LgbmRunConfig,
+    /// The sentence encoder and what embedding cost, with --encoder.
+    encoder: Option<semantic::EncoderRecord>,
+    embedding: Option<serde_json::Value>,
     train_text_issues: TextIssues,
     test_text_issues: TextIssues,
 }
@@ -65,6 +69,10 @@ fn resolve_config(args: &CvArgs) -> Result<LgbmRunConfig> {
     lgbm.early_stopping_rounds = args.early_stopping.unwrap_or(lgbm.early_stopping_rounds);
     lgbm.early_stopping_on = args.early_stopping_on.unwrap_or(lgbm.early_stopping_on);
     lgbm.num_threads = args.threads.unwrap_or(lgbm.num_threads);
+    if let Some(dir) = &args.encoder {
+        config.encoder.dir = Some(dir.clone());
+    }
+    config.features.semantic = config.encoder.dir.is_some();
     if args.no_tfidf {
         config.features.tfidf.word = false;
         config.features.tfidf.char = false;
@@ -105,6 +113,11 @@ pub fn run(args: CvArgs) -> Result<()> {
             .num_threads(config.lgbm.num_threads)
             .build_global();
     }
+    // A bad encoder folder fails here, before any reading or computing.
+    let encoder = match &config.encoder.dir {
+        Some(dir) => Some(semantic::Encoder::load(dir, &config.encoder)?),
+        None => None,
+    };
     let (train_path, test_path) = resolve_inputs(&args)?;
     let mut timings = Timings::default();
 
@@ -157,8 +170,13 @@ pub fn run(args: CvArgs) -> Result<()> {
     let mut battles = train.battles.battles;
     battles.extend(test.battles);
     let extractor = Extractor::fit(&battles, &config.features)?;
-    let table = extractor.transform(&battles);
-    drop(battles);
+    let embedded = encoder.as_ref().map(|e| e.embed(&battles)).transpose()?;
+    let embeddings = embedded
+        .as_ref()
+        .map(semantic::BattleTexts::for_features)
+        .unwrap_or_default();
+    let table = extractor.transform(&battles, &embeddings)?;
+    drop((battles, embeddings));
     let train_rows: Vec<usize> = (0..n_train).collect();
     let test_rows: Vec<usize> = (n_train..n_train + n_test).collect();
     let augmented = CsrMatrix::vstack(&[
@@ -221,7 +239,8 @@ pub fn run(args: CvArgs) -> Result<()> {
         std::fs::remove_file(&submission)
             .with_context(|| format!("cannot remove the earlier {}", submission.display()))?;
     }
-    lgbm_run::write(&args.out, &extractor, &output.models)?;
+    let encoder_record = encoder.as_ref().map(semantic::Encoder::record);
+    lgbm_run::write(&args.out, &extractor, &output.models, encoder_record)?;
     let importance = report::Importance::new(names, &output.gain, &output.split);
     importance.write_csv(&args.out.join("importance.csv"))?;
     importance.write_svg(&args.out.join("importance.svg"), 30)?;
@@ -240,6 +259,8 @@ pub fn run(args: CvArgs) -> Result<()> {
         folds: output.folds,
         seconds: timings,
         config,
+        encoder: encoder_record.cloned(),
+        embedding: embedded.map(|e| e.stats),
         train_text_issues: train_issues,
         test_text_issues: test_issues,
     };

@@ -2,6 +2,7 @@
 use crate::cli::PredictArgs;
 use crate::data;
 use crate::lgbm_run::SavedRun;
+use crate::semantic;
 use anyhow::{bail, Context, Result};
 use ensembles::cv::predict_mean;
 use ensembles::predictions::Predictions;
@@ -50,7 +51,23 @@ pub fn run(args: PredictArgs) -> Result<()> {
             test.text_issues.examples.join("; ")
         );
     }
-    let table = saved.extractor.transform(&test.battles);
+    let embedded = match (&saved.encoder, &args.encoder) {
+        (Some(record), dir) => {
+            let encoder = semantic::load_recorded(&args.run, record, dir.as_deref())?;
+            Some(encoder.embed(&test.battles)?)
+        }
+        (None, Some(dir)) => bail!(
+            "--encoder {}: the run {} was made without an encoder",
+            dir.display(),
+            args.run.display()
+        ),
+        (None, None) => None,
+    };
+    let embeddings = embedded
+        .as_ref()
+        .map(semantic::BattleTexts::for_features)
+        .unwrap_or_default();
+    let table = saved.extractor.transform(&test.battles, &embeddings)?;
     let rows: Vec<usize> = (0..test.ids.len()).collect();
     let (as_given, swapped) = (
         table.csr(&rows, Orientation::AsGiven),
