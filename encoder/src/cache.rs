@@ -11,6 +11,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Texts embedded between two writes to the cache.
+const SAVE_EVERY: usize = 2048;
+
 fn text_key(text: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
@@ -158,14 +161,28 @@ pub fn embed_cached(
             None => missing.push(slot),
         }
     }
+    // Shortest texts first, in chunks that each go to the cache as soon as they are done:
+    // a run stopped halfway keeps what it embedded.
+    missing.sort_by_key(|&slot| (firsts[slot].len(), slot));
     let started = Instant::now();
-    let missing_texts: Vec<&str> = missing.iter().map(|&slot| firsts[slot]).collect();
-    let total = missing_texts.len();
-    let embedded = if total == 0 {
-        Vec::new()
-    } else {
-        encoder.embed(&missing_texts, |done| progress(done, total))?
-    };
+    let total = missing.len();
+    let mut done = 0;
+    for chunk in missing.chunks(SAVE_EVERY) {
+        let chunk_texts: Vec<&str> = chunk.iter().map(|&slot| firsts[slot]).collect();
+        let embedded = encoder.embed(&chunk_texts, |in_chunk| progress(done + in_chunk, total))?;
+        done += chunk.len();
+        let new: Vec<(u64, Vec<f32>)> = chunk
+            .iter()
+            .zip(embedded)
+            .map(|(&slot, vector)| {
+                vectors[slot].clone_from(&vector);
+                (keys[slot], vector)
+            })
+            .collect();
+        if let Some(cache) = cache.as_mut() {
+            cache.append(new)?;
+        }
+    }
     let stats = EmbedStats {
         texts: texts.len(),
         distinct: keys.len(),
@@ -173,13 +190,5 @@ pub fn embed_cached(
         embedded: total,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let mut new = Vec::with_capacity(total);
-    for (&slot, vector) in missing.iter().zip(embedded) {
-        new.push((keys[slot], vector.clone()));
-        vectors[slot] = vector;
-    }
-    if let Some(cache) = cache.as_mut() {
-        cache.append(new)?;
-    }
     Ok((Embeddings { vectors, index }, stats))
 }
