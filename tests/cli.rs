@@ -200,20 +200,39 @@ fn grouped_folds_hold_out_each_prompt_whole() {
         ));
     }
     std::fs::write(out.join("train.csv"), train).unwrap();
-    run_ok(&[
-        "cv",
-        "--train",
-        out.join("train.csv").to_str().unwrap(),
-        "--test",
-        shared("test.csv").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--folds",
-        "4",
-        "--group-by",
-        "prompt",
-        "--no-tfidf",
-    ]);
+    let run = |group_by: &str| {
+        let output = run_ok(&[
+            "cv",
+            "--train",
+            out.join("train.csv").to_str().unwrap(),
+            "--test",
+            shared("test.csv").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--folds",
+            "4",
+            "--group-by",
+            group_by,
+            "--no-tfidf",
+        ]);
+        let metrics: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
+                .unwrap();
+        (
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+            metrics,
+        )
+    };
+    // Plain stratified folds spread all 8 prompts over several folds, and say so.
+    let (stderr, metrics) = run("none");
+    assert!(
+        stderr.contains("warning: 8 prompts (48 battles) appear in more than one fold"),
+        "{stderr}"
+    );
+    assert_eq!(metrics["prompts_across_folds"]["prompts"], 8);
+    let (stderr, metrics) = run("prompt");
+    assert!(!stderr.contains("more than one fold"), "{stderr}");
+    assert_eq!(metrics["prompts_across_folds"]["battles"], 0);
     let folds: Vec<usize> = std::fs::read_to_string(out.join("folds.csv"))
         .unwrap()
         .lines()

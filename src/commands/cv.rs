@@ -34,6 +34,8 @@ struct RunSummary {
     prior_log_loss: f64,
     seconds: Timings,
     config: LgbmRunConfig,
+    /// Prompts that appear in more than one fold (0 with --group-by prompt).
+    prompts_across_folds: SharedPrompts,
     /// The sentence encoder and what embedding cost, with --encoder.
     encoder: Option<semantic::EncoderRecord>,
     embedding: Option<serde_json::Value>,
@@ -160,6 +162,15 @@ pub fn run(args: CvArgs) -> Result<()> {
             }
         },
     };
+    let shared_prompts = prompts_across_folds(&folds, &train.battles.battles);
+    if shared_prompts.prompts > 0 {
+        eprintln!(
+            "warning: {} prompts ({} battles) appear in more than one fold: the OOF score is \
+             flattered by prompts seen in training; --group-by prompt keeps each prompt in one \
+             fold",
+            shared_prompts.prompts, shared_prompts.battles
+        );
+    }
 
     let features_started = Instant::now();
     let bar = spinner("computing features");
@@ -259,6 +270,7 @@ pub fn run(args: CvArgs) -> Result<()> {
         folds: output.folds,
         seconds: timings,
         config,
+        prompts_across_folds: shared_prompts,
         encoder: encoder_record.cloned(),
         embedding: embedded.map(|e| e.stats),
         train_text_issues: train_issues,
@@ -281,6 +293,34 @@ pub(super) fn view(csr: &CsrMatrix) -> CsrView<'_> {
         values: &csr.values,
         n_cols: csr.n_cols,
     }
+}
+
+/// Prompts whose battles sit in more than one fold, and how many battles they have.
+#[derive(Serialize, Default, Debug, PartialEq)]
+struct SharedPrompts {
+    prompts: usize,
+    battles: usize,
+}
+
+fn prompts_across_folds(folds: &Folds, battles: &[features::Battle]) -> SharedPrompts {
+    let mut folds_of: std::collections::HashMap<&[String], (usize, usize, bool)> =
+        std::collections::HashMap::new();
+    for (row, battle) in battles.iter().enumerate() {
+        let fold = folds.fold_of(row);
+        let entry = folds_of
+            .entry(battle.prompt.as_slice())
+            .or_insert((fold, 0, false));
+        entry.1 += 1;
+        entry.2 |= entry.0 != fold;
+    }
+    let mut shared = SharedPrompts::default();
+    for (_, battles, spread) in folds_of.into_values() {
+        if spread {
+            shared.prompts += 1;
+            shared.battles += battles;
+        }
+    }
+    shared
 }
 
 fn prior_log_loss(labels: &[Outcome]) -> f64 {
