@@ -174,7 +174,7 @@ pub struct CvArgs {
     /// K-2 folds). `held-out`: the held-out fold itself, as many notebooks do; it flatters
     /// the OOF score [config: lgbm.early_stopping_on, default inner-fold].
     #[arg(long, value_name = "inner-fold|held-out")]
-    pub early_stopping_on: Option<ensembles::cv::StoppingRows>,
+    pub early_stopping_on: Option<ensembles::folds::StoppingRows>,
     /// Threads for features and LightGBM; 0 means every core [config: lgbm.num_threads].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -237,6 +237,12 @@ pub struct TransformerArgs {
     /// Training epochs per fold [config: epochs, default 2].
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
+    /// The rows that pick each fold's best checkpoint. `inner-fold`: the next fold, left out
+    /// of training, so the held-out fold is predicted without having been looked at (needs 3
+    /// folds or more). `held-out`: the held-out fold itself, which flatters the OOF score
+    /// [config: early_stopping_on, default inner-fold].
+    #[arg(long, value_name = "inner-fold|held-out")]
+    pub early_stopping_on: Option<ensembles::folds::StoppingRows>,
     /// Activations and matmuls in f32, or in bf16 (GPUs with bf16 tensor cores: A100, L4,
     /// H100) or f16 with dynamic loss scaling (T4, V100), with f32 weights, optimizer,
     /// LayerNorm and softmax (mixed precision) [config: precision, default f32].

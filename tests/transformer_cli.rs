@@ -168,6 +168,10 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
             .unwrap();
     assert_eq!(metrics["folds"].as_array().unwrap().len(), 3);
     assert!(metrics["oof_log_loss"].as_f64().unwrap().is_finite());
+    // Each fold's checkpoint was picked on the next fold, never on the fold it predicts.
+    for (k, fold) in metrics["folds"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(fold["stopping_fold"], (k + 1) % 3, "fold {k}");
+    }
 
     // A NaN logit in a fold file stops the merge, naming the file, line and id.
     let fold_logits = out.path().join("fold-2/test_logits.csv");
@@ -231,7 +235,7 @@ fn f16_with_checkpointing_records_its_loss_scale() {
         "--out",
         out.path().to_str().unwrap(),
         "--folds",
-        "2",
+        "3",
         "--fold",
         "0",
         "--max-len",

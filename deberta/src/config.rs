@@ -97,6 +97,10 @@ pub struct TransformerConfig {
     pub eval_every_steps: usize,
     /// Evaluations without improvement before training stops.
     pub patience: usize,
+    /// The rows whose loss picks the best checkpoint and stops training: the next fold, left
+    /// out of training (`inner-fold`, honest OOF), or the held-out fold itself (`held-out`,
+    /// which flatters the OOF score).
+    pub early_stopping_on: ensembles::folds::StoppingRows,
     pub seed: u64,
     /// Recompute each trained encoder layer in the backward pass instead of keeping its
     /// activations: about half the memory for about a quarter more time (CPU, BENCHMARKS.md).
@@ -131,6 +135,7 @@ impl Default for TransformerConfig {
             swap_probability: 0.5,
             eval_every_steps: 0,
             patience: 2,
+            early_stopping_on: ensembles::folds::StoppingRows::InnerFold,
             seed: 42,
             gradient_checkpointing: false,
             loss_scale: 65536.0,

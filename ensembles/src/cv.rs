@@ -3,7 +3,7 @@
 //! Every training row enters twice, as given and with A and B exchanged (label mirrored), and
 //! both copies always sit on the same side of a fold. Predictions average the model over both
 //! orientations, which makes them exactly mirror-symmetric.
-use crate::folds::Folds;
+use crate::folds::{FoldRows, Folds, StoppingRows};
 use crate::lgbm::{self, CsrView, Dataset, Model, Rounds};
 use crate::outcome::swap_average;
 use crate::{metrics, Error, Outcome, Probs, Result};
@@ -126,32 +126,6 @@ impl BoosterParams {
     }
 }
 
-/// The rows whose loss decides when a fold's boosting stops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StoppingRows {
-    /// The next fold (K+1 mod the number of folds), left out of training: the held-out fold
-    /// is never looked at before it is predicted, so the OOF score is honest. Fold models
-    /// train on K−2 folds.
-    InnerFold,
-    /// The held-out fold itself (the common Kaggle notebook practice): fold models train on
-    /// K−1 folds, but the round count is chosen on the rows the OOF score is computed on,
-    /// which flatters that score and the blender's estimate built on it.
-    HeldOut,
-}
-
-impl std::str::FromStr for StoppingRows {
-    type Err = String;
-
-    fn from_str(text: &str) -> std::result::Result<StoppingRows, String> {
-        match text {
-            "inner-fold" => Ok(StoppingRows::InnerFold),
-            "held-out" => Ok(StoppingRows::HeldOut),
-            _ => Err(format!("`{text}`: expected inner-fold or held-out")),
-        }
-    }
-}
-
 /// Parameters that `booster_params` sets itself, the task's (aliases resolve to them).
 const OWN_PARAMETERS: [&str; 3] = ["objective", "num_class", "metric"];
 
@@ -215,35 +189,6 @@ fn swap_averaged(as_given: &[f64], swapped: &[f64]) -> Vec<Probs> {
         .collect()
 }
 
-/// The rows one fold's model trains on, watches for early stopping, and predicts.
-#[derive(Debug, PartialEq)]
-struct FoldRows {
-    train: Vec<usize>,
-    stopping: Vec<usize>,
-    stopping_fold: usize,
-    held_out: Vec<usize>,
-}
-
-impl FoldRows {
-    fn new(folds: &Folds, fold: usize, stopping_on: StoppingRows) -> FoldRows {
-        let stopping_fold = match stopping_on {
-            StoppingRows::InnerFold => (fold + 1) % folds.n_folds(),
-            StoppingRows::HeldOut => fold,
-        };
-        let n = folds.len();
-        let in_fold =
-            |k: usize| -> Vec<usize> { (0..n).filter(|&r| folds.fold_of(r) == k).collect() };
-        FoldRows {
-            train: (0..n)
-                .filter(|&r| ![fold, stopping_fold].contains(&folds.fold_of(r)))
-                .collect(),
-            stopping: in_fold(stopping_fold),
-            stopping_fold,
-            held_out: in_fold(fold),
-        }
-    }
-}
-
 /// Rows of the augmented matrix for the given training rows: each row and its swapped copy.
 fn augmented_rows(rows: &[usize], n: usize) -> Vec<usize> {
     rows.iter()
@@ -285,12 +230,6 @@ pub fn cross_validate(
     let (mut reports, mut models) = (Vec::new(), Vec::new());
     let predict_threads = format!("num_threads={}", params.threads());
     let n_folds = folds.n_folds();
-    if params.early_stopping_on == StoppingRows::InnerFold && n_folds < 3 {
-        return Err(Error::Invalid(format!(
-            "early stopping on an inner fold needs at least 3 folds (one held out, one \
-             watched, one or more trained on), not {n_folds}; or stop on the held-out fold"
-        )));
-    }
     for fold in 0..n_folds {
         let started = Instant::now();
         progress(Progress::FoldStarted { fold, n_folds });
@@ -299,7 +238,7 @@ pub fn cross_validate(
             stopping: stopping_rows,
             stopping_fold,
             held_out,
-        } = FoldRows::new(folds, fold, params.early_stopping_on);
+        } = folds.rows_for(fold, params.early_stopping_on)?;
         let train_set = full.subset(&augmented_rows(&train_rows, n), "")?;
         let valid_set = full.subset(&augmented_rows(&stopping_rows, n), "")?;
         let trained = lgbm::train(
@@ -498,36 +437,6 @@ mod tests {
                     row % n
                 );
             }
-        }
-    }
-
-    #[test]
-    fn inner_fold_stopping_never_trains_on_or_watches_the_held_out_fold() {
-        let labels: Vec<Outcome> = (0..60).map(|i| Outcome::ALL[i % 3]).collect();
-        let folds = Folds::stratified(&labels, 4, 5).unwrap();
-        for fold in 0..4 {
-            let inner = FoldRows::new(&folds, fold, StoppingRows::InnerFold);
-            assert_eq!(inner.stopping_fold, (fold + 1) % 4);
-            assert!(inner.held_out.iter().all(|&r| folds.fold_of(r) == fold));
-            assert!(inner
-                .stopping
-                .iter()
-                .all(|&r| folds.fold_of(r) == inner.stopping_fold));
-            for row in &inner.held_out {
-                assert!(!inner.train.contains(row) && !inner.stopping.contains(row));
-            }
-            let mut all = [&inner.train[..], &inner.stopping, &inner.held_out].concat();
-            all.sort_unstable();
-            assert_eq!(
-                all,
-                (0..60).collect::<Vec<_>>(),
-                "every row in exactly one part"
-            );
-
-            // The peeking protocol watches the held-out fold itself, and trains on the rest.
-            let peeking = FoldRows::new(&folds, fold, StoppingRows::HeldOut);
-            assert_eq!(peeking.stopping, peeking.held_out);
-            assert_eq!(peeking.train.len() + peeking.held_out.len(), 60);
         }
     }
 

@@ -3,6 +3,7 @@
 use crate::stage_file::{self, StageFile};
 use crate::{Error, Outcome, Result};
 use rand::{seq::SliceRandom, SeedableRng};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -181,6 +182,72 @@ impl Folds {
     }
 }
 
+/// The rows whose loss decides when a fold's boosting stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoppingRows {
+    /// The next fold (K+1 mod the number of folds), left out of training: the held-out fold
+    /// is never looked at before it is predicted, so the OOF score is honest. Fold models
+    /// train on K−2 folds.
+    InnerFold,
+    /// The held-out fold itself (the common Kaggle notebook practice): fold models train on
+    /// K−1 folds, but the round count is chosen on the rows the OOF score is computed on,
+    /// which flatters that score and the blender's estimate built on it.
+    HeldOut,
+}
+
+impl std::str::FromStr for StoppingRows {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<StoppingRows, String> {
+        match text {
+            "inner-fold" => Ok(StoppingRows::InnerFold),
+            "held-out" => Ok(StoppingRows::HeldOut),
+            _ => Err(format!("`{text}`: expected inner-fold or held-out")),
+        }
+    }
+}
+
+/// The rows one fold's model trains on, watches for early stopping, and predicts.
+#[derive(Debug, PartialEq)]
+pub struct FoldRows {
+    pub train: Vec<usize>,
+    pub stopping: Vec<usize>,
+    pub stopping_fold: usize,
+    pub held_out: Vec<usize>,
+}
+
+impl Folds {
+    /// The rows fold `fold`'s model trains on, watches for early stopping and predicts.
+    /// Stopping on an inner fold needs at least 3 folds.
+    pub fn rows_for(&self, fold: usize, stopping_on: StoppingRows) -> Result<FoldRows> {
+        let n_folds = self.n_folds();
+        let stopping_fold = match stopping_on {
+            StoppingRows::InnerFold if n_folds < 3 => {
+                return Err(Error::Invalid(format!(
+                    "early stopping on an inner fold needs at least 3 folds (one held out, one \
+                     watched, one or more trained on), not {n_folds}; or stop on the held-out \
+                     fold"
+                )))
+            }
+            StoppingRows::InnerFold => (fold + 1) % n_folds,
+            StoppingRows::HeldOut => fold,
+        };
+        let rows = 0..self.len();
+        let in_fold =
+            |k: usize| -> Vec<usize> { rows.clone().filter(|&r| self.fold_of(r) == k).collect() };
+        Ok(FoldRows {
+            train: rows
+                .clone()
+                .filter(|&r| ![fold, stopping_fold].contains(&self.fold_of(r)))
+                .collect(),
+            stopping: in_fold(stopping_fold),
+            stopping_fold,
+            held_out: in_fold(fold),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,5 +374,38 @@ mod tests {
             assert!(message.contains(needle), "{message:?} lacks {needle:?}");
             assert!(message.contains("folds.csv"), "{message:?} names no file");
         }
+    }
+
+    #[test]
+    fn inner_fold_stopping_never_trains_on_or_watches_the_held_out_fold() {
+        let labels: Vec<Outcome> = (0..60).map(|i| Outcome::ALL[i % 3]).collect();
+        let folds = Folds::stratified(&labels, 4, 5).unwrap();
+        for fold in 0..4 {
+            let inner = folds.rows_for(fold, StoppingRows::InnerFold).unwrap();
+            assert_eq!(inner.stopping_fold, (fold + 1) % 4);
+            assert!(inner.held_out.iter().all(|&r| folds.fold_of(r) == fold));
+            assert!(inner
+                .stopping
+                .iter()
+                .all(|&r| folds.fold_of(r) == inner.stopping_fold));
+            for row in &inner.held_out {
+                assert!(!inner.train.contains(row) && !inner.stopping.contains(row));
+            }
+            let mut all = [&inner.train[..], &inner.stopping, &inner.held_out].concat();
+            all.sort_unstable();
+            assert_eq!(
+                all,
+                (0..60).collect::<Vec<_>>(),
+                "every row in exactly one part"
+            );
+
+            // The peeking protocol watches the held-out fold itself, and trains on the rest.
+            let peeking = folds.rows_for(fold, StoppingRows::HeldOut).unwrap();
+            assert_eq!(peeking.stopping, peeking.held_out);
+            assert_eq!(peeking.train.len() + peeking.held_out.len(), 60);
+        }
+        let two = Folds::stratified(&labels, 2, 5).unwrap();
+        assert!(two.rows_for(0, StoppingRows::InnerFold).is_err());
+        assert!(two.rows_for(0, StoppingRows::HeldOut).is_ok());
     }
 }

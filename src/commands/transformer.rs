@@ -29,6 +29,10 @@ struct FoldSummary {
     fold: usize,
     train_rows: usize,
     held_out_rows: usize,
+    /// The fold whose rows picked the checkpoint (this fold itself with `held-out` stopping).
+    #[serde(default)]
+    stopping_fold: usize,
+    /// The log loss of the picked checkpoint on those rows.
     best_log_loss: f64,
     best_step: usize,
     steps: usize,
@@ -72,6 +76,7 @@ fn resolve_config(args: &TransformerArgs) -> Result<TransformerConfig> {
     };
     config.max_len = args.max_len.unwrap_or(config.max_len);
     config.epochs = args.epochs.unwrap_or(config.epochs);
+    config.early_stopping_on = args.early_stopping_on.unwrap_or(config.early_stopping_on);
     config.precision = args.precision.unwrap_or(config.precision);
     config.gradient_checkpointing |= args.gradient_checkpointing;
     config.validate().map_err(anyhow::Error::msg)?;
@@ -176,7 +181,8 @@ fn run_fold(
         .context("--model is needed to train")?;
     let mut classifier = Classifier::load(model, device, config)?;
     let load = started.elapsed().as_secs_f64();
-    let (train_rows, held_out) = folds.split(fold);
+    let rows = folds.rows_for(fold, config.early_stopping_on)?;
+    let (train_rows, held_out) = (&rows.train, &rows.held_out);
     let pick = |rows: &[usize]| {
         rows.iter()
             .map(|&r| train_pairs[r].clone())
@@ -188,27 +194,38 @@ fn run_fold(
             .collect::<Vec<Outcome>>()
     };
     let tokenizing = Instant::now();
-    let train_encoded = classifier.encode(&pick(&train_rows))?;
-    let held_out_encoded = classifier.encode(&pick(&held_out))?;
+    let train_encoded = classifier.encode(&pick(train_rows))?;
+    let stopping_encoded = classifier.encode(&pick(&rows.stopping))?;
     let test_encoded = classifier.encode(test_pairs)?;
     let tokenize = tokenizing.elapsed().as_secs_f64();
     eprintln!(
-        "fold {fold}: training on {} rows, early stopping on {} held-out rows",
+        "fold {fold}: training on {} rows, picking the checkpoint on {} rows of fold {}",
         train_rows.len(),
-        held_out.len()
+        rows.stopping.len(),
+        rows.stopping_fold
     );
     let result: FoldResult = fit_fold(
         &mut classifier,
         &train_encoded,
-        &labels(&train_rows),
-        &held_out_encoded,
-        &labels(&held_out),
+        &labels(train_rows),
+        &stopping_encoded,
+        &labels(&rows.stopping),
         fold,
     )?;
+    // The held-out fold is predicted only now, by the checkpoint the other fold picked
+    // (with `held-out` stopping, the fold was the one watched and is predicted already).
+    let held_out_logits = if rows.stopping_fold == fold {
+        result.valid_logits.clone()
+    } else {
+        classifier.predict_logits(&classifier.encode(&pick(held_out))?)?
+    };
     let predicting = Instant::now();
     let test_logits = classifier.predict_logits(&test_encoded)?;
     let predict_test = predicting.elapsed().as_secs_f64();
-    eprintln!("fold {fold}: held-out log loss {:.4}", result.best_log_loss);
+    eprintln!(
+        "fold {fold}: log loss {:.4} on the watched fold {}",
+        result.best_log_loss, rows.stopping_fold
+    );
 
     let dir = fold_dir(&args.out, fold);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -216,7 +233,7 @@ fn run_fold(
     write_logits(
         &dir.join("held_out_logits.csv"),
         &held_out_ids,
-        &result.valid_logits,
+        &held_out_logits,
     )?;
     write_logits(
         &dir.join("test_logits.csv"),
@@ -227,6 +244,7 @@ fn run_fold(
         fold,
         train_rows: train_rows.len(),
         held_out_rows: held_out.len(),
+        stopping_fold: rows.stopping_fold,
         best_log_loss: result.best_log_loss,
         best_step: result.best_step,
         steps: result.steps,
