@@ -11,7 +11,7 @@ use crate::data;
 use anyhow::{bail, Context, Result};
 use deberta::{
     fit_fold, parse_device, probs_from_logits, reuse_freed_host_memory, Classifier, Device,
-    FoldResult, ResponsePair, TransformerConfig,
+    EncodedPair, FoldResult, ResponsePair, TransformerConfig,
 };
 use ensembles::folds::Folds;
 use ensembles::predictions::Predictions;
@@ -127,15 +127,18 @@ pub fn run(args: TransformerArgs) -> Result<()> {
     };
     if !to_run.is_empty() {
         let device = parse_device(&args.device)?;
-        let test_pairs = response_pairs(&test.battles);
-        let train_pairs = if args.predict_only {
-            Vec::new()
-        } else {
-            response_pairs(&train.battles.battles)
+        let mut battles = Battles {
+            train: if args.predict_only {
+                Vec::new()
+            } else {
+                response_pairs(&train.battles.battles)
+            },
+            test: response_pairs(&test.battles),
+            encoded: None,
         };
         for fold in to_run {
             if args.predict_only {
-                predict_fold(&args, &config, &device, fold, &test, &test_pairs)?;
+                predict_fold(&args, &config, &device, fold, &test, &mut battles)?;
                 continue;
             }
             run_fold(
@@ -145,9 +148,8 @@ pub fn run(args: TransformerArgs) -> Result<()> {
                 &folds,
                 fold,
                 &train,
-                &train_pairs,
                 &test,
-                &test_pairs,
+                &mut battles,
             )?;
         }
     }
@@ -162,6 +164,31 @@ pub fn run(args: TransformerArgs) -> Result<()> {
     Ok(())
 }
 
+/// The training and test battles as text, and tokenized once for all folds: every fold's
+/// model comes from the same folder (or a copy of its tokenizer) with the same config, so
+/// the first fold's tokenizer serves them all.
+struct Battles {
+    train: Vec<ResponsePair>,
+    test: Vec<ResponsePair>,
+    encoded: Option<(Vec<EncodedPair>, Vec<EncodedPair>)>,
+}
+
+impl Battles {
+    /// (training, test) battles tokenized, by `classifier` on first use.
+    fn encoded(
+        &mut self,
+        classifier: &Classifier,
+    ) -> Result<&(Vec<EncodedPair>, Vec<EncodedPair>)> {
+        if self.encoded.is_none() {
+            self.encoded = Some((
+                classifier.encode(&self.train)?,
+                classifier.encode(&self.test)?,
+            ));
+        }
+        Ok(self.encoded.as_ref().expect("just set"))
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_fold(
     args: &TransformerArgs,
@@ -170,9 +197,8 @@ fn run_fold(
     folds: &Folds,
     fold: usize,
     train: &data::TrainSet,
-    train_pairs: &[ResponsePair],
     test: &data::Battles,
-    test_pairs: &[ResponsePair],
+    battles: &mut Battles,
 ) -> Result<()> {
     let started = Instant::now();
     let model = args
@@ -183,20 +209,17 @@ fn run_fold(
     let load = started.elapsed().as_secs_f64();
     let rows = folds.rows_for(fold, config.early_stopping_on)?;
     let (train_rows, held_out) = (&rows.train, &rows.held_out);
-    let pick = |rows: &[usize]| {
-        rows.iter()
-            .map(|&r| train_pairs[r].clone())
-            .collect::<Vec<_>>()
-    };
     let labels = |rows: &[usize]| {
         rows.iter()
             .map(|&r| train.labels[r])
             .collect::<Vec<Outcome>>()
     };
     let tokenizing = Instant::now();
-    let train_encoded = classifier.encode(&pick(train_rows))?;
-    let stopping_encoded = classifier.encode(&pick(&rows.stopping))?;
-    let test_encoded = classifier.encode(test_pairs)?;
+    let (train_all, test_encoded) = battles.encoded(&classifier)?;
+    let pick = |rows: &[usize]| -> Vec<EncodedPair> {
+        rows.iter().map(|&r| train_all[r].clone()).collect()
+    };
+    let (train_encoded, stopping_encoded) = (pick(train_rows), pick(&rows.stopping));
     let tokenize = tokenizing.elapsed().as_secs_f64();
     eprintln!(
         "fold {fold}: training on {} rows, picking the checkpoint on {} rows of fold {}",
@@ -217,10 +240,10 @@ fn run_fold(
     let held_out_logits = if rows.stopping_fold == fold {
         result.valid_logits.clone()
     } else {
-        classifier.predict_logits(&classifier.encode(&pick(held_out))?)?
+        classifier.predict_logits(&pick(held_out))?
     };
     let predicting = Instant::now();
-    let test_logits = classifier.predict_logits(&test_encoded)?;
+    let test_logits = classifier.predict_logits(test_encoded)?;
     let predict_test = predicting.elapsed().as_secs_f64();
     eprintln!(
         "fold {fold}: log loss {:.4} on the watched fold {}",
@@ -280,7 +303,7 @@ fn predict_fold(
     device: &Device,
     fold: usize,
     test: &data::Battles,
-    test_pairs: &[ResponsePair],
+    battles: &mut Battles,
 ) -> Result<()> {
     let dir = fold_dir(&args.out, fold);
     let model_dir = dir.join("model");
@@ -293,7 +316,7 @@ fn predict_fold(
     check_training_config(&dir.join("fold.json"), config)?;
     let started = Instant::now();
     let classifier = Classifier::load(&model_dir, device, config)?;
-    let logits = classifier.predict_logits(&classifier.encode(test_pairs)?)?;
+    let logits = classifier.predict_logits(&battles.encoded(&classifier)?.1)?;
     write_logits(
         &dir.join("test_logits.csv"),
         &test.ids.iter().collect::<Vec<_>>(),
