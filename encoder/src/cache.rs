@@ -19,7 +19,7 @@ fn text_key(text: &str) -> u64 {
 }
 
 /// The embeddings an encoder has made before.
-pub struct EmbeddingCache {
+struct EmbeddingCache {
     path: PathBuf,
     dim: usize,
     vectors: HashMap<u64, Vec<f32>>,
@@ -27,7 +27,7 @@ pub struct EmbeddingCache {
 
 impl EmbeddingCache {
     /// Opens (or starts) the cache of the encoder with `fingerprint` in `dir`.
-    pub fn open(dir: &Path, fingerprint: &str, dim: usize) -> Result<EmbeddingCache> {
+    fn open(dir: &Path, fingerprint: &str, dim: usize) -> Result<EmbeddingCache> {
         let path = dir.join(format!("{fingerprint}.emb"));
         let mut vectors = HashMap::new();
         if path.is_file() {
@@ -48,17 +48,9 @@ impl EmbeddingCache {
         Ok(EmbeddingCache { path, dim, vectors })
     }
 
-    pub fn len(&self) -> usize {
-        self.vectors.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.vectors.is_empty()
-    }
-
-    /// Adds new embeddings to the file.
-    fn append(&mut self, new: Vec<(u64, Vec<f32>)>) -> Result<()> {
-        if new.is_empty() {
+    /// Adds new embeddings to the file (not to the map: the run that adds them has them).
+    fn append<'v>(&self, new: impl ExactSizeIterator<Item = (u64, &'v [f32])>) -> Result<()> {
+        if new.len() == 0 {
             return Ok(());
         }
         let io = |cause| Error::Io {
@@ -69,7 +61,7 @@ impl EmbeddingCache {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let mut bytes = Vec::with_capacity(new.len() * (8 + 4 * self.dim));
-        for (key, vector) in &new {
+        for (key, vector) in new {
             bytes.extend_from_slice(&key.to_le_bytes());
             for value in vector {
                 bytes.extend_from_slice(&value.to_le_bytes());
@@ -86,9 +78,7 @@ impl EmbeddingCache {
         if length % record != 0 {
             file.set_len(length - length % record).map_err(io)?;
         }
-        file.write_all(&bytes).map_err(io)?;
-        self.vectors.extend(new);
-        Ok(())
+        file.write_all(&bytes).map_err(io)
     }
 }
 
@@ -156,8 +146,9 @@ pub fn embed_cached(
     let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); keys.len()];
     let mut missing = Vec::new();
     for (slot, key) in keys.iter().enumerate() {
-        match cache.as_ref().and_then(|c| c.vectors.get(key)) {
-            Some(vector) => vectors[slot] = vector.clone(),
+        // Taken, not copied: each key has one slot, and the map is not needed afterwards.
+        match cache.as_mut().and_then(|c| c.vectors.remove(key)) {
+            Some(vector) => vectors[slot] = vector,
             None => missing.push(slot),
         }
     }
@@ -171,16 +162,15 @@ pub fn embed_cached(
         let chunk_texts: Vec<&str> = chunk.iter().map(|&slot| firsts[slot]).collect();
         let embedded = encoder.embed(&chunk_texts, |in_chunk| progress(done + in_chunk, total))?;
         done += chunk.len();
-        let new: Vec<(u64, Vec<f32>)> = chunk
-            .iter()
-            .zip(embedded)
-            .map(|(&slot, vector)| {
-                vectors[slot].clone_from(&vector);
-                (keys[slot], vector)
-            })
-            .collect();
-        if let Some(cache) = cache.as_mut() {
-            cache.append(new)?;
+        for (&slot, vector) in chunk.iter().zip(embedded) {
+            vectors[slot] = vector;
+        }
+        if let Some(cache) = &cache {
+            cache.append(
+                chunk
+                    .iter()
+                    .map(|&slot| (keys[slot], vectors[slot].as_slice())),
+            )?;
         }
     }
     let stats = EmbedStats {

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
-pub use cache::{embed_cached, EmbedStats, EmbeddingCache, Embeddings};
+pub use cache::{embed_cached, EmbedStats, Embeddings};
 
 /// The one error type of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -221,10 +221,6 @@ impl SentenceEncoder {
 
     pub fn dim(&self) -> usize {
         self.dim
-    }
-
-    pub fn pooling(&self) -> Pooling {
-        self.pooling
     }
 
     /// Token ids of each text, cut to the budget: `[CLS] head … [SEP]`. Only the head of a
