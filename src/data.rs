@@ -4,6 +4,7 @@
 //! not lists) are kept and counted, never dropped. A training row whose id or labels are
 //! malformed is an error that names the file, line and id.
 use anyhow::{bail, Context, Result};
+use ensembles::stage_file::RecordLines;
 use ensembles::Outcome;
 use features::{parse_turns, Battle, TurnsIssue};
 use polars_core::prelude::*;
@@ -265,14 +266,14 @@ fn check_structure(bytes: &[u8]) -> std::result::Result<Vec<usize>, String> {
         .has_headers(false)
         .from_reader(bytes);
     let mut record = csv::ByteRecord::new();
-    let mut lines = Lines::new(bytes);
+    let mut lines = RecordLines::new(bytes);
     let mut record_lines = Vec::new();
     let mut header_len = None;
     loop {
         match reader.read_byte_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {
-                let line = lines.at(record.position().map_or(0, |p| p.byte()));
+                let line = lines.at(record.position());
                 if std::str::from_utf8(record.as_slice()).is_err() {
                     return Err(format!(", line {line}: not UTF-8 text (a Latin-1 or Windows file? save it as UTF-8)"));
                 }
@@ -290,7 +291,7 @@ fn check_structure(bytes: &[u8]) -> std::result::Result<Vec<usize>, String> {
                 }
             }
             Err(error) => {
-                let line = lines.at(error.position().map_or(0, |p| p.byte()));
+                let line = lines.at(error.position());
                 let is_last = matches!(reader.read_byte_record(&mut record), Ok(false));
                 if is_last && odd_quotes(bytes) {
                     return Err(truncated(line));
@@ -326,37 +327,6 @@ fn truncated(line: usize) -> String {
         ": the file ends inside a quoted field (the record starting on line {line}): \
          a truncated file, e.g. an interrupted download?"
     )
-}
-
-/// Line numbers of byte offsets, counted forward as records are read. A record's position is
-/// where the reader resumed, before any blank lines it skipped.
-struct Lines<'b> {
-    bytes: &'b [u8],
-    counted_to: usize,
-    line: usize,
-}
-
-impl<'b> Lines<'b> {
-    fn new(bytes: &'b [u8]) -> Lines<'b> {
-        Lines {
-            bytes,
-            counted_to: 0,
-            line: 1,
-        }
-    }
-
-    fn at(&mut self, byte: u64) -> usize {
-        let mut start = (byte as usize).clamp(self.counted_to, self.bytes.len());
-        while matches!(self.bytes.get(start), Some(b'\n' | b'\r')) {
-            start += 1;
-        }
-        self.line += self.bytes[self.counted_to..start]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
-        self.counted_to = start;
-        self.line
-    }
 }
 
 #[cfg(test)]

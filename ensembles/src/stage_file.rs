@@ -29,10 +29,11 @@ impl StageFile {
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .from_reader(bytes);
+        let mut lines = RecordLines::new(bytes);
         let mut records = reader.records();
         let found = match records.next() {
             None => return Err(bad(1, "the file is empty".into())),
-            Some(record) => record.map_err(|e| csv_error(path, bytes, e))?,
+            Some(record) => record.map_err(|e| csv_error(path, &mut lines, e))?,
         };
         if found.len() != header.len() || found.iter().zip(header).any(|(f, h)| f.trim() != *h) {
             return Err(bad(
@@ -44,20 +45,10 @@ impl StageFile {
                 ),
             ));
         }
-        // The csv crate's line numbers skip blank lines; counting newlines before each
-        // record's first byte gives the line an editor shows (a quoted field may span lines).
         let mut rows = Vec::new();
-        let (mut counted_to, mut line) = (0, 1);
         for record in records {
-            let record = record.map_err(|e| csv_error(path, bytes, e))?;
-            let mut start = record.position().map_or(counted_to, |p| p.byte() as usize);
-            // A record's position is where the parser resumed, before any blank lines.
-            while matches!(bytes.get(start), Some(b'\n' | b'\r')) {
-                start += 1;
-            }
-            line += count_newlines(&bytes[counted_to..start]);
-            counted_to = start;
-            rows.push((line, record));
+            let record = record.map_err(|e| csv_error(path, &mut lines, e))?;
+            rows.push((lines.at(record.position()), record));
         }
         Ok(StageFile {
             path: path.to_owned(),
@@ -88,15 +79,47 @@ impl StageFile {
     }
 }
 
-fn count_newlines(bytes: &[u8]) -> usize {
-    bytes.iter().filter(|&&b| b == b'\n').count()
+/// Line numbers of CSV records, from the byte offsets the csv crate reports, counted forward
+/// as records are read: the line an editor shows (a quoted field may span lines). The csv
+/// crate's own line numbers skip blank lines, and a record's position is where the reader
+/// resumed, before any blank lines.
+pub struct RecordLines<'b> {
+    bytes: &'b [u8],
+    counted_to: usize,
+    line: usize,
+}
+
+impl<'b> RecordLines<'b> {
+    pub fn new(bytes: &'b [u8]) -> RecordLines<'b> {
+        RecordLines {
+            bytes,
+            counted_to: 0,
+            line: 1,
+        }
+    }
+
+    /// The line of the record (or error) at `position`; positions must not go backwards.
+    /// 0 where the csv crate gives no position.
+    pub fn at(&mut self, position: Option<&csv::Position>) -> usize {
+        let Some(position) = position else {
+            return 0;
+        };
+        let mut start = (position.byte() as usize).clamp(self.counted_to, self.bytes.len());
+        while matches!(self.bytes.get(start), Some(b'\n' | b'\r')) {
+            start += 1;
+        }
+        self.line += self.bytes[self.counted_to..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        self.counted_to = start;
+        self.line
+    }
 }
 
 /// The csv crate's error in our words, with the line where it has one.
-fn csv_error(path: &Path, bytes: &[u8], error: csv::Error) -> Error {
-    let line = error.position().map_or(0, |p| {
-        1 + count_newlines(&bytes[..(p.byte() as usize).min(bytes.len())])
-    });
+fn csv_error(path: &Path, lines: &mut RecordLines, error: csv::Error) -> Error {
+    let line = lines.at(error.position());
     let message = match error.kind() {
         csv::ErrorKind::UnequalLengths {
             expected_len, len, ..
