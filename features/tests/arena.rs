@@ -471,8 +471,8 @@ fn saved_state_restores_bit_identical_features() {
     let Some(battles) = arena_battles() else {
         return;
     };
-    let (fit_on, unseen) = battles.split_at(60);
-    let fitted = Extractor::fit(fit_on, &small_config()).unwrap();
+    // Fitted on the first 60 battles; the comparison covers the other 43 as well.
+    let fitted = Extractor::fit(&battles[..60], &small_config()).unwrap();
     let json = serde_json::to_string(&fitted.state()).unwrap();
     let restored = Extractor::restore(serde_json::from_str(&json).unwrap()).unwrap();
     assert_eq!(fitted.feature_names(), restored.feature_names());
@@ -490,7 +490,6 @@ fn saved_state_restores_bit_identical_features() {
             "restored extractor",
         );
     }
-    assert!(!unseen.is_empty());
 
     let refused = |edit: &dyn Fn(&mut serde_json::Value), expected: &str| {
         let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
