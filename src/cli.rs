@@ -27,8 +27,16 @@ pub enum Command {
     /// Predicts a new test file with a saved `cv` run: its fitted feature state and fold
     /// models, averaged as `cv` averages them (same numbers for the same test file).
     Predict(PredictArgs),
+    /// Searches LightGBM's main parameters (seeded random search) with nested CV and writes
+    /// the winner as a config for `ensemble cv --config`.
+    #[command(long_about = TUNE_ABOUT)]
+    Tune(TuneArgs),
     /// Prints a run's feature importance table.
     Importance(ImportanceArgs),
+    /// Compares `cv` runs made on the same folds: per-fold log-loss differences against a
+    /// base run, their standard error, and whether a change beats fold-to-fold noise.
+    #[command(long_about = COMPARE_ABOUT)]
+    Compare(CompareArgs),
     /// Fine-tunes a DeBERTa model per fold (candle, CPU or CUDA) and writes OOF and test
     /// predictions with A/B swap averaging.
     #[cfg(feature = "transformer")]
@@ -175,6 +183,12 @@ pub struct CvArgs {
     /// the OOF score [config: lgbm.early_stopping_on, default inner-fold].
     #[arg(long, value_name = "inner-fold|held-out")]
     pub early_stopping_on: Option<ensembles::folds::StoppingRows>,
+    /// LightGBM models per fold, with seeds SEED, SEED+1, ...: each fold's predictions are
+    /// their mean (bagging and feature sampling differ between seeds). Costs N times the
+    /// boosting time [config: lgbm.seeds, default 1]
+    #[arg(long, value_name = "N")]
+    pub seeds: Option<usize>,
+
     /// Threads for features and LightGBM; 0 means every core [config: lgbm.num_threads].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -292,12 +306,96 @@ pub struct PredictArgs {
 
 #[derive(Args, Debug)]
 pub struct ImportanceArgs {
-    /// A run folder written by `ensemble cv` (it reads importance.csv).
+    /// A run folder written by `ensemble cv` (it reads importance.csv, and
+    /// importance_by_fold.csv with --by-fold).
     #[arg(long, value_name = "DIR", default_value = "runs/lgbm")]
     pub run: PathBuf,
     /// How many features to show, by gain.
     #[arg(long, default_value_t = 30)]
     pub top: usize,
+    /// Only features whose names match this glob pattern, e.g. '*hedges' or 'sem_*'; their
+    /// rank is still among all features.
+    #[arg(long, value_name = "GLOB")]
+    pub features: Option<String>,
+    /// Also each fold's share of the gain, and in how many folds a feature is used at all:
+    /// a feature that carries weight in every fold is signal, one in a single fold may be
+    /// noise.
+    #[arg(long)]
+    pub by_fold: bool,
+}
+
+const TUNE_ABOUT: &str = "Searches LightGBM's main parameters and writes the winner as a \
+    config for `ensemble cv --config`.\n\n\
+    Candidates: the starting config (configs/lgbm.toml's [lgbm], or --config's) and TRIALS-1 \
+    random draws, seeded: leaves 8-128, min data in leaf 10-200, feature fraction 0.3-1, \
+    bagging fraction 0.4-1, learning rate 0.02-0.2 (rounds by early stopping), lambda_l2 \
+    0.01-10, max_bin 31/63/127/255.\n\n\
+    Each candidate gets a plain K-fold CV; the lowest OOF log loss wins and is written to \
+    OUT/best.toml. That winner's score was chosen on the folds it is scored on, so it is \
+    optimistic. The nested log loss is the honest one: for each fold, the candidates are \
+    ranked by a CV over the other folds only, and the fold is scored by that ranking's \
+    winner. Cost: TRIALS x K x K models, so keep K small (default 5) and group by prompt \
+    where prompts repeat.\n\n\
+    Writes OUT/best.toml, OUT/trials.csv (every candidate, its CV log loss, the folds whose \
+    inner ranking chose it), OUT/tune.json and OUT/folds.csv.\n\n\
+    Example:\n  \
+    ensemble tune --trials 20 --group-by prompt --train train.csv --out runs/tune\n  \
+    ensemble cv --config runs/tune/best.toml --train train.csv --test test.csv";
+
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    /// Training file in Kaggle's train.csv format (plain or .gz).
+    #[arg(long, value_name = "PATH")]
+    pub train: PathBuf,
+    /// Output folder: best.toml, trials.csv, tune.json, folds.csv.
+    #[arg(long, value_name = "DIR", default_value = "runs/tune")]
+    pub out: PathBuf,
+    /// Candidates, the starting config included.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub trials: usize,
+    /// Seed of the candidates' draws.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Folds of the search (at least 4 with early stopping on an inner fold).
+    #[arg(long, value_name = "K", default_value_t = 5, conflicts_with = "folds_file")]
+    pub folds: usize,
+    /// Reuse fold assignments from a folds.csv (id,fold).
+    #[arg(long, value_name = "PATH")]
+    pub folds_file: Option<PathBuf>,
+    /// Keep battles with the same prompt in one fold [config: cv.group_by].
+    #[arg(long, value_enum, conflicts_with = "folds_file")]
+    pub group_by: Option<crate::config::FoldGroups>,
+    /// The starting config: its [lgbm] is the first candidate and fixes everything not
+    /// searched; its [features] and [encoder] make the features. Defaults: configs/lgbm.toml.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Threads for features and LightGBM; 0 means every core [config: lgbm.num_threads].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// A sentence-encoder folder for the semantic features, as in `cv` [config: encoder.dir].
+    #[arg(long, value_name = "DIR")]
+    pub encoder: Option<PathBuf>,
+}
+
+const COMPARE_ABOUT: &str = "Compares `cv` runs made on the same folds against a base run.\n\n\
+    For each run: its OOF log loss and the difference to the base's, the mean and standard \
+    deviation of the per-fold differences (run − base), their standard error (sd / √folds), how \
+    many folds got better, and a verdict: better or worse when the mean difference is more \
+    than two standard errors away from 0, otherwise within noise. The runs must hold out the \
+    same rows: make them with `--folds-file BASE/folds.csv`.\n\n\
+    Example:\n  \
+    ensemble cv --group-by prompt --train train.csv --out runs/base\n  \
+    ensemble cv --folds-file runs/base/folds.csv --config new.toml --train train.csv --out runs/new\n  \
+    ensemble compare runs/base runs/new";
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The base run folder (metrics.json, folds.csv).
+    #[arg(value_name = "BASE")]
+    pub base: PathBuf,
+    /// Run folders to compare with it, made on the same folds.
+    #[arg(value_name = "RUN", required = true)]
+    pub runs: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -1,6 +1,7 @@
 //! What a feature-model run folder keeps for predicting later: the fitted feature state
-//! (`features.json`) and the fold models (`models/fold_K.txt`). `cv` writes them, `predict`
-//! reads them back; both go through here.
+//! (`features.json`) and the fold models (`models/fold_K.txt`, plus `fold_K.seedS.txt` for
+//! the further seeds of `--seeds`). `cv` writes them, `predict` reads them back; both go
+//! through here.
 use crate::semantic::{self, EncoderRecord};
 use anyhow::{bail, Context, Result};
 use ensembles::lgbm::Model;
@@ -11,16 +12,21 @@ use std::path::{Path, PathBuf};
 pub const FEATURES_FILE: &str = "features.json";
 pub const MODELS_DIR: &str = "models";
 
-fn model_path(run: &Path, fold: usize) -> PathBuf {
-    run.join(MODELS_DIR).join(format!("fold_{fold}.txt"))
+/// Fold `fold`'s model with seed `seed + offset`.
+fn model_path(run: &Path, fold: usize, offset: usize) -> PathBuf {
+    let name = match offset {
+        0 => format!("fold_{fold}.txt"),
+        _ => format!("fold_{fold}.seed{offset}.txt"),
+    };
+    run.join(MODELS_DIR).join(name)
 }
 
-/// Writes `features.json`, one model file per fold (into `models/`, which exists) and, for a
-/// run with semantic features, `encoder.json`.
+/// Writes `features.json`, the model files of every fold and seed (into `models/`, which
+/// exists) and, for a run with semantic features, `encoder.json`.
 pub fn write(
     run: &Path,
     extractor: &Extractor,
-    models: &[String],
+    models: &[Vec<String>],
     encoder: Option<&EncoderRecord>,
 ) -> Result<()> {
     let text = serde_json::to_string(&extractor.state())?;
@@ -35,26 +41,35 @@ pub fn write(
             .with_context(|| format!("cannot remove the earlier {}", encoder_file.display()))?,
         None => {}
     }
-    for (fold, model) in models.iter().enumerate() {
-        write_atomically(&model_path(run, fold), model.as_bytes())?;
+    for (fold, seeds) in models.iter().enumerate() {
+        for (offset, model) in seeds.iter().enumerate() {
+            write_atomically(&model_path(run, fold, offset), model.as_bytes())?;
+        }
     }
-    // Model files of an earlier run with more folds would be read as this run's.
-    for fold in models.len().. {
-        let stale = model_path(run, fold);
-        if !stale.exists() {
+    // Model files of an earlier run with more folds or seeds would be read as this run's.
+    for fold in 0.. {
+        let first_stale = models.get(fold).map_or(0, Vec::len);
+        if first_stale == 0 && !model_path(run, fold, 0).exists() {
             break;
         }
-        std::fs::remove_file(&stale)
-            .with_context(|| format!("cannot remove the earlier {}", stale.display()))?;
+        for offset in first_stale.. {
+            let stale = model_path(run, fold, offset);
+            if !stale.exists() {
+                break;
+            }
+            std::fs::remove_file(&stale)
+                .with_context(|| format!("cannot remove the earlier {}", stale.display()))?;
+        }
     }
     Ok(())
 }
 
 /// A saved run, ready to predict: its extractor and its fold models, checked against each
-/// other (every model has the extractor's columns) and against the folds `metrics.json`
-/// records.
+/// other (every model has the extractor's columns) and against the folds and seeds
+/// `metrics.json` records.
 pub struct SavedRun {
     pub extractor: Extractor,
+    /// Every fold's models, all seeds, fold by fold.
     pub models: Vec<Model>,
     /// The sentence encoder of a run with semantic features.
     pub encoder: Option<EncoderRecord>,
@@ -78,35 +93,34 @@ impl SavedRun {
         let extractor = Extractor::restore(state).with_context(|| path.display().to_string())?;
         let n_columns = extractor.feature_names().len();
 
-        let expected_folds = recorded_folds(run)?;
+        let recorded = recorded_scores(run)?;
+        let (n_folds, seeds) = (recorded.folds.len(), recorded.config.lgbm.seeds);
         let mut models = Vec::new();
-        loop {
-            let path = model_path(run, models.len());
-            if !path.exists() {
-                break;
+        for fold in 0..n_folds {
+            for offset in 0..seeds {
+                let path = model_path(run, fold, offset);
+                if !path.exists() {
+                    bail!(
+                        "{}: metrics.json records {n_folds} folds of {seeds} seeds each, but \
+                         {} is missing",
+                        run.display(),
+                        path.display()
+                    );
+                }
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let model = Model::from_string(&text)
+                    .with_context(|| format!("{}: not a LightGBM model", path.display()))?;
+                let n_features = model.n_features()?;
+                if n_features != n_columns {
+                    bail!(
+                        "{}: the model has {n_features} features but {} describes {n_columns}",
+                        path.display(),
+                        FEATURES_FILE
+                    );
+                }
+                models.push(model);
             }
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let model = Model::from_string(&text)
-                .with_context(|| format!("{}: not a LightGBM model", path.display()))?;
-            let n_features = model.n_features()?;
-            if n_features != n_columns {
-                bail!(
-                    "{}: the model has {n_features} features but {} describes {n_columns}",
-                    path.display(),
-                    FEATURES_FILE
-                );
-            }
-            models.push(model);
-        }
-        if models.len() != expected_folds {
-            bail!(
-                "{}: metrics.json records {expected_folds} folds but {} has {} model files \
-                 (fold_0.txt, fold_1.txt, ...)",
-                run.display(),
-                MODELS_DIR,
-                models.len()
-            );
         }
         let encoder = semantic::read_record(run)?;
         if encoder.is_some() != extractor.config().semantic {
@@ -135,18 +149,56 @@ impl SavedRun {
     }
 }
 
-/// The number of folds the run's `metrics.json` reports.
-fn recorded_folds(run: &Path) -> Result<usize> {
+/// What a run's `metrics.json` reports about its folds and score.
+#[derive(serde::Deserialize)]
+pub struct RecordedScores {
+    pub oof_log_loss: f64,
+    pub folds: Vec<RecordedFold>,
+    config: RecordedConfig,
+}
+
+/// The part of a fold report (`ensembles::cv::FoldReport`) read back.
+#[derive(serde::Deserialize)]
+pub struct RecordedFold {
+    pub log_loss: f64,
+}
+
+#[derive(serde::Deserialize)]
+struct RecordedConfig {
+    lgbm: RecordedBooster,
+}
+
+#[derive(serde::Deserialize)]
+struct RecordedBooster {
+    /// Runs made before `--seeds` existed have one model per fold.
+    #[serde(default = "one")]
+    seeds: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl RecordedScores {
+    pub fn fold_losses(&self) -> Vec<f64> {
+        self.folds.iter().map(|f| f.log_loss).collect()
+    }
+}
+
+/// Reads a run's `metrics.json`: its OOF log loss and a report per fold.
+pub fn recorded_scores(run: &Path) -> Result<RecordedScores> {
     let path = run.join("metrics.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let metrics: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-    match metrics.get("folds").and_then(|f| f.as_array()) {
-        Some(folds) if !folds.is_empty() => Ok(folds.len()),
-        _ => bail!(
-            "{}: no `folds` list (not a feature-model run)",
+    let scores: RecordedScores = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: no OOF log loss and fold reports (not a feature-model run)",
             path.display()
-        ),
+        )
+    })?;
+    if scores.folds.is_empty() {
+        bail!("{}: the `folds` list is empty", path.display());
     }
+    Ok(scores)
 }
+

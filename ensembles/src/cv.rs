@@ -25,6 +25,8 @@ pub struct BoosterParams {
     pub max_bin: usize,
     pub max_rounds: usize,
     pub early_stopping_rounds: usize,
+    /// Models per fold, with seeds `seed`, `seed + 1`, …: their predictions are averaged.
+    pub seeds: usize,
     /// Which rows early stopping watches (see [`StoppingRows`]).
     pub early_stopping_on: StoppingRows,
     /// 0 uses every core.
@@ -47,6 +49,7 @@ impl Default for BoosterParams {
             max_bin: 63,
             max_rounds: 2000,
             early_stopping_rounds: 50,
+            seeds: 1,
             early_stopping_on: StoppingRows::InnerFold,
             num_threads: 0,
             seed: 42,
@@ -61,6 +64,9 @@ impl BoosterParams {
     /// with a space or `=` would smuggle in other parameters, and the objective, class count
     /// and metric are this tool's to set.
     pub fn validate(&self) -> Result<()> {
+        if self.seeds == 0 {
+            return Err(Error::Invalid("seeds = 0: at least one model per fold".into()));
+        }
         if self.extra.is_empty() {
             return Ok(());
         }
@@ -159,9 +165,10 @@ pub struct FoldReport {
     pub held_out_rows: usize,
     /// The fold whose rows early stopping watched (this fold itself with `held-out`).
     pub stopping_fold: usize,
-    /// The log loss of the watched rows at the best round.
-    pub stopping_log_loss: f64,
-    pub best_iteration: usize,
+    /// Per seed: the log loss of the watched rows at the model's best round.
+    pub stopping_log_losses: Vec<f64>,
+    /// Per seed: the model's best round, the one kept.
+    pub best_iterations: Vec<usize>,
     pub log_loss: f64,
     pub accuracy: f64,
     pub seconds: f64,
@@ -173,11 +180,17 @@ pub struct CvOutput {
     /// Test probabilities averaged over the fold models.
     pub test: Vec<Probs>,
     pub folds: Vec<FoldReport>,
-    /// Gain and split counts per feature, averaged over the fold models.
+    /// Per fold: gain and split counts per feature, averaged over its seeds' models.
+    pub importance: Vec<FoldImportance>,
+    /// Per fold, per seed: the model in LightGBM's text format.
+    pub models: Vec<Vec<String>>,
+}
+
+/// Gain and split counts per feature of one fold's models (their mean over seeds).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FoldImportance {
     pub gain: Vec<f64>,
     pub split: Vec<f64>,
-    /// Each fold's model in LightGBM's text format.
-    pub models: Vec<String>,
 }
 
 /// Probabilities averaged over both orientations, given each orientation's flat predictions.
@@ -204,98 +217,52 @@ pub fn cross_validate(
     mut progress: impl FnMut(Progress),
 ) -> Result<CvOutput> {
     let n = inputs.labels.len();
-    if inputs.train.n_rows() != 2 * n {
-        return Err(Error::Invalid(format!(
-            "the augmented matrix has {} rows for {n} labels; expected {}",
-            inputs.train.n_rows(),
-            2 * n
-        )));
-    }
-    let n_features = inputs.train.n_cols;
-    let labels: Vec<f32> = inputs
-        .labels
-        .iter()
-        .map(|l| l.index() as f32)
-        .chain(inputs.labels.iter().map(|l| l.swapped().index() as f32))
-        .collect();
-    let full = Dataset::from_csr(inputs.train, &labels, &params.dataset_params())?;
-    let booster_params = params.booster_params();
-    let rounds = Rounds {
-        max: params.max_rounds,
-        early_stopping: params.early_stopping_rounds,
-    };
-
+    let full = augmented_dataset(inputs, params)?;
     let mut oof = vec![[f64::NAN; 3]; n];
-    let (mut gain, mut split) = (vec![0.0; n_features], vec![0.0; n_features]);
-    let (mut reports, mut models) = (Vec::new(), Vec::new());
-    let predict_threads = format!("num_threads={}", params.threads());
+    let (mut reports, mut models, mut importance) = (Vec::new(), Vec::new(), Vec::new());
     let n_folds = folds.n_folds();
     for fold in 0..n_folds {
         let started = Instant::now();
         progress(Progress::FoldStarted { fold, n_folds });
-        let FoldRows {
-            train: train_rows,
-            stopping: stopping_rows,
-            stopping_fold,
-            held_out,
-        } = folds.rows_for(fold, params.early_stopping_on)?;
-        let train_set = full.subset(&augmented_rows(&train_rows, n), "")?;
-        let valid_set = full.subset(&augmented_rows(&stopping_rows, n), "")?;
-        let trained = lgbm::train(
-            &train_set,
-            &valid_set,
-            &booster_params,
-            rounds,
-            |round, loss| {
-                progress(Progress::Round {
-                    fold,
-                    round,
-                    valid_loss: loss,
-                })
-            },
-        )?;
-        drop((train_set, valid_set));
-
-        let predict = |rows: &[usize]| -> Result<Vec<f64>> {
-            trained
-                .model
-                .predict(inputs.train.select_rows(rows).view(), &predict_threads)
-        };
-        let held_out_swapped: Vec<usize> = held_out.iter().map(|&r| r + n).collect();
-        let fold_probs = swap_averaged(&predict(&held_out)?, &predict(&held_out_swapped)?);
-        for (&row, p) in held_out.iter().zip(&fold_probs) {
+        let rows = folds.rows_for(fold, params.early_stopping_on)?;
+        let fit = fit_fold(&full, inputs, &rows, params, |round, loss| {
+            progress(Progress::Round {
+                fold,
+                round,
+                valid_loss: loss,
+            })
+        })
+        .map_err(|e| match e {
+            Error::LightGbm(message) => Error::LightGbm(format!("fold {fold}: {message}")),
+            other => other,
+        })?;
+        for (&row, p) in rows.held_out.iter().zip(&fit.held_out) {
             oof[row] = *p;
         }
-        let (fold_gain, fold_split) = trained.model.importance()?;
-        if fold_gain.len() != n_features {
-            return Err(Error::LightGbm(format!(
-                "fold {fold}: the model has {} features, the data {n_features}",
-                fold_gain.len()
-            )));
-        }
-        for j in 0..n_features {
-            gain[j] += fold_gain[j] / n_folds as f64;
-            split[j] += fold_split[j] / n_folds as f64;
-        }
-
-        let fold_labels: Vec<Outcome> = held_out.iter().map(|&r| inputs.labels[r]).collect();
+        let fold_labels: Vec<Outcome> = rows.held_out.iter().map(|&r| inputs.labels[r]).collect();
         let report = FoldReport {
             fold,
-            train_rows: train_rows.len(),
-            held_out_rows: held_out.len(),
-            stopping_fold,
-            stopping_log_loss: trained.best_valid_metric,
-            best_iteration: trained.best_iteration,
-            log_loss: metrics::log_loss(&fold_labels, &fold_probs),
-            accuracy: metrics::accuracy(&fold_labels, &fold_probs),
+            train_rows: rows.train.len(),
+            held_out_rows: rows.held_out.len(),
+            stopping_fold: rows.stopping_fold,
+            stopping_log_losses: fit.stopping_log_losses,
+            best_iterations: fit.best_iterations,
+            log_loss: metrics::log_loss(&fold_labels, &fit.held_out),
+            accuracy: metrics::accuracy(&fold_labels, &fit.held_out),
             seconds: started.elapsed().as_secs_f64(),
         };
         progress(Progress::FoldFinished(report.clone()));
         reports.push(report);
-        models.push(trained.model);
+        importance.push(fit.importance);
+        models.push(fit.models);
     }
+    let texts = models
+        .iter()
+        .map(|seeds| seeds.iter().map(|m| m.as_text().to_owned()).collect())
+        .collect();
+    let all_models: Vec<Model> = models.into_iter().flatten().collect();
     let test = predict_mean(
-        &models,
+        &all_models,
         inputs.test_as_given,
         inputs.test_swapped,
         params.threads(),
@@ -304,10 +271,114 @@ pub fn cross_validate(
         oof,
         test,
         folds: reports,
-        gain,
-        split,
-        models: models.iter().map(|m| m.as_text().to_owned()).collect(),
+        importance,
+        models: texts,
     })
+}
+
+/// LightGBM's binned dataset of the 2N augmented training rows (each fold trains on a subset
+/// of it), labelled with each row's outcome and each swapped copy's mirrored outcome.
+pub(crate) fn augmented_dataset(inputs: &CvInputs<'_>, params: &BoosterParams) -> Result<Dataset> {
+    let n = inputs.labels.len();
+    if inputs.train.n_rows() != 2 * n {
+        return Err(Error::Invalid(format!(
+            "the augmented matrix has {} rows for {n} labels; expected {}",
+            inputs.train.n_rows(),
+            2 * n
+        )));
+    }
+    let labels: Vec<f32> = inputs
+        .labels
+        .iter()
+        .map(|l| l.index() as f32)
+        .chain(inputs.labels.iter().map(|l| l.swapped().index() as f32))
+        .collect();
+    Dataset::from_csr(inputs.train, &labels, &params.dataset_params())
+}
+
+/// One fold's models and what they say about its held-out rows.
+pub(crate) struct FoldFit {
+    /// One model per seed.
+    pub models: Vec<Model>,
+    /// The held-out rows' probabilities: each model swap-averaged, then the models' mean.
+    pub held_out: Vec<Probs>,
+    pub best_iterations: Vec<usize>,
+    pub stopping_log_losses: Vec<f64>,
+    pub importance: FoldImportance,
+}
+
+/// Trains `params.seeds` models (seeds `seed`, `seed + 1`, …) on `rows.train`, each
+/// early-stopped on `rows.stopping`, and predicts `rows.held_out` with their mean. Rows index
+/// the N training battles; `full` is [`augmented_dataset`] of `inputs`.
+pub(crate) fn fit_fold(
+    full: &Dataset,
+    inputs: &CvInputs<'_>,
+    rows: &FoldRows,
+    params: &BoosterParams,
+    mut on_round: impl FnMut(usize, f64),
+) -> Result<FoldFit> {
+    let n = inputs.labels.len();
+    let n_features = inputs.train.n_cols;
+    let train_set = full.subset(&augmented_rows(&rows.train, n), "")?;
+    let valid_set = full.subset(&augmented_rows(&rows.stopping, n), "")?;
+    let rounds = Rounds {
+        max: params.max_rounds,
+        early_stopping: params.early_stopping_rounds,
+    };
+    let held_out_swapped: Vec<usize> = rows.held_out.iter().map(|&r| r + n).collect();
+    let (as_given, swapped) = (
+        inputs.train.select_rows(&rows.held_out),
+        inputs.train.select_rows(&held_out_swapped),
+    );
+    let mut fit = FoldFit {
+        models: Vec::new(),
+        held_out: vec![[0.0; 3]; rows.held_out.len()],
+        best_iterations: Vec::new(),
+        stopping_log_losses: Vec::new(),
+        importance: FoldImportance {
+            gain: vec![0.0; n_features],
+            split: vec![0.0; n_features],
+        },
+    };
+    let seeds = params.seeds.max(1);
+    for offset in 0..seeds {
+        let seeded = BoosterParams {
+            seed: params.seed.wrapping_add(offset as u64),
+            ..params.clone()
+        };
+        let trained = lgbm::train(
+            &train_set,
+            &valid_set,
+            &seeded.booster_params(),
+            rounds,
+            &mut on_round,
+        )?;
+        let (gain, split) = trained.model.importance()?;
+        if gain.len() != n_features {
+            return Err(Error::LightGbm(format!(
+                "the model has {} features, the data {n_features}",
+                gain.len()
+            )));
+        }
+        for j in 0..n_features {
+            fit.importance.gain[j] += gain[j] / seeds as f64;
+            fit.importance.split[j] += split[j] / seeds as f64;
+        }
+        let threads = format!("num_threads={}", params.threads());
+        let probs = swap_averaged(
+            &trained.model.predict(as_given.view(), &threads)?,
+            &trained.model.predict(swapped.view(), &threads)?,
+        );
+        for (mean, p) in fit.held_out.iter_mut().zip(&probs) {
+            for k in 0..3 {
+                mean[k] += p[k] / seeds as f64;
+            }
+        }
+        fit.best_iterations.push(trained.best_iteration);
+        fit.stopping_log_losses.push(trained.best_valid_metric);
+        fit.models.push(trained.model);
+    }
+    Ok(fit)
 }
 
 /// Probabilities for rows given in both orientations (`swapped` holds the same rows with A
@@ -491,6 +562,7 @@ mod tests {
         .unwrap();
         assert_eq!(finished, 3);
         assert_eq!(out.models.len(), 3);
+        assert!(out.models.iter().all(|seeds| seeds.len() == 1));
         for p in out.oof.iter().chain(&out.test) {
             assert!(p.iter().all(|v| v.is_finite() && *v > 0.0));
             assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
@@ -511,6 +583,9 @@ mod tests {
             assert_eq!(*p, crate::outcome::swap_probs(*q));
         }
         assert_eq!(out.oof, mirrored.oof, "training is deterministic");
-        assert!(out.gain[2] > 0.0, "the difference column is used");
+        assert!(
+            out.importance.iter().all(|fold| fold.gain[2] > 0.0),
+            "every fold uses the difference column"
+        );
     }
 }

@@ -208,6 +208,31 @@ impl std::str::FromStr for StoppingRows {
     }
 }
 
+impl Folds {
+    /// The folds of the rows outside fold `fold`, renumbered 0..K-2 in order, and for each of
+    /// those rows its index here: a nested CV within the other folds.
+    pub fn excluding(&self, fold: usize) -> Result<(Folds, Vec<usize>)> {
+        if fold >= self.n_folds {
+            return Err(Error::Invalid(format!(
+                "fold {fold} of {} folds",
+                self.n_folds
+            )));
+        }
+        let rows: Vec<usize> = (0..self.len())
+            .filter(|&r| self.fold_of(r) != fold)
+            .collect();
+        let assignment = rows
+            .iter()
+            .map(|&r| self.fold_of(r) - usize::from(self.fold_of(r) > fold))
+            .collect();
+        let inner = Folds {
+            assignment,
+            n_folds: self.n_folds - 1,
+        };
+        Ok((inner, rows))
+    }
+}
+
 /// The rows one fold's model trains on, watches for early stopping, and predicts.
 #[derive(Debug, PartialEq)]
 pub struct FoldRows {
@@ -407,5 +432,18 @@ mod tests {
         let two = Folds::stratified(&labels, 2, 5).unwrap();
         assert!(two.rows_for(0, StoppingRows::InnerFold).is_err());
         assert!(two.rows_for(0, StoppingRows::HeldOut).is_ok());
+    }
+
+    #[test]
+    fn excluding_a_fold_renumbers_the_others() {
+        let folds = Folds {
+            assignment: vec![0, 2, 1, 3, 2, 0, 1, 3],
+            n_folds: 4,
+        };
+        let (inner, rows) = folds.excluding(1).unwrap();
+        assert_eq!(rows, [0, 1, 3, 4, 5, 7]);
+        assert_eq!(inner.assignment, [0, 1, 2, 1, 0, 2]);
+        assert_eq!(inner.n_folds(), 3);
+        assert!(folds.excluding(4).is_err());
     }
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod predictions;
 pub mod stage_file;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use folds::Folds;

@@ -46,6 +46,48 @@ pub fn class_prior(labels: &[Outcome]) -> Probs {
     counts.map(|c| c / labels.len() as f64)
 }
 
+/// Per-fold losses of a changed model against a baseline on the same folds: how much the
+/// change moves the loss, and whether that is more than fold-to-fold noise.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PairedDifference {
+    /// Mean of new − base over the folds (negative: the change is better).
+    pub mean: f64,
+    /// Sample standard deviation of the per-fold differences.
+    pub sd: f64,
+    /// `sd / √folds`: the noise of `mean`.
+    pub standard_error: f64,
+    /// Folds where the new loss is lower.
+    pub better: usize,
+    pub folds: usize,
+}
+
+impl PairedDifference {
+    /// `None` unless both have the same number of folds, at least two.
+    pub fn new(base: &[f64], new: &[f64]) -> Option<PairedDifference> {
+        let folds = base.len();
+        if folds < 2 || new.len() != folds {
+            return None;
+        }
+        let differences: Vec<f64> = new.iter().zip(base).map(|(n, b)| n - b).collect();
+        let mean = differences.iter().sum::<f64>() / folds as f64;
+        let variance =
+            differences.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (folds - 1) as f64;
+        let sd = variance.sqrt();
+        Some(PairedDifference {
+            mean,
+            sd,
+            standard_error: sd / (folds as f64).sqrt(),
+            better: differences.iter().filter(|&&d| d < 0.0).count(),
+            folds,
+        })
+    }
+
+    /// The change lowers the loss by more than twice its standard error.
+    pub fn clearly_better(&self) -> bool {
+        self.mean < -2.0 * self.standard_error
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +114,26 @@ mod tests {
         let labels = [Outcome::A, Outcome::Tie];
         let loss = log_loss(&labels, &[[1.0 / 3.0; 3]; 2]);
         assert_abs_diff_eq!(loss, 3f64.ln(), epsilon = 1e-12);
+    }
+
+    #[test]
+    fn paired_difference_of_fold_losses() {
+        let base = [0.50, 0.40, 0.60, 0.45];
+        let new = [0.48, 0.41, 0.57, 0.44];
+        // Differences -0.02, 0.01, -0.03, -0.01: mean -0.0125, squared deviations
+        // 0.0075², 0.0225², 0.0175², 0.0025² sum to 0.000875, sd = √(0.000875 / 3).
+        let d = PairedDifference::new(&base, &new).unwrap();
+        assert_abs_diff_eq!(d.mean, -0.0125, epsilon = 1e-12);
+        assert_abs_diff_eq!(d.sd, (0.000875f64 / 3.0).sqrt(), epsilon = 1e-12);
+        assert_abs_diff_eq!(d.standard_error, d.sd / 2.0, epsilon = 1e-12);
+        assert_eq!((d.better, d.folds), (3, 4));
+        // -0.0125 against 2 × 0.00854: not clearly better.
+        assert!(!d.clearly_better());
+        let shifted: Vec<f64> = base.iter().map(|b| b - 0.01).collect();
+        let d = PairedDifference::new(&base, &shifted).unwrap();
+        assert!(d.clearly_better() && d.sd < 1e-12);
+        assert_eq!(PairedDifference::new(&base, &base[..3]), None);
+        assert_eq!(PairedDifference::new(&base[..1], &new[..1]), None);
     }
 
     #[test]

@@ -68,12 +68,20 @@ impl ColumnSink for Schema {
     }
 }
 
-/// Appends the values of one row.
-pub(crate) struct Values<'a>(pub &'a mut Vec<f32>);
+/// Appends the values of one row's kept columns.
+pub(crate) struct Values<'a> {
+    pub row: &'a mut Vec<f32>,
+    /// Per column of the full schema: whether it is kept.
+    pub kept: &'a [bool],
+    pub column: usize,
+}
 
 impl ColumnSink for Values<'_> {
     fn push(&mut self, _name: impl FnOnce() -> String, _kind: ColumnKind, value: f64) {
-        self.0.push(value as f32);
+        if self.kept[self.column] {
+            self.row.push(value as f32);
+        }
+        self.column += 1;
     }
 }
 
@@ -98,7 +106,7 @@ pub(crate) fn write_dense_row(
     similarities: Similarities,
     semantic: Option<SemanticSimilarities>,
 ) {
-    let counts: [(&str, Measure<usize>); 21] = [
+    let counts: [(&str, Measure<usize>); 25] = [
         ("turns", |t| t.turns),
         ("chars", |t| t.classes.chars),
         ("words", |t| t.words),
@@ -114,18 +122,22 @@ pub(crate) fn write_dense_row(
         ("table_rows", |t| t.structure.table_rows),
         ("bold", |t| t.structure.bold),
         ("links", |t| t.structure.links),
-        ("refusals", |t| t.refusals),
-        ("apologies", |t| t.apologies),
+        ("refusals", |t| t.phrases.refusals),
+        ("apologies", |t| t.phrases.apologies),
+        ("hedges", |t| t.phrases.hedges),
         ("digits", |t| t.classes.digits),
         ("punctuation", |t| t.classes.punctuation),
         ("questions", |t| t.classes.questions),
         ("exclamations", |t| t.classes.exclamations),
+        ("unclosed_fences", |t| t.structure.unclosed_fences),
+        ("numbered_breaks", |t| t.structure.numbered_breaks),
+        ("ragged_table_rows", |t| t.structure.ragged_table_rows),
     ];
     for (name, count) in counts {
         sink.counts(name, count(prompt), count(a), count(b));
     }
 
-    let ratios: [(&str, Measure<f64>); 7] = [
+    let ratios: [(&str, Measure<f64>); 14] = [
         ("ttr", |t| t.diversity.type_token_ratio),
         ("hapax_ratio", |t| t.diversity.hapax_ratio),
         ("mtld", |t| t.diversity.mtld),
@@ -138,6 +150,15 @@ pub(crate) fn write_dense_row(
         ("words_per_sentence", |t| ratio(t.words, t.sentences.max(1))),
         ("chars_per_word", |t| {
             ratio(t.classes.letters + t.classes.digits, t.words)
+        }),
+        ("syllables_per_word", |t| t.quality.syllables_per_word),
+        ("flesch_reading_ease", |t| t.quality.flesch_reading_ease),
+        ("long_word_ratio", |t| t.quality.long_word_ratio),
+        ("sentence_words_sd", |t| t.quality.sentence_words_sd),
+        ("repeated_trigram_ratio", |t| t.quality.repeated_trigram_ratio),
+        ("repeated_line_ratio", |t| t.quality.repeated_line_ratio),
+        ("unfinished_ending", |t| {
+            f64::from(u8::from(t.quality.unfinished_ending))
         }),
     ];
     for (name, measure) in ratios {
@@ -156,6 +177,38 @@ pub(crate) fn write_dense_row(
     let (b_overlap, b_coverage) = overlap(b);
     sink.sides("prompt_overlap", a_overlap, b_overlap);
     sink.sides("prompt_coverage", a_coverage, b_coverage);
+    let covered = |side: &TextAnalysis, of: fn(&TextAnalysis) -> &[u64]| {
+        ratio(shared_count(of(side), of(prompt)), of(prompt).len())
+    };
+    let content: fn(&TextAnalysis) -> &[u64] = |t| &t.content_types;
+    let bigrams: fn(&TextAnalysis) -> &[u64] = |t| &t.bigram_types;
+    sink.sides(
+        "prompt_content_coverage",
+        covered(a, content),
+        covered(b, content),
+    );
+    sink.sides(
+        "prompt_bigram_coverage",
+        covered(a, bigrams),
+        covered(b, bigrams),
+    );
+    // The prompt's script, when it has letters: answering in another one is a mismatch.
+    let (a_mismatch, b_mismatch, a_share, b_share) = match prompt.quality.dominant_script() {
+        Some(script) => {
+            let mismatch =
+                |t: &TextAnalysis| t.quality.dominant_script().is_some_and(|s| s != script);
+            (
+                mismatch(a),
+                mismatch(b),
+                a.quality.share_in(script),
+                b.quality.share_in(script),
+            )
+        }
+        None => (false, false, 1.0, 1.0),
+    };
+    let flag = |on: bool| f64::from(u8::from(on));
+    sink.sides("script_mismatch", flag(a_mismatch), flag(b_mismatch));
+    sink.sides("prompt_script_share", a_share, b_share);
     if similarities.word {
         let a_sim = prompt.word_tfidf.dot(&a.word_tfidf);
         let b_sim = prompt.word_tfidf.dot(&b.word_tfidf);
@@ -172,6 +225,17 @@ pub(crate) fn write_dense_row(
     let shared = shared_count(&a.word_types, &b.word_types);
     let union = a.word_types.len() + b.word_types.len() - shared;
     sink.symmetric("jaccard_words_ab", ratio(shared, union));
+    sink.sides(
+        "words_in_other",
+        ratio(shared, a.word_types.len()),
+        ratio(shared, b.word_types.len()),
+    );
+    let shared_bigrams = shared_count(&a.bigram_types, &b.bigram_types);
+    let union_bigrams = a.bigram_types.len() + b.bigram_types.len() - shared_bigrams;
+    sink.symmetric(
+        "jaccard_bigrams_ab",
+        ratio(shared_bigrams, union_bigrams),
+    );
     if similarities.word {
         sink.symmetric("sim_word_tfidf_ab", a.word_tfidf.dot(&b.word_tfidf));
     }

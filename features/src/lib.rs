@@ -24,6 +24,7 @@
 
 mod analysis;
 mod columns;
+mod quality;
 mod structure;
 mod table;
 mod text_stats;
@@ -80,6 +81,10 @@ pub struct FeatureConfig {
     /// Columns from sentence embeddings, which the caller then passes to
     /// [`Extractor::transform`] for every battle.
     pub semantic: bool,
+    /// Dense columns left out, as glob patterns over their names (`*hedges`, `?_flesch_*`):
+    /// for ablations. Each pattern must match a column, and a response's `a_` and `b_`
+    /// columns go together.
+    pub exclude: Vec<String>,
 }
 
 /// Sentence embeddings of one battle's prompt and responses, from an encoder outside this
@@ -126,6 +131,8 @@ pub struct Extractor {
     diff_columns: DiffColumns,
     similarities: Similarities,
     dense_kinds: Vec<ColumnKind>,
+    /// Per dense column before `exclude`: whether it is kept.
+    kept: Vec<bool>,
     /// Dense column names, then `tfidf_w:` word n-grams, then `tfidf_c:` char n-grams.
     names: Vec<String>,
 }
@@ -144,7 +151,7 @@ impl Extractor {
             })
             .collect();
         let tfidf = Tfidf::fit(&documents, &config.tfidf);
-        Ok(Extractor::assemble(tfidf, config.clone()))
+        Extractor::assemble(tfidf, config.clone())
     }
 
     /// What fitting learned, to be saved with a run: [`Extractor::restore`] rebuilds an
@@ -169,11 +176,11 @@ impl Extractor {
         }
         state.config.tfidf.validate()?;
         let tfidf = Tfidf::restore(state.vocabularies, &state.config.tfidf)?;
-        Ok(Extractor::assemble(tfidf, state.config))
+        Extractor::assemble(tfidf, state.config)
     }
 
     /// The column layout of a fitted TF-IDF.
-    fn assemble(tfidf: Tfidf, config: FeatureConfig) -> Extractor {
+    fn assemble(tfidf: Tfidf, config: FeatureConfig) -> Result<Extractor, Error> {
         let similarities = Similarities {
             word: tfidf.word.is_some(),
             char: tfidf.char.is_some(),
@@ -190,7 +197,9 @@ impl Extractor {
             similarities,
             config.semantic.then(SemanticSimilarities::default),
         );
-        let mut names = schema.names;
+        let kept = kept_columns(&schema, &config.exclude)?;
+        let dense_kinds = kept_items(schema.kinds, &kept);
+        let mut names = kept_items(schema.names, &kept);
         let diff_columns = DiffColumns::new(&tfidf, &config.tfidf);
         for (prefix, vocabulary, n) in [
             ("tfidf_w:", &tfidf.word, diff_columns.word),
@@ -201,14 +210,15 @@ impl Extractor {
                 names.extend(kept.iter().map(|name| format!("{prefix}{name}")));
             }
         }
-        Extractor {
+        Ok(Extractor {
             config,
             tfidf,
             diff_columns,
             similarities,
-            dense_kinds: schema.kinds,
+            dense_kinds,
+            kept,
             names,
-        }
+        })
     }
 
     /// Computes all features for every battle, in parallel over blocks of battles. With
@@ -307,7 +317,11 @@ impl Extractor {
         let a = analyze(&battle.response_a, &self.tfidf, scratch);
         let b = analyze(&battle.response_b, &self.tfidf, scratch);
         let identical = battle.response_a == battle.response_b;
-        let mut dense = Values(&mut rows.dense);
+        let mut dense = Values {
+            row: &mut rows.dense,
+            kept: &self.kept,
+            column: 0,
+        };
         write_dense_row(
             &mut dense,
             &prompt,
@@ -350,7 +364,7 @@ pub struct ExtractorState {
 }
 
 impl ExtractorState {
-    const FORMAT: u32 = 1;
+    const FORMAT: u32 = 2;
 }
 
 /// How many n-grams of each vocabulary (its first, most frequent ones) become A−B columns.
@@ -382,6 +396,47 @@ struct Rows {
     sparse_ends: Vec<usize>,
     sparse_indices: Vec<u32>,
     sparse_values: Vec<f32>,
+}
+
+/// Which of the schema's columns survive the `exclude` patterns; refuses a pattern that is not
+/// a glob or matches nothing, and a response column left without its other side.
+fn kept_columns(schema: &Schema, exclude: &[String]) -> Result<Vec<bool>, Error> {
+    let mut kept = vec![true; schema.names.len()];
+    for text in exclude {
+        let pattern = glob::Pattern::new(text)
+            .map_err(|e| Error::InvalidConfig(format!("exclude pattern {text:?}: {e}")))?;
+        let mut matched = false;
+        for (keep, name) in kept.iter_mut().zip(&schema.names) {
+            if pattern.matches(name) {
+                *keep = false;
+                matched = true;
+            }
+        }
+        if !matched {
+            return Err(Error::InvalidConfig(format!(
+                "exclude pattern {text:?} matches no dense column"
+            )));
+        }
+    }
+    for (i, kind) in schema.kinds.iter().enumerate() {
+        // A side-A column is always followed by its side-B partner (see `ColumnKind`).
+        if *kind == ColumnKind::SideA && kept[i] != kept[i + 1] {
+            return Err(Error::InvalidConfig(format!(
+                "exclude leaves out one of {} and {}: a swap needs both or neither",
+                schema.names[i],
+                schema.names[i + 1]
+            )));
+        }
+    }
+    Ok(kept)
+}
+
+fn kept_items<T>(items: Vec<T>, kept: &[bool]) -> Vec<T> {
+    items
+        .into_iter()
+        .zip(kept)
+        .filter_map(|(item, &keep)| keep.then_some(item))
+        .collect()
 }
 
 /// At most `max` items (0: all), evenly spaced and in order.

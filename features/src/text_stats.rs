@@ -178,6 +178,7 @@ pub(crate) fn sentences(text: &str) -> usize {
 enum PhraseKind {
     Refusal,
     Apology,
+    Hedge,
 }
 
 const REFUSAL_PHRASES: &[&str] = &[
@@ -217,13 +218,45 @@ const APOLOGY_PHRASES: &[&str] = &[
     "i was wrong",
 ];
 
-/// One automaton over both lists, also matching typographic apostrophes (`’`).
+/// Hedging and disclaimers: uncertainty, "it depends", advice to ask someone else.
+const HEDGE_PHRASES: &[&str] = &[
+    "i think",
+    "i believe",
+    "might",
+    "may be",
+    "perhaps",
+    "possibly",
+    "probably",
+    "not sure",
+    "it depends",
+    "depending on",
+    "generally",
+    "typically",
+    "in general",
+    "it's important to",
+    "it is important to",
+    "keep in mind",
+    "please note",
+    "consult",
+    "not a substitute",
+];
+
+/// Counts of stock phrases in one text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PhraseCounts {
+    pub refusals: usize,
+    pub apologies: usize,
+    pub hedges: usize,
+}
+
+/// One automaton over all lists, also matching typographic apostrophes (`’`).
 static PHRASES: LazyLock<(AhoCorasick, Vec<PhraseKind>)> = LazyLock::new(|| {
     let mut patterns = Vec::new();
     let mut kinds = Vec::new();
     for (list, kind) in [
         (REFUSAL_PHRASES, PhraseKind::Refusal),
         (APOLOGY_PHRASES, PhraseKind::Apology),
+        (HEDGE_PHRASES, PhraseKind::Hedge),
     ] {
         for phrase in list {
             patterns.push(phrase.to_string());
@@ -241,18 +274,18 @@ static PHRASES: LazyLock<(AhoCorasick, Vec<PhraseKind>)> = LazyLock::new(|| {
     (automaton, kinds)
 });
 
-/// Non-overlapping (refusal, apology) phrase counts in a lowercased text.
-pub(crate) fn phrase_counts(lowercase_text: &str) -> (usize, usize) {
+/// Non-overlapping stock-phrase counts in a lowercased text.
+pub(crate) fn phrase_counts(lowercase_text: &str) -> PhraseCounts {
     let (automaton, kinds) = &*PHRASES;
-    let mut refusals = 0;
-    let mut apologies = 0;
+    let mut counts = PhraseCounts::default();
     for found in automaton.find_iter(lowercase_text) {
         match kinds[found.pattern().as_usize()] {
-            PhraseKind::Refusal => refusals += 1,
-            PhraseKind::Apology => apologies += 1,
+            PhraseKind::Refusal => counts.refusals += 1,
+            PhraseKind::Apology => counts.apologies += 1,
+            PhraseKind::Hedge => counts.hedges += 1,
         }
     }
-    (refusals, apologies)
+    counts
 }
 
 #[cfg(test)]
@@ -331,7 +364,14 @@ mod tests {
         let text = "i'm sorry, but as an ai i can’t assist with that. i cannot. my apologies.";
         // Refusals: "as an ai", "i can’t" (leftmost match, so "can’t assist" is not counted
         // again), "i cannot". Apologies: "sorry", "my apologies" (longest, not "apologies").
-        assert_eq!(phrase_counts(text), (3, 2));
-        assert_eq!(phrase_counts("a perfectly normal answer"), (0, 0));
+        let counts = |refusals, apologies, hedges| PhraseCounts {
+            refusals,
+            apologies,
+            hedges,
+        };
+        assert_eq!(phrase_counts(text), counts(3, 2, 0));
+        assert_eq!(phrase_counts("a perfectly normal answer"), counts(0, 0, 0));
+        let text = "i think it depends; it’s important to consult a doctor, perhaps.";
+        assert_eq!(phrase_counts(text), counts(0, 0, 5));
     }
 }

@@ -1,7 +1,7 @@
 //! `ensemble cv`: features, then K-fold LightGBM, then the run folder.
 use crate::cli::CvArgs;
-use crate::config::{self, FoldGroups, LgbmRunConfig};
-use crate::data::{self, TextIssues};
+use crate::config::{self, CvSettings, FoldGroups, LgbmRunConfig};
+use crate::data::{self, TextIssues, TrainSet};
 use crate::example;
 use crate::lgbm_run;
 use crate::report;
@@ -13,7 +13,7 @@ use ensembles::lgbm::CsrView;
 use ensembles::predictions::Predictions;
 use ensembles::stage_file;
 use ensembles::{metrics, Outcome};
-use features::{CsrMatrix, Extractor, Orientation};
+use features::{CsrMatrix, Extractor, FeatureTable, Orientation};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -71,6 +71,7 @@ fn resolve_config(args: &CvArgs) -> Result<LgbmRunConfig> {
     lgbm.early_stopping_rounds = args.early_stopping.unwrap_or(lgbm.early_stopping_rounds);
     lgbm.early_stopping_on = args.early_stopping_on.unwrap_or(lgbm.early_stopping_on);
     lgbm.num_threads = args.threads.unwrap_or(lgbm.num_threads);
+    lgbm.seeds = args.seeds.unwrap_or(lgbm.seeds);
     if let Some(dir) = &args.encoder {
         config.encoder.dir = Some(dir.clone());
     }
@@ -151,26 +152,7 @@ pub fn run(args: CvArgs) -> Result<()> {
         }
     }
 
-    let folds = match &args.folds_file {
-        Some(path) => Folds::read(path, &train.battles.ids)?,
-        None => match config.cv.group_by {
-            FoldGroups::None => Folds::stratified(&train.labels, config.cv.folds, config.cv.seed)?,
-            FoldGroups::Prompt => {
-                let prompts: Vec<&Vec<String>> =
-                    train.battles.battles.iter().map(|b| &b.prompt).collect();
-                Folds::stratified_grouped(&train.labels, &prompts, config.cv.folds, config.cv.seed)?
-            }
-        },
-    };
-    let shared_prompts = prompts_across_folds(&folds, &train.battles.battles);
-    if shared_prompts.prompts > 0 {
-        eprintln!(
-            "warning: {} prompts ({} battles) appear in more than one fold: the OOF score is \
-             flattered by prompts seen in training; --group-by prompt keeps each prompt in one \
-             fold",
-            shared_prompts.prompts, shared_prompts.battles
-        );
-    }
+    let (folds, shared_prompts) = make_folds(args.folds_file.as_deref(), &config.cv, &train)?;
 
     let features_started = Instant::now();
     let bar = spinner("computing features");
@@ -190,10 +172,7 @@ pub fn run(args: CvArgs) -> Result<()> {
     drop((battles, embeddings));
     let train_rows: Vec<usize> = (0..n_train).collect();
     let test_rows: Vec<usize> = (n_train..n_train + n_test).collect();
-    let augmented = CsrMatrix::vstack(&[
-        table.csr(&train_rows, Orientation::AsGiven),
-        table.csr(&train_rows, Orientation::Swapped),
-    ]);
+    let augmented = augmented(&table, &train_rows);
     let test_as_given = table.csr(&test_rows, Orientation::AsGiven);
     let test_swapped = table.csr(&test_rows, Orientation::Swapped);
     drop(table);
@@ -228,7 +207,9 @@ pub fn run(args: CvArgs) -> Result<()> {
             bar.suspend(|| {
                 eprintln!(
                     "fold {}: log loss {:.4} after {} rounds",
-                    report.fold, report.log_loss, report.best_iteration
+                    report.fold,
+                    report.log_loss,
+                    rounds(&report.best_iterations)
                 )
             });
         }
@@ -252,8 +233,9 @@ pub fn run(args: CvArgs) -> Result<()> {
     }
     let encoder_record = encoder.as_ref().map(semantic::Encoder::record);
     lgbm_run::write(&args.out, &extractor, &output.models, encoder_record)?;
-    let importance = report::Importance::new(names, &output.gain, &output.split);
+    let importance = report::Importance::new(names, &output.importance);
     importance.write_csv(&args.out.join("importance.csv"))?;
+    importance.write_by_fold_csv(&args.out.join(report::BY_FOLD_FILE))?;
     importance.write_svg(&args.out.join("importance.svg"), 30)?;
 
     timings.total = started.elapsed().as_secs_f64();
@@ -278,12 +260,50 @@ pub fn run(args: CvArgs) -> Result<()> {
     };
     write_json(&args.out.join("metrics.json"), &summary)?;
     println!("{}", summary_table(&summary));
-    println!("{}", importance.table(10));
+    println!("{}", importance.table(10, None, false));
     println!("wrote {}", args.out.display());
     if summary.test.is_none() {
         println!("no --test given: out-of-fold predictions only, no submission.csv");
     }
     Ok(())
+}
+
+/// The folds `--folds-file` gives, or new ones as `[cv]` says; warns when prompts repeat
+/// across them.
+pub(super) fn make_folds(
+    folds_file: Option<&Path>,
+    settings: &CvSettings,
+    train: &TrainSet,
+) -> Result<(Folds, SharedPrompts)> {
+    let (labels, battles) = (&train.labels, &train.battles.battles);
+    let folds = match folds_file {
+        Some(path) => Folds::read(path, &train.battles.ids)?,
+        None => match settings.group_by {
+            FoldGroups::None => Folds::stratified(labels, settings.folds, settings.seed)?,
+            FoldGroups::Prompt => {
+                let prompts: Vec<&Vec<String>> = battles.iter().map(|b| &b.prompt).collect();
+                Folds::stratified_grouped(labels, &prompts, settings.folds, settings.seed)?
+            }
+        },
+    };
+    let shared_prompts = prompts_across_folds(&folds, battles);
+    if shared_prompts.prompts > 0 {
+        eprintln!(
+            "warning: {} prompts ({} battles) appear in more than one fold: the OOF score is \
+             flattered by prompts seen in training; --group-by prompt keeps each prompt in one \
+             fold",
+            shared_prompts.prompts, shared_prompts.battles
+        );
+    }
+    Ok((folds, shared_prompts))
+}
+
+/// The training rows as given, then the same rows with A and B exchanged.
+pub(super) fn augmented(table: &FeatureTable, train_rows: &[usize]) -> CsrMatrix {
+    CsrMatrix::vstack(&[
+        table.csr(train_rows, Orientation::AsGiven),
+        table.csr(train_rows, Orientation::Swapped),
+    ])
 }
 
 pub(super) fn view(csr: &CsrMatrix) -> CsrView<'_> {
@@ -297,7 +317,7 @@ pub(super) fn view(csr: &CsrMatrix) -> CsrView<'_> {
 
 /// Prompts whose battles sit in more than one fold, and how many battles they have.
 #[derive(Serialize, Default, Debug, PartialEq)]
-struct SharedPrompts {
+pub(super) struct SharedPrompts {
     prompts: usize,
     battles: usize,
 }
@@ -333,6 +353,12 @@ pub(super) fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     Ok(stage_file::write_atomically(path, text.as_bytes())?)
 }
 
+/// Boosting rounds of a fold's models, one per seed: `53` or `53/61/48`.
+fn rounds(best_iterations: &[usize]) -> String {
+    let rounds: Vec<String> = best_iterations.iter().map(usize::to_string).collect();
+    rounds.join("/")
+}
+
 fn summary_table(summary: &RunSummary) -> String {
     let mut rows = vec![vec![
         "fold".to_owned(),
@@ -348,7 +374,7 @@ fn summary_table(summary: &RunSummary) -> String {
             f.fold.to_string(),
             f.train_rows.to_string(),
             f.held_out_rows.to_string(),
-            f.best_iteration.to_string(),
+            rounds(&f.best_iterations),
             format!("{:.4}", f.log_loss),
             format!("{:.3}", f.accuracy),
             format!("{:.1}", f.seconds),

@@ -1,10 +1,16 @@
 //! `ensemble importance`: a run's feature importance table in the terminal.
 use crate::cli::ImportanceArgs;
 use crate::report::Importance;
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 pub fn run(args: ImportanceArgs) -> Result<()> {
-    let importance = Importance::read_csv(&args.run.join("importance.csv"))?;
-    print!("{}", importance.table(args.top));
+    let only = args
+        .features
+        .as_deref()
+        .map(glob::Pattern::new)
+        .transpose()
+        .context("--features: not a glob pattern")?;
+    let importance = Importance::read(&args.run, args.by_fold)?;
+    print!("{}", importance.table(args.top, only.as_ref(), args.by_fold));
     Ok(())
 }

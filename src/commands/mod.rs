@@ -1,10 +1,12 @@
 //! One module per subcommand.
 mod blend;
+mod compare;
 mod cv;
 mod importance;
 mod predict;
 #[cfg(feature = "transformer")]
 mod transformer;
+mod tune;
 
 use crate::cli::{Cli, Command};
 use anyhow::Result;
@@ -14,6 +16,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Cv(args) => cv::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Importance(args) => importance::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Tune(args) => tune::run(args),
         Command::Blend(args) => blend::run(args),
         #[cfg(feature = "transformer")]
         Command::Transformer(args) => transformer::run(args),

@@ -1,0 +1,83 @@
+//! `ensemble compare`: is a change to the feature model better than fold-to-fold noise?
+//! Pairs the per-fold log losses of runs made on the same folds.
+use crate::cli::CompareArgs;
+use crate::lgbm_run;
+use crate::report;
+use anyhow::{bail, Context, Result};
+use ensembles::folds::Folds;
+use ensembles::metrics::PairedDifference;
+use ensembles::stage_file::StageFile;
+use std::path::Path;
+
+pub fn run(args: CompareArgs) -> Result<()> {
+    let base_folds_file = args.base.join("folds.csv");
+    let ids: Vec<String> = StageFile::read(&base_folds_file, &["id", "fold"])?
+        .rows()
+        .map(|(_, fields)| fields[0].to_string())
+        .collect();
+    let base_folds = Folds::read(&base_folds_file, &ids)?;
+    let base = lgbm_run::recorded_scores(&args.base)?;
+    let base_losses = base.fold_losses();
+
+    let mut rows = vec![vec![
+        "run".to_owned(),
+        "OOF".into(),
+        "Δ OOF".into(),
+        "Δ per fold".into(),
+        "sd".into(),
+        "std. error".into(),
+        "folds better".into(),
+        "verdict".into(),
+    ]];
+    rows.push(vec![
+        args.base.display().to_string(),
+        format!("{:.4}", base.oof_log_loss),
+        "base".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+    ]);
+    for run in &args.runs {
+        check_same_folds(run, &ids, &base_folds, &args.base)?;
+        let scores = lgbm_run::recorded_scores(run)?;
+        let d = PairedDifference::new(&base_losses, &scores.fold_losses())
+            .with_context(|| format!("{}: cannot pair its folds with the base's", run.display()))?;
+        let verdict = if d.clearly_better() {
+            "better (> 2 std. errors)"
+        } else if d.mean > 2.0 * d.standard_error {
+            "worse (> 2 std. errors)"
+        } else {
+            "within noise"
+        };
+        rows.push(vec![
+            run.display().to_string(),
+            format!("{:.4}", scores.oof_log_loss),
+            format!("{:+.4}", scores.oof_log_loss - base.oof_log_loss),
+            format!("{:+.4}", d.mean),
+            format!("{:.4}", d.sd),
+            format!("{:.4}", d.standard_error),
+            format!("{} of {}", d.better, d.folds),
+            verdict.into(),
+        ]);
+    }
+    print!("{}", report::text_table(&rows));
+    Ok(())
+}
+
+/// Runs compare only when they held out the same rows.
+fn check_same_folds(run: &Path, ids: &[String], base_folds: &Folds, base: &Path) -> Result<()> {
+    let path = run.join("folds.csv");
+    let folds = Folds::read(&path, ids)
+        .with_context(|| format!("{} and {} hold out different rows", run.display(), base.display()))?;
+    if &folds != base_folds {
+        bail!(
+            "{} and {} assign rows to different folds: make the runs with --folds-file {}",
+            run.display(),
+            base.display(),
+            base.join("folds.csv").display()
+        );
+    }
+    Ok(())
+}
