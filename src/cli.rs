@@ -357,7 +357,12 @@ pub struct TuneArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Folds of the search (at least 4 with early stopping on an inner fold).
-    #[arg(long, value_name = "K", default_value_t = 5, conflicts_with = "folds_file")]
+    #[arg(
+        long,
+        value_name = "K",
+        default_value_t = 5,
+        conflicts_with = "folds_file"
+    )]
     pub folds: usize,
     /// Reuse fold assignments from a folds.csv (id,fold).
     #[arg(long, value_name = "PATH")]

@@ -101,8 +101,8 @@ impl SavedRun {
                 let path = model_path(run, fold, offset);
                 if !path.exists() {
                     bail!(
-                        "{}: metrics.json records {n_folds} folds of {seeds} seeds each, but \
-                         {} is missing",
+                        "{}: metrics.json records {n_folds} folds with {seeds} model(s) each \
+                         (one per seed), but {} is missing",
                         run.display(),
                         path.display()
                     );
@@ -201,4 +201,3 @@ pub fn recorded_scores(run: &Path) -> Result<RecordedScores> {
     }
     Ok(scores)
 }
-

@@ -2,9 +2,9 @@
 use anyhow::{Context, Result};
 use ensembles::cv::FoldImportance;
 use ensembles::stage_file::{self, StageFile};
-use std::collections::HashMap;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -102,7 +102,12 @@ impl Importance {
     pub fn write_by_fold_csv(&self, path: &Path) -> Result<()> {
         let rows = self.rows.iter().flat_map(|r| {
             r.fold_gain.iter().enumerate().map(|(fold, gain)| {
-                [r.name.clone(), fold.to_string(), gain.to_string(), r.split.to_string()]
+                [
+                    r.name.clone(),
+                    fold.to_string(),
+                    gain.to_string(),
+                    r.split.to_string(),
+                ]
             })
         });
         Ok(stage_file::write(path, &BY_FOLD_HEADER, rows)?)
@@ -133,7 +138,8 @@ impl Importance {
     /// of folds that use them.
     pub fn table(&self, top: usize, only: Option<&glob::Pattern>, by_fold: bool) -> String {
         let total = self.rows.iter().map(|r| r.gain).sum::<f64>();
-        let share = |gain: f64, total: f64| format!("{:.2}%", 100.0 * gain / total.max(f64::MIN_POSITIVE));
+        let share =
+            |gain: f64, total: f64| format!("{:.2}%", 100.0 * gain / total.max(f64::MIN_POSITIVE));
         let mut header = vec![
             "rank".to_owned(),
             "feature".into(),
@@ -199,7 +205,10 @@ impl Importance {
                 .draw()?;
             chart.draw_series(shown.iter().enumerate().map(|(rank, row)| {
                 let y = (shown.len() - rank - 1) as f64;
-                Rectangle::new([(0.0, y + 0.15), (row.gain, y + 0.85)], BLUE.mix(0.6).filled())
+                Rectangle::new(
+                    [(0.0, y + 0.15), (row.gain, y + 0.85)],
+                    BLUE.mix(0.6).filled(),
+                )
             }))?;
             // Names go left of the plot, right-aligned against each bar's middle.
             let label_style = ("sans-serif", 13)
@@ -209,7 +218,11 @@ impl Importance {
             for (rank, row) in shown.iter().enumerate() {
                 let y = (shown.len() - rank - 1) as f64 + 0.5;
                 let (x, y) = chart.backend_coord(&(0.0, y));
-                root.draw(&Text::new(row.name.clone(), (x - 6, y), label_style.clone()))?;
+                root.draw(&Text::new(
+                    row.name.clone(),
+                    (x - 6, y),
+                    label_style.clone(),
+                ))?;
             }
             root.present()?;
             Ok(())
@@ -219,10 +232,10 @@ impl Importance {
 }
 
 fn parse_number(file: &StageFile, line: usize, field: &str) -> Result<f64> {
-    field
-        .trim()
-        .parse::<f64>()
-        .map_err(|_| file.error(line, format!("{field:?} is not a number")).into())
+    field.trim().parse::<f64>().map_err(|_| {
+        file.error(line, format!("{field:?} is not a number"))
+            .into()
+    })
 }
 
 /// Fills each row's `fold_gain` from `importance_by_fold.csv`: folds 0..K-1 for every feature
@@ -252,12 +265,22 @@ fn read_fold_gains(path: &Path, rows: &mut [ImportanceRow]) -> Result<()> {
                 .error(line, format!("{}: fold {fold} out of order", &fields[0]))
                 .into());
         }
-        rows[i].fold_gain.push(parse_number(&file, line, &fields[2])?);
+        rows[i]
+            .fold_gain
+            .push(parse_number(&file, line, &fields[2])?);
     }
     let n_folds = rows.first().map_or(0, |r| r.fold_gain.len());
-    if let Some(r) = rows.iter().find(|r| r.fold_gain.len() != n_folds || n_folds == 0) {
+    if let Some(r) = rows
+        .iter()
+        .find(|r| r.fold_gain.len() != n_folds || n_folds == 0)
+    {
         return Err(file
-            .file_error(format!("{} has {} folds, {} expected", r.name, r.fold_gain.len(), n_folds))
+            .file_error(format!(
+                "{} has {} folds, {} expected",
+                r.name,
+                r.fold_gain.len(),
+                n_folds
+            ))
             .into());
     }
     Ok(())
@@ -287,7 +310,10 @@ mod tests {
         let imp = Importance::new(&names, &folds);
         let first = &imp.rows[0];
         assert_eq!(first.name, "tfidf_w:yes, \"no\"");
-        assert_eq!((first.gain, first.split, &first.fold_gain[..]), (5.5, 7.0, &[5.0, 6.0][..]));
+        assert_eq!(
+            (first.gain, first.split, &first.fold_gain[..]),
+            (5.5, 7.0, &[5.0, 6.0][..])
+        );
         assert_eq!(imp.rows[2].name, "a_words");
         let dir = std::env::temp_dir().join(format!("imp-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -313,10 +339,17 @@ mod tests {
         let table = imp.table(5, Some(&pattern), true);
         let row = table.lines().nth(2).unwrap();
         let cells: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(cells, ["3", "a_words", "1.0", "10.53%", "2.0", "20.00%", "0.00%", "1", "of", "2"]);
+        assert_eq!(
+            cells,
+            ["3", "a_words", "1.0", "10.53%", "2.0", "20.00%", "0.00%", "1", "of", "2"]
+        );
         assert_eq!(table.lines().count(), 3, "{table}");
 
-        std::fs::write(dir.join(BY_FOLD_FILE), "feature,fold,gain,split\nb_words,1,3,1\n").unwrap();
+        std::fs::write(
+            dir.join(BY_FOLD_FILE),
+            "feature,fold,gain,split\nb_words,1,3,1\n",
+        )
+        .unwrap();
         let err = format!("{:#}", Importance::read(&dir, true).unwrap_err());
         assert!(err.contains("fold 1 out of order"), "{err}");
         std::fs::remove_file(dir.join(BY_FOLD_FILE)).unwrap();

@@ -382,6 +382,68 @@ fn one_command_runs_on_the_generated_example() {
     assert_predict_reproduces_submission(&out, &out.join("example/test.csv"));
 }
 
+/// `--seeds 2` trains two models per fold and averages them: the files are there, the fold
+/// reports list both models' rounds, `predict` reproduces the submission, and a later
+/// one-seed run in the same folder leaves no second-seed file behind.
+#[test]
+fn seed_averaging_saves_every_model_and_predict_uses_them_all() {
+    let out = temp_dir("seeds");
+    let one = temp_dir("seeds-one");
+    run_ok(&[
+        "cv",
+        "--folds",
+        "3",
+        "--seeds",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    for fold in 0..3 {
+        for file in [format!("fold_{fold}.txt"), format!("fold_{fold}.seed1.txt")] {
+            assert!(out.join("models").join(&file).is_file(), "{file} missing");
+        }
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    for fold in metrics["folds"].as_array().unwrap() {
+        assert_eq!(fold["best_iterations"].as_array().unwrap().len(), 2);
+    }
+    assert_predict_reproduces_submission(&out, &out.join("example/test.csv"));
+
+    // One seed on the same folds: other OOF predictions (the second model counts).
+    let folds = out.join("folds.csv");
+    let train = out.join("example/train.csv");
+    let args = |dir: &Path| {
+        [
+            "cv",
+            "--folds-file",
+            folds.to_str().unwrap(),
+            "--train",
+            train.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+    };
+    fn as_str(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+    run_ok(&as_str(&args(&one)));
+    assert_ne!(
+        read_predictions(&one.join("oof.csv")),
+        read_predictions(&out.join("oof.csv"))
+    );
+    run_ok(&as_str(&args(&out)));
+    assert!(
+        !out.join("models/fold_0.seed1.txt").exists(),
+        "stale model kept"
+    );
+    assert_eq!(
+        read_predictions(&one.join("oof.csv")),
+        read_predictions(&out.join("oof.csv"))
+    );
+}
+
 /// `predict` with the run's saved state on the run's own test file writes the submission
 /// `cv` wrote, within 1e-9; a run folder that lost a part is refused, naming it.
 fn assert_predict_reproduces_submission(run: &Path, test: &Path) {
@@ -445,7 +507,7 @@ fn assert_predict_reproduces_submission(run: &Path, test: &Path) {
     );
     refused(
         &|run| std::fs::remove_file(run.join("models/fold_2.txt")).unwrap(),
-        "metrics.json records 3 folds but models has 2 model files",
+        "fold_2.txt is missing",
     );
     refused(
         &|run| std::fs::write(run.join("models/fold_1.txt"), "tree\nnot a model").unwrap(),

@@ -65,7 +65,9 @@ impl BoosterParams {
     /// and metric are this tool's to set.
     pub fn validate(&self) -> Result<()> {
         if self.seeds == 0 {
-            return Err(Error::Invalid("seeds = 0: at least one model per fold".into()));
+            return Err(Error::Invalid(
+                "seeds = 0: at least one model per fold".into(),
+            ));
         }
         if self.extra.is_empty() {
             return Ok(());

@@ -94,7 +94,11 @@ pub fn search(
     mut progress: impl FnMut(TuneProgress),
 ) -> Result<TuneOutput> {
     let k = folds.n_folds();
-    if k < 4 && candidates.iter().any(|c| c.early_stopping_on == StoppingRows::InnerFold) {
+    if k < 4
+        && candidates
+            .iter()
+            .any(|c| c.early_stopping_on == StoppingRows::InnerFold)
+    {
         return Err(Error::Invalid(format!(
             "tuning with early stopping on an inner fold needs at least 4 folds, not {k}: each \
              inner ranking is a CV over the other K-1 folds, which itself holds out one fold \
@@ -110,8 +114,8 @@ pub fn search(
     // Binning depends on max_bin only: one dataset per value in the search.
     let mut datasets: HashMap<usize, Dataset> = HashMap::new();
     for params in &candidates {
-        if !datasets.contains_key(&params.max_bin) {
-            datasets.insert(params.max_bin, augmented_dataset(inputs, params)?);
+        if let std::collections::hash_map::Entry::Vacant(entry) = datasets.entry(params.max_bin) {
+            entry.insert(augmented_dataset(inputs, params)?);
         }
     }
 
@@ -298,7 +302,10 @@ mod tests {
         let folds = Folds::stratified(&labels, 4, 3).unwrap();
         let out = run(&labels, &csr, &folds);
         assert_eq!(out.inner_log_loss.len(), 4);
-        assert!(out.nested_oof.iter().all(|p| (p.iter().sum::<f64>() - 1.0).abs() < 1e-9));
+        assert!(out
+            .nested_oof
+            .iter()
+            .all(|p| (p.iter().sum::<f64>() - 1.0).abs() < 1e-9));
         assert_eq!(out.best, argmin(&out.cv_log_loss));
 
         // Relabel fold 2's rows: the ranking made for outer fold 2 must not move at all

@@ -76,12 +76,12 @@ fn sorted_distinct(mut hashes: Vec<u64>) -> Vec<u64> {
 static STOP_WORDS: LazyLock<FxHashSet<u64>> = LazyLock::new(|| {
     [
         "a", "about", "after", "all", "also", "an", "and", "any", "are", "as", "at", "be",
-        "because", "been", "but", "by", "can", "could", "did", "do", "does", "for", "from",
-        "had", "has", "have", "he", "her", "his", "how", "i", "if", "in", "into", "is", "it",
-        "its", "me", "more", "most", "my", "no", "not", "of", "on", "one", "or", "other", "our",
-        "out", "she", "should", "so", "some", "such", "than", "that", "the", "their", "them",
-        "then", "there", "these", "they", "this", "to", "up", "us", "was", "we", "were", "what",
-        "when", "where", "which", "who", "why", "will", "with", "would", "you", "your",
+        "because", "been", "but", "by", "can", "could", "did", "do", "does", "for", "from", "had",
+        "has", "have", "he", "her", "his", "how", "i", "if", "in", "into", "is", "it", "its", "me",
+        "more", "most", "my", "no", "not", "of", "on", "one", "or", "other", "our", "out", "she",
+        "should", "so", "some", "such", "than", "that", "the", "their", "them", "then", "there",
+        "these", "they", "this", "to", "up", "us", "was", "we", "were", "what", "when", "where",
+        "which", "who", "why", "will", "with", "would", "you", "your",
     ]
     .into_iter()
     .map(hash_str)

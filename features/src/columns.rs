@@ -155,7 +155,9 @@ pub(crate) fn write_dense_row(
         ("flesch_reading_ease", |t| t.quality.flesch_reading_ease),
         ("long_word_ratio", |t| t.quality.long_word_ratio),
         ("sentence_words_sd", |t| t.quality.sentence_words_sd),
-        ("repeated_trigram_ratio", |t| t.quality.repeated_trigram_ratio),
+        ("repeated_trigram_ratio", |t| {
+            t.quality.repeated_trigram_ratio
+        }),
         ("repeated_line_ratio", |t| t.quality.repeated_line_ratio),
         ("unfinished_ending", |t| {
             f64::from(u8::from(t.quality.unfinished_ending))
@@ -193,6 +195,7 @@ pub(crate) fn write_dense_row(
         covered(b, bigrams),
     );
     // The prompt's script, when it has letters: answering in another one is a mismatch.
+    // Without letters in the prompt there is nothing to match: both columns stay 0.
     let (a_mismatch, b_mismatch, a_share, b_share) = match prompt.quality.dominant_script() {
         Some(script) => {
             let mismatch =
@@ -204,7 +207,7 @@ pub(crate) fn write_dense_row(
                 b.quality.share_in(script),
             )
         }
-        None => (false, false, 1.0, 1.0),
+        None => (false, false, 0.0, 0.0),
     };
     let flag = |on: bool| f64::from(u8::from(on));
     sink.sides("script_mismatch", flag(a_mismatch), flag(b_mismatch));
@@ -232,10 +235,7 @@ pub(crate) fn write_dense_row(
     );
     let shared_bigrams = shared_count(&a.bigram_types, &b.bigram_types);
     let union_bigrams = a.bigram_types.len() + b.bigram_types.len() - shared_bigrams;
-    sink.symmetric(
-        "jaccard_bigrams_ab",
-        ratio(shared_bigrams, union_bigrams),
-    );
+    sink.symmetric("jaccard_bigrams_ab", ratio(shared_bigrams, union_bigrams));
     if similarities.word {
         sink.symmetric("sim_word_tfidf_ab", a.word_tfidf.dot(&b.word_tfidf));
     }

@@ -81,7 +81,7 @@ pub struct FeatureConfig {
     /// Columns from sentence embeddings, which the caller then passes to
     /// [`Extractor::transform`] for every battle.
     pub semantic: bool,
-    /// Dense columns left out, as glob patterns over their names (`*hedges`, `?_flesch_*`):
+    /// Dense columns left out, as glob patterns over their names (`*hedges`, `a_flesch_*`):
     /// for ablations. Each pattern must match a column, and a response's `a_` and `b_`
     /// columns go together.
     pub exclude: Vec<String>,

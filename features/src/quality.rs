@@ -239,7 +239,14 @@ mod tests {
         for text in ["It ends here", "First,", "Steps:", "a (", "文字"] {
             assert!(measure(text).unfinished_ending, "{text:?}");
         }
-        for text in ["Done.", "Really?", "```\ncode\n```", "x = 42", "(see above)  \n", ""] {
+        for text in [
+            "Done.",
+            "Really?",
+            "```\ncode\n```",
+            "x = 42",
+            "(see above)  \n",
+            "",
+        ] {
             assert!(!measure(text).unfinished_ending, "{text:?}");
         }
     }
@@ -249,7 +256,7 @@ mod tests {
         let q = measure("Привет, world!");
         assert_eq!(q.dominant_script(), Some(Script::Cyrillic));
         assert_relative_eq!(q.share_in(Script::Latin), 5.0 / 11.0);
-        assert_eq!(measure("你好 ok").dominant_script(), Some(Script::Cjk));
+        assert_eq!(measure("你好吗 ok").dominant_script(), Some(Script::Cjk));
         // A tie goes to the first script in the list.
         assert_eq!(measure("ab αβ").dominant_script(), Some(Script::Latin));
         assert_eq!(measure("123 !").dominant_script(), None);

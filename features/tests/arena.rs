@@ -341,6 +341,143 @@ fn hand_made_battle_has_the_expected_values() {
 }
 
 #[test]
+fn quality_and_overlap_columns_of_hand_made_battles() {
+    let battles = [
+        Battle {
+            prompt: turns(&["Explain how to boil an egg quickly."]),
+            response_a: turns(&[
+                "To boil an egg quickly, use hot water. Boil it for 9 minutes.\n\n\
+                 1. Heat water.\n3. Add the egg",
+            ]),
+            response_b: turns(&[
+                "I think it depends. Perhaps consult a chef!\nIt depends.\nIt depends.",
+            ]),
+        },
+        Battle {
+            prompt: turns(&["What is the capital of France?"]),
+            response_a: turns(&["Париж."]),
+            response_b: turns(&["Paris."]),
+        },
+    ];
+    let extractor = Extractor::fit(&battles, &FeatureConfig::default()).unwrap();
+    let table = extractor.transform(&battles[..1], &[]).unwrap();
+    let get = |name: &str| value(&extractor, &table, Orientation::AsGiven, name);
+    let swapped = |name: &str| value(&extractor, &table, Orientation::Swapped, name);
+
+    // Prompt content words (how, to, an are stop words): explain, boil, egg, quickly. A has
+    // three of them, B none.
+    assert_eq!(get("a_prompt_content_coverage"), 0.75);
+    assert_eq!(get("b_prompt_content_coverage"), 0.0);
+    // Prompt bigrams: explain how, how to, to boil, boil an, an egg, egg quickly; A has the
+    // last four.
+    assert_eq!(get("a_prompt_bigram_coverage"), (4.0f64 / 6.0) as f32);
+    // B: "i think", "it depends" (three times), "perhaps", "consult".
+    assert_eq!((get("a_hedges"), get("b_hedges")), (0.0, 6.0));
+    assert_eq!(get("logratio_hedges"), (1f64.ln() - 7f64.ln()) as f32);
+    // B's lines: the first, "It depends." and "It depends." again.
+    assert_eq!(get("b_repeated_line_ratio"), (1.0f64 / 3.0) as f32);
+    // A numbers 1 then 3, and stops mid-sentence.
+    assert_eq!(
+        (get("a_numbered_breaks"), get("b_numbered_breaks")),
+        (1.0, 0.0)
+    );
+    assert_eq!(
+        (get("a_unfinished_ending"), get("b_unfinished_ending")),
+        (1.0, 0.0)
+    );
+    assert_eq!(get("diff_unfinished_ending"), 1.0);
+    // B's 8 word types share only "it" with A.
+    assert_eq!(get("b_words_in_other"), 0.125);
+    assert_eq!(
+        (get("a_script_mismatch"), get("a_prompt_script_share")),
+        (0.0, 1.0)
+    );
+    // Swapped: sides exchanged, differences negated.
+    assert_eq!(swapped("b_hedges"), 0.0);
+    assert_eq!(swapped("a_prompt_content_coverage"), 0.0);
+    assert_eq!(swapped("diff_unfinished_ending"), -1.0);
+    assert_eq!(swapped("jaccard_bigrams_ab"), get("jaccard_bigrams_ab"));
+
+    // An answer in Cyrillic to an English prompt.
+    let table = extractor.transform(&battles[1..], &[]).unwrap();
+    let get = |name: &str| value(&extractor, &table, Orientation::AsGiven, name);
+    assert_eq!(
+        (get("a_script_mismatch"), get("b_script_mismatch")),
+        (1.0, 0.0)
+    );
+    assert_eq!(
+        (get("a_prompt_script_share"), get("b_prompt_script_share")),
+        (0.0, 1.0)
+    );
+}
+
+/// Excluded columns are gone, the others keep their values bit for bit, and the swap still
+/// mirrors them; bad patterns are refused by name.
+#[test]
+fn excluded_columns_leave_the_others_unchanged() {
+    let battles = arena_battles().unwrap_or_else(|| {
+        vec![Battle {
+            prompt: turns(&["Say hi."]),
+            response_a: turns(&["Hi!"]),
+            response_b: turns(&["Hello, I think."]),
+        }]
+    });
+    let all = Extractor::fit(&battles, &small_config()).unwrap();
+    let config = FeatureConfig {
+        exclude: vec!["*hedges".into(), "*_flesch_*".into()],
+        ..small_config()
+    };
+    let some = Extractor::fit(&battles, &config).unwrap();
+    let names = all.feature_names();
+    let kept: Vec<usize> = (0..names.len())
+        .filter(|&j| !names[j].ends_with("hedges") && !names[j].contains("_flesch_"))
+        .collect();
+    assert_eq!(names.len() - kept.len(), 5 + 4);
+    let kept_names: Vec<&String> = kept.iter().map(|&j| &names[j]).collect();
+    assert_eq!(some.feature_names().iter().collect::<Vec<_>>(), kept_names);
+    let rows: Vec<usize> = (0..battles.len()).collect();
+    let (full, reduced) = (
+        all.transform(&battles, &[]).unwrap(),
+        some.transform(&battles, &[]).unwrap(),
+    );
+    for orientation in [Orientation::AsGiven, Orientation::Swapped] {
+        let (full, reduced) = (
+            full.csr(&rows, orientation),
+            reduced.csr(&rows, orientation),
+        );
+        for row in 0..rows.len() {
+            let (start, end) = (full.indptr[row] as usize, full.indptr[row + 1] as usize);
+            let expected: Vec<(usize, u32)> = (start..end)
+                .filter_map(|at| {
+                    let column = kept.iter().position(|&k| k == full.indices[at] as usize)?;
+                    Some((column, full.values[at].to_bits()))
+                })
+                .collect();
+            let (start, end) = (
+                reduced.indptr[row] as usize,
+                reduced.indptr[row + 1] as usize,
+            );
+            let found: Vec<(usize, u32)> = (start..end)
+                .map(|at| (reduced.indices[at] as usize, reduced.values[at].to_bits()))
+                .collect();
+            assert_eq!(found, expected, "row {row}");
+        }
+    }
+    for (pattern, message) in [
+        ("no_such_column", "matches no dense column"),
+        ("[", "exclude pattern"),
+        ("a_hedges", "a swap needs both"),
+    ] {
+        let config = FeatureConfig {
+            exclude: vec![pattern.into()],
+            ..small_config()
+        };
+        let error = Extractor::fit(&battles, &config).unwrap_err().to_string();
+        assert!(error.contains(message), "{pattern}: {error}");
+    }
+}
+
+#[test]
 fn identical_responses_are_flagged_and_have_no_tfidf_difference() {
     let answer = turns(&["Paris is the capital of France."]);
     let battle = Battle {

@@ -69,8 +69,13 @@ pub fn run(args: CompareArgs) -> Result<()> {
 /// Runs compare only when they held out the same rows.
 fn check_same_folds(run: &Path, ids: &[String], base_folds: &Folds, base: &Path) -> Result<()> {
     let path = run.join("folds.csv");
-    let folds = Folds::read(&path, ids)
-        .with_context(|| format!("{} and {} hold out different rows", run.display(), base.display()))?;
+    let folds = Folds::read(&path, ids).with_context(|| {
+        format!(
+            "{} and {} hold out different rows",
+            run.display(),
+            base.display()
+        )
+    })?;
     if &folds != base_folds {
         bail!(
             "{} and {} assign rows to different folds: make the runs with --folds-file {}",

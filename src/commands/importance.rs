@@ -11,6 +11,9 @@ pub fn run(args: ImportanceArgs) -> Result<()> {
         .transpose()
         .context("--features: not a glob pattern")?;
     let importance = Importance::read(&args.run, args.by_fold)?;
-    print!("{}", importance.table(args.top, only.as_ref(), args.by_fold));
+    print!(
+        "{}",
+        importance.table(args.top, only.as_ref(), args.by_fold)
+    );
     Ok(())
 }

@@ -1,14 +1,16 @@
 //! Helpers shared by the binary's end-to-end tests.
+//! Each test crate uses a part of these helpers.
+#![allow(dead_code)]
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Runs the binary. Tests run side by side on few cores: `cv` gets one thread, and OpenMP
+/// Runs the binary. Tests run side by side on few cores: `cv` and `tune` get one thread, and OpenMP
 /// (inside LightGBM) sleeps instead of spinning while it waits, or oversubscribed cores make
 /// each boosting round many times slower.
 pub fn ensemble(args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ensemble"));
     command.args(args).env("OMP_WAIT_POLICY", "PASSIVE");
-    if args.first() == Some(&"cv") {
+    if matches!(args.first(), Some(&"cv" | &"tune")) {
         command.args(["--threads", "1"]);
     }
     command.output().expect("the binary runs")
