@@ -1,17 +1,10 @@
 //! End-to-end runs of the `ensemble` binary on the real Kaggle sample rows in
 //! `../shared/arena-sample` and on the generated example.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{arena_sample as shared, ensemble, run_ok};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ensemble-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{arena_sample as shared, ensemble, run_ok, temp_dir};
 
 /// Rows of a prediction file: id and the three probabilities.
 fn read_predictions(path: &Path) -> Vec<(String, [f64; 3])> {

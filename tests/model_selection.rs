@@ -3,14 +3,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{ensemble, run_ok};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ensemble-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{ensemble, run_ok, temp_dir};
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()

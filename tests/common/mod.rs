@@ -16,6 +16,14 @@ pub fn ensemble(args: &[&str]) -> Output {
     command.output().expect("the binary runs")
 }
 
+/// An empty folder in the system's temporary directory, named for the test and the process.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ensemble-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Runs the binary and fails the test with its stderr unless it succeeds.
 pub fn run_ok(args: &[&str]) -> Output {
     let output = ensemble(args);
