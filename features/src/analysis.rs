@@ -57,7 +57,7 @@ pub(crate) fn analyze(turns: &[String], tfidf: &Tfidf, scratch: &mut Scratch) ->
         structure: structure(&text),
         diversity: diversity(&words.hashes),
         phrases: phrase_counts(&lowercase),
-        quality: quality(&text, &words),
+        quality: quality(&text, &words.hashes),
         word_types,
         content_types,
         bigram_types,

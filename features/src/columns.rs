@@ -106,7 +106,7 @@ pub(crate) fn write_dense_row(
     similarities: Similarities,
     semantic: Option<SemanticSimilarities>,
 ) {
-    let counts: [(&str, Measure<usize>); 25] = [
+    let counts: [(&str, Measure<usize>); 21] = [
         ("turns", |t| t.turns),
         ("chars", |t| t.classes.chars),
         ("words", |t| t.words),
@@ -124,20 +124,16 @@ pub(crate) fn write_dense_row(
         ("links", |t| t.structure.links),
         ("refusals", |t| t.phrases.refusals),
         ("apologies", |t| t.phrases.apologies),
-        ("hedges", |t| t.phrases.hedges),
         ("digits", |t| t.classes.digits),
         ("punctuation", |t| t.classes.punctuation),
         ("questions", |t| t.classes.questions),
         ("exclamations", |t| t.classes.exclamations),
-        ("unclosed_fences", |t| t.structure.unclosed_fences),
-        ("numbered_breaks", |t| t.structure.numbered_breaks),
-        ("ragged_table_rows", |t| t.structure.ragged_table_rows),
     ];
     for (name, count) in counts {
         sink.counts(name, count(prompt), count(a), count(b));
     }
 
-    let ratios: [(&str, Measure<f64>); 14] = [
+    let ratios: [(&str, Measure<f64>); 9] = [
         ("ttr", |t| t.diversity.type_token_ratio),
         ("hapax_ratio", |t| t.diversity.hapax_ratio),
         ("mtld", |t| t.diversity.mtld),
@@ -151,17 +147,10 @@ pub(crate) fn write_dense_row(
         ("chars_per_word", |t| {
             ratio(t.classes.letters + t.classes.digits, t.words)
         }),
-        ("syllables_per_word", |t| t.quality.syllables_per_word),
-        ("flesch_reading_ease", |t| t.quality.flesch_reading_ease),
-        ("long_word_ratio", |t| t.quality.long_word_ratio),
-        ("sentence_words_sd", |t| t.quality.sentence_words_sd),
         ("repeated_trigram_ratio", |t| {
             t.quality.repeated_trigram_ratio
         }),
         ("repeated_line_ratio", |t| t.quality.repeated_line_ratio),
-        ("unfinished_ending", |t| {
-            f64::from(u8::from(t.quality.unfinished_ending))
-        }),
     ];
     for (name, measure) in ratios {
         sink.ratios(name, measure(prompt), measure(a), measure(b));

@@ -13,11 +13,18 @@
 //!   headers, bullets, numbered, code_blocks, code_lines, table_rows, bold, links, refusals,
 //!   apologies, digits, punctuation, questions, exclamations;
 //! - ratios, as `p_x a_x b_x diff_x`: ttr, hapax_ratio, mtld, uppercase_ratio,
-//!   non_ascii_ratio, words_per_sentence, chars_per_word;
+//!   non_ascii_ratio, words_per_sentence, chars_per_word, repeated_trigram_ratio (1 − distinct
+//!   word trigrams / trigrams), repeated_line_ratio (non-blank lines seen before);
 //! - response vs prompt, as `a_x b_x diff_x`: prompt_overlap (share of the response's word
 //!   types found in the prompt), prompt_coverage (share of the prompt's types in the
-//!   response), sim_word_tfidf_prompt, sim_char_tfidf_prompt (cosines);
-//! - A vs B (symmetric): identical_ab, jaccard_words_ab, sim_word_tfidf_ab, sim_char_tfidf_ab;
+//!   response), prompt_content_coverage (the same for the prompt's non-stop-words),
+//!   prompt_bigram_coverage (share of the prompt's word bigrams in the response),
+//!   script_mismatch (the response's dominant writing system is not the prompt's),
+//!   prompt_script_share (share of the response's letters in the prompt's writing system),
+//!   sim_word_tfidf_prompt, sim_char_tfidf_prompt (cosines);
+//! - A vs B: identical_ab, jaccard_words_ab, jaccard_bigrams_ab, sim_word_tfidf_ab,
+//!   sim_char_tfidf_ab (symmetric), and `a_`/`b_`/`diff_words_in_other` (share of a
+//!   response's word types found in the other);
 //! - with `semantic` on, cosines of sentence embeddings given to [`Extractor::transform`]:
 //!   `a_`/`b_`/`diff_sem_sim_prompt` (each response against the prompt) and `sem_sim_ab`;
 //! - `tfidf_w:<n-gram>` and `tfidf_c:<n-gram>`: A's minus B's TF-IDF weight.

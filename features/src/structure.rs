@@ -26,19 +26,12 @@ pub(crate) struct Structure {
     pub bold: usize,
     /// `http://` / `https://` URLs plus markdown links `](` not followed by a URL.
     pub links: usize,
-    /// 1 when the text ends inside a ``` fence.
-    pub unclosed_fences: usize,
-    /// Numbered items numbered neither 1 nor one more than the previous numbered item.
-    pub numbered_breaks: usize,
-    /// Table rows with another number of `|` than the first row of their table.
-    pub ragged_table_rows: usize,
 }
 
 pub(crate) fn structure(text: &str) -> Structure {
     let mut counts = Structure::default();
     let mut in_code = false;
     let mut previous_blank = true;
-    let mut markup = MarkupState::default();
     for line in text.lines() {
         let trimmed = line.trim_start();
         if trimmed.starts_with("```") {
@@ -49,7 +42,7 @@ pub(crate) fn structure(text: &str) -> Structure {
         } else if in_code {
             counts.code_lines += 1;
         } else {
-            count_block_markup(trimmed, &mut counts, &mut markup);
+            count_block_markup(trimmed, &mut counts);
         }
         let blank = trimmed.is_empty();
         if !blank {
@@ -68,23 +61,12 @@ pub(crate) fn structure(text: &str) -> Structure {
         .filter(|&at| !bytes[at + 2..].starts_with(b"http"))
         .count();
     counts.links = urls + markdown_links_without_url;
-    counts.unclosed_fences = usize::from(in_code);
     counts
 }
 
-/// What markup checks carry from one line to the next.
-#[derive(Default)]
-struct MarkupState {
-    /// The number of the last numbered item.
-    last_number: Option<u32>,
-    /// `|` count of the current table's first row, while inside a table.
-    table_pipes: Option<usize>,
-}
-
-fn count_block_markup(trimmed: &str, counts: &mut Structure, state: &mut MarkupState) {
+fn count_block_markup(trimmed: &str, counts: &mut Structure) {
     let bytes = trimmed.as_bytes();
     let hashes = bytes.iter().take_while(|&&b| b == b'#').count();
-    let mut in_table = false;
     if (1..=6).contains(&hashes) && bytes.get(hashes) == Some(&b' ') {
         counts.headers += 1;
     } else if ["- ", "* ", "+ ", "• "]
@@ -92,34 +74,18 @@ fn count_block_markup(trimmed: &str, counts: &mut Structure, state: &mut MarkupS
         .any(|m| trimmed.starts_with(m))
     {
         counts.bullets += 1;
-    } else if let Some(number) = numbered_item(bytes) {
+    } else if is_numbered_item(bytes) {
         counts.numbered += 1;
-        let follows = state.last_number.is_some_and(|last| number == last + 1);
-        counts.numbered_breaks += usize::from(number != 1 && !follows);
-        state.last_number = Some(number);
     } else if bytes.len() >= 2 && bytes[0] == b'|' && trimmed.trim_end().ends_with('|') {
         counts.table_rows += 1;
-        in_table = true;
-        let pipes = memchr::memchr_iter(b'|', bytes).count();
-        let first = *state.table_pipes.get_or_insert(pipes);
-        counts.ragged_table_rows += usize::from(pipes != first);
-    }
-    if !in_table {
-        state.table_pipes = None;
     }
 }
 
-/// The number of a numbered item: 1–3 digits, then `.` or `)`, then a space.
-fn numbered_item(bytes: &[u8]) -> Option<u32> {
+fn is_numbered_item(bytes: &[u8]) -> bool {
     let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
-    let marked = (1..=3).contains(&digits)
+    (1..=3).contains(&digits)
         && matches!(bytes.get(digits), Some(b'.' | b')'))
-        && bytes.get(digits + 1) == Some(&b' ');
-    marked.then(|| {
-        bytes[..digits]
-            .iter()
-            .fold(0, |n, &b| n * 10 + u32::from(b - b'0'))
-    })
+        && bytes.get(digits + 1) == Some(&b' ')
 }
 
 #[cfg(test)]
@@ -142,11 +108,6 @@ mod tests {
         assert_eq!(s.links, 3);
         assert_eq!(s.code_blocks, 1);
         assert_eq!(s.code_lines, 2);
-        // 1, 2, then 10 (a break); the table's rows all have 3 pipes; the fence is closed.
-        assert_eq!(
-            (s.numbered_breaks, s.ragged_table_rows, s.unclosed_fences),
-            (1, 0, 0)
-        );
         // Non-blank lines: every line but the 4 blank ones.
         assert_eq!(s.lines, text.lines().count() - 4);
         assert_eq!(s.paragraphs, 5);
@@ -159,19 +120,7 @@ mod tests {
             (s.code_blocks, s.code_lines, s.lines, s.paragraphs),
             (1, 1, 3, 1)
         );
-        assert_eq!(s.unclosed_fences, 1);
         assert_eq!(structure(""), Structure::default());
         assert_eq!(structure("\n\n  \n").paragraphs, 0);
-    }
-
-    #[test]
-    fn numbering_and_table_breaks() {
-        // A list restarting at 1 is fine; 4 after 2 and 7 after a restart are breaks.
-        let s = structure("1. a\n2. b\n4. c\n\n1. d\n2. e\n\ntext\n\n7) f");
-        assert_eq!((s.numbered, s.numbered_breaks), (6, 2));
-        // Two tables: the first has one row with a missing cell, the second is consistent
-        // with its own first row, which has a different width than the first table's.
-        let s = structure("| a | b |\n|---|---|\n| 1 |\n\n| x | y | z |\n| 1 | 2 | 3 |");
-        assert_eq!((s.table_rows, s.ragged_table_rows), (5, 1));
     }
 }

@@ -178,7 +178,6 @@ pub(crate) fn sentences(text: &str) -> usize {
 enum PhraseKind {
     Refusal,
     Apology,
-    Hedge,
 }
 
 const REFUSAL_PHRASES: &[&str] = &[
@@ -218,45 +217,20 @@ const APOLOGY_PHRASES: &[&str] = &[
     "i was wrong",
 ];
 
-/// Hedging and disclaimers: uncertainty, "it depends", advice to ask someone else.
-const HEDGE_PHRASES: &[&str] = &[
-    "i think",
-    "i believe",
-    "might",
-    "may be",
-    "perhaps",
-    "possibly",
-    "probably",
-    "not sure",
-    "it depends",
-    "depending on",
-    "generally",
-    "typically",
-    "in general",
-    "it's important to",
-    "it is important to",
-    "keep in mind",
-    "please note",
-    "consult",
-    "not a substitute",
-];
-
 /// Counts of stock phrases in one text.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct PhraseCounts {
     pub refusals: usize,
     pub apologies: usize,
-    pub hedges: usize,
 }
 
-/// One automaton over all lists, also matching typographic apostrophes (`’`).
+/// One automaton over both lists, also matching typographic apostrophes (`’`).
 static PHRASES: LazyLock<(AhoCorasick, Vec<PhraseKind>)> = LazyLock::new(|| {
     let mut patterns = Vec::new();
     let mut kinds = Vec::new();
     for (list, kind) in [
         (REFUSAL_PHRASES, PhraseKind::Refusal),
         (APOLOGY_PHRASES, PhraseKind::Apology),
-        (HEDGE_PHRASES, PhraseKind::Hedge),
     ] {
         for phrase in list {
             patterns.push(phrase.to_string());
@@ -282,7 +256,6 @@ pub(crate) fn phrase_counts(lowercase_text: &str) -> PhraseCounts {
         match kinds[found.pattern().as_usize()] {
             PhraseKind::Refusal => counts.refusals += 1,
             PhraseKind::Apology => counts.apologies += 1,
-            PhraseKind::Hedge => counts.hedges += 1,
         }
     }
     counts
@@ -364,14 +337,11 @@ mod tests {
         let text = "i'm sorry, but as an ai i can’t assist with that. i cannot. my apologies.";
         // Refusals: "as an ai", "i can’t" (leftmost match, so "can’t assist" is not counted
         // again), "i cannot". Apologies: "sorry", "my apologies" (longest, not "apologies").
-        let counts = |refusals, apologies, hedges| PhraseCounts {
+        let counts = |refusals, apologies| PhraseCounts {
             refusals,
             apologies,
-            hedges,
         };
-        assert_eq!(phrase_counts(text), counts(3, 2, 0));
-        assert_eq!(phrase_counts("a perfectly normal answer"), counts(0, 0, 0));
-        let text = "i think it depends; it’s important to consult a doctor, perhaps.";
-        assert_eq!(phrase_counts(text), counts(0, 0, 5));
+        assert_eq!(phrase_counts(text), counts(3, 2));
+        assert_eq!(phrase_counts("a perfectly normal answer"), counts(0, 0));
     }
 }

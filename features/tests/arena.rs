@@ -350,7 +350,7 @@ fn quality_and_overlap_columns_of_hand_made_battles() {
                  1. Heat water.\n3. Add the egg",
             ]),
             response_b: turns(&[
-                "I think it depends. Perhaps consult a chef!\nIt depends.\nIt depends.",
+                "I think it depends. Perhaps consult a chef!\nIt depends.\nIt depends.\nIt depends.",
             ]),
         },
         Battle {
@@ -371,21 +371,13 @@ fn quality_and_overlap_columns_of_hand_made_battles() {
     // Prompt bigrams: explain how, how to, to boil, boil an, an egg, egg quickly; A has the
     // last four.
     assert_eq!(get("a_prompt_bigram_coverage"), (4.0f64 / 6.0) as f32);
-    // B: "i think", "it depends" (three times), "perhaps", "consult".
-    assert_eq!((get("a_hedges"), get("b_hedges")), (0.0, 6.0));
-    assert_eq!(get("logratio_hedges"), (1f64.ln() - 7f64.ln()) as f32);
-    // B's lines: the first, "It depends." and "It depends." again.
-    assert_eq!(get("b_repeated_line_ratio"), (1.0f64 / 3.0) as f32);
-    // A numbers 1 then 3, and stops mid-sentence.
-    assert_eq!(
-        (get("a_numbered_breaks"), get("b_numbered_breaks")),
-        (1.0, 0.0)
-    );
-    assert_eq!(
-        (get("a_unfinished_ending"), get("b_unfinished_ending")),
-        (1.0, 0.0)
-    );
-    assert_eq!(get("diff_unfinished_ending"), 1.0);
+    // B's lines: the first, then "It depends." three times: two of four repeat.
+    assert_eq!(get("b_repeated_line_ratio"), 0.5);
+    // B's 14 words give 12 trigrams: i think it, think it depends, it depends perhaps,
+    // depends perhaps consult, perhaps consult a, consult a chef, a chef it, chef it depends,
+    // it depends it, depends it depends, and those last two again: 2 of 12 repeat.
+    assert_eq!(get("b_repeated_trigram_ratio"), (2.0f64 / 12.0) as f32);
+    assert_eq!(get("a_repeated_trigram_ratio"), 0.0);
     // B's 8 word types share only "it" with A.
     assert_eq!(get("b_words_in_other"), 0.125);
     assert_eq!(
@@ -393,9 +385,11 @@ fn quality_and_overlap_columns_of_hand_made_battles() {
         (0.0, 1.0)
     );
     // Swapped: sides exchanged, differences negated.
-    assert_eq!(swapped("b_hedges"), 0.0);
     assert_eq!(swapped("a_prompt_content_coverage"), 0.0);
-    assert_eq!(swapped("diff_unfinished_ending"), -1.0);
+    assert_eq!(
+        swapped("diff_repeated_line_ratio"),
+        -get("diff_repeated_line_ratio")
+    );
     assert_eq!(swapped("jaccard_bigrams_ab"), get("jaccard_bigrams_ab"));
 
     // An answer in Cyrillic to an English prompt.
@@ -424,13 +418,13 @@ fn excluded_columns_leave_the_others_unchanged() {
     });
     let all = Extractor::fit(&battles, &small_config()).unwrap();
     let config = FeatureConfig {
-        exclude: vec!["*hedges".into(), "*_flesch_*".into()],
+        exclude: vec!["*refusals".into(), "*_chars_per_word".into()],
         ..small_config()
     };
     let some = Extractor::fit(&battles, &config).unwrap();
     let names = all.feature_names();
     let kept: Vec<usize> = (0..names.len())
-        .filter(|&j| !names[j].ends_with("hedges") && !names[j].contains("_flesch_"))
+        .filter(|&j| !names[j].ends_with("refusals") && !names[j].ends_with("_chars_per_word"))
         .collect();
     assert_eq!(names.len() - kept.len(), 5 + 4);
     let kept_names: Vec<&String> = kept.iter().map(|&j| &names[j]).collect();
@@ -466,7 +460,7 @@ fn excluded_columns_leave_the_others_unchanged() {
     for (pattern, message) in [
         ("no_such_column", "matches no dense column"),
         ("[", "exclude pattern"),
-        ("a_hedges", "a swap needs both"),
+        ("a_refusals", "a swap needs both"),
     ] {
         let config = FeatureConfig {
             exclude: vec![pattern.into()],
