@@ -385,9 +385,11 @@ pub struct TuneArgs {
 const COMPARE_ABOUT: &str = "Compares `cv` runs made on the same folds against a base run.\n\n\
     For each run: its OOF log loss and the difference to the base's, the mean and standard \
     deviation of the per-fold differences (run − base), their standard error (sd / √folds), how \
-    many folds got better, and a verdict: better or worse when the mean difference is more \
-    than two standard errors away from 0, otherwise within noise. The runs must hold out the \
-    same rows: make them with `--folds-file BASE/folds.csv`.\n\n\
+    many folds got better, and a verdict: the mean difference in standard errors, read as \
+    better or worse beyond two, better or worse by one to two, otherwise within one (noise). \
+    A change chosen because it looked better on these folds should be confirmed on other \
+    folds (`cv --group-by prompt --seed N`). The runs must hold out the same rows: make them \
+    with `--folds-file BASE/folds.csv`.\n\n\
     Example:\n  \
     ensemble cv --group-by prompt --train train.csv --out runs/base\n  \
     ensemble cv --folds-file runs/base/folds.csv --config new.toml --train train.csv --out runs/new\n  \

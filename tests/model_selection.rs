@@ -169,7 +169,7 @@ fn compare_pairs_fold_losses_and_importance_shows_each_fold() {
         row(&same).contains("+0.0000") && row(&same).contains("0 of 4"),
         "{table}"
     );
-    assert!(row(&same).contains("within noise"), "{table}");
+    assert!(row(&same).contains("within 1 std. error"), "{table}");
     assert!(
         row(&worse).contains("worse") && row(&worse).contains("0 of 4"),
         "{table}"

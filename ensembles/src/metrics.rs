@@ -82,9 +82,19 @@ impl PairedDifference {
         })
     }
 
+    /// `mean` in standard errors (0 when the folds agree exactly, ±∞ for a difference
+    /// without spread).
+    pub fn standard_errors(&self) -> f64 {
+        if self.mean == 0.0 {
+            0.0
+        } else {
+            self.mean / self.standard_error
+        }
+    }
+
     /// The change lowers the loss by more than twice its standard error.
     pub fn clearly_better(&self) -> bool {
-        self.mean < -2.0 * self.standard_error
+        self.standard_errors() < -2.0
     }
 }
 
@@ -127,11 +137,22 @@ mod tests {
         assert_abs_diff_eq!(d.sd, (0.000875f64 / 3.0).sqrt(), epsilon = 1e-12);
         assert_abs_diff_eq!(d.standard_error, d.sd / 2.0, epsilon = 1e-12);
         assert_eq!((d.better, d.folds), (3, 4));
-        // -0.0125 against 2 × 0.00854: not clearly better.
+        // -0.0125 against 2 × 0.00427: not clearly better.
+        assert_abs_diff_eq!(
+            d.standard_errors(),
+            -0.0125 / d.standard_error,
+            epsilon = 1e-12
+        );
         assert!(!d.clearly_better());
         let shifted: Vec<f64> = base.iter().map(|b| b - 0.01).collect();
         let d = PairedDifference::new(&base, &shifted).unwrap();
         assert!(d.clearly_better() && d.sd < 1e-12);
+        assert_eq!(
+            PairedDifference::new(&base, &base)
+                .unwrap()
+                .standard_errors(),
+            0.0
+        );
         assert_eq!(PairedDifference::new(&base, &base[..3]), None);
         assert_eq!(PairedDifference::new(&base[..1], &new[..1]), None);
     }

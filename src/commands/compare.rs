@@ -26,6 +26,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         "Δ per fold".into(),
         "sd".into(),
         "std. error".into(),
+        "Δ / std. error".into(),
         "folds better".into(),
         "verdict".into(),
     ]];
@@ -38,18 +39,20 @@ pub fn run(args: CompareArgs) -> Result<()> {
         String::new(),
         String::new(),
         String::new(),
+        String::new(),
     ]);
     for run in &args.runs {
         check_same_folds(run, &ids, &base_folds, &args.base)?;
         let scores = lgbm_run::recorded_scores(run)?;
         let d = PairedDifference::new(&base_losses, &scores.fold_losses())
             .with_context(|| format!("{}: cannot pair its folds with the base's", run.display()))?;
-        let verdict = if d.clearly_better() {
-            "better (> 2 std. errors)"
-        } else if d.mean > 2.0 * d.standard_error {
-            "worse (> 2 std. errors)"
-        } else {
-            "within noise"
+        let t = d.standard_errors();
+        let verdict = match t {
+            t if t < -2.0 => "better (> 2 std. errors)",
+            t if t < -1.0 => "better by 1-2 std. errors",
+            t if t > 2.0 => "worse (> 2 std. errors)",
+            t if t > 1.0 => "worse by 1-2 std. errors",
+            _ => "within 1 std. error",
         };
         rows.push(vec![
             run.display().to_string(),
@@ -58,6 +61,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             format!("{:+.4}", d.mean),
             format!("{:.4}", d.sd),
             format!("{:.4}", d.standard_error),
+            format!("{t:+.1}"),
             format!("{} of {}", d.better, d.folds),
             verdict.into(),
         ]);
