@@ -49,8 +49,6 @@ pub fn text_table(rows: &[Vec<String>]) -> String {
 #[derive(Debug, PartialEq)]
 pub struct Importance {
     pub rows: Vec<ImportanceRow>,
-    /// Each fold's total gain over all features.
-    fold_totals: Vec<f64>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -61,6 +59,7 @@ pub struct ImportanceRow {
     pub split: f64,
     /// Per fold (empty when read from an `importance.csv` alone).
     pub fold_gain: Vec<f64>,
+    pub fold_split: Vec<f64>,
 }
 
 impl Importance {
@@ -74,6 +73,7 @@ impl Importance {
                 gain: folds.iter().map(|f| f.gain[j]).sum::<f64>() / n_folds,
                 split: folds.iter().map(|f| f.split[j]).sum::<f64>() / n_folds,
                 fold_gain: folds.iter().map(|f| f.gain[j]).collect(),
+                fold_split: folds.iter().map(|f| f.split[j]).collect(),
             })
             .collect();
         Importance::sorted(rows)
@@ -81,11 +81,15 @@ impl Importance {
 
     fn sorted(mut rows: Vec<ImportanceRow>) -> Importance {
         rows.sort_by(|a, b| b.gain.total_cmp(&a.gain).then_with(|| a.name.cmp(&b.name)));
-        let n_folds = rows.first().map_or(0, |r| r.fold_gain.len());
-        let fold_totals = (0..n_folds)
-            .map(|k| rows.iter().map(|r| r.fold_gain[k]).sum())
-            .collect();
-        Importance { rows, fold_totals }
+        Importance { rows }
+    }
+
+    /// Each fold's total gain over all features.
+    fn fold_totals(&self) -> Vec<f64> {
+        let n_folds = self.rows.first().map_or(0, |r| r.fold_gain.len());
+        (0..n_folds)
+            .map(|k| self.rows.iter().map(|r| r.fold_gain[k]).sum())
+            .collect()
     }
 
     /// `feature,gain,split`; n-gram names with commas or quotes are quoted.
@@ -97,16 +101,16 @@ impl Importance {
         Ok(stage_file::write(path, &HEADER, rows)?)
     }
 
-    /// `feature,fold,gain,split`: every feature's gain in every fold. The split counts are
-    /// not kept per fold, so the column repeats the mean.
+    /// `feature,fold,gain,split`: every feature's gain and split count in every fold.
     pub fn write_by_fold_csv(&self, path: &Path) -> Result<()> {
         let rows = self.rows.iter().flat_map(|r| {
-            r.fold_gain.iter().enumerate().map(|(fold, gain)| {
+            let per_fold = r.fold_gain.iter().zip(&r.fold_split).enumerate();
+            per_fold.map(|(fold, (gain, split))| {
                 [
                     r.name.clone(),
                     fold.to_string(),
                     gain.to_string(),
-                    r.split.to_string(),
+                    split.to_string(),
                 ]
             })
         });
@@ -125,6 +129,7 @@ impl Importance {
                 gain: parse_number(&file, line, &fields[1])?,
                 split: parse_number(&file, line, &fields[2])?,
                 fold_gain: Vec::new(),
+                fold_split: Vec::new(),
             });
         }
         if by_fold {
@@ -138,6 +143,7 @@ impl Importance {
     /// of folds that use them.
     pub fn table(&self, top: usize, only: Option<&glob::Pattern>, by_fold: bool) -> String {
         let total = self.rows.iter().map(|r| r.gain).sum::<f64>();
+        let fold_totals = self.fold_totals();
         let share =
             |gain: f64, total: f64| format!("{:.2}%", 100.0 * gain / total.max(f64::MIN_POSITIVE));
         let mut header = vec![
@@ -148,7 +154,7 @@ impl Importance {
             "splits".into(),
         ];
         if by_fold {
-            header.extend((0..self.fold_totals.len()).map(|k| format!("fold {k}")));
+            header.extend((0..fold_totals.len()).map(|k| format!("fold {k}")));
             header.push("folds used".into());
         }
         let mut rows = vec![header];
@@ -170,7 +176,7 @@ impl Importance {
                 row.extend(
                     r.fold_gain
                         .iter()
-                        .zip(&self.fold_totals)
+                        .zip(&fold_totals)
                         .map(|(&gain, &total)| share(gain, total)),
                 );
                 let used = r.fold_gain.iter().filter(|&&g| g > 0.0).count();
@@ -238,7 +244,7 @@ fn parse_number(file: &StageFile, line: usize, field: &str) -> Result<f64> {
     })
 }
 
-/// Fills each row's `fold_gain` from `importance_by_fold.csv`: folds 0..K-1 for every feature
+/// Fills each row's `fold_gain` and `fold_split` from `importance_by_fold.csv`: folds 0..K-1 for every feature
 /// of `importance.csv`, each once.
 fn read_fold_gains(path: &Path, rows: &mut [ImportanceRow]) -> Result<()> {
     let file = StageFile::read(path, &BY_FOLD_HEADER).with_context(|| {
@@ -268,6 +274,9 @@ fn read_fold_gains(path: &Path, rows: &mut [ImportanceRow]) -> Result<()> {
         rows[i]
             .fold_gain
             .push(parse_number(&file, line, &fields[2])?);
+        rows[i]
+            .fold_split
+            .push(parse_number(&file, line, &fields[3])?);
     }
     let n_folds = rows.first().map_or(0, |r| r.fold_gain.len());
     if let Some(r) = rows

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{arena_sample as shared, ensemble, run_ok, temp_dir};
+use common::{arena_sample as shared, ensemble, read_json, run_ok, temp_dir};
 
 /// Rows of a prediction file: id and the three probabilities.
 fn read_predictions(path: &Path) -> Vec<(String, [f64; 3])> {
@@ -98,8 +98,7 @@ fn cv_on_the_arena_sample_writes_a_complete_run() {
     }
     let folds = std::fs::read_to_string(out.join("folds.csv")).unwrap();
     assert_eq!(folds.lines().count(), 101);
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = read_json(&out.join("metrics.json"));
     assert_eq!(metrics["train_rows"], 100);
     assert_eq!(metrics["folds"].as_array().unwrap().len(), 3);
     assert!(metrics["oof_log_loss"].as_f64().unwrap().is_finite());
@@ -208,9 +207,7 @@ fn grouped_folds_hold_out_each_prompt_whole() {
             group_by,
             "--no-tfidf",
         ]);
-        let metrics: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
-                .unwrap();
+        let metrics: serde_json::Value = read_json(&out.join("metrics.json"));
         (
             String::from_utf8_lossy(&output.stderr).into_owned(),
             metrics,
@@ -363,8 +360,7 @@ fn bad_inputs_are_reported_with_file_line_and_id() {
 fn one_command_runs_on_the_generated_example() {
     let out = temp_dir("example");
     run_ok(&["cv", "--folds", "3", "--out", out.to_str().unwrap()]);
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = read_json(&out.join("metrics.json"));
     let (loss, prior) = (
         metrics["oof_log_loss"].as_f64().unwrap(),
         metrics["prior_log_loss"].as_f64().unwrap(),
@@ -396,8 +392,7 @@ fn seed_averaging_saves_every_model_and_predict_uses_them_all() {
             assert!(out.join("models").join(&file).is_file(), "{file} missing");
         }
     }
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = read_json(&out.join("metrics.json"));
     for fold in metrics["folds"].as_array().unwrap() {
         assert_eq!(fold["best_iterations"].as_array().unwrap().len(), 2);
     }
@@ -556,8 +551,7 @@ fn blend_of_one_cv_run_reproduces_it_and_finds_its_training_file() {
             assert!((p[k] - q[k]).abs() < 1e-9, "id {id}: {p:?} vs {q:?}");
         }
     }
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("blend.json")).unwrap()).unwrap();
+    let report: serde_json::Value = read_json(&out.join("blend.json"));
     assert!(report.to_string().contains("lgbm"));
 
     // Inside the member's folder, the default --out is the member's own submission: refused,
@@ -611,8 +605,7 @@ fn cv_without_test_writes_out_of_fold_predictions_only() {
         .map(|(id, _)| id)
         .collect();
     assert_eq!(oof, ids_of(&train));
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = read_json(&out.join("metrics.json"));
     assert!(metrics["test"].is_null());
     assert_eq!(metrics["test_rows"], 0);
 }
@@ -680,9 +673,7 @@ fn semantic_features_are_cached_recorded_and_checked_on_predict() {
         "--out",
         run.to_str().unwrap(),
     ];
-    let metrics = || -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap()
-    };
+    let metrics = || -> serde_json::Value { read_json(&run.join("metrics.json")) };
     run_ok(&cv);
     let first = metrics();
     let embedded = first["embedding"]["embedded"].as_u64().unwrap();

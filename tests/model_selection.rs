@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{ensemble, run_ok, temp_dir};
+use common::{ensemble, read_json, run_ok, temp_dir};
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -61,8 +61,7 @@ fn tune_is_reproducible_and_writes_a_config_cv_reads() {
     chosen.sort_unstable();
     assert_eq!(chosen, [0, 1, 2, 3]);
 
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(first.join("tune.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = read_json(&first.join("tune.json"));
     let best_cv = summary["best_cv_log_loss"].as_f64().unwrap();
     assert!(best_cv <= summary["base_cv_log_loss"].as_f64().unwrap());
     assert!(summary["nested_log_loss"].as_f64().unwrap().is_finite());
@@ -82,8 +81,7 @@ fn tune_is_reproducible_and_writes_a_config_cv_reads() {
         "--out",
         path(&run),
     ]);
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = read_json(&run.join("metrics.json"));
     assert_eq!(metrics["oof_log_loss"].as_f64().unwrap(), best_cv);
     // best.toml keeps the config's own fold count for `cv`, not the search's 4.
     assert!(std::fs::read_to_string(&best)

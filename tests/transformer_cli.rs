@@ -5,7 +5,7 @@
 use std::path::Path;
 
 mod common;
-use common::{ensemble, run_ok};
+use common::{ensemble, read_json, run_ok};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -163,9 +163,7 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
         !out.path().join("fold-0/model").exists(),
         "saved without --save-models"
     );
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
-            .unwrap();
+    let metrics: serde_json::Value = read_json(&out.path().join("metrics.json"));
     assert_eq!(metrics["folds"].as_array().unwrap().len(), 3);
     assert!(metrics["oof_log_loss"].as_f64().unwrap().is_finite());
     // Each fold's checkpoint was picked on the next fold, never on the fold it predicts.

@@ -343,6 +343,7 @@ pub(crate) fn fit_fold(
         },
     };
     let seeds = params.seeds.max(1);
+    let threads = format!("num_threads={}", params.threads());
     for offset in 0..seeds {
         let seeded = BoosterParams {
             seed: params.seed.wrapping_add(offset as u64),
@@ -366,7 +367,6 @@ pub(crate) fn fit_fold(
             fit.importance.gain[j] += gain[j] / seeds as f64;
             fit.importance.split[j] += split[j] / seeds as f64;
         }
-        let threads = format!("num_threads={}", params.threads());
         let probs = swap_averaged(
             &trained.model.predict(as_given.view(), &threads)?,
             &trained.model.predict(swapped.view(), &threads)?,

@@ -168,20 +168,18 @@ pub(crate) fn write_dense_row(
     let (b_overlap, b_coverage) = overlap(b);
     sink.sides("prompt_overlap", a_overlap, b_overlap);
     sink.sides("prompt_coverage", a_coverage, b_coverage);
-    let covered = |side: &TextAnalysis, of: fn(&TextAnalysis) -> &[u64]| {
-        ratio(shared_count(of(side), of(prompt)), of(prompt).len())
-    };
-    let content: fn(&TextAnalysis) -> &[u64] = |t| &t.content_types;
-    let bigrams: fn(&TextAnalysis) -> &[u64] = |t| &t.bigram_types;
+    // Share of the prompt's (sorted, distinct) items that the response has too.
+    let covered =
+        |response: &[u64], prompt: &[u64]| ratio(shared_count(response, prompt), prompt.len());
     sink.sides(
         "prompt_content_coverage",
-        covered(a, content),
-        covered(b, content),
+        covered(&a.content_types, &prompt.content_types),
+        covered(&b.content_types, &prompt.content_types),
     );
     sink.sides(
         "prompt_bigram_coverage",
-        covered(a, bigrams),
-        covered(b, bigrams),
+        covered(&a.bigram_types, &prompt.bigram_types),
+        covered(&b.bigram_types, &prompt.bigram_types),
     );
     // The prompt's script, when it has letters: answering in another one is a mismatch.
     // Without letters in the prompt there is nothing to match: both columns stay 0.

@@ -48,6 +48,19 @@ const TRIALS_HEADER: [&str; 10] = [
     "chosen_for_folds",
 ];
 
+/// The searched parameters of a candidate, in the order of `TRIALS_HEADER` and the table.
+fn searched_values(c: &BoosterParams) -> [String; 7] {
+    [
+        c.learning_rate.to_string(),
+        c.num_leaves.to_string(),
+        c.min_data_in_leaf.to_string(),
+        c.feature_fraction.to_string(),
+        c.bagging_fraction.to_string(),
+        c.lambda_l2.to_string(),
+        c.max_bin.to_string(),
+    ]
+}
+
 pub fn run(args: TuneArgs) -> Result<()> {
     let started = Instant::now();
     let mut config: LgbmRunConfig = match &args.config {
@@ -115,18 +128,10 @@ pub fn run(args: TuneArgs) -> Result<()> {
             .filter(|&fold| output.chosen[fold] == trial)
             .map(|fold| fold.to_string())
             .collect();
-        [
-            trial.to_string(),
-            c.learning_rate.to_string(),
-            c.num_leaves.to_string(),
-            c.min_data_in_leaf.to_string(),
-            c.feature_fraction.to_string(),
-            c.bagging_fraction.to_string(),
-            c.lambda_l2.to_string(),
-            c.max_bin.to_string(),
-            output.cv_log_loss[trial].to_string(),
-            chosen.join(" "),
-        ]
+        let mut row = vec![trial.to_string()];
+        row.extend(searched_values(c));
+        row.extend([output.cv_log_loss[trial].to_string(), chosen.join(" ")]);
+        row
     });
     stage_file::write(&args.out.join("trials.csv"), &TRIALS_HEADER, rows)?;
 
@@ -182,18 +187,13 @@ pub fn run(args: TuneArgs) -> Result<()> {
     for trial in order {
         let c = &output.candidates[trial];
         let chosen = output.chosen.iter().filter(|&&t| t == trial).count();
-        table.push(vec![
-            trial.to_string(),
-            c.learning_rate.to_string(),
-            c.num_leaves.to_string(),
-            c.min_data_in_leaf.to_string(),
-            c.feature_fraction.to_string(),
-            c.bagging_fraction.to_string(),
-            c.lambda_l2.to_string(),
-            c.max_bin.to_string(),
+        let mut row = vec![trial.to_string()];
+        row.extend(searched_values(c));
+        row.extend([
             format!("{:.4}", output.cv_log_loss[trial]),
             chosen.to_string(),
         ]);
+        table.push(row);
     }
     print!("{}", report::text_table(&table));
     println!(

@@ -24,6 +24,13 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A JSON file the binary wrote (metrics.json, tune.json, blend.json, ...).
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Runs the binary and fails the test with its stderr unless it succeeds.
 pub fn run_ok(args: &[&str]) -> Output {
     let output = ensemble(args);
