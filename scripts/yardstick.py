@@ -112,6 +112,7 @@ def main():
     n_folds = folds.max() + 1
     oof = np.zeros((len(df), 3))
     fold_losses = []
+    fold_rows = []
     for fold in range(n_folds):
         stopping = fold if args.early_stopping_on == "held-out" else (fold + 1) % n_folds
         train_rows = np.where((folds != fold) & (folds != stopping))[0]
@@ -126,6 +127,7 @@ def main():
         )
         oof[held_out] = model.predict(X[held_out], num_iteration=model.best_iteration)
         fold_losses.append(log_loss(labels[held_out], oof[held_out], labels=[0, 1, 2]))
+        fold_rows.append((len(train_rows), len(held_out)))
         print(f"fold {fold}: log loss {fold_losses[-1]:.4f} after {model.best_iteration} rounds", flush=True)
     result = {
         "oof_log_loss": log_loss(labels, oof, labels=[0, 1, 2]),
@@ -141,7 +143,10 @@ def main():
         json.dump(
             {
                 "oof_log_loss": result["oof_log_loss"],
-                "folds": [{"fold": k, "log_loss": loss} for k, loss in enumerate(fold_losses)],
+                "folds": [
+                    {"fold": k, "log_loss": loss, "train_rows": rows[0], "held_out_rows": rows[1]}
+                    for k, (loss, rows) in enumerate(zip(fold_losses, fold_rows))
+                ],
                 "config": {"lgbm": {"seeds": 1}},
                 "yardstick": result,
             },

@@ -183,6 +183,13 @@ pub struct CvArgs {
     /// the OOF score [config: lgbm.early_stopping_on, default inner-fold].
     #[arg(long, value_name = "inner-fold|held-out")]
     pub early_stopping_on: Option<ensembles::folds::StoppingRows>,
+    /// After inner-fold early stopping has chosen a fold's round count, train the fold's
+    /// model again on the training and watched folds (K-1, never the held-out one).
+    /// `same-rounds` keeps the count; `scaled-rounds` scales it by the ratio of training rows;
+    /// `none` keeps the early-stopped model (K-2 folds). Costs a second fit per fold
+    /// [config: lgbm.refit, default none].
+    #[arg(long, value_name = "none|same-rounds|scaled-rounds")]
+    pub refit: Option<ensembles::cv::Refit>,
     /// LightGBM models per fold, with seeds SEED, SEED+1, ...: each fold's predictions are
     /// their mean (bagging and feature sampling differ between seeds). Costs N times the
     /// boosting time [config: lgbm.seeds, default 1]

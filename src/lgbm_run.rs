@@ -161,6 +161,9 @@ pub struct RecordedScores {
 #[derive(serde::Deserialize)]
 pub struct RecordedFold {
     pub log_loss: f64,
+    /// Rows the fold's models trained on, and rows they were scored on.
+    pub train_rows: usize,
+    pub held_out_rows: usize,
 }
 
 #[derive(serde::Deserialize)]
@@ -182,6 +185,15 @@ fn one() -> usize {
 impl RecordedScores {
     pub fn fold_losses(&self) -> Vec<f64> {
         self.folds.iter().map(|f| f.log_loss).collect()
+    }
+
+    /// Held-out rows over training rows, summed over the folds: the `n_test/n_train` of the
+    /// corrected standard error (`ensembles::metrics::PairedDifference`).
+    pub fn test_train_ratio(&self) -> f64 {
+        let sum = |rows: fn(&RecordedFold) -> usize| -> f64 {
+            self.folds.iter().map(|f| rows(f) as f64).sum()
+        };
+        sum(|f| f.held_out_rows) / sum(|f| f.train_rows)
     }
 }
 

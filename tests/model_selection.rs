@@ -63,7 +63,19 @@ fn tune_is_reproducible_and_writes_a_config_cv_reads() {
 
     let summary: serde_json::Value = read_json(&first.join("tune.json"));
     let best_cv = summary["best_cv_log_loss"].as_f64().unwrap();
-    assert!(best_cv <= summary["base_cv_log_loss"].as_f64().unwrap());
+    // tune.json's best trial is the one with the lowest CV log loss in trials.csv, and the
+    // base is trial 0.
+    let cv_losses: Vec<f64> = trials
+        .lines()
+        .skip(1)
+        .map(|line| line.split(',').nth(8).unwrap().parse().unwrap())
+        .collect();
+    let lowest = (0..cv_losses.len())
+        .min_by(|&a, &b| cv_losses[a].total_cmp(&cv_losses[b]))
+        .unwrap();
+    assert_eq!(summary["best_trial"].as_u64().unwrap() as usize, lowest);
+    assert_eq!(best_cv, cv_losses[lowest]);
+    assert_eq!(summary["base_cv_log_loss"].as_f64().unwrap(), cv_losses[0]);
     assert!(summary["nested_log_loss"].as_f64().unwrap().is_finite());
 
     // best.toml is a config `cv` reads; with the search's folds, cv reproduces the best
@@ -87,6 +99,34 @@ fn tune_is_reproducible_and_writes_a_config_cv_reads() {
     assert!(std::fs::read_to_string(&best)
         .unwrap()
         .contains("folds = 10"));
+}
+
+#[test]
+fn tune_refuses_held_out_stopping_naming_the_config() {
+    let dir = temp_dir("tune-peeking");
+    let train = example(&dir);
+    let config = dir.join("peeking.toml");
+    std::fs::write(&config, "[lgbm]\nearly_stopping_on = \"held-out\"\n").unwrap();
+    let output = ensemble(&[
+        "tune",
+        "--train",
+        path(&train),
+        "--config",
+        path(&config),
+        "--trials",
+        "2",
+        "--folds",
+        "4",
+        "--out",
+        path(&dir.join("out")),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("peeking.toml") && stderr.contains("early_stopping_on"),
+        "{stderr}"
+    );
+    assert!(!dir.join("out").exists());
 }
 
 #[test]
@@ -171,6 +211,19 @@ fn compare_pairs_fold_losses_and_importance_shows_each_fold() {
     assert!(
         row(&worse).contains("worse") && row(&worse).contains("0 of 4"),
         "{table}"
+    );
+    // Four folds, models trained on two (inner-fold stopping): the corrected standard error
+    // is the naive sd/√4 times √(1 + 4 · n_test/n_train) ≈ √3.
+    let cells: Vec<f64> = row(&worse)
+        .split_whitespace()
+        .skip(1)
+        .take(7)
+        .map(|cell| cell.parse().unwrap())
+        .collect();
+    let (corrected, naive) = (cells[4], cells[6]);
+    assert!(
+        (corrected / naive - 3f64.sqrt()).abs() < 0.03,
+        "corrected {corrected}, naive {naive}:\n{table}"
     );
 
     // Runs on other folds are refused.

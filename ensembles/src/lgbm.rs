@@ -247,7 +247,7 @@ struct TrainingBooster<'d> {
 }
 
 impl<'d> TrainingBooster<'d> {
-    fn new(train: &'d Dataset, valid: &'d Dataset, params: &str) -> Result<Self> {
+    fn new(train: &'d Dataset, valid: Option<&'d Dataset>, params: &str) -> Result<Self> {
         let params = c_string(params)?;
         let mut handle = std::ptr::null_mut();
         // SAFETY: both datasets outlive the booster (lifetime 'd).
@@ -256,9 +256,11 @@ impl<'d> TrainingBooster<'d> {
             handle,
             _data: std::marker::PhantomData,
         };
-        // SAFETY: both handles are live LightGBM objects; `valid` outlives the booster ('d).
-        // Should this fail, `booster` is already built and its Drop frees the handle.
-        check(unsafe { sys::LGBM_BoosterAddValidData(booster.handle, valid.handle) })?;
+        if let Some(valid) = valid {
+            // SAFETY: both handles are live LightGBM objects; `valid` outlives the booster
+            // ('d). Should this fail, `booster` is already built and its Drop frees the handle.
+            check(unsafe { sys::LGBM_BoosterAddValidData(booster.handle, valid.handle) })?;
+        }
         Ok(booster)
     }
 
@@ -338,7 +340,7 @@ pub fn train(
     rounds: Rounds,
     mut on_round: impl FnMut(usize, f64),
 ) -> Result<Trained> {
-    let mut booster = TrainingBooster::new(train, valid, params)?;
+    let mut booster = TrainingBooster::new(train, Some(valid), params)?;
     let (mut best_iteration, mut best_metric) = (0, f64::INFINITY);
     for round in 1..=rounds.max {
         // A round that can grow no tree ends training. LightGBM keeps the first round's
@@ -369,6 +371,24 @@ pub fn train(
         best_iteration,
         best_valid_metric: best_metric,
     })
+}
+
+/// Trains on `train` for exactly `rounds` rounds (fewer only if no tree can be grown), with no
+/// validation data: a refit whose round count was chosen elsewhere.
+pub fn train_rounds(train: &Dataset, params: &str, rounds: usize) -> Result<Model> {
+    let mut booster = TrainingBooster::new(train, None, params)?;
+    let mut trained = 0;
+    while trained < rounds {
+        let grew = booster.update()?;
+        // LightGBM keeps the first round's constant trees but rolls back later empty ones.
+        if grew || trained == 0 {
+            trained += 1;
+        }
+        if !grew {
+            break;
+        }
+    }
+    Model::from_string(&booster.model_string(trained)?)
 }
 
 /// A trained model, independent of the data it was trained on.

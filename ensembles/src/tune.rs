@@ -81,9 +81,36 @@ pub struct TuneOutput {
     pub inner_log_loss: Vec<Vec<f64>>,
     /// Per outer fold: the candidate its inner CV ranked first.
     pub chosen: Vec<usize>,
-    /// The log loss of every training row predicted by the candidate chosen without its
-    /// fold.
+    /// Every training row predicted by the candidate chosen without its fold.
+    pub nested: Vec<Probs>,
+    /// The log loss of `nested`.
     pub nested_log_loss: f64,
+}
+
+/// Refuses searches whose estimates could not be honest: held-out early stopping (fold k's
+/// round count would be chosen on fold k's labels, and the nested estimate reuses that very
+/// prediction), or inner-fold stopping with too few folds for the inner rankings. Commands
+/// call it before any work; [`search`] calls it again.
+pub fn check_protocol(candidates: &[BoosterParams], k: usize) -> Result<()> {
+    if candidates
+        .iter()
+        .any(|c| c.early_stopping_on == StoppingRows::HeldOut)
+    {
+        return Err(Error::Invalid(
+            "tune needs early_stopping_on = \"inner-fold\": with \"held-out\" each fold's \
+             round count is chosen on that fold's own labels, so neither the trials' CV scores \
+             nor the nested estimate would be honest"
+                .into(),
+        ));
+    }
+    if k < 4 {
+        return Err(Error::Invalid(format!(
+            "tuning with early stopping on an inner fold needs at least 4 folds, not {k}: each \
+             inner ranking is a CV over the other K-1 folds, which itself holds out one fold \
+             and watches another"
+        )));
+    }
+    Ok(())
 }
 
 /// Runs the nested search over `candidates` on `folds` (see the module docs).
@@ -94,17 +121,7 @@ pub fn search(
     mut progress: impl FnMut(TuneProgress),
 ) -> Result<TuneOutput> {
     let k = folds.n_folds();
-    if k < 4
-        && candidates
-            .iter()
-            .any(|c| c.early_stopping_on == StoppingRows::InnerFold)
-    {
-        return Err(Error::Invalid(format!(
-            "tuning with early stopping on an inner fold needs at least 4 folds, not {k}: each \
-             inner ranking is a CV over the other K-1 folds, which itself holds out one fold \
-             and watches another"
-        )));
-    }
+    check_protocol(&candidates, k)?;
     let total = candidates.len() * k * k;
     let mut done = 0;
     let mut fitted = || {
@@ -174,20 +191,21 @@ pub fn search(
     // Fold k predicted by its inner winner, trained exactly as that candidate's plain CV
     // trained fold k (on the other folds): reuse those predictions.
     let chosen: Vec<usize> = inner_log_loss.iter().map(|s| argmin(s)).collect();
-    let mut nested_oof = vec![[f64::NAN; 3]; inputs.labels.len()];
+    let mut nested = vec![[f64::NAN; 3]; inputs.labels.len()];
     for (outer, &candidate) in chosen.iter().enumerate() {
         let (_, held_out) = folds.split(outer);
         for (&row, p) in held_out.iter().zip(&fold_probs[candidate][outer]) {
-            nested_oof[row] = *p;
+            nested[row] = *p;
         }
     }
-    let nested_log_loss = metrics::log_loss(inputs.labels, &nested_oof);
+    let nested_log_loss = metrics::log_loss(inputs.labels, &nested);
     Ok(TuneOutput {
         candidates,
         cv_log_loss,
         best,
         inner_log_loss,
         chosen,
+        nested,
         nested_log_loss,
     })
 }
@@ -317,6 +335,40 @@ mod tests {
         for outer in [0, 1, 3] {
             assert_ne!(again.inner_log_loss[outer], out.inner_log_loss[outer]);
         }
+        // The nested predictions of fold 2 come from models that neither trained on nor
+        // watched fold 2: bit for bit the same. Fold 1's models watched fold 2 for early
+        // stopping, so theirs move.
+        let held_out = |fold: usize, out: &TuneOutput| -> Vec<Probs> {
+            folds.split(fold).1.iter().map(|&r| out.nested[r]).collect()
+        };
+        assert_eq!(held_out(2, &again), held_out(2, &out));
+        assert_ne!(held_out(1, &again), held_out(1, &out));
+        assert!(out.nested.iter().flatten().all(|p| p.is_finite()));
+    }
+
+    #[test]
+    fn held_out_stopping_is_refused() {
+        let (csr, labels) = data(100);
+        let folds = Folds::stratified(&labels, 4, 3).unwrap();
+        let none = CsrOwned {
+            indptr: vec![0],
+            n_cols: 3,
+            ..Default::default()
+        };
+        let inputs = CvInputs {
+            train: csr.view(),
+            labels: &labels,
+            test_as_given: none.view(),
+            test_swapped: none.view(),
+        };
+        let peeking = BoosterParams {
+            early_stopping_on: StoppingRows::HeldOut,
+            ..Default::default()
+        };
+        let Err(error) = search(&inputs, &folds, vec![peeking], |_| {}) else {
+            panic!("a search with held-out stopping ran");
+        };
+        assert!(error.to_string().contains("early_stopping_on"), "{error}");
     }
 
     #[test]

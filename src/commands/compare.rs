@@ -1,5 +1,6 @@
 //! `ensemble compare`: is a change to the feature model better than fold-to-fold noise?
-//! Pairs the per-fold log losses of runs made on the same folds.
+//! Pairs the per-fold log losses of runs made on the same folds, with standard errors
+//! corrected for the folds' overlapping training sets (`PairedDifference`).
 use crate::cli::CompareArgs;
 use crate::lgbm_run;
 use crate::report;
@@ -27,6 +28,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         "sd".into(),
         "std. error".into(),
         "Δ / std. error".into(),
+        "naive s.e.".into(),
         "folds better".into(),
         "verdict".into(),
     ]];
@@ -40,11 +42,14 @@ pub fn run(args: CompareArgs) -> Result<()> {
         String::new(),
         String::new(),
         String::new(),
+        String::new(),
     ]);
     for run in &args.runs {
         check_same_folds(run, &ids, &base_folds, &args.base)?;
         let scores = lgbm_run::recorded_scores(run)?;
-        let d = PairedDifference::new(&base_losses, &scores.fold_losses())
+        // The run that trained on fewer rows per held-out row sets the (wider) error.
+        let ratio = base.test_train_ratio().max(scores.test_train_ratio());
+        let d = PairedDifference::new(&base_losses, &scores.fold_losses(), ratio)
             .with_context(|| format!("{}: cannot pair its folds with the base's", run.display()))?;
         let t = d.standard_errors();
         let verdict = match t {
@@ -62,6 +67,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             format!("{:.4}", d.sd),
             format!("{:.4}", d.standard_error),
             format!("{t:+.1}"),
+            format!("{:.4}", d.naive_standard_error),
             format!("{} of {}", d.better, d.folds),
             verdict.into(),
         ]);

@@ -70,6 +70,7 @@ fn resolve_config(args: &CvArgs) -> Result<LgbmRunConfig> {
     lgbm.max_rounds = args.max_rounds.unwrap_or(lgbm.max_rounds);
     lgbm.early_stopping_rounds = args.early_stopping.unwrap_or(lgbm.early_stopping_rounds);
     lgbm.early_stopping_on = args.early_stopping_on.unwrap_or(lgbm.early_stopping_on);
+    lgbm.refit = args.refit.unwrap_or(lgbm.refit);
     lgbm.num_threads = args.threads.unwrap_or(lgbm.num_threads);
     lgbm.seeds = args.seeds.unwrap_or(lgbm.seeds);
     if let Some(dir) = &args.encoder {

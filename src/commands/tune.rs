@@ -86,6 +86,13 @@ pub fn run(args: TuneArgs) -> Result<()> {
 
     let train = data::read_train(&args.train)?;
     let (folds, _) = make_folds(args.folds_file.as_deref(), &search_folds, &train)?;
+    // Every candidate keeps the config's stopping protocol: refuse a dishonest one before the
+    // features are built.
+    let checked = tune::check_protocol(std::slice::from_ref(&config.lgbm), folds.n_folds());
+    match &args.config {
+        Some(path) => checked.with_context(|| format!("{}: [lgbm]", path.display()))?,
+        None => checked?,
+    }
     let extractor = Extractor::fit(&train.battles.battles, &config.features)?;
     let embedded = encoder
         .as_ref()
