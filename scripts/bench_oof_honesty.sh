@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Honest against peeking early stopping: how far each protocol's OOF log loss is from the log
-# loss on prompts no fold has seen. Splits alpaca-pref's train.csv.gz by prompt (a fifth of
-# the prompts held out, with their labels kept aside), runs `ensemble cv --group-by prompt`
-# on the rest with --early-stopping-on inner-fold and held-out, and scores both submissions.
-#   scripts/bench_oof_honesty.sh [DATA_DIR] [-- extra cv flags]
+# Honest against optimistic protocols: how far each variant's OOF log loss is from the log loss
+# on prompts no fold has seen. Splits alpaca-pref's train.csv.gz by prompt (a fifth of the
+# prompts held out, with their labels kept aside), runs `ensemble cv --group-by prompt` on the
+# rest once per variant (same folds), scores each submission on the held-out prompts, and
+# pairs each variant's folds with the first's (`ensemble compare`).
+#   scripts/bench_oof_honesty.sh [DATA_DIR] [-- extra cv flags for every variant]
+# Variants are NAME=FLAGS words in VARIANTS (default: inner-fold and held-out stopping), e.g.
+#   VARIANTS="inner-fold= same-rounds=--refit_same-rounds" (an underscore stands for a space).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:-../shared/alpaca-pref}"
@@ -40,28 +43,55 @@ with open(f"{out}/train.csv", "w", newline="") as tr, open(f"{out}/test.csv", "w
             tr.writerow(row)
 PY
 
-for mode in inner-fold held-out; do
-    "$bin" cv --folds 10 --group-by prompt --early-stopping-on "$mode" \
-        --train "$out/train.csv" --test "$out/test.csv" --out "$out/$mode" "$@" \
-        >"$out/$mode.log" 2>&1
+variants=(${VARIANTS:-inner-fold=--early-stopping-on_inner-fold held-out=--early-stopping-on_held-out})
+names=()
+for variant in "${variants[@]}"; do
+    name=${variant%%=*}
+    flags=${variant#*=}
+    names+=("$name")
+    folds=()
+    [ ${#names[@]} -gt 1 ] && folds=(--folds-file "$out/${names[0]}/folds.csv") || folds=(--folds 10 --group-by prompt)
+    # shellcheck disable=SC2086
+    "$bin" cv "${folds[@]}" ${flags//_/ } \
+        --train "$out/train.csv" --test "$out/test.csv" --out "$out/$name" "$@" \
+        >"$out/$name.log" 2>&1
 done
 
-python3 - "$out" <<'PY'
+python3 - "$out" "${names[@]}" <<'PY'
 import csv, json, math, sys
-out = sys.argv[1]
-labels = {r["id"]: [float(r[k]) for k in ("winner_model_a", "winner_model_b", "winner_tie")]
-          for r in csv.DictReader(open(f"{out}/test_labels.csv"))}
-print(f"{'early stopping on':<18} {'OOF log loss':>12} {'held-out prompts':>16} {'gap':>8} {'rounds':>9} {'CV s':>6}")
-for mode in ("inner-fold", "held-out"):
-    m = json.load(open(f"{out}/{mode}/metrics.json"))
-    loss = 0.0
+from collections import defaultdict
+csv.field_size_limit(1 << 30)
+out, names = sys.argv[1], sys.argv[2:]
+keys = ("winner_model_a", "winner_model_b", "winner_tie")
+labels = {r["id"]: [float(r[k]) for k in keys] for r in csv.DictReader(open(f"{out}/test_labels.csv"))}
+prompt = {r["id"]: r["prompt"] for r in csv.DictReader(open(f"{out}/test.csv"))}
+def row_losses(mode):
+    losses = {}
     for r in csv.DictReader(open(f"{out}/{mode}/submission.csv")):
-        p = [float(r[k]) for k in ("winner_model_a", "winner_model_b", "winner_tie")]
-        y = labels[r["id"]]
-        loss -= sum(t * math.log(min(max(q, 1e-15), 1 - 1e-15)) for t, q in zip(y, p))
-    loss /= len(labels)
-    rounds = [f["best_iteration"] for f in m["folds"]]
+        p = [float(r[k]) for k in keys]
+        losses[r["id"]] = -sum(t * math.log(min(max(q, 1e-15), 1 - 1e-15)) for t, q in zip(labels[r["id"]], p))
+    return losses
+# Held-out rows share prompts, so the paired difference's standard error is taken over prompts
+# (cluster-robust), not rows.
+def paired(base, new):
+    sums, sizes = defaultdict(float), defaultdict(int)
+    for i in base:
+        sums[prompt[i]] += new[i] - base[i]
+        sizes[prompt[i]] += 1
+    n, g = len(base), len(sums)
+    mean = sum(sums.values()) / n
+    var = g / (g - 1) * sum((sums[p] - sizes[p] * mean) ** 2 for p in sums) / n**2
+    return mean, math.sqrt(var)
+print(f"{'variant':<18} {'OOF log loss':>12} {'held-out prompts':>16} {'gap':>8} {'Δ held-out ± s.e.':>20} {'rounds':>9} {'CV s':>6}")
+base = row_losses(names[0])
+for mode in names:
+    m = json.load(open(f"{out}/{mode}/metrics.json"))
+    losses = row_losses(mode)
+    loss = sum(losses.values()) / len(losses)
+    delta, se = paired(base, losses)
+    rounds = [r for f in m["folds"] for r in f.get("refit_rounds") or f["best_iterations"]]
     print(f"{mode:<18} {m['oof_log_loss']:>12.4f} {loss:>16.4f} {loss - m['oof_log_loss']:>+8.4f} "
-          f"{min(rounds):>4}-{max(rounds):<4} {m['seconds']['cv']:>6.1f}")
-print(f"{m['train_rows']} training rows, {len(labels)} held-out rows on unseen prompts")
+          f"{f'{delta:+.4f} ± {se:.4f}':>20} {min(rounds):>4}-{max(rounds):<4} {m['seconds']['cv']:>6.1f}")
+print(f"{m['train_rows']} training rows, {len(labels)} held-out rows on {len(set(prompt.values()))} unseen prompts")
 PY
+"$bin" compare "${names[@]/#/$out/}"

@@ -133,7 +133,9 @@ pub struct CvArgs {
     pub train: Option<PathBuf>,
     /// Test file in Kaggle's test.csv format (plain or .gz). Defaults to the example's test
     /// file when --train is not given. Without it, --train runs the CV alone: every output but
-    /// submission.csv (an earlier run's submission.csv in OUT is removed).
+    /// submission.csv (an earlier run's submission.csv in OUT is removed). Its text (never a
+    /// label) joins the training text in fitting the TF-IDF vocabularies and idf, so the OOF
+    /// score of a run depends slightly on the test file given.
     #[arg(long, value_name = "PATH")]
     pub test: Option<PathBuf>,
     /// Output folder: folds.csv, oof.csv, submission.csv, metrics.json, importance.csv,
@@ -241,7 +243,8 @@ pub struct TransformerArgs {
     /// test_logits.csv and metrics.json once every fold is there.
     #[arg(long, value_name = "DIR", default_value = "runs/deberta")]
     pub out: PathBuf,
-    /// Where to run: cpu, or cuda:N with a binary built with `--features cuda`.
+    /// Where to run: cpu, or cuda:N with a binary built with `--features cuda` (compiled, but
+    /// not yet run on a GPU in this project).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Train only fold K (0-based) and write OUT/fold-K/, e.g. one fold per GPU; run again
