@@ -243,6 +243,18 @@ pub struct CvOutput {
     pub importance: Vec<FoldImportance>,
     /// Per fold, per seed: the model in LightGBM's text format.
     pub models: Vec<Vec<String>>,
+    pub seconds: CvTimings,
+}
+
+/// Where a cross-validation's time went.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CvTimings {
+    /// Binning the augmented training rows into LightGBM's dataset, once for all folds.
+    pub binning: f64,
+    /// Training every fold's models (refits included) and predicting its held-out rows.
+    pub folds: f64,
+    /// Predicting the test rows with every fold model.
+    pub test_prediction: f64,
 }
 
 /// Gain and split counts per feature of one fold's models (their mean over seeds).
@@ -276,7 +288,13 @@ pub fn cross_validate(
     mut progress: impl FnMut(Progress),
 ) -> Result<CvOutput> {
     let n = inputs.labels.len();
+    let binning = Instant::now();
     let full = augmented_dataset(inputs, params)?;
+    let mut seconds = CvTimings {
+        binning: binning.elapsed().as_secs_f64(),
+        ..CvTimings::default()
+    };
+    let folds_started = Instant::now();
     let mut oof = vec![[f64::NAN; 3]; n];
     let (mut reports, mut models, mut importance) = (Vec::new(), Vec::new(), Vec::new());
     let n_folds = folds.n_folds();
@@ -316,6 +334,8 @@ pub fn cross_validate(
         importance.push(fit.importance);
         models.push(fit.models);
     }
+    seconds.folds = folds_started.elapsed().as_secs_f64();
+    let test_started = Instant::now();
     let texts = models
         .iter()
         .map(|seeds| seeds.iter().map(|m| m.as_text().to_owned()).collect())
@@ -327,12 +347,14 @@ pub fn cross_validate(
         inputs.test_swapped,
         params.threads(),
     )?;
+    seconds.test_prediction = test_started.elapsed().as_secs_f64();
     Ok(CvOutput {
         oof,
         test,
         folds: reports,
         importance,
         models: texts,
+        seconds,
     })
 }
 

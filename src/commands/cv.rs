@@ -48,6 +48,8 @@ struct Timings {
     read: f64,
     features: f64,
     cv: f64,
+    /// The parts of `cv`.
+    cv_stages: ensembles::cv::CvTimings,
     total: f64,
 }
 
@@ -217,6 +219,7 @@ pub fn run(args: CvArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     timings.cv = cv_started.elapsed().as_secs_f64();
+    timings.cv_stages = output.seconds.clone();
 
     // Every input was read and checked and every fold trained: only now is the run folder
     // written, each file atomically.
