@@ -43,29 +43,15 @@ pub enum FittedBlend {
 }
 
 impl FittedBlend {
-    /// Fits on `oof`; a weighted blend's optimiser starts from `previous`'s weights if given.
-    fn fit(
-        method: &Method,
-        oof: &MemberMatrix,
-        labels: &[Outcome],
-        previous: Option<&FittedBlend>,
-    ) -> Result<FittedBlend> {
+    fn fit(method: &Method, oof: &MemberMatrix, labels: &[Outcome]) -> Result<FittedBlend> {
         Ok(match method {
             Method::Weighted {
                 space,
                 weights,
                 calibrate,
-            } => FittedBlend::Weighted(match previous {
-                Some(FittedBlend::Weighted(previous)) => WeightedBlend::fit_from(
-                    *space,
-                    weights,
-                    *calibrate,
-                    oof,
-                    labels,
-                    &previous.weights,
-                )?,
-                _ => WeightedBlend::fit(*space, weights, *calibrate, oof, labels)?,
-            }),
+            } => FittedBlend::Weighted(WeightedBlend::fit(
+                *space, weights, *calibrate, oof, labels,
+            )?),
             Method::Stack => FittedBlend::Stack(StackModel::fit(oof, labels)?),
         })
     }
@@ -77,10 +63,12 @@ impl FittedBlend {
         }
     }
 
-    fn n_members(&self) -> usize {
+    /// Checks a blend read back from a file, for `n_members` members, for what a fit
+    /// guarantees and a hand edit can break; the message names the field under `model`.
+    fn check(&self, n_members: usize) -> std::result::Result<(), String> {
         match self {
-            FittedBlend::Weighted(blend) => blend.weights.len(),
-            FittedBlend::Stack(model) => model.n_members(),
+            FittedBlend::Weighted(blend) => blend.check(n_members),
+            FittedBlend::Stack(model) => model.check(n_members),
         }
     }
 
@@ -135,17 +123,24 @@ pub fn fit_blend(
             "the OOF and test predictions come from different numbers of members".into(),
         ));
     }
-    let full = FittedBlend::fit(method, oof, labels, None)?;
-    let per_fold: Vec<(Vec<usize>, Vec<Probs>)> = (0..folds.n_folds())
-        .into_par_iter()
-        .map(|fold| {
-            let (train, held_out) = folds.split(fold);
-            let train_labels: Vec<Outcome> = train.iter().map(|&r| labels[r]).collect();
-            let fitted = FittedBlend::fit(method, &oof.select(&train), &train_labels, Some(&full))?;
-            let predicted = fitted.predict(&oof.select(&held_out));
-            Ok((held_out, predicted))
-        })
-        .collect::<Result<_>>()?;
+    // Each fold's refit starts from scratch, never from the full fit (which saw the held-out
+    // fold's labels), so all K + 1 fits are independent and run side by side.
+    let (full, per_fold) = rayon::join(
+        || FittedBlend::fit(method, oof, labels),
+        || {
+            (0..folds.n_folds())
+                .into_par_iter()
+                .map(|fold| {
+                    let (train, held_out) = folds.split(fold);
+                    let train_labels: Vec<Outcome> = train.iter().map(|&r| labels[r]).collect();
+                    let fitted = FittedBlend::fit(method, &oof.select(&train), &train_labels)?;
+                    let predicted = fitted.predict(&oof.select(&held_out));
+                    Ok((held_out, predicted))
+                })
+                .collect::<Result<Vec<(Vec<usize>, Vec<Probs>)>>>()
+        },
+    );
+    let (full, per_fold) = (full?, per_fold?);
     let mut nested = vec![[0.0; 3]; oof.n_rows()];
     let mut nested_fold_losses = Vec::with_capacity(per_fold.len());
     for (held_out, predicted) in per_fold {
@@ -365,13 +360,7 @@ pub fn apply(saved_blend: &Path, members: &[MemberSource], out: &Path) -> Result
             "the blend was fitted on members {recorded:?}, in that order; --members gives {given:?}"
         )));
     }
-    if saved.model.n_members() != members.len() {
-        return Err(mismatch(format!(
-            "its model has {} members but it lists {}",
-            saved.model.n_members(),
-            members.len()
-        )));
-    }
+    saved.model.check(members.len()).map_err(mismatch)?;
     let (test_ids, test) = MemberSet::load_test(members)?;
     let probs = saved.model.predict_submission(&test);
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {

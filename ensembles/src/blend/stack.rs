@@ -51,8 +51,18 @@ impl StackModel {
         })
     }
 
-    pub fn n_members(&self) -> usize {
-        self.coefficients.len() / 3
+    /// What [`super::FittedBlend::check`] checks: one coefficient row per member and outcome,
+    /// without which `predict` would index past the members.
+    pub(super) fn check(&self, n_members: usize) -> std::result::Result<(), String> {
+        if self.coefficients.len() == 3 * n_members {
+            return Ok(());
+        }
+        Err(format!(
+            "model.coefficients has {} rows; {n_members} members need {} (one per member and \
+             outcome)",
+            self.coefficients.len(),
+            3 * n_members
+        ))
     }
 
     pub fn predict(&self, members: &MemberMatrix) -> Vec<Probs> {

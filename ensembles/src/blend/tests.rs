@@ -205,30 +205,105 @@ fn the_blend_is_never_worse_in_sample_than_its_best_member() {
     }
 }
 
+/// The methods whose nested estimate is checked: plain weights, weights with a temperature,
+/// a stack.
+fn fitted_methods() -> [Method; 3] {
+    [
+        auto(Space::Probability),
+        Method::Weighted {
+            space: Space::Logit,
+            weights: WeightChoice::Auto,
+            calibrate: true,
+        },
+        Method::Stack,
+    ]
+}
+
+/// The nested predictions of `fold`'s rows.
+fn held_out(fit: &BlendFit, folds: &Folds, fold: usize) -> Vec<Probs> {
+    folds.split(fold).1.iter().map(|&r| fit.nested[r]).collect()
+}
+
 #[test]
-fn the_nested_estimate_is_not_below_the_in_sample_loss_on_average() {
-    let mut gaps = Vec::new();
-    for seed in 0..8 {
-        // Small and noisy, so that fitting weights overfits measurably.
-        let (members, labels) =
-            synthetic(100 + seed, 600, &[3.0, 3.0, 3.0, 3.0, 3.0, 3.0], |row| {
-                mixture(&[0.5, 0.5, 0.0, 0.0, 0.0, 0.0], row)
-            });
-        let oof = MemberMatrix::from_members(&members).unwrap();
-        let folds = Folds::stratified(&labels, 10, seed).unwrap();
-        let fit = fit_blend(&oof, &oof, &labels, &folds, &auto(Space::Probability)).unwrap();
-        let nested = log_loss(&labels, &fit.nested);
-        let in_sample = log_loss(&labels, &fit.in_sample);
-        let fold_mean =
-            fit.nested_fold_losses.iter().sum::<f64>() / fit.nested_fold_losses.len() as f64;
-        assert!(
-            (fold_mean - nested).abs() < 0.05,
-            "per-fold mean near the pooled loss"
-        );
-        gaps.push(nested - in_sample);
+fn nested_predictions_are_the_other_folds_fit_applied_to_the_held_out_fold() {
+    let (members, labels) = synthetic(20, 90, &[2.0, 4.0, 6.0], |row| {
+        mixture(&[0.2, 0.5, 0.3], row)
+    });
+    let oof = MemberMatrix::from_members(&members).unwrap();
+    let folds = Folds::stratified(&labels, 3, 1).unwrap();
+    // The rows of each member, rebuilt from the raw predictions rather than from `oof`.
+    let select = |rows: &[usize]| {
+        let picked: Vec<Vec<Probs>> = members
+            .iter()
+            .map(|m| rows.iter().map(|&r| m[r]).collect())
+            .collect();
+        MemberMatrix::from_members(&picked).unwrap()
+    };
+    for method in fitted_methods() {
+        let fit = fit_blend(&oof, &oof, &labels, &folds, &method).unwrap();
+        for fold in 0..3 {
+            let (train, test) = folds.split(fold);
+            let train_labels: Vec<Outcome> = train.iter().map(|&r| labels[r]).collect();
+            let (train, test) = (select(&train), select(&test));
+            let by_hand = match &method {
+                Method::Weighted {
+                    space,
+                    weights,
+                    calibrate,
+                } => WeightedBlend::fit(*space, weights, *calibrate, &train, &train_labels)
+                    .unwrap()
+                    .predict(&test),
+                Method::Stack => StackModel::fit(&train, &train_labels)
+                    .unwrap()
+                    .predict(&test),
+            };
+            assert_eq!(
+                held_out(&fit, &folds, fold),
+                by_hand,
+                "{method:?}, fold {fold}"
+            );
+            let test_labels: Vec<Outcome> =
+                folds.split(fold).1.iter().map(|&r| labels[r]).collect();
+            assert_eq!(
+                fit.nested_fold_losses[fold],
+                log_loss(&test_labels, &by_hand),
+                "{method:?}, fold {fold}"
+            );
+        }
+        assert_ne!(fit.nested, fit.in_sample, "{method:?}");
     }
-    let mean_gap = gaps.iter().sum::<f64>() / gaps.len() as f64;
-    assert!(mean_gap > 0.0, "nested − in-sample gaps {gaps:?}");
+}
+
+#[test]
+fn relabelling_a_fold_leaves_its_nested_predictions_unchanged() {
+    let (members, labels) = synthetic(30, 400, &[2.0, 4.0, 6.0, 3.0], |row| {
+        mixture(&[0.1, 0.4, 0.2, 0.3], row)
+    });
+    let oof = MemberMatrix::from_members(&members).unwrap();
+    let folds = Folds::stratified(&labels, 4, 0).unwrap();
+    let mut relabelled = labels.clone();
+    for row in folds.split(2).1 {
+        relabelled[row] = relabelled[row].swapped();
+    }
+    for method in fitted_methods() {
+        let fit = fit_blend(&oof, &oof, &labels, &folds, &method).unwrap();
+        let again = fit_blend(&oof, &oof, &relabelled, &folds, &method).unwrap();
+        // Fold 2's predictions come from a fit that never saw its labels: not one bit moves.
+        assert_eq!(
+            held_out(&again, &folds, 2),
+            held_out(&fit, &folds, 2),
+            "{method:?}"
+        );
+        // Every other fit trains on fold 2's rows, and moves.
+        assert_ne!(again.in_sample, fit.in_sample, "{method:?}");
+        for fold in [0, 1, 3] {
+            assert_ne!(
+                held_out(&again, &folds, fold),
+                held_out(&fit, &folds, fold),
+                "{method:?}, fold {fold}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -340,8 +415,36 @@ fn stacking_matches_a_good_member_it_cannot_improve() {
     );
 }
 
+#[test]
+fn a_saved_weighted_blend_is_checked_field_by_field() {
+    let blend = |weights: Vec<f64>, inverse_temperature: f64| {
+        FittedBlend::Weighted(WeightedBlend {
+            space: Space::Logit,
+            weights,
+            inverse_temperature,
+        })
+    };
+    // Rounding in the fit's renormalisation is tolerated.
+    assert_eq!(blend(vec![0.25, 0.75 + 1e-12], 0.5).check(2), Ok(()));
+    // JSON cannot carry NaN (serde_json refuses `null` for a number), but a blend built in
+    // code can.
+    assert_eq!(
+        blend(vec![f64::NAN, 0.5], 1.0).check(2).unwrap_err(),
+        "model.weights[0] = NaN: a weight must be finite and non-negative"
+    );
+    assert_eq!(
+        blend(vec![0.5, 0.5], f64::NAN).check(2).unwrap_err(),
+        "model.inverse_temperature = NaN: it must be finite and positive"
+    );
+    assert_eq!(
+        blend(vec![0.5, 0.5], 1.0).check(3).unwrap_err(),
+        "model.weights has 2 entries for 3 members"
+    );
+}
+
 mod files {
     use super::*;
+    use serde_json::{json, Value};
     use std::path::{Path, PathBuf};
 
     const HEADER: &str = "id,winner_model_a,winner_model_b,winner_tie\n";
@@ -759,5 +862,81 @@ mod files {
             .unwrap_err()
             .to_string();
         assert_names(&message, &["blend.json", "line 1", "not a blend.json"]);
+    }
+
+    /// `blend.json` of a real fit, as JSON to damage, with its members.
+    fn fitted_blend_json(name: &str, method: Method) -> (PathBuf, Vec<MemberSource>, Value) {
+        let dir = temp_dir(name);
+        let ids = train_ids();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let members = vec![
+            run_folder(&dir, "lgbm", &ids, &["t1", "t2"], None),
+            run_folder(&dir, "deberta", &ids, &["t2", "t1"], None),
+        ];
+        run(&request(&dir, members.clone(), method)).unwrap();
+        let text = std::fs::read_to_string(dir.join("out/blend.json")).unwrap();
+        (dir, members, serde_json::from_str(&text).unwrap())
+    }
+
+    /// Applies `json` written as `file` in `dir`; the error's message.
+    fn apply_error(dir: &Path, file: &str, json: &Value, members: &[MemberSource]) -> String {
+        let path = dir.join(file);
+        std::fs::write(&path, json.to_string()).unwrap();
+        apply(&path, members, &dir.join("applied.csv"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn apply_refuses_a_damaged_blend_json_naming_the_file_and_field() {
+        let (dir, members, fitted) =
+            fitted_blend_json("damaged-weighted", auto(Space::Probability));
+        let damaged: [(&str, Value, &str); 6] = [
+            (
+                "negative.json",
+                json!([1.2, -0.2]),
+                "model.weights[1] = -0.2: ",
+            ),
+            ("sum.json", json!([0.5, 0.6]), "model.weights sum to 1.1"),
+            (
+                "count.json",
+                json!([1.0]),
+                "model.weights has 1 entries for 2 members",
+            ),
+            ("nan.json", json!([0.5, null]), "line 1"),
+            (
+                "zero-temperature.json",
+                json!(0.0),
+                "model.inverse_temperature = 0: ",
+            ),
+            (
+                "negative-temperature.json",
+                json!(-1.0),
+                "model.inverse_temperature = -1: ",
+            ),
+        ];
+        for (file, value, field) in damaged {
+            let mut json = fitted.clone();
+            let key = if file.contains("temperature") {
+                "inverse_temperature"
+            } else {
+                "weights"
+            };
+            json["model"][key] = value;
+            let message = apply_error(&dir, file, &json, &members);
+            assert_names(&message, &[file, field]);
+        }
+
+        let (dir, members, fitted) = fitted_blend_json("damaged-stack", Method::Stack);
+        let rows = fitted["model"]["coefficients"].as_array().unwrap().clone();
+        assert_eq!(rows.len(), 6);
+        for n_rows in [5, 7, 9] {
+            let mut json = fitted.clone();
+            json["model"]["coefficients"] = rows.iter().cycle().take(n_rows).cloned().collect();
+            let file = format!("stack-{n_rows}.json");
+            let message = apply_error(&dir, &file, &json, &members);
+            let field = format!("model.coefficients has {n_rows} rows; 2 members need 6");
+            assert_names(&message, &[&file, &field]);
+        }
     }
 }

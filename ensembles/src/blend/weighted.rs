@@ -23,6 +23,10 @@ pub enum WeightChoice {
     Fixed(Vec<f64>),
 }
 
+/// How far from 1 the weights of a saved blend may sum: the fit renormalises them, so only
+/// rounding separates them from 1; a hand edit that breaks the sum is refused.
+const WEIGHT_SUM_TOLERANCE: f64 = 1e-9;
+
 /// A fitted weighted blend.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +38,8 @@ pub struct WeightedBlend {
 }
 
 impl WeightedBlend {
+    /// The optimiser starts from equal weights: nothing else, so that a refit inside the
+    /// folds depends on its own rows only.
     pub fn fit(
         space: Space,
         choice: &WeightChoice,
@@ -42,25 +48,14 @@ impl WeightedBlend {
         labels: &[Outcome],
     ) -> Result<WeightedBlend> {
         let uniform = vec![1.0 / oof.n_members() as f64; oof.n_members()];
-        WeightedBlend::fit_from(space, choice, calibrate, oof, labels, &uniform)
-    }
-
-    /// As [`WeightedBlend::fit`], the optimiser starting from `start` (weights summing to 1):
-    /// refits on most of the same rows converge faster from the full fit's weights.
-    pub(crate) fn fit_from(
-        space: Space,
-        choice: &WeightChoice,
-        calibrate: bool,
-        oof: &MemberMatrix,
-        labels: &[Outcome],
-        start: &[f64],
-    ) -> Result<WeightedBlend> {
         let weights = match choice {
             WeightChoice::Fixed(weights) => normalised_fixed(weights, oof.n_members())?,
             WeightChoice::Auto if oof.n_members() == 1 => vec![1.0],
             WeightChoice::Auto => match space {
-                Space::Probability => simplex::minimise(&ProbabilityLoss::new(oof, labels), start)?,
-                Space::Logit => simplex::minimise(&LogitLoss::new(oof, labels), start)?,
+                Space::Probability => {
+                    simplex::minimise(&ProbabilityLoss::new(oof, labels), &uniform)?
+                }
+                Space::Logit => simplex::minimise(&LogitLoss::new(oof, labels), &uniform)?,
             },
         };
         let mut blend = WeightedBlend {
@@ -75,6 +70,35 @@ impl WeightedBlend {
             blend.inverse_temperature = fit_inverse_temperature(&scores, labels);
         }
         Ok(blend)
+    }
+
+    /// What [`super::FittedBlend::check`] checks: one weight per member, each finite and
+    /// non-negative, summing to 1 (as the fit leaves them, up to rounding), and a finite
+    /// positive temperature; otherwise `predict` gives NaN or silently other probabilities.
+    pub(super) fn check(&self, n_members: usize) -> std::result::Result<(), String> {
+        if self.weights.len() != n_members {
+            return Err(format!(
+                "model.weights has {} entries for {n_members} members",
+                self.weights.len()
+            ));
+        }
+        if let Some(k) = bad_weight(&self.weights) {
+            return Err(format!(
+                "model.weights[{k}] = {}: a weight must be finite and non-negative",
+                self.weights[k]
+            ));
+        }
+        let total: f64 = self.weights.iter().sum();
+        if (total - 1.0).abs() > WEIGHT_SUM_TOLERANCE {
+            return Err(format!("model.weights sum to {total}, not 1"));
+        }
+        let beta = self.inverse_temperature;
+        if !(beta.is_finite() && beta > 0.0) {
+            return Err(format!(
+                "model.inverse_temperature = {beta}: it must be finite and positive"
+            ));
+        }
+        Ok(())
     }
 
     /// Unnormalised log-probabilities of one row before the temperature.
@@ -123,7 +147,7 @@ fn normalised_fixed(weights: &[f64], n_members: usize) -> Result<Vec<f64>> {
             weights.len()
         )));
     }
-    if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+    if bad_weight(weights).is_some() {
         return Err(Error::Invalid(format!(
             "weights must be finite and non-negative, got {weights:?}"
         )));
@@ -133,6 +157,11 @@ fn normalised_fixed(weights: &[f64], n_members: usize) -> Result<Vec<f64>> {
         return Err(Error::Invalid("the weights sum to 0".into()));
     }
     Ok(weights.iter().map(|w| w / total).collect())
+}
+
+/// The first weight that is not a finite non-negative number.
+fn bad_weight(weights: &[f64]) -> Option<usize> {
+    weights.iter().position(|w| !w.is_finite() || *w < 0.0)
 }
 
 pub(super) fn softmax(scores: Probs) -> Probs {
