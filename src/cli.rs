@@ -166,7 +166,8 @@ pub struct CvArgs {
     /// are those of configs/lgbm.toml.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// LightGBM learning rate [config: lgbm.learning_rate].
+    /// LightGBM learning rate [config: lgbm.learning_rate, default auto: 0.2 from 20,000
+    /// training battles, else 0.1].
     #[arg(long)]
     pub learning_rate: Option<f64>,
     /// LightGBM leaves per tree [config: lgbm.num_leaves].
@@ -176,7 +177,8 @@ pub struct CvArgs {
     #[arg(long)]
     pub max_rounds: Option<usize>,
     /// Stop a fold after this many rounds without a better log loss on the watched rows
-    /// [config: lgbm.early_stopping_rounds].
+    /// [config: lgbm.early_stopping_rounds, default auto: 25 from 20,000 training battles,
+    /// else 50].
     #[arg(long)]
     pub early_stopping: Option<usize>,
     /// The rows early stopping watches. `inner-fold`: the next fold, left out of training, so

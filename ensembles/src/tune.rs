@@ -10,7 +10,7 @@
 //!
 //! Cost, for N candidates and K folds: N·K fits for the plain CV plus N·K·(K−1) for the
 //! inner rankings.
-use crate::cv::{augmented_dataset, fit_fold, BoosterParams, CvInputs};
+use crate::cv::{augmented_dataset, fit_fold, Auto, BoosterParams, CvInputs};
 use crate::folds::{FoldRows, Folds, StoppingRows};
 use crate::lgbm::Dataset;
 use crate::{metrics, Error, Outcome, Probs, Result};
@@ -41,7 +41,7 @@ pub fn candidates(base: &BoosterParams, trials: usize, seed: u64) -> Vec<Booster
             feature_fraction: round_to(uniform(rng, FEATURE_FRACTION), 3),
             bagging_fraction: round_to(uniform(rng, BAGGING_FRACTION), 3),
             bagging_freq: 1,
-            learning_rate: round_to(log_uniform(rng, LEARNING_RATE), 4),
+            learning_rate: Auto::Set(round_to(log_uniform(rng, LEARNING_RATE), 4)),
             lambda_l2: round_to(log_uniform(rng, LAMBDA_L2), 4),
             max_bin: MAX_BIN[rng.random_range(0..MAX_BIN.len())],
             ..base.clone()
@@ -122,6 +122,12 @@ pub fn search(
 ) -> Result<TuneOutput> {
     let k = folds.n_folds();
     check_protocol(&candidates, k)?;
+    // `auto` settings are chosen once, for all the training rows, so that the winner's
+    // parameters (written to best.toml) are the ones every CV here used.
+    let candidates: Vec<BoosterParams> = candidates
+        .iter()
+        .map(|c| c.for_rows(inputs.labels.len()))
+        .collect();
     let total = candidates.len() * k * k;
     let mut done = 0;
     let mut fitted = || {
@@ -239,7 +245,7 @@ mod tests {
             assert!((10..=200).contains(&c.min_data_in_leaf));
             assert!((0.3..=1.0).contains(&c.feature_fraction));
             assert!((0.4..=1.0).contains(&c.bagging_fraction));
-            assert!((0.02..=0.2).contains(&c.learning_rate));
+            assert!((0.02..=0.2).contains(&c.learning_rate.or(f64::NAN)));
             assert!((0.01..=10.0).contains(&c.lambda_l2));
             assert!(MAX_BIN.contains(&c.max_bin));
             assert_eq!((c.max_rounds, c.seed), (base.max_rounds, base.seed));
@@ -307,7 +313,7 @@ mod tests {
         let base = BoosterParams {
             num_threads: 1,
             max_rounds: 60,
-            early_stopping_rounds: 10,
+            early_stopping_rounds: Auto::Set(10),
             ..Default::default()
         };
         search(&inputs, folds, candidates(&base, 3, 11), |_| {}).unwrap()

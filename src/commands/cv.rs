@@ -7,7 +7,7 @@ use crate::lgbm_run;
 use crate::report;
 use crate::semantic;
 use anyhow::{bail, Context, Result};
-use ensembles::cv::{self, CvInputs, FoldReport, Progress};
+use ensembles::cv::{self, Auto, CvInputs, FoldReport, Progress};
 use ensembles::folds::Folds;
 use ensembles::lgbm::CsrView;
 use ensembles::predictions::Predictions;
@@ -33,7 +33,10 @@ struct RunSummary {
     oof_accuracy: f64,
     prior_log_loss: f64,
     seconds: Timings,
+    /// With every `auto` setting replaced by the value chosen for these rows.
     config: LgbmRunConfig,
+    /// The `[lgbm]` keys that were `auto`.
+    auto_keys: Vec<&'static str>,
     /// Prompts that appear in more than one fold (0 with --group-by prompt).
     prompts_across_folds: SharedPrompts,
     /// The sentence encoder and what embedding cost, with --encoder.
@@ -67,10 +70,12 @@ fn resolve_config(args: &CvArgs) -> Result<LgbmRunConfig> {
         config.lgbm.seed = seed;
     }
     let lgbm = &mut config.lgbm;
-    lgbm.learning_rate = args.learning_rate.unwrap_or(lgbm.learning_rate);
+    lgbm.learning_rate = args.learning_rate.map_or(lgbm.learning_rate, Auto::Set);
     lgbm.num_leaves = args.num_leaves.unwrap_or(lgbm.num_leaves);
     lgbm.max_rounds = args.max_rounds.unwrap_or(lgbm.max_rounds);
-    lgbm.early_stopping_rounds = args.early_stopping.unwrap_or(lgbm.early_stopping_rounds);
+    lgbm.early_stopping_rounds = args
+        .early_stopping
+        .map_or(lgbm.early_stopping_rounds, Auto::Set);
     lgbm.early_stopping_on = args.early_stopping_on.unwrap_or(lgbm.early_stopping_on);
     lgbm.refit = args.refit.unwrap_or(lgbm.refit);
     lgbm.num_threads = args.threads.unwrap_or(lgbm.num_threads);
@@ -111,7 +116,7 @@ fn spinner(message: &str) -> ProgressBar {
 
 pub fn run(args: CvArgs) -> Result<()> {
     let started = Instant::now();
-    let config = resolve_config(&args)?;
+    let mut config = resolve_config(&args)?;
     config.lgbm.validate()?;
     if config.lgbm.num_threads > 0 {
         // Features use rayon's global pool; size it like LightGBM's.
@@ -140,6 +145,18 @@ pub fn run(args: CvArgs) -> Result<()> {
         "read {n_train} training and {n_test} test battles in {:.1}s",
         timings.read
     );
+    // metrics.json records the values chosen, and which keys were `auto`.
+    let auto_keys = config.lgbm.auto_keys();
+    config.lgbm = config.lgbm.for_rows(n_train);
+    if !auto_keys.is_empty() {
+        eprintln!(
+            "learning rate {}, early stopping after {} rounds ({} auto for {n_train} battles; \
+             set them in [lgbm] or by flag to choose)",
+            config.lgbm.learning_rate,
+            config.lgbm.early_stopping_rounds,
+            auto_keys.join(" and ")
+        );
+    }
     for (file, issues) in [
         (Some(&train_path), &train.battles.text_issues),
         (test_path.as_ref(), &test.text_issues),
@@ -256,6 +273,7 @@ pub fn run(args: CvArgs) -> Result<()> {
         folds: output.folds,
         seconds: timings,
         config,
+        auto_keys,
         prompts_across_folds: shared_prompts,
         encoder: encoder_record.cloned(),
         embedding: embedded.map(|e| e.stats),
