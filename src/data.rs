@@ -65,6 +65,9 @@ pub fn read_train(path: &Path) -> Result<TrainSet> {
     table.require_columns(&TEXT_COLUMNS)?;
     table.require_columns(&LABEL_COLUMNS)?;
     let ids = table.read_ids()?;
+    if ids.is_empty() {
+        bail!("{}: no training rows, only a header", path.display());
+    }
     let winners: Vec<Vec<Option<&str>>> = LABEL_COLUMNS
         .iter()
         .map(|name| table.string_column(name))
@@ -134,8 +137,18 @@ impl<'p> CsvTable<'p> {
         if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
             bytes = rest.to_vec();
         }
-        let record_lines = check_structure(&bytes)
+        let (record_lines, blank_lines) = check_structure(&bytes)
             .map_err(|message| anyhow::anyhow!("{}{message}", path.display()))?;
+        // polars skips empty lines but reads a line of spaces as a row: empty them, so that
+        // both readers skip them (the line breaks stay, and with them the line numbers).
+        for range in blank_lines.iter().rev() {
+            let line: Vec<u8> = bytes[range.clone()]
+                .iter()
+                .copied()
+                .filter(|b| matches!(b, b'\n' | b'\r'))
+                .collect();
+            bytes.splice(range.clone(), line);
+        }
         // Every column as text: we check ids and labels ourselves, with better messages.
         let frame = CsvReadOptions::default()
             .with_has_header(true)
@@ -250,34 +263,38 @@ impl<'p> CsvTable<'p> {
     }
 }
 
+/// Each data record's line, and the byte ranges of lines of spaces or tabs.
+type Structure = (Vec<usize>, Vec<std::ops::Range<usize>>);
+
 /// Checks a CSV file's structure with the csv crate before polars reads its columns, so that
-/// what is wrong is said in our words with its line: UTF-16 or binary data, text that is not
-/// UTF-8, duplicate column names, records with another number of fields than the header, a
-/// file that ends inside a quoted field. Returns the line each data record starts on. The
-/// error message starts after the file name.
-fn check_structure(bytes: &[u8]) -> std::result::Result<Vec<usize>, String> {
-    if bytes.starts_with(&[0xFF, 0xFE])
-        || bytes.starts_with(&[0xFE, 0xFF])
-        || bytes.iter().take(4096).any(|&b| b == 0)
-    {
-        return Err(": UTF-16 text or binary data; save the file as UTF-8 CSV".into());
+/// what is wrong is said in our words with its line: UTF-16 data, text that is not UTF-8,
+/// duplicate column names, records with another number of fields than the header, a file
+/// that ends inside a quoted field. Returns the line each data record starts on, and the byte
+/// ranges of lines that hold only spaces or tabs: those are skipped, as empty lines are (and
+/// as pandas skips both). The error message starts after the file name.
+fn check_structure(bytes: &[u8]) -> std::result::Result<Structure, String> {
+    if looks_like_utf16(bytes) {
+        return Err(": UTF-16 text; save the file as UTF-8 CSV".into());
     }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
+        .flexible(true)
         .from_reader(bytes);
     let mut record = csv::ByteRecord::new();
     let mut lines = RecordLines::new(bytes);
-    let mut record_lines = Vec::new();
+    let (mut record_lines, mut blank_lines) = (Vec::new(), Vec::new());
     let mut header_len = None;
     loop {
         match reader.read_byte_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {
                 let line = lines.at(record.position());
+                let start = record.position().map_or(0, |p| p.byte() as usize);
+                let span = start..reader.position().byte() as usize;
                 if std::str::from_utf8(record.as_slice()).is_err() {
                     return Err(format!(", line {line}: not UTF-8 text (a Latin-1 or Windows file? save it as UTF-8)"));
                 }
-                if header_len.is_none() {
+                let Some(expected_len) = header_len else {
                     header_len = Some(record.len());
                     let mut seen = HashSet::new();
                     if let Some(name) = record.iter().find(|name| !seen.insert(*name)) {
@@ -286,25 +303,28 @@ fn check_structure(bytes: &[u8]) -> std::result::Result<Vec<usize>, String> {
                             String::from_utf8_lossy(name)
                         ));
                     }
+                    continue;
+                };
+                if bytes[span.clone()].iter().all(u8::is_ascii_whitespace) {
+                    blank_lines.push(span);
+                } else if record.len() != expected_len {
+                    let len = record.len();
+                    let is_last = matches!(reader.read_byte_record(&mut record), Ok(false));
+                    if is_last && odd_quotes(bytes) {
+                        return Err(truncated(line));
+                    }
+                    return Err(format!(
+                        ", line {line}: {len} fields where the header has {expected_len} (a \
+                         truncated file, a quote not doubled inside a quoted field, or a comma \
+                         outside one?)"
+                    ));
                 } else {
                     record_lines.push(line);
                 }
             }
             Err(error) => {
                 let line = lines.at(error.position());
-                let is_last = matches!(reader.read_byte_record(&mut record), Ok(false));
-                if is_last && odd_quotes(bytes) {
-                    return Err(truncated(line));
-                }
-                return Err(match error.kind() {
-                    csv::ErrorKind::UnequalLengths {
-                        expected_len, len, ..
-                    } => format!(
-                        ", line {line}: {len} fields where the header has {expected_len} (a truncated file, a quote \
-                         not doubled inside a quoted field, or a comma outside one?)"
-                    ),
-                    _ => format!(", line {line}: {error}"),
-                });
+                return Err(format!(", line {line}: {error}"));
             }
         }
     }
@@ -314,7 +334,26 @@ fn check_structure(bytes: &[u8]) -> std::result::Result<Vec<usize>, String> {
     if odd_quotes(bytes) {
         return Err(truncated(record_lines.last().copied().unwrap_or(1)));
     }
-    Ok(record_lines)
+    Ok((record_lines, blank_lines))
+}
+
+/// UTF-16 text: a byte-order mark, or (text in the Latin script without one) a NUL in every
+/// other byte. A UTF-8 file with a few NUL or other control bytes in its fields is text, and
+/// is read as it is, as pandas reads it.
+fn looks_like_utf16(bytes: &[u8]) -> bool {
+    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        return true;
+    }
+    let head = &bytes[..bytes.len().min(4096)];
+    let nuls = |parity: usize| {
+        head.iter()
+            .skip(parity)
+            .step_by(2)
+            .filter(|&&b| b == 0)
+            .count()
+    };
+    let pairs = head.len() / 2;
+    pairs > 0 && (2 * nuls(0) > pairs || 2 * nuls(1) > pairs)
 }
 
 /// Quotes come in pairs in a well-formed file (a quote inside a field is doubled).
@@ -336,7 +375,80 @@ mod tests {
     #[test]
     fn record_lines_skip_line_breaks_inside_quotes_and_blank_lines() {
         let csv = b"id,prompt\n1,\"a\nb\"\n2,\"say \"\"hi\"\"\nthere\"\n\n3,x\n";
-        assert_eq!(check_structure(csv).unwrap(), vec![2, 4, 7]);
+        assert_eq!(check_structure(csv).unwrap().0, vec![2, 4, 7]);
+    }
+
+    #[test]
+    fn lines_of_spaces_are_blank_lines_anywhere() {
+        let csv = b"id,prompt\n1,a\n  \n\t\n2,\"b\n \"\n \r\n\n   ";
+        let (lines, blank) = check_structure(csv).unwrap();
+        assert_eq!(lines, vec![2, 5]);
+        let blank: Vec<&[u8]> = blank.iter().map(|r| &csv[r.clone()]).collect();
+        assert!(
+            blank.iter().all(|b| b.iter().all(u8::is_ascii_whitespace)),
+            "{blank:?}"
+        );
+        let spaces = |bytes: &[&[u8]]| -> usize {
+            bytes
+                .iter()
+                .flat_map(|b| b.iter())
+                .filter(|&&c| c == b' ')
+                .count()
+        };
+        assert_eq!(spaces(&blank), 2 + 1 + 3, "the space inside quotes is text");
+    }
+
+    #[test]
+    fn nul_and_control_bytes_in_fields_are_text_but_utf16_is_refused() {
+        let csv = b"id,prompt\n1,\"a\x00b\x01\x1b[0m\x7f\"\n2,\x00\n";
+        assert_eq!(check_structure(csv).unwrap().0, vec![2, 3]);
+        let header = "id,prompt\n1,a\n";
+        let little: Vec<u8> = header.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let big: Vec<u8> = header.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        for utf16 in [little, big] {
+            assert_eq!(
+                check_structure(&utf16).unwrap_err(),
+                ": UTF-16 text; save the file as UTF-8 CSV"
+            );
+        }
+    }
+
+    /// polars and the csv crate agree on the rows of a file with blank lines, lines of
+    /// spaces and NUL bytes, and every row keeps its own text.
+    #[test]
+    fn hostile_but_readable_files_keep_every_row_and_its_text() {
+        let dir = std::env::temp_dir().join(format!("data-hostile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("test.csv");
+        std::fs::write(
+            &path,
+            "id,prompt,response_a,response_b\n\
+             1,\"[\"\"nul \x00 here\"\"]\",\"[\"\"bell \x07\"\"]\",\"[\"\"b\"\"]\"\n\
+             \x20\x20\n\
+             \n\
+             2,\"[\"\"two\"\"]\",\"[\"\"a2\"\"]\",\"[\"\"b2\"\"]\"\n\
+             \t\n \r\n\n",
+        )
+        .unwrap();
+        let battles = read_test(&path).unwrap();
+        assert_eq!(battles.ids, ["1", "2"]);
+        assert_eq!(battles.battles[0].prompt, ["nul \0 here"]);
+        assert_eq!(battles.battles[0].response_a, ["bell \x07"]);
+        assert_eq!(battles.battles[1].response_b, ["b2"]);
+        assert_eq!(battles.text_issues.total(), 0);
+
+        // A training file with a header and no rows names itself.
+        let train = dir.join("train.csv");
+        std::fs::write(
+            &train,
+            "id,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n\n",
+        )
+        .unwrap();
+        let message = format!("{:#}", read_train(&train).err().unwrap());
+        assert_eq!(
+            message,
+            format!("{}: no training rows, only a header", train.display())
+        );
     }
 
     #[test]
@@ -358,7 +470,7 @@ mod tests {
                 &b"id,prompt\n1,a\n2,\"trunc"[..],
                 "the file ends inside a quoted field (the record starting on line 3)",
             ),
-            (&b"\xff\xfei\x00d\x00"[..], ": UTF-16 text or binary data"),
+            (&b"\xff\xfei\x00d\x00"[..], ": UTF-16 text"),
             (&b""[..], ": the file is empty"),
         ] {
             let message = check_structure(bytes).unwrap_err();
