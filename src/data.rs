@@ -137,17 +137,11 @@ impl<'p> CsvTable<'p> {
         if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
             bytes = rest.to_vec();
         }
-        let (record_lines, blank_lines) = check_structure(&bytes)
+        let (record_lines, without_blank_lines) = check_structure(&bytes)
             .map_err(|message| anyhow::anyhow!("{}{message}", path.display()))?;
-        // polars skips empty lines but reads a line of spaces as a row: empty them, so that
-        // both readers skip them (the line breaks stay, and with them the line numbers).
-        for range in blank_lines.iter().rev() {
-            let line: Vec<u8> = bytes[range.clone()]
-                .iter()
-                .copied()
-                .filter(|b| matches!(b, b'\n' | b'\r'))
-                .collect();
-            bytes.splice(range.clone(), line);
+        // polars reads a blank line as a row of nulls: it gets the records alone.
+        if let Some(text) = without_blank_lines {
+            bytes = text;
         }
         // Every column as text: we check ids and labels ourselves, with better messages.
         let frame = CsvReadOptions::default()
@@ -263,8 +257,8 @@ impl<'p> CsvTable<'p> {
     }
 }
 
-/// Each data record's line, and the byte ranges of lines of spaces or tabs.
-type Structure = (Vec<usize>, Vec<std::ops::Range<usize>>);
+/// Each data record's line, and the file without its blank lines if it has any.
+type Structure = (Vec<usize>, Option<Vec<u8>>);
 
 /// Checks a CSV file's structure with the csv crate before polars reads its columns, so that
 /// what is wrong is said in our words with its line: UTF-16 data, text that is not UTF-8,
@@ -282,7 +276,10 @@ fn check_structure(bytes: &[u8]) -> std::result::Result<Structure, String> {
         .from_reader(bytes);
     let mut record = csv::ByteRecord::new();
     let mut lines = RecordLines::new(bytes);
-    let (mut record_lines, mut blank_lines) = (Vec::new(), Vec::new());
+    let mut record_lines = Vec::new();
+    // The header's and each record's bytes, without line breaks around them.
+    let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut blank_seen = false;
     let mut header_len = None;
     loop {
         match reader.read_byte_record(&mut record) {
@@ -290,12 +287,13 @@ fn check_structure(bytes: &[u8]) -> std::result::Result<Structure, String> {
             Ok(true) => {
                 let line = lines.at(record.position());
                 let start = record.position().map_or(0, |p| p.byte() as usize);
-                let span = start..reader.position().byte() as usize;
+                let span = without_line_breaks(bytes, start..reader.position().byte() as usize);
                 if std::str::from_utf8(record.as_slice()).is_err() {
                     return Err(format!(", line {line}: not UTF-8 text (a Latin-1 or Windows file? save it as UTF-8)"));
                 }
                 let Some(expected_len) = header_len else {
                     header_len = Some(record.len());
+                    kept.push(span);
                     let mut seen = HashSet::new();
                     if let Some(name) = record.iter().find(|name| !seen.insert(*name)) {
                         return Err(format!(
@@ -306,7 +304,7 @@ fn check_structure(bytes: &[u8]) -> std::result::Result<Structure, String> {
                     continue;
                 };
                 if bytes[span.clone()].iter().all(u8::is_ascii_whitespace) {
-                    blank_lines.push(span);
+                    blank_seen = true;
                 } else if record.len() != expected_len {
                     let len = record.len();
                     let is_last = matches!(reader.read_byte_record(&mut record), Ok(false));
@@ -320,6 +318,7 @@ fn check_structure(bytes: &[u8]) -> std::result::Result<Structure, String> {
                     ));
                 } else {
                     record_lines.push(line);
+                    kept.push(span);
                 }
             }
             Err(error) => {
@@ -334,7 +333,34 @@ fn check_structure(bytes: &[u8]) -> std::result::Result<Structure, String> {
     if odd_quotes(bytes) {
         return Err(truncated(record_lines.last().copied().unwrap_or(1)));
     }
-    Ok((record_lines, blank_lines))
+    // Empty lines give no record: they show as more than one line break between records.
+    let breaks = |gap: &[u8]| gap.iter().filter(|&&b| b == b'\n').count();
+    let gaps = kept
+        .windows(2)
+        .map(|pair| &bytes[pair[0].end..pair[1].start]);
+    let trailing = &bytes[kept.last().map_or(0, |k| k.end)..];
+    blank_seen |= kept.first().is_some_and(|k| k.start > 0)
+        || breaks(trailing) > 1
+        || gaps
+            .into_iter()
+            .any(|gap| breaks(gap) > 1 || gap.starts_with(b"\r\r"));
+    let text = blank_seen.then(|| {
+        kept.iter()
+            .flat_map(|span| bytes[span.clone()].iter().chain(b"\n"))
+            .copied()
+            .collect()
+    });
+    Ok((record_lines, text))
+}
+
+/// `span` without the line breaks at its ends: a record's own bytes (a record cannot start
+/// with a line break, and one at its end is outside any quotes).
+fn without_line_breaks(bytes: &[u8], span: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let is_break = |b: &u8| matches!(b, b'\n' | b'\r');
+    let text = &bytes[span.clone()];
+    let start = span.start + text.iter().take_while(|b| is_break(b)).count();
+    let end = span.end - text.iter().rev().take_while(|b| is_break(b)).count();
+    start..end.max(start)
 }
 
 /// UTF-16 text: a byte-order mark, or (text in the Latin script without one) a NUL in every
@@ -379,23 +405,17 @@ mod tests {
     }
 
     #[test]
-    fn lines_of_spaces_are_blank_lines_anywhere() {
+    fn blank_lines_and_lines_of_spaces_are_skipped_anywhere() {
         let csv = b"id,prompt\n1,a\n  \n\t\n2,\"b\n \"\n \r\n\n   ";
-        let (lines, blank) = check_structure(csv).unwrap();
+        let (lines, text) = check_structure(csv).unwrap();
         assert_eq!(lines, vec![2, 5]);
-        let blank: Vec<&[u8]> = blank.iter().map(|r| &csv[r.clone()]).collect();
-        assert!(
-            blank.iter().all(|b| b.iter().all(u8::is_ascii_whitespace)),
-            "{blank:?}"
-        );
-        let spaces = |bytes: &[&[u8]]| -> usize {
-            bytes
-                .iter()
-                .flat_map(|b| b.iter())
-                .filter(|&&c| c == b' ')
-                .count()
-        };
-        assert_eq!(spaces(&blank), 2 + 1 + 3, "the space inside quotes is text");
+        assert_eq!(text.unwrap(), b"id,prompt\n1,a\n2,\"b\n \"\n");
+        let (lines, text) = check_structure(b"id,prompt\r\n1,a\r\n\r\n2,b\r\n").unwrap();
+        assert_eq!(lines, vec![2, 4]);
+        assert_eq!(text.unwrap(), b"id,prompt\n1,a\n2,b\n");
+        // A file without blank lines is read as it is.
+        let (_, text) = check_structure(b"id,prompt\r\n1,\"a\n\n\"\r\n2,b").unwrap();
+        assert_eq!(text, None);
     }
 
     #[test]
