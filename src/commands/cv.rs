@@ -104,21 +104,15 @@ fn resolve_inputs(args: &CvArgs, run: &RunFolder) -> Result<(PathBuf, Option<Pat
 
 /// The `cv` flags that override `[lgbm]` keys, so that a refused value is named as given.
 fn lgbm_flag(args: &CvArgs, key: &str) -> Option<&'static str> {
-    let given = match key {
-        "learning_rate" => args.learning_rate.is_some(),
-        "num_leaves" => args.num_leaves.is_some(),
-        "max_rounds" => args.max_rounds.is_some(),
-        "early_stopping_rounds" => args.early_stopping.is_some(),
-        "seeds" => args.seeds.is_some(),
-        _ => false,
+    let (given, flag) = match key {
+        "learning_rate" => (args.learning_rate.is_some(), "--learning-rate"),
+        "num_leaves" => (args.num_leaves.is_some(), "--num-leaves"),
+        "max_rounds" => (args.max_rounds.is_some(), "--max-rounds"),
+        "early_stopping_rounds" => (args.early_stopping.is_some(), "--early-stopping"),
+        "seeds" => (args.seeds.is_some(), "--seeds"),
+        _ => return None,
     };
-    given.then(|| match key {
-        "learning_rate" => "--learning-rate",
-        "num_leaves" => "--num-leaves",
-        "max_rounds" => "--max-rounds",
-        "early_stopping_rounds" => "--early-stopping",
-        _ => "--seeds",
-    })
+    given.then_some(flag)
 }
 
 fn spinner(message: &str) -> ProgressBar {
