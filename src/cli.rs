@@ -133,13 +133,14 @@ pub struct CvArgs {
     pub train: Option<PathBuf>,
     /// Test file in Kaggle's test.csv format (plain or .gz). Defaults to the example's test
     /// file when --train is not given. Without it, --train runs the CV alone: every output but
-    /// submission.csv (an earlier run's submission.csv in OUT is removed). Its text (never a
+    /// submission.csv. Its text (never a
     /// label) joins the training text in fitting the TF-IDF vocabularies and idf, so the OOF
     /// score of a run depends slightly on the test file given.
     #[arg(long, value_name = "PATH")]
     pub test: Option<PathBuf>,
     /// Output folder: folds.csv, oof.csv, submission.csv, metrics.json, importance.csv,
-    /// importance.svg, models/.
+    /// importance.svg, models/. A finished run replaces it as a whole (a failed one leaves it
+    /// as it was), so it must not hold the inputs.
     #[arg(long, value_name = "DIR", default_value = "runs/lgbm")]
     pub out: PathBuf,
     /// Number of stratified folds [config: cv.folds, default 10].
@@ -303,8 +304,8 @@ pub struct PredictArgs {
     /// Test file in Kaggle's test.csv format (plain or .gz).
     #[arg(long, value_name = "PATH")]
     pub test: PathBuf,
-    /// Output folder for submission.csv and predict.json; must not be the run folder, whose
-    /// own submission.csv belongs to its cv test file.
+    /// Output folder for submission.csv and predict.json; replaced as a whole, as `cv`'s is, so
+    /// it must not be or hold the run folder.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Threads for features and LightGBM (0: all cores).
@@ -359,7 +360,8 @@ pub struct TuneArgs {
     /// Training file in Kaggle's train.csv format (plain or .gz).
     #[arg(long, value_name = "PATH")]
     pub train: PathBuf,
-    /// Output folder: best.toml, trials.csv, tune.json, folds.csv.
+    /// Output folder: best.toml, trials.csv, tune.json, folds.csv; replaced as a whole, as
+    /// `cv`'s is.
     #[arg(long, value_name = "DIR", default_value = "runs/tune")]
     pub out: PathBuf,
     /// Candidates, the starting config included.

@@ -65,6 +65,9 @@ pub fn read_train(path: &Path) -> Result<TrainSet> {
     table.require_columns(&TEXT_COLUMNS)?;
     table.require_columns(&LABEL_COLUMNS)?;
     let ids = table.read_ids()?;
+    if ids.is_empty() {
+        bail!("{}: no training rows, only a header", path.display());
+    }
     let winners: Vec<Vec<Option<&str>>> = LABEL_COLUMNS
         .iter()
         .map(|name| table.string_column(name))
@@ -134,8 +137,12 @@ impl<'p> CsvTable<'p> {
         if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
             bytes = rest.to_vec();
         }
-        let record_lines = check_structure(&bytes)
+        let (record_lines, without_blank_lines) = check_structure(&bytes)
             .map_err(|message| anyhow::anyhow!("{}{message}", path.display()))?;
+        // polars reads a blank line as a row of nulls: it gets the records alone.
+        if let Some(text) = without_blank_lines {
+            bytes = text;
+        }
         // Every column as text: we check ids and labels ourselves, with better messages.
         let frame = CsvReadOptions::default()
             .with_has_header(true)
@@ -250,35 +257,43 @@ impl<'p> CsvTable<'p> {
     }
 }
 
+/// Each data record's line, and the file without its blank lines if it has any.
+type Structure = (Vec<usize>, Option<Vec<u8>>);
+
 /// Checks a CSV file's structure with the csv crate before polars reads its columns, so that
-/// what is wrong is said in our words with its line: UTF-16 or binary data, text that is not
-/// UTF-8, duplicate column names, records with another number of fields than the header, a
-/// file that ends inside a quoted field. Returns the line each data record starts on. The
-/// error message starts after the file name.
-fn check_structure(bytes: &[u8]) -> std::result::Result<Vec<usize>, String> {
-    if bytes.starts_with(&[0xFF, 0xFE])
-        || bytes.starts_with(&[0xFE, 0xFF])
-        || bytes.iter().take(4096).any(|&b| b == 0)
-    {
-        return Err(": UTF-16 text or binary data; save the file as UTF-8 CSV".into());
+/// what is wrong is said in our words with its line: UTF-16 data, text that is not UTF-8,
+/// duplicate column names, records with another number of fields than the header, a file
+/// that ends inside a quoted field. Returns the line each data record starts on, and the byte
+/// ranges of lines that hold only spaces or tabs: those are skipped, as empty lines are (and
+/// as pandas skips both). The error message starts after the file name.
+fn check_structure(bytes: &[u8]) -> std::result::Result<Structure, String> {
+    if looks_like_utf16(bytes) {
+        return Err(": UTF-16 text; save the file as UTF-8 CSV".into());
     }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
+        .flexible(true)
         .from_reader(bytes);
     let mut record = csv::ByteRecord::new();
     let mut lines = RecordLines::new(bytes);
     let mut record_lines = Vec::new();
+    // The header's and each record's bytes, without line breaks around them.
+    let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut blank_seen = false;
     let mut header_len = None;
     loop {
         match reader.read_byte_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {
                 let line = lines.at(record.position());
+                let start = record.position().map_or(0, |p| p.byte() as usize);
+                let span = without_line_breaks(bytes, start..reader.position().byte() as usize);
                 if std::str::from_utf8(record.as_slice()).is_err() {
                     return Err(format!(", line {line}: not UTF-8 text (a Latin-1 or Windows file? save it as UTF-8)"));
                 }
-                if header_len.is_none() {
+                let Some(expected_len) = header_len else {
                     header_len = Some(record.len());
+                    kept.push(span);
                     let mut seen = HashSet::new();
                     if let Some(name) = record.iter().find(|name| !seen.insert(*name)) {
                         return Err(format!(
@@ -286,25 +301,29 @@ fn check_structure(bytes: &[u8]) -> std::result::Result<Vec<usize>, String> {
                             String::from_utf8_lossy(name)
                         ));
                     }
+                    continue;
+                };
+                if bytes[span.clone()].iter().all(u8::is_ascii_whitespace) {
+                    blank_seen = true;
+                } else if record.len() != expected_len {
+                    let len = record.len();
+                    let is_last = matches!(reader.read_byte_record(&mut record), Ok(false));
+                    if is_last && odd_quotes(bytes) {
+                        return Err(truncated(line));
+                    }
+                    return Err(format!(
+                        ", line {line}: {len} fields where the header has {expected_len} (a \
+                         truncated file, a quote not doubled inside a quoted field, or a comma \
+                         outside one?)"
+                    ));
                 } else {
                     record_lines.push(line);
+                    kept.push(span);
                 }
             }
             Err(error) => {
                 let line = lines.at(error.position());
-                let is_last = matches!(reader.read_byte_record(&mut record), Ok(false));
-                if is_last && odd_quotes(bytes) {
-                    return Err(truncated(line));
-                }
-                return Err(match error.kind() {
-                    csv::ErrorKind::UnequalLengths {
-                        expected_len, len, ..
-                    } => format!(
-                        ", line {line}: {len} fields where the header has {expected_len} (a truncated file, a quote \
-                         not doubled inside a quoted field, or a comma outside one?)"
-                    ),
-                    _ => format!(", line {line}: {error}"),
-                });
+                return Err(format!(", line {line}: {error}"));
             }
         }
     }
@@ -314,7 +333,53 @@ fn check_structure(bytes: &[u8]) -> std::result::Result<Vec<usize>, String> {
     if odd_quotes(bytes) {
         return Err(truncated(record_lines.last().copied().unwrap_or(1)));
     }
-    Ok(record_lines)
+    // Empty lines give no record: they show as more than one line break between records.
+    let breaks = |gap: &[u8]| gap.iter().filter(|&&b| b == b'\n').count();
+    let gaps = kept
+        .windows(2)
+        .map(|pair| &bytes[pair[0].end..pair[1].start]);
+    let trailing = &bytes[kept.last().map_or(0, |k| k.end)..];
+    blank_seen |= kept.first().is_some_and(|k| k.start > 0)
+        || breaks(trailing) > 1
+        || gaps
+            .into_iter()
+            .any(|gap| breaks(gap) > 1 || gap.starts_with(b"\r\r"));
+    let text = blank_seen.then(|| {
+        kept.iter()
+            .flat_map(|span| bytes[span.clone()].iter().chain(b"\n"))
+            .copied()
+            .collect()
+    });
+    Ok((record_lines, text))
+}
+
+/// `span` without the line breaks at its ends: a record's own bytes (a record cannot start
+/// with a line break, and one at its end is outside any quotes).
+fn without_line_breaks(bytes: &[u8], span: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let is_break = |b: &u8| matches!(b, b'\n' | b'\r');
+    let text = &bytes[span.clone()];
+    let start = span.start + text.iter().take_while(|b| is_break(b)).count();
+    let end = span.end - text.iter().rev().take_while(|b| is_break(b)).count();
+    start..end.max(start)
+}
+
+/// UTF-16 text: a byte-order mark, or (text in the Latin script without one) a NUL in every
+/// other byte. A UTF-8 file with a few NUL or other control bytes in its fields is text, and
+/// is read as it is, as pandas reads it.
+fn looks_like_utf16(bytes: &[u8]) -> bool {
+    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        return true;
+    }
+    let head = &bytes[..bytes.len().min(4096)];
+    let nuls = |parity: usize| {
+        head.iter()
+            .skip(parity)
+            .step_by(2)
+            .filter(|&&b| b == 0)
+            .count()
+    };
+    let pairs = head.len() / 2;
+    pairs > 0 && (2 * nuls(0) > pairs || 2 * nuls(1) > pairs)
 }
 
 /// Quotes come in pairs in a well-formed file (a quote inside a field is doubled).
@@ -336,7 +401,74 @@ mod tests {
     #[test]
     fn record_lines_skip_line_breaks_inside_quotes_and_blank_lines() {
         let csv = b"id,prompt\n1,\"a\nb\"\n2,\"say \"\"hi\"\"\nthere\"\n\n3,x\n";
-        assert_eq!(check_structure(csv).unwrap(), vec![2, 4, 7]);
+        assert_eq!(check_structure(csv).unwrap().0, vec![2, 4, 7]);
+    }
+
+    #[test]
+    fn blank_lines_and_lines_of_spaces_are_skipped_anywhere() {
+        let csv = b"id,prompt\n1,a\n  \n\t\n2,\"b\n \"\n \r\n\n   ";
+        let (lines, text) = check_structure(csv).unwrap();
+        assert_eq!(lines, vec![2, 5]);
+        assert_eq!(text.unwrap(), b"id,prompt\n1,a\n2,\"b\n \"\n");
+        let (lines, text) = check_structure(b"id,prompt\r\n1,a\r\n\r\n2,b\r\n").unwrap();
+        assert_eq!(lines, vec![2, 4]);
+        assert_eq!(text.unwrap(), b"id,prompt\n1,a\n2,b\n");
+        // A file without blank lines is read as it is.
+        let (_, text) = check_structure(b"id,prompt\r\n1,\"a\n\n\"\r\n2,b").unwrap();
+        assert_eq!(text, None);
+    }
+
+    #[test]
+    fn nul_and_control_bytes_in_fields_are_text_but_utf16_is_refused() {
+        let csv = b"id,prompt\n1,\"a\x00b\x01\x1b[0m\x7f\"\n2,\x00\n";
+        assert_eq!(check_structure(csv).unwrap().0, vec![2, 3]);
+        let header = "id,prompt\n1,a\n";
+        let little: Vec<u8> = header.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let big: Vec<u8> = header.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        for utf16 in [little, big] {
+            assert_eq!(
+                check_structure(&utf16).unwrap_err(),
+                ": UTF-16 text; save the file as UTF-8 CSV"
+            );
+        }
+    }
+
+    /// polars and the csv crate agree on the rows of a file with blank lines, lines of
+    /// spaces and NUL bytes, and every row keeps its own text.
+    #[test]
+    fn hostile_but_readable_files_keep_every_row_and_its_text() {
+        let dir = std::env::temp_dir().join(format!("data-hostile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("test.csv");
+        std::fs::write(
+            &path,
+            "id,prompt,response_a,response_b\n\
+             1,\"[\"\"nul \x00 here\"\"]\",\"[\"\"bell \x07\"\"]\",\"[\"\"b\"\"]\"\n\
+             \x20\x20\n\
+             \n\
+             2,\"[\"\"two\"\"]\",\"[\"\"a2\"\"]\",\"[\"\"b2\"\"]\"\n\
+             \t\n \r\n\n",
+        )
+        .unwrap();
+        let battles = read_test(&path).unwrap();
+        assert_eq!(battles.ids, ["1", "2"]);
+        assert_eq!(battles.battles[0].prompt, ["nul \0 here"]);
+        assert_eq!(battles.battles[0].response_a, ["bell \x07"]);
+        assert_eq!(battles.battles[1].response_b, ["b2"]);
+        assert_eq!(battles.text_issues.total(), 0);
+
+        // A training file with a header and no rows names itself.
+        let train = dir.join("train.csv");
+        std::fs::write(
+            &train,
+            "id,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n\n",
+        )
+        .unwrap();
+        let message = format!("{:#}", read_train(&train).err().unwrap());
+        assert_eq!(
+            message,
+            format!("{}: no training rows, only a header", train.display())
+        );
     }
 
     #[test]
@@ -358,7 +490,7 @@ mod tests {
                 &b"id,prompt\n1,a\n2,\"trunc"[..],
                 "the file ends inside a quoted field (the record starting on line 3)",
             ),
-            (&b"\xff\xfei\x00d\x00"[..], ": UTF-16 text or binary data"),
+            (&b"\xff\xfei\x00d\x00"[..], ": UTF-16 text"),
             (&b""[..], ": the file is empty"),
         ] {
             let message = check_structure(bytes).unwrap_err();

@@ -22,7 +22,9 @@ fn model_path(run: &Path, fold: usize, offset: usize) -> PathBuf {
 }
 
 /// Writes `features.json`, the model files of every fold and seed (into `models/`, which
-/// exists) and, for a run with semantic features, `encoder.json`.
+/// exists) and, for a run with semantic features, `encoder.json`, into a new run folder (so
+/// no model file of an earlier run with more folds or seeds is there to be read as this
+/// run's).
 pub fn write(
     run: &Path,
     extractor: &Extractor,
@@ -31,34 +33,15 @@ pub fn write(
 ) -> Result<()> {
     let text = serde_json::to_string(&extractor.state())?;
     write_atomically(&run.join(FEATURES_FILE), text.as_bytes())?;
-    let encoder_file = run.join(semantic::RECORD_FILE);
-    match encoder {
-        Some(record) => write_atomically(
-            &encoder_file,
+    if let Some(record) = encoder {
+        write_atomically(
+            &run.join(semantic::RECORD_FILE),
             serde_json::to_string_pretty(record)?.as_bytes(),
-        )?,
-        None if encoder_file.exists() => std::fs::remove_file(&encoder_file)
-            .with_context(|| format!("cannot remove the earlier {}", encoder_file.display()))?,
-        None => {}
+        )?;
     }
     for (fold, seeds) in models.iter().enumerate() {
         for (offset, model) in seeds.iter().enumerate() {
             write_atomically(&model_path(run, fold, offset), model.as_bytes())?;
-        }
-    }
-    // Model files of an earlier run with more folds or seeds would be read as this run's.
-    for fold in 0.. {
-        let first_stale = models.get(fold).map_or(0, Vec::len);
-        if first_stale == 0 && !model_path(run, fold, 0).exists() {
-            break;
-        }
-        for offset in first_stale.. {
-            let stale = model_path(run, fold, offset);
-            if !stale.exists() {
-                break;
-            }
-            std::fs::remove_file(&stale)
-                .with_context(|| format!("cannot remove the earlier {}", stale.display()))?;
         }
     }
     Ok(())

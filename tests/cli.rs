@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{arena_sample as shared, ensemble, read_json, run_ok, temp_dir};
+use common::{arena_sample as shared, ensemble, read_json, run_ok, snapshot, temp_dir};
 
 /// Rows of a prediction file: id and the three probabilities.
 fn read_predictions(path: &Path) -> Vec<(String, [f64; 3])> {
@@ -119,8 +119,8 @@ fn reusing_folds_file_holds_out_the_same_rows() {
     if !common::arena_sample_present() {
         return;
     }
-    let out = temp_dir("arena-refold");
-    let folds = out.join("given.csv");
+    let dir = temp_dir("arena-refold");
+    let (folds, out) = (dir.join("given.csv"), dir.join("run"));
     let folds_text = |k: usize| {
         let mut text = String::from("id,fold\n");
         for (i, id) in ids_of(&shared("train.csv")).iter().enumerate() {
@@ -131,7 +131,7 @@ fn reusing_folds_file_holds_out_the_same_rows() {
     // Two folds leave nothing to train on beside the watched fold: refused before anything
     // is written, so no folds.csv of a failed run is left behind.
     std::fs::write(&folds, folds_text(2)).unwrap();
-    let failed_out = out.join("failed");
+    let failed_out = dir.join("failed");
     let failed = ensemble(&[
         "cv",
         "--train",
@@ -173,7 +173,8 @@ fn grouped_folds_hold_out_each_prompt_whole() {
     if !common::arena_sample_present() {
         return;
     }
-    let out = temp_dir("grouped");
+    let dir = temp_dir("grouped");
+    let out = dir.join("run");
     // 48 battles over 8 prompts, 6 each; prompt 7 has two turns.
     let prompt = |i: usize| match i % 8 {
         7 => r#"["question 7", "and a follow-up"]"#.to_string(),
@@ -191,12 +192,12 @@ fn grouped_folds_hold_out_each_prompt_whole() {
             prompt(i).replace('"', "\"\"")
         ));
     }
-    std::fs::write(out.join("train.csv"), train).unwrap();
+    std::fs::write(dir.join("train.csv"), train).unwrap();
     let run = |group_by: &str| {
         let output = run_ok(&[
             "cv",
             "--train",
-            out.join("train.csv").to_str().unwrap(),
+            dir.join("train.csv").to_str().unwrap(),
             "--test",
             shared("test.csv").to_str().unwrap(),
             "--out",
@@ -316,7 +317,7 @@ fn bad_inputs_are_reported_with_file_line_and_id() {
         (
             "utf16.csv",
             header.encode_utf16().flat_map(u16::to_le_bytes).collect(),
-            "utf16.csv: UTF-16 text or binary data",
+            "utf16.csv: UTF-16 text; save the file as UTF-8 CSV",
         ),
     ] {
         let train = dir.join(name);
@@ -398,10 +399,13 @@ fn seed_averaging_saves_every_model_and_predict_uses_them_all() {
     }
     assert_predict_reproduces_submission(&out, &out.join("example/test.csv"));
 
-    // One seed on the same folds: other OOF predictions (the second model counts).
-    let folds = out.join("folds.csv");
-    let train = out.join("example/train.csv");
-    let args = |dir: &Path| {
+    // One seed on the same folds: other OOF predictions (the second model counts). The
+    // inputs come out of the run folder first: a run folder cannot hold its run's inputs.
+    let data = temp_dir("seeds-data");
+    let (folds, train) = (data.join("folds.csv"), data.join("train.csv"));
+    std::fs::copy(out.join("folds.csv"), &folds).unwrap();
+    std::fs::copy(out.join("example/train.csv"), &train).unwrap();
+    let args = |dir: &Path, folds: &Path, train: &Path| {
         [
             "cv",
             "--folds-file",
@@ -416,20 +420,165 @@ fn seed_averaging_saves_every_model_and_predict_uses_them_all() {
     fn as_str(args: &[String]) -> Vec<&str> {
         args.iter().map(String::as_str).collect()
     }
-    run_ok(&as_str(&args(&one)));
+    let before = snapshot(&out);
+    let inside = ensemble(&as_str(&args(
+        &out,
+        &out.join("folds.csv"),
+        &out.join("example/train.csv"),
+    )));
+    let stderr = String::from_utf8_lossy(&inside.stderr);
+    assert!(
+        !inside.status.success() && stderr.contains("holds --train"),
+        "{stderr}"
+    );
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "a refused run leaves the folder alone"
+    );
+
+    run_ok(&as_str(&args(&one, &folds, &train)));
     assert_ne!(
         read_predictions(&one.join("oof.csv")),
         read_predictions(&out.join("oof.csv"))
     );
-    run_ok(&as_str(&args(&out)));
-    assert!(
-        !out.join("models/fold_0.seed1.txt").exists(),
-        "stale model kept"
-    );
+    run_ok(&as_str(&args(&out, &folds, &train)));
+    // The rerun replaced the folder as a whole: exactly the one-seed run's files, nothing of
+    // the two-seed run (its second models, its example) is left.
+    let names = |dir: &Path| snapshot(dir).into_keys().collect::<Vec<_>>();
+    assert_eq!(names(&out), names(&one));
+    assert!(!out.join("models/fold_0.seed1.txt").exists());
+    assert!(!out.join("example").exists());
     assert_eq!(
         read_predictions(&one.join("oof.csv")),
         read_predictions(&out.join("oof.csv"))
     );
+}
+
+/// A run that fails after the features are computed leaves the earlier run folder exactly as
+/// it was, and no staging folder beside it.
+#[test]
+fn a_failed_run_leaves_the_earlier_run_folder_as_it_was() {
+    let dir = temp_dir("failed-rerun");
+    run_ok(&[
+        "example",
+        "--out",
+        dir.join("data").to_str().unwrap(),
+        "--rows",
+        "300",
+        "--test-rows",
+        "10",
+    ]);
+    let out = dir.join("run");
+    let cv = |folds: &str| {
+        ensemble(&[
+            "cv",
+            "--train",
+            dir.join("data/train.csv").to_str().unwrap(),
+            "--test",
+            dir.join("data/test.csv").to_str().unwrap(),
+            "--folds",
+            folds,
+            "--no-tfidf",
+            "--max-rounds",
+            "20",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    assert!(cv("3").status.success());
+    let before = snapshot(&out);
+    assert!(before.contains_key(Path::new("metrics.json")), "{before:?}");
+    // Two folds cannot stop early on an inner fold: found once the features are computed.
+    let failed = cv("2");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        !failed.status.success() && stderr.contains("needs at least 3 folds"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("features"),
+        "failed after the features: {stderr}"
+    );
+    assert_eq!(snapshot(&out), before);
+    let beside: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut beside = beside;
+    beside.sort();
+    assert_eq!(beside, ["data", "run"]);
+
+    // A write that would fail midway in the earlier folder (its oof.csv is a folder now)
+    // cannot leave a mix of two runs: the new run is written apart and swapped in whole.
+    std::fs::remove_file(out.join("oof.csv")).unwrap();
+    std::fs::create_dir_all(out.join("oof.csv/stale")).unwrap();
+    let rerun = cv("3");
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert_eq!(
+        snapshot(&out).keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    assert!(out.join("oof.csv").is_file());
+}
+
+/// A run folder is replaced as a whole, so folders that are not a run's own are refused
+/// before anything runs: the current directory or one above it, a folder holding the inputs,
+/// a folder of other files. Each is left as it was.
+#[test]
+fn out_folders_that_are_not_a_runs_own_are_refused() {
+    let dir = temp_dir("out-refused");
+    let data = dir.join("data");
+    run_ok(&[
+        "example",
+        "--out",
+        data.to_str().unwrap(),
+        "--rows",
+        "60",
+        "--test-rows",
+        "5",
+    ]);
+    let notes = dir.join("notes");
+    std::fs::create_dir_all(&notes).unwrap();
+    std::fs::write(notes.join("todo.txt"), "keep me\n").unwrap();
+    let here = "is the current directory or a folder above it";
+    for (cwd, train, out, needle) in [
+        (&data, "train.csv", ".", format!("--out . {here}")),
+        (&data, "train.csv", "..", format!("--out .. {here}")),
+        (
+            &data,
+            "train.csv",
+            "../data/",
+            format!("--out ../data/ {here}"),
+        ),
+        (
+            &dir,
+            "data/train.csv",
+            "data",
+            "--out data holds --train data/train.csv".into(),
+        ),
+        (
+            &dir,
+            "data/train.csv",
+            "notes",
+            "--out notes holds files that no run wrote".into(),
+        ),
+    ] {
+        let before = snapshot(&dir);
+        let output = Command::new(env!("CARGO_BIN_EXE_ensemble"))
+            .current_dir(cwd)
+            .args(["cv", "--train", train, "--out", out])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "--out {out}: {stderr}");
+        assert!(stderr.contains(&needle), "--out {out}: {stderr}");
+        assert_eq!(snapshot(&dir), before, "--out {out} changed files");
+    }
 }
 
 /// `predict` with the run's saved state on the run's own test file writes the submission
@@ -510,7 +659,8 @@ fn assert_predict_reproduces_submission(run: &Path, test: &Path) {
         "--out",
         run.to_str().unwrap(),
     ]);
-    assert!(String::from_utf8_lossy(&into_run.stderr).contains("is the run folder"));
+    let stderr = String::from_utf8_lossy(&into_run.stderr);
+    assert!(stderr.contains("holds --run"), "{stderr}");
 }
 
 #[test]
@@ -577,23 +727,27 @@ fn cv_without_test_writes_out_of_fold_predictions_only() {
         return;
     }
     let out = temp_dir("arena-oof-only");
-    std::fs::create_dir_all(&out).unwrap();
-    // A submission left by an earlier run in the same folder must not survive as if current.
-    std::fs::write(
-        out.join("submission.csv"),
-        "id,winner_model_a,winner_model_b,winner_tie\n",
-    )
-    .unwrap();
     let train = shared("train.csv");
-    let output = run_ok(&[
-        "cv",
-        "--folds",
-        "3",
-        "--train",
-        train.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let cv = |test: Option<&Path>| {
+        let mut args = vec![
+            "cv",
+            "--folds",
+            "3",
+            "--no-tfidf",
+            "--train",
+            train.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if let Some(test) = test {
+            args.extend(["--test", test.to_str().unwrap()]);
+        }
+        run_ok(&args)
+    };
+    // A submission left by an earlier run in the same folder must not survive as if current.
+    cv(Some(&shared("test.csv")));
+    assert!(out.join("submission.csv").is_file());
+    let output = cv(None);
     assert!(String::from_utf8_lossy(&output.stdout).contains("no submission.csv"));
     assert!(!out.join("submission.csv").exists());
     for file in ["folds.csv", "oof.csv", "metrics.json", "importance.csv"] {
@@ -623,6 +777,11 @@ fn lightgbm_extra_parameters_are_checked_before_anything_is_written() {
             "lambda_l1 = \"1 num_leaves=2\": a value must be one word",
         ),
         ("metrics = \"auc\"", "metrics = \"auc\": set by this tool"),
+        (
+            "eta = \"0.05\"",
+            "[lgbm.extra] eta = \"0.05\": the LightGBM parameter learning_rate, which [lgbm] \
+             learning_rate sets; set it there only",
+        ),
     ] {
         let config = dir.join("lgbm.toml");
         std::fs::write(&config, format!("[lgbm.extra]\n{extra}\n")).unwrap();
@@ -642,6 +801,42 @@ fn lightgbm_extra_parameters_are_checked_before_anything_is_written() {
             "{extra}: a failed run left {}",
             out.display()
         );
+    }
+}
+
+#[test]
+fn lightgbm_settings_that_make_no_sense_are_refused_up_front() {
+    let dir = temp_dir("lgbm-settings");
+    let config = dir.join("lgbm.toml");
+    std::fs::write(&config, "[lgbm]\nlearning_rate = 0.0\n").unwrap();
+    let out = dir.join("run");
+    for (args, needle) in [
+        (
+            vec!["--max-rounds", "0"],
+            "--max-rounds = 0: at least 1 boosting round",
+        ),
+        (
+            vec!["--config", config.to_str().unwrap()],
+            "[lgbm] learning_rate = 0: must be a finite number above 0",
+        ),
+        (
+            vec!["--num-leaves", "1"],
+            "--num-leaves = 1: a tree needs at least 2 leaves",
+        ),
+    ] {
+        let mut command = vec!["cv", "--out", out.to_str().unwrap()];
+        command.extend(args);
+        let output = ensemble(&command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(needle),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("features"),
+            "refused before any work: {stderr}"
+        );
+        assert!(!out.exists());
     }
 }
 

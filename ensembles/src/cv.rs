@@ -199,15 +199,70 @@ impl BoosterParams {
         keys
     }
 
-    /// Checks `extra` against LightGBM's own parameter list before anything runs: an unknown
-    /// key is an error rather than a setting LightGBM ignores (its warnings are off), a value
-    /// with a space or `=` would smuggle in other parameters, and the objective, class count
-    /// and metric are this tool's to set.
+    /// Checks every setting before anything runs, naming each `[lgbm]` key as
+    /// `[lgbm] key`. See [`BoosterParams::validate_naming`].
     pub fn validate(&self) -> Result<()> {
-        if self.seeds == 0 {
-            return Err(Error::Invalid(
-                "seeds = 0: at least one model per fold".into(),
-            ));
+        self.validate_naming(|key| format!("[lgbm] {key}"))
+    }
+
+    /// Checks every setting before anything runs; `name(key)` is how the user set the
+    /// `[lgbm]` key (a config key, or a command-line flag that overrode it). Values that make
+    /// no sense (no rounds, a learning rate of 0, a fraction above 1) are refused here rather
+    /// than failing inside LightGBM after the features are computed. `extra` is checked
+    /// against LightGBM's own parameter list: an unknown key is an error rather than a setting
+    /// LightGBM ignores (its warnings are off), a value with a space or `=` would smuggle in
+    /// other parameters, the objective, class count and metric are this tool's to set, and a
+    /// parameter an `[lgbm]` key sets cannot be set a second time under another name.
+    pub fn validate_naming(&self, name: impl Fn(&str) -> String) -> Result<()> {
+        let refuse = |key: &str, value: &dyn std::fmt::Display, why: &str| {
+            Err(Error::Invalid(format!("{} = {value}: {why}", name(key))))
+        };
+        if let Auto::Set(rate) = self.learning_rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return refuse("learning_rate", &rate, "must be a finite number above 0");
+            }
+        }
+        for (key, fraction) in [
+            ("feature_fraction", self.feature_fraction),
+            ("bagging_fraction", self.bagging_fraction),
+        ] {
+            if !(fraction > 0.0 && fraction <= 1.0) {
+                return refuse(key, &fraction, "a fraction must be above 0 and at most 1");
+            }
+        }
+        if !(self.lambda_l2.is_finite() && self.lambda_l2 >= 0.0) {
+            return refuse("lambda_l2", &self.lambda_l2, "must be a number, 0 or more");
+        }
+        for (key, value, least, why) in [
+            (
+                "num_leaves",
+                self.num_leaves,
+                2,
+                "a tree needs at least 2 leaves",
+            ),
+            (
+                "max_bin",
+                self.max_bin,
+                2,
+                "a feature needs at least 2 bins",
+            ),
+            (
+                "max_rounds",
+                self.max_rounds,
+                1,
+                "at least 1 boosting round",
+            ),
+            (
+                "early_stopping_rounds",
+                self.early_stopping_rounds.or(1),
+                1,
+                "at least 1 round without improvement before stopping",
+            ),
+            ("seeds", self.seeds, 1, "at least one model per fold"),
+        ] {
+            if value < least {
+                return refuse(key, &value, why);
+            }
         }
         if self.refit != Refit::None && self.early_stopping_on == StoppingRows::HeldOut {
             return Err(Error::Invalid(
@@ -231,6 +286,12 @@ impl BoosterParams {
             };
             if OWN_PARAMETERS.contains(&canonical.as_str()) {
                 return bad("set by this tool, not configurable");
+            }
+            if let Some((own_key, _)) = LGBM_KEYS.iter().find(|(_, p)| p == canonical) {
+                return bad(&format!(
+                    "the LightGBM parameter {canonical}, which {} sets; set it there only",
+                    name(own_key)
+                ));
             }
             if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c == '=') {
                 return bad("a value must be one word, without spaces or '='");
@@ -289,6 +350,24 @@ impl BoosterParams {
 
 /// Parameters that `booster_params` sets itself, the task's (aliases resolve to them).
 const OWN_PARAMETERS: [&str; 3] = ["objective", "num_class", "metric"];
+
+/// Each `[lgbm]` key that sets a LightGBM parameter, and that parameter's canonical name:
+/// the ones `booster_params` and `dataset_params` pass, and the round counts `lgbm::train`
+/// applies itself.
+const LGBM_KEYS: [(&str, &str); 12] = [
+    ("learning_rate", "learning_rate"),
+    ("num_leaves", "num_leaves"),
+    ("min_data_in_leaf", "min_data_in_leaf"),
+    ("feature_fraction", "feature_fraction"),
+    ("bagging_fraction", "bagging_fraction"),
+    ("bagging_freq", "bagging_freq"),
+    ("lambda_l2", "lambda_l2"),
+    ("max_bin", "max_bin"),
+    ("num_threads", "num_threads"),
+    ("seed", "seed"),
+    ("max_rounds", "num_iterations"),
+    ("early_stopping_rounds", "early_stopping_round"),
+];
 
 /// The matrices a CV run needs, all with the same columns.
 pub struct CvInputs<'a> {
@@ -706,6 +785,120 @@ mod tests {
     }
 
     #[test]
+    fn settings_that_make_no_sense_are_refused_naming_the_key() {
+        type Edit = fn(&mut BoosterParams);
+        let cases: [(Edit, &str); 12] = [
+            (|p| p.max_rounds = 0, "[lgbm] max_rounds = 0: at least 1"),
+            (
+                |p| p.learning_rate = Auto::Set(0.0),
+                "[lgbm] learning_rate = 0: must be a finite",
+            ),
+            (
+                |p| p.learning_rate = Auto::Set(-0.1),
+                "[lgbm] learning_rate = -0.1",
+            ),
+            (
+                |p| p.learning_rate = Auto::Set(f64::NAN),
+                "[lgbm] learning_rate = NaN",
+            ),
+            (
+                |p| p.learning_rate = Auto::Set(f64::INFINITY),
+                "[lgbm] learning_rate = inf",
+            ),
+            (|p| p.num_leaves = 1, "[lgbm] num_leaves = 1: a tree needs"),
+            (
+                |p| p.feature_fraction = 1.5,
+                "[lgbm] feature_fraction = 1.5",
+            ),
+            (
+                |p| p.bagging_fraction = 0.0,
+                "[lgbm] bagging_fraction = 0: a fraction",
+            ),
+            (|p| p.lambda_l2 = -1.0, "[lgbm] lambda_l2 = -1"),
+            (|p| p.max_bin = 1, "[lgbm] max_bin = 1"),
+            (
+                |p| p.early_stopping_rounds = Auto::Set(0),
+                "[lgbm] early_stopping_rounds = 0",
+            ),
+            (|p| p.seeds = 0, "[lgbm] seeds = 0: at least one model"),
+        ];
+        for (edit, needle) in cases {
+            let mut params = BoosterParams::default();
+            edit(&mut params);
+            let message = params.validate().unwrap_err().to_string();
+            assert!(message.starts_with(needle), "{message:?} vs {needle:?}");
+        }
+        // The edges of what is allowed.
+        let edges = BoosterParams {
+            num_leaves: 2,
+            max_bin: 2,
+            feature_fraction: 1.0,
+            bagging_fraction: 1.0,
+            lambda_l2: 0.0,
+            max_rounds: 1,
+            early_stopping_rounds: Auto::Set(1),
+            ..Default::default()
+        };
+        edges.validate().unwrap();
+        // A flag that overrode the key is named as the user gave it.
+        let params = BoosterParams {
+            max_rounds: 0,
+            ..Default::default()
+        };
+        let message = params
+            .validate_naming(|key| match key {
+                "max_rounds" => "--max-rounds".into(),
+                other => format!("[lgbm] {other}"),
+            })
+            .unwrap_err()
+            .to_string();
+        assert_eq!(message, "--max-rounds = 0: at least 1 boosting round");
+    }
+
+    #[test]
+    fn extra_parameters_cannot_set_what_an_lgbm_key_sets() {
+        for (alias, own_key) in [
+            ("learning_rate", "learning_rate"),
+            ("eta", "learning_rate"),
+            ("shrinkage_rate", "learning_rate"),
+            ("num_leaf", "num_leaves"),
+            ("bagging", "bagging_fraction"),
+            ("sub_row", "bagging_fraction"),
+            ("colsample_bytree", "feature_fraction"),
+            ("reg_lambda", "lambda_l2"),
+            ("min_child_samples", "min_data_in_leaf"),
+            ("random_seed", "seed"),
+            ("n_jobs", "num_threads"),
+            ("n_estimators", "max_rounds"),
+            ("early_stopping_rounds", "early_stopping_rounds"),
+        ] {
+            let params = BoosterParams {
+                extra: BTreeMap::from([(alias.to_owned(), "1".to_owned())]),
+                ..Default::default()
+            };
+            let message = params.validate().unwrap_err().to_string();
+            assert!(
+                message.starts_with(&format!("[lgbm.extra] {alias} = \"1\": ")),
+                "{message}"
+            );
+            assert!(
+                message.contains(&format!("which [lgbm] {own_key} sets")),
+                "{message}"
+            );
+        }
+        // The table's names are LightGBM's canonical ones, and other parameters still pass.
+        let names = lgbm::parameter_names().unwrap();
+        for (_, parameter) in LGBM_KEYS {
+            assert_eq!(names.get(parameter).map(String::as_str), Some(parameter));
+        }
+        let params = BoosterParams {
+            extra: BTreeMap::from([("lambda_l1".to_owned(), "0.5".to_owned())]),
+            ..Default::default()
+        };
+        params.validate().unwrap();
+    }
+
+    #[test]
     fn swapped_copies_stay_on_their_rows_side_of_every_fold() {
         let n = 50;
         let labels: Vec<Outcome> = (0..n).map(|i| Outcome::ALL[i % 3]).collect();
@@ -777,6 +970,53 @@ mod tests {
             "mean OOF - prior: {inner_fold:+.5} (inner fold), {refit:+.5} (refit), \
              {held_out:+.5} (held out)"
         );
+    }
+
+    #[test]
+    fn auto_settings_are_chosen_by_rows_and_given_ones_kept() {
+        let auto = BoosterParams::default();
+        assert_eq!(auto.auto_keys(), ["learning_rate", "early_stopping_rounds"]);
+        let small = auto.for_rows(FAST_PACE_ROWS - 1);
+        assert_eq!(
+            (small.learning_rate, small.early_stopping_rounds),
+            (Auto::Set(0.1), Auto::Set(50))
+        );
+        let large = auto.for_rows(FAST_PACE_ROWS);
+        assert_eq!(
+            (large.learning_rate, large.early_stopping_rounds),
+            (Auto::Set(0.2), Auto::Set(25))
+        );
+        assert!(large.auto_keys().is_empty());
+        let given = BoosterParams {
+            learning_rate: Auto::Set(0.05),
+            ..BoosterParams::default()
+        }
+        .for_rows(100_000);
+        assert_eq!(
+            (given.learning_rate, given.early_stopping_rounds),
+            (Auto::Set(0.05), Auto::Set(25))
+        );
+        // In a config: a number or "auto", and nothing else.
+        #[derive(Deserialize, Serialize)]
+        struct Table {
+            rate: Auto<f64>,
+        }
+        let read = |text: &str| serde_json::from_str::<Table>(text).map(|t| t.rate);
+        assert_eq!(read(r#"{"rate": "auto"}"#).unwrap(), Auto::ByRows);
+        assert_eq!(read(r#"{"rate": 0.3}"#).unwrap(), Auto::Set(0.3));
+        let error = read(r#"{"rate": "fast"}"#).unwrap_err().to_string();
+        assert!(
+            error.contains("`fast`: expected a number or \"auto\""),
+            "{error}"
+        );
+        let written = serde_json::to_string(&Table { rate: Auto::ByRows }).unwrap();
+        assert_eq!(written, r#"{"rate":"auto"}"#);
+        // booster_params refuses an unchosen setting rather than passing "auto" on.
+        assert!(auto.booster_params().is_err());
+        assert!(large
+            .booster_params()
+            .unwrap()
+            .contains("learning_rate=0.2 "));
     }
 
     #[test]

@@ -143,37 +143,62 @@ impl Folds {
     pub fn read(path: &Path, ids: &[String]) -> Result<Folds> {
         let file = StageFile::read(path, &["id", "fold"])?;
         let bad = |line: usize, message: String| file.error(line, message);
+        let numbering = format!(
+            "folds are numbered 0, 1, .., K-1 without gaps, with K from 2 to the {} training \
+             rows",
+            ids.len()
+        );
         let row_of: HashMap<&str, usize> = ids
             .iter()
             .enumerate()
             .map(|(row, id)| (id.as_str(), row))
             .collect();
-        let mut assignment = vec![usize::MAX; ids.len()];
+        let mut assignment: Vec<Option<usize>> = vec![None; ids.len()];
+        // The highest fold and the line it first appears on, to point at when a fold is empty.
+        let mut highest: Option<(usize, usize)> = None;
         for (line_no, fields) in file.rows() {
-            let (id, fold) = (&fields[0], &fields[1]);
-            let fold: usize = fold
-                .trim()
-                .parse()
-                .map_err(|_| bad(line_no, format!("id {id}: fold {fold:?} is not a number")))?;
+            let (id, text) = (&fields[0], &fields[1]);
+            let fold = match text.trim().parse::<usize>() {
+                Ok(fold) if fold < ids.len() => fold,
+                _ => {
+                    return Err(bad(
+                        line_no,
+                        format!("id {id}: fold {text:?} is not a fold number: {numbering}"),
+                    ))
+                }
+            };
             let &row = row_of
                 .get(id)
                 .ok_or_else(|| bad(line_no, format!("id {id} is not in the training data")))?;
-            if assignment[row] != usize::MAX {
+            if assignment[row].is_some() {
                 return Err(bad(line_no, format!("id {id} appears twice")));
             }
-            assignment[row] = fold;
-        }
-        if let Some(row) = assignment.iter().position(|&f| f == usize::MAX) {
-            return Err(file.file_error(format!("training id {} has no fold", ids[row])));
-        }
-        let n_folds = assignment.iter().max().map_or(0, |&m| m + 1);
-        for fold in 0..n_folds {
-            if !assignment.contains(&fold) {
-                return Err(file.file_error(format!("fold {fold} of 0..{n_folds} holds no row")));
+            assignment[row] = Some(fold);
+            if highest.is_none_or(|(top, _)| fold > top) {
+                highest = Some((fold, line_no));
             }
         }
+        let assignment: Vec<usize> = assignment
+            .iter()
+            .enumerate()
+            .map(|(row, fold)| {
+                fold.ok_or_else(|| file.file_error(format!("training id {} has no fold", ids[row])))
+            })
+            .collect::<Result<_>>()?;
+        let Some((top, top_line)) = highest else {
+            return Err(file.file_error("no rows after the header".into()));
+        };
+        let n_folds = top + 1;
+        let mut used = vec![false; n_folds];
+        assignment.iter().for_each(|&fold| used[fold] = true);
+        if let Some(empty) = used.iter().position(|&u| !u) {
+            return Err(bad(
+                top_line,
+                format!("fold {top}, but fold {empty} of 0..{n_folds} holds no row: {numbering}"),
+            ));
+        }
         if n_folds < 2 {
-            return Err(file.file_error("at least 2 folds are needed".into()));
+            return Err(file.file_error(format!("every id is in fold 0: {numbering}")));
         }
         Ok(Folds {
             assignment,
@@ -390,8 +415,31 @@ mod tests {
                 "id,fold\n1,0\n2,1\n2,1\n3,0\n",
                 "line 4: id 2 appears twice",
             ),
-            ("id,fold\n1,0\n2,x\n3,0\n", "fold \"x\" is not a number"),
-            ("id,fold\n1,0\n2,2\n3,0\n", "fold 1 of 0..3 holds no row"),
+            (
+                "id,fold\n1,0\n2,x\n3,0\n",
+                "line 3: id 2: fold \"x\" is not a fold number: folds are numbered 0, 1, .., K-1 \
+                 without gaps, with K from 2 to the 3 training rows",
+            ),
+            (
+                "id,fold\n1,0\n2,18446744073709551615\n3,1\n",
+                "line 3: id 2: fold \"18446744073709551615\" is not a fold number",
+            ),
+            (
+                "id,fold\n1,0\n2,-1\n3,1\n",
+                "line 3: id 2: fold \"-1\" is not",
+            ),
+            (
+                "id,fold\n1,0\n2,1\n3,3\n",
+                "line 4: id 3: fold \"3\" is not",
+            ),
+            (
+                "id,fold\n1,0\n2,2\n3,0\n",
+                "line 3: fold 2, but fold 1 of 0..3 holds no row: folds are numbered",
+            ),
+            (
+                "id,fold\n1,0\n2,0\n3,0\n",
+                "every id is in fold 0: folds are",
+            ),
             ("fold,id\n", "header"),
         ] {
             std::fs::write(&path, text).unwrap();

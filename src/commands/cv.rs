@@ -1,4 +1,5 @@
 //! `ensemble cv`: features, then K-fold LightGBM, then the run folder.
+use super::RunFolder;
 use crate::cli::CvArgs;
 use crate::config::{self, CvSettings, FoldGroups, LgbmRunConfig};
 use crate::data::{self, TextIssues, TrainSet};
@@ -91,21 +92,35 @@ fn resolve_config(args: &CvArgs) -> Result<LgbmRunConfig> {
     Ok(config)
 }
 
-/// The train and test files: given (the test file optional), or the generated example.
-fn resolve_inputs(args: &CvArgs) -> Result<(PathBuf, Option<PathBuf>)> {
+/// The train and test files: given (the test file optional), or the generated example, written
+/// into the run folder being staged.
+fn resolve_inputs(args: &CvArgs, run: &RunFolder) -> Result<(PathBuf, Option<PathBuf>)> {
     match (&args.train, &args.test) {
         (Some(train), test) => Ok((train.clone(), test.clone())),
         (None, Some(_)) => bail!("--test needs --train"),
         (None, None) => {
-            let dir = args.out.join("example");
+            let dir = run.path().join("example");
             example::write(&dir, example::TRAIN_ROWS, example::TEST_ROWS, example::SEED)?;
             eprintln!(
-                "No --train given: using the generated example in {}",
-                dir.display()
+                "No --train given: using the generated example, kept in {}",
+                args.out.join("example").display()
             );
             Ok((dir.join("train.csv"), Some(dir.join("test.csv"))))
         }
     }
+}
+
+/// The `cv` flags that override `[lgbm]` keys, so that a refused value is named as given.
+fn lgbm_flag(args: &CvArgs, key: &str) -> Option<&'static str> {
+    let (given, flag) = match key {
+        "learning_rate" => (args.learning_rate.is_some(), "--learning-rate"),
+        "num_leaves" => (args.num_leaves.is_some(), "--num-leaves"),
+        "max_rounds" => (args.max_rounds.is_some(), "--max-rounds"),
+        "early_stopping_rounds" => (args.early_stopping.is_some(), "--early-stopping"),
+        "seeds" => (args.seeds.is_some(), "--seeds"),
+        _ => return None,
+    };
+    given.then_some(flag)
 }
 
 fn spinner(message: &str) -> ProgressBar {
@@ -117,7 +132,9 @@ fn spinner(message: &str) -> ProgressBar {
 pub fn run(args: CvArgs) -> Result<()> {
     let started = Instant::now();
     let mut config = resolve_config(&args)?;
-    config.lgbm.validate()?;
+    config.lgbm.validate_naming(|key| {
+        lgbm_flag(&args, key).map_or_else(|| format!("[lgbm] {key}"), str::to_owned)
+    })?;
     if config.lgbm.num_threads > 0 {
         // Features use rayon's global pool; size it like LightGBM's.
         let _ = rayon::ThreadPoolBuilder::new()
@@ -129,7 +146,19 @@ pub fn run(args: CvArgs) -> Result<()> {
         Some(dir) => Some(semantic::Encoder::load(dir, &config.encoder)?),
         None => None,
     };
-    let (train_path, test_path) = resolve_inputs(&args)?;
+    let inputs = [
+        ("--train", args.train.as_deref()),
+        ("--test", args.test.as_deref()),
+        ("--folds-file", args.folds_file.as_deref()),
+        ("--config", args.config.as_deref()),
+        ("the encoder", config.encoder.dir.as_deref()),
+        (
+            "[encoder] cache_dir",
+            Some(config.encoder.cache_dir.as_path()),
+        ),
+    ];
+    let run = RunFolder::begin(&args.out, &inputs)?;
+    let (train_path, test_path) = resolve_inputs(&args, &run)?;
     let mut timings = Timings::default();
 
     let bar = spinner("reading CSV files");
@@ -238,32 +267,28 @@ pub fn run(args: CvArgs) -> Result<()> {
     timings.cv = cv_started.elapsed().as_secs_f64();
     timings.cv_stages = output.seconds.clone();
 
-    // Every input was read and checked and every fold trained: only now is the run folder
-    // written, each file atomically.
-    std::fs::create_dir_all(args.out.join(lgbm_run::MODELS_DIR))
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    folds.write(&args.out.join("folds.csv"), &train_ids)?;
-    Predictions::new(train_ids, output.oof.clone()).write(&args.out.join("oof.csv"))?;
-    let submission = args.out.join("submission.csv");
+    // Every input was read and checked and every fold trained: only now are the run's files
+    // written, into the staging folder that replaces the run folder as a whole.
+    let out = run.path();
+    std::fs::create_dir_all(out.join(lgbm_run::MODELS_DIR))
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    folds.write(&out.join("folds.csv"), &train_ids)?;
+    Predictions::new(train_ids, output.oof.clone()).write(&out.join("oof.csv"))?;
     if test_path.is_some() {
-        Predictions::new(test_ids, output.test.clone()).write(&submission)?;
-    } else if submission.exists() {
-        // An earlier run's submission would not belong to these folds and models.
-        std::fs::remove_file(&submission)
-            .with_context(|| format!("cannot remove the earlier {}", submission.display()))?;
+        Predictions::new(test_ids, output.test.clone()).write(&out.join("submission.csv"))?;
     }
     let encoder_record = encoder.as_ref().map(semantic::Encoder::record);
-    lgbm_run::write(&args.out, &extractor, &output.models, encoder_record)?;
+    lgbm_run::write(out, &extractor, &output.models, encoder_record)?;
     let importance = report::Importance::new(names, &output.importance);
-    importance.write_csv(&args.out.join("importance.csv"))?;
-    importance.write_by_fold_csv(&args.out.join(report::BY_FOLD_FILE))?;
-    importance.write_svg(&args.out.join("importance.svg"), 30)?;
+    importance.write_csv(&out.join("importance.csv"))?;
+    importance.write_by_fold_csv(&out.join(report::BY_FOLD_FILE))?;
+    importance.write_svg(&out.join("importance.svg"), 30)?;
 
     timings.total = started.elapsed().as_secs_f64();
     let summary = RunSummary {
         // Absolute, so that `ensemble blend` finds the labels from any directory.
-        train: std::fs::canonicalize(&train_path).unwrap_or(train_path),
-        test: test_path.map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
+        train: run.recorded_path(&train_path),
+        test: test_path.map(|p| run.recorded_path(&p)),
         train_rows: n_train,
         test_rows: n_test,
         features: names.len(),
@@ -280,7 +305,8 @@ pub fn run(args: CvArgs) -> Result<()> {
         train_text_issues: train_issues,
         test_text_issues: test_issues,
     };
-    write_json(&args.out.join("metrics.json"), &summary)?;
+    write_json(&out.join("metrics.json"), &summary)?;
+    run.commit()?;
     println!("{}", summary_table(&summary));
     println!("{}", importance.table(10, None, false));
     println!("wrote {}", args.out.display());

@@ -1,9 +1,10 @@
 //! `ensemble predict`: a saved feature-model run applied to a new test file.
+use super::RunFolder;
 use crate::cli::PredictArgs;
 use crate::data;
 use crate::lgbm_run::SavedRun;
 use crate::semantic;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ensembles::cv::predict_mean;
 use ensembles::predictions::Predictions;
 use features::Orientation;
@@ -24,17 +25,12 @@ struct PredictSummary {
 
 pub fn run(args: PredictArgs) -> Result<()> {
     let started = Instant::now();
-    let same_folder = std::fs::canonicalize(&args.run)
-        .ok()
-        .zip(std::fs::canonicalize(&args.out).ok())
-        .is_some_and(|(run, out)| run == out);
-    if same_folder {
-        bail!(
-            "--out {} is the run folder: its submission.csv belongs to the run's own test file; \
-             choose another folder",
-            args.out.display()
-        );
-    }
+    let inputs = [
+        ("--run", Some(args.run.as_path())),
+        ("--test", Some(args.test.as_path())),
+        ("--encoder", args.encoder.as_deref()),
+    ];
+    let out = RunFolder::begin(&args.out, &inputs)?;
     if args.threads > 0 {
         // Features use rayon's global pool; size it like LightGBM's.
         let _ = rayon::ThreadPoolBuilder::new()
@@ -80,10 +76,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
         args.threads,
     )?;
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let n_test = test.ids.len();
-    Predictions::new(test.ids, probs).write(&args.out.join("submission.csv"))?;
+    Predictions::new(test.ids, probs).write(&out.path().join("submission.csv"))?;
     let summary = PredictSummary {
         run: std::fs::canonicalize(&args.run).unwrap_or(args.run),
         test: std::fs::canonicalize(&args.test).unwrap_or(args.test),
@@ -92,7 +86,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
         features: saved.extractor.feature_names().len(),
         seconds: started.elapsed().as_secs_f64(),
     };
-    super::cv::write_json(&args.out.join("predict.json"), &summary)?;
+    super::cv::write_json(&out.path().join("predict.json"), &summary)?;
+    out.commit()?;
     println!(
         "predicted {n_test} battles with {} fold models in {:.1}s: wrote {}",
         summary.models,

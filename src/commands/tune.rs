@@ -1,6 +1,7 @@
 //! `ensemble tune`: a seeded random search over LightGBM's main parameters, scored by nested
 //! CV, that writes the winner as a config `ensemble cv --config` reads.
 use super::cv::{augmented, make_folds, view, write_json};
+use super::RunFolder;
 use crate::cli::TuneArgs;
 use crate::config::{self, CvSettings, LgbmRunConfig};
 use crate::data;
@@ -79,6 +80,17 @@ pub fn run(args: TuneArgs) -> Result<()> {
     }
     config.features.semantic = config.encoder.dir.is_some();
     config.lgbm.validate()?;
+    let inputs = [
+        ("--train", Some(args.train.as_path())),
+        ("--folds-file", args.folds_file.as_deref()),
+        ("--config", args.config.as_deref()),
+        ("the encoder", config.encoder.dir.as_deref()),
+        (
+            "[encoder] cache_dir",
+            Some(config.encoder.cache_dir.as_path()),
+        ),
+    ];
+    let run = RunFolder::begin(&args.out, &inputs)?;
     let encoder = match &config.encoder.dir {
         Some(dir) => Some(semantic::Encoder::load(dir, &config.encoder)?),
         None => None,
@@ -127,9 +139,8 @@ pub fn run(args: TuneArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    folds.write(&args.out.join("folds.csv"), &train.battles.ids)?;
+    let out = run.path();
+    folds.write(&out.join("folds.csv"), &train.battles.ids)?;
     let rows = output.candidates.iter().enumerate().map(|(trial, c)| {
         let chosen: Vec<String> = (0..output.chosen.len())
             .filter(|&fold| output.chosen[fold] == trial)
@@ -140,7 +151,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
         row.extend([output.cv_log_loss[trial].to_string(), chosen.join(" ")]);
         row
     });
-    stage_file::write(&args.out.join("trials.csv"), &TRIALS_HEADER, rows)?;
+    stage_file::write(&out.join("trials.csv"), &TRIALS_HEADER, rows)?;
 
     let summary = TuneSummary {
         train_rows: n,
@@ -174,8 +185,9 @@ pub fn run(args: TuneArgs) -> Result<()> {
         best_path.display(),
         toml::to_string(&best).context("cannot write the config as TOML")?
     );
-    stage_file::write_atomically(&best_path, text.as_bytes())?;
-    write_json(&args.out.join("tune.json"), &summary)?;
+    stage_file::write_atomically(&out.join("best.toml"), text.as_bytes())?;
+    write_json(&out.join("tune.json"), &summary)?;
+    run.commit()?;
 
     let mut table = vec![vec![
         "trial".to_owned(),

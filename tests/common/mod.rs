@@ -1,6 +1,7 @@
 //! Helpers shared by the binary's end-to-end tests.
 //! Each test crate uses a part of these helpers.
 #![allow(dead_code)]
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -59,4 +60,22 @@ pub fn arena_sample_present() -> bool {
     assert!(std::env::var_os("CI").is_none(), "CI needs {missing}");
     eprintln!("skipped: needs {missing}");
     false
+}
+
+/// Every file under `dir` (relative path) with its bytes: a folder's state, to compare.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), bytes);
+            }
+        }
+    }
+    files
 }
