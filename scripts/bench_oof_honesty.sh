@@ -7,20 +7,26 @@
 #   scripts/bench_oof_honesty.sh [DATA_DIR] [-- extra cv flags for every variant]
 # Variants are NAME=FLAGS words in VARIANTS (default: inner-fold and held-out stopping), e.g.
 #   VARIANTS="inner-fold= same-rounds=--refit_same-rounds" (an underscore stands for a space).
+# PER_PROMPT=N keeps at most N training battles per prompt (the first in file order): a small
+# training set on the same held-out prompts. BIN=PATH runs another build of ensemble.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:-../shared/alpaca-pref}"
 shift || true
 [ "${1:-}" = "--" ] && shift
 out="${BENCH_OUT:-/tmp/ensemble-bench-honesty}"
-cargo build --release --quiet
-bin="${CARGO_TARGET_DIR:-target}/release/ensemble"
+if [ -z "${BIN:-}" ]; then
+    cargo build --release --quiet
+fi
+bin="${BIN:-${CARGO_TARGET_DIR:-target}/release/ensemble}"
 rm -rf "$out" && mkdir -p "$out"
 
-python3 - "$data/train.csv.gz" "$out" <<'PY'
+python3 - "$data/train.csv.gz" "$out" "${PER_PROMPT:-0}" <<'PY'
 import csv, gzip, hashlib, sys
+from collections import Counter
 csv.field_size_limit(1 << 30)
-source, out = sys.argv[1], sys.argv[2]
+source, out, per_prompt = sys.argv[1], sys.argv[2], int(sys.argv[3])
+kept = Counter()
 with gzip.open(source, "rt", newline="", encoding="utf-8") as f:
     reader = csv.reader(f)
     header = next(reader)
@@ -39,7 +45,8 @@ with open(f"{out}/train.csv", "w", newline="") as tr, open(f"{out}/test.csv", "w
         if held(row):
             te.writerow([row[c] for c in test_columns])
             la.writerow([row[c] for c in label_columns])
-        else:
+        elif per_prompt == 0 or kept[row[prompt]] < per_prompt:
+            kept[row[prompt]] += 1
             tr.writerow(row)
 PY
 
