@@ -5,13 +5,14 @@
 //!
 //!     cargo run --release -p deberta --example bench_transformer -- \
 //!         [--device cpu|cuda:0] [--precision f32|bf16|f16] [--mode infer|train|both] [--tiny] \
-//!         [--gradient-checkpointing] \
+//!         [--gradient-checkpointing] [--head-only] \
 //!         [--max-len 512] [--eval-batch 32] [--train-batch 8] [--warmup 2] [--batches 2]
 //!
 //! Batches count sequences, as PyTorch's do: a prediction row runs in both A/B orders, so an
 //! --eval-batch of 32 is 16 rows. Training runs `fit_fold` (dropout, A/B swap augmentation,
 //! AdamW, clipping) on --train-batch rows per step, one sequence each, and excludes its one
-//! held-out evaluation from the time. Memory is the process's peak RSS.
+//! held-out evaluation from the time; --head-only trains the pooler and classifier alone (the
+//! first stage of staged unfreezing). Memory is the process's peak RSS.
 use std::path::Path;
 use std::time::Instant;
 
@@ -133,7 +134,7 @@ fn main() -> Result<(), Error> {
     let tiny = std::env::args().any(|a| a == "--tiny");
     let (warmup, batches) = (number("--warmup", 2)?, number("--batches", 2)?);
     let eval_sequences = number("--eval-batch", 32)?;
-    let config = TransformerConfig {
+    let mut config = TransformerConfig {
         precision,
         max_len: number("--max-len", 512)?,
         eval_batch_size: (eval_sequences / 2).max(1),
@@ -144,6 +145,10 @@ fn main() -> Result<(), Error> {
         gradient_checkpointing: std::env::args().any(|a| a == "--gradient-checkpointing"),
         ..TransformerConfig::default()
     };
+    let head_only = std::env::args().any(|a| a == "--head-only");
+    if head_only {
+        config.unfreeze.head_only_steps = usize::MAX;
+    }
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-deberta");
     let mut classifier = if tiny {
         Classifier::load(&fixture, &device, &config)?
@@ -168,6 +173,7 @@ fn main() -> Result<(), Error> {
             "batch": batch, "sequences": measured.sequences, "seconds": measured.seconds,
             "sequences_per_s": rate, "peak_mib": peak, "model": model,
             "threads": rayon::current_num_threads(), "gradient_checkpointing": config.gradient_checkpointing,
+            "head_only": head_only,
         });
         println!("JSON {record}");
     };
