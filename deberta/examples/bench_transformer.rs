@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use deberta::Error;
 use deberta::{
-    fit_fold, parse_device, reuse_freed_host_memory, Classifier, DebertaConfig, Device,
-    EncodedPair, Precision, ResponsePair, TransformerConfig,
+    fit_fold, parse_device, reuse_freed_host_memory, training_memory, Classifier, DebertaConfig,
+    Device, EncodedPair, Precision, ResponsePair, TransformerConfig,
 };
 use ensembles::Outcome;
 
@@ -79,6 +79,8 @@ fn rows(classifier: &Classifier, count: usize) -> Result<Vec<EncodedPair>, Error
 struct Measured {
     sequences: usize,
     seconds: f64,
+    /// Training only: the memory estimate `fit_fold` checks, in MiB (weights included).
+    estimate_mib: Option<f64>,
 }
 
 fn infer(
@@ -95,6 +97,7 @@ fn infer(
     Ok(Measured {
         sequences: 2 * timed.len(),
         seconds: started.elapsed().as_secs_f64(),
+        estimate_mib: None,
     })
 }
 
@@ -120,9 +123,11 @@ fn train(classifier: &mut Classifier, warmup: usize, batches: usize) -> Result<M
         fit(0, split)?;
     }
     let result = fit(split, held_out)?;
+    let estimate = training_memory(classifier, &encoded[split..held_out], &encoded[held_out..]);
     Ok(Measured {
         sequences: held_out - split,
         seconds: result.train_seconds - result.eval_seconds,
+        estimate_mib: Some(estimate.total() as f64 / (1u64 << 20) as f64),
     })
 }
 
@@ -164,8 +169,9 @@ fn main() -> Result<(), Error> {
         let rate = measured.sequences as f64 / measured.seconds;
         let peak = peak_memory_mib();
         println!(
-            "candle {name} {precision:?} {model}: {} sequences of {} tokens (batch {batch}) in {:.3} s = {rate:.2} sequences/s, peak RSS {peak:.0} MiB",
-            measured.sequences, config.max_len, measured.seconds
+            "candle {name} {precision:?} {model}: {} sequences of {} tokens (batch {batch}) in {:.3} s = {rate:.2} sequences/s, peak RSS {peak:.0} MiB{}",
+            measured.sequences, config.max_len, measured.seconds,
+            measured.estimate_mib.map_or(String::new(), |e| format!(", estimate {e:.0} MiB"))
         );
         let record = serde_json::json!({
             "framework": "candle", "device": format!("{device:?}"),
@@ -173,7 +179,7 @@ fn main() -> Result<(), Error> {
             "batch": batch, "sequences": measured.sequences, "seconds": measured.seconds,
             "sequences_per_s": rate, "peak_mib": peak, "model": model,
             "threads": rayon::current_num_threads(), "gradient_checkpointing": config.gradient_checkpointing,
-            "head_only": head_only,
+            "head_only": head_only, "estimate_mib": measured.estimate_mib,
         });
         println!("JSON {record}");
     };
