@@ -518,8 +518,9 @@ pub fn training_memory(
         .max()
         .unwrap_or(0);
     memory::estimate(&TrainingShape {
-        sequences: config.batch_size * views,
-        eval_sequences: 2 * config.eval_batch_size * views,
+        // Batches hold at most the rows there are.
+        sequences: config.batch_size.min(train.len()) * views,
+        eval_sequences: 2 * config.eval_batch_size.min(valid.len()) * views,
         len,
         hidden: model.hidden_size,
         intermediate: model.intermediate_size,
