@@ -253,7 +253,10 @@ fn a_diverging_learning_rate_is_named_with_its_config_file() {
         config.display(),
         config.display()
     );
-    assert!(stderr.contains("fold 0, step ") && stderr.contains(&named), "{stderr}");
+    assert!(
+        stderr.contains("fold 0, step ") && stderr.contains(&named),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -71,9 +71,8 @@ fn layer_bytes(shape: &TrainingShape, sequences: usize) -> u64 {
     let tokens = (sequences * shape.len) as u64;
     let attention = (sequences * shape.heads * shape.len * shape.len) as u64;
     let (hidden, intermediate) = (shape.hidden as u64, shape.intermediate as u64);
-    let mut bytes = tokens * hidden * (22 * b + 2)
-        + 3 * tokens * intermediate * b
-        + attention * (b + 4 + 1);
+    let mut bytes =
+        tokens * hidden * (22 * b + 2) + 3 * tokens * intermediate * b + attention * (b + 4 + 1);
     if shape.precision != Precision::F32 {
         bytes += 4 * tokens * hidden * 4 + shape.layer_params as u64 * b;
     }

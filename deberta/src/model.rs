@@ -113,7 +113,10 @@ impl DebertaConfig {
             ("num_hidden_layers", Some(self.num_hidden_layers)),
             ("num_attention_heads", Some(self.num_attention_heads)),
             ("intermediate_size", Some(self.intermediate_size)),
-            ("max_position_embeddings", Some(self.max_position_embeddings)),
+            (
+                "max_position_embeddings",
+                Some(self.max_position_embeddings),
+            ),
             ("embedding_size", self.embedding_size),
             ("pooler_hidden_size", self.pooler_hidden_size),
         ];
@@ -139,10 +142,15 @@ impl DebertaConfig {
         ];
         for (field, p) in probabilities {
             if let Some(p) = p.filter(|p| !(0.0..1.0).contains(p)) {
-                return Err(format!("{field} is {p}; a dropout probability lies in [0, 1)"));
+                return Err(format!(
+                    "{field} is {p}; a dropout probability lies in [0, 1)"
+                ));
             }
         }
-        if let Some(range) = self.initializer_range.filter(|r| !(r.is_finite() && *r >= 0.0)) {
+        if let Some(range) = self
+            .initializer_range
+            .filter(|r| !(r.is_finite() && *r >= 0.0))
+        {
             return Err(format!(
                 "initializer_range is {range}; it must be a finite number ≥ 0"
             ));
@@ -298,7 +306,14 @@ fn linear(input: usize, output: usize, vb: VarBuilder) -> CandleResult<Dense> {
 }
 
 /// The activations [`activation`] knows, checked at load.
-const ACTIVATIONS: [&str; 6] = ["gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "tanh"];
+const ACTIVATIONS: [&str; 6] = [
+    "gelu",
+    "gelu_new",
+    "gelu_pytorch_tanh",
+    "gelu_fast",
+    "relu",
+    "tanh",
+];
 
 fn activation(name: &str, x: &Tensor) -> CandleResult<Tensor> {
     match name {

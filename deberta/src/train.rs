@@ -493,7 +493,10 @@ pub fn training_memory(
     let config = classifier.config();
     let model = classifier.model.config();
     let layers = classifier.model.num_layers();
-    let steps = train.len().div_ceil(config.batch_size * config.grad_accumulation) * config.epochs;
+    let steps = train
+        .len()
+        .div_ceil(config.batch_size * config.grad_accumulation)
+        * config.epochs;
     let stage = Stage::at(steps.saturating_sub(1), config, layers);
     let vars = classifier
         .vars
@@ -1003,7 +1006,11 @@ mod tests {
         let trained = vec![("w.weight".to_string(), weight.clone())];
         let mut optimizer = AdamW::new(&config);
         let mut scaler = LossScaler::new(&config);
-        let gradient = |values: [f32; 4]| [Some(Tensor::from_vec(values.to_vec(), (2, 2), &device).unwrap())];
+        let gradient = |values: [f32; 4]| {
+            [Some(
+                Tensor::from_vec(values.to_vec(), (2, 2), &device).unwrap(),
+            )]
+        };
         let mut step = |values: [f32; 4], optimizer: &mut AdamW| {
             apply_gradients(
                 optimizer,
@@ -1029,7 +1036,11 @@ mod tests {
         let before = state(&optimizer);
         for bad in [f32::NAN, f32::INFINITY] {
             assert!(!step([0.1, bad, 0.3, 0.0], &mut optimizer).unwrap());
-            assert_eq!(state(&optimizer), before, "a step with {bad} moved something");
+            assert_eq!(
+                state(&optimizer),
+                before,
+                "a step with {bad} moved something"
+            );
         }
         assert!(step(finite, &mut optimizer).unwrap());
         assert_ne!(state(&optimizer), before);
@@ -1120,8 +1131,15 @@ mod tests {
             ..TransformerConfig::default()
         };
         let error = |updates, stage| {
-            diverged(0, 3, "the training loss is NaN".into(), updates, stage, &config)
-                .to_string()
+            diverged(
+                0,
+                3,
+                "the training loss is NaN".into(),
+                updates,
+                stage,
+                &config,
+            )
+            .to_string()
         };
         assert_eq!(
             error(2, Stage::All),
@@ -1132,7 +1150,9 @@ mod tests {
             error(2, Stage::HeadOnly),
             "fold 0, step 3: the training loss is NaN; lower head_learning_rate = 1e-4"
         );
-        assert!(error(0, Stage::All).ends_with("before any update: the model as loaded gives it; check the model folder's weights"));
+        assert!(error(0, Stage::All).ends_with(
+            "before any update: the model as loaded gives it; check the model folder's weights"
+        ));
     }
 
     #[test]
