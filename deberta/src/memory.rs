@@ -23,6 +23,9 @@ pub(crate) struct TrainingShape {
     pub params: usize,
     /// Weights trained in the last stage.
     pub trained_params: usize,
+    /// Elements of the word-embedding table when it trains (0 otherwise): candle builds its
+    /// gradient as a zero table plus an index-add of the rows, two tables at once.
+    pub trained_embedding_table: usize,
     pub precision: Precision,
     pub checkpoint: bool,
     pub accumulation: usize,
@@ -36,7 +39,7 @@ pub struct MemoryEstimate {
     /// AdamW's two f32 moments per trained weight.
     pub optimizer: u64,
     /// The trained weights' f32 gradients; twice that with gradient accumulation (the running
-    /// sum and the new micro-batch's).
+    /// sum and the new micro-batch's); plus one word-embedding table while its gradient is made.
     pub gradients: u64,
     /// The copy of every weight that the best checkpoint keeps.
     pub checkpoint: u64,
@@ -104,7 +107,8 @@ pub(crate) fn estimate(shape: &TrainingShape) -> MemoryEstimate {
     MemoryEstimate {
         weights: f32_bytes(shape.params),
         optimizer: 2 * f32_bytes(shape.trained_params),
-        gradients: f32_bytes(shape.trained_params) * if shape.accumulation > 1 { 2 } else { 1 },
+        gradients: f32_bytes(shape.trained_params) * if shape.accumulation > 1 { 2 } else { 1 }
+            + f32_bytes(shape.trained_embedding_table),
         checkpoint: f32_bytes(shape.params),
         activations: training.max(prediction),
     }
@@ -131,6 +135,7 @@ mod tests {
             layer_params: 1000,
             params: 10_000,
             trained_params: 4000,
+            trained_embedding_table: 500,
             precision: Precision::F32,
             checkpoint: false,
             accumulation: 1,
@@ -148,15 +153,16 @@ mod tests {
             MemoryEstimate {
                 weights: 40_000,
                 optimizer: 32_000,
-                gradients: 16_000,
+                // 4 × 4,000 and the embedding table's second copy, 4 × 500.
+                gradients: 18_000,
                 checkpoint: 40_000,
                 // Embeddings 5·20·8·4 = 3,200, 3 layers + 1 working = 87,360: 90,560, above
                 // prediction's 2 × 43,680 = 87,360.
                 activations: 90_560,
             }
         );
-        assert_eq!(f32.to_allocate(), 178_560);
-        assert_eq!(f32.total(), 218_560);
+        assert_eq!(f32.to_allocate(), 180_560);
+        assert_eq!(f32.total(), 220_560);
 
         // Checkpointing keeps 2·20·8·4 = 1,280 per layer and two layers of working space:
         // 3,200 + 3,840 + 43,680 = 50,720, below prediction's 87,360. Accumulation doubles
@@ -167,7 +173,7 @@ mod tests {
             ..shape()
         });
         assert_eq!(checkpointed.activations, 87_360);
-        assert_eq!(checkpointed.gradients, 32_000);
+        assert_eq!(checkpointed.gradients, 34_000);
 
         // bf16, b = 2: a layer is 20·8·46 + 3·20·16·2 + 400·7 + (4·20·8·4 + 1000·2)
         // = 7,360 + 1,920 + 2,800 + 4,560 = 16,640; training 1,600 + 4 × 16,640 = 68,160;

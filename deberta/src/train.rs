@@ -532,11 +532,19 @@ pub fn training_memory(
         layer_params: count(&|name| Part::of(name) == Part::Layer(0)),
         params: count(&|_| true),
         trained_params: count(&|name| stage.trains(name, layers)),
+        trained_embedding_table: if stage == Stage::All {
+            count(&|name| name == WORD_EMBEDDINGS)
+        } else {
+            0
+        },
         precision: config.precision,
         checkpoint: config.gradient_checkpointing,
         accumulation: config.grad_accumulation,
     })
 }
+
+/// The weight whose gradient candle builds as a whole table (see [`TrainingShape`]).
+const WORD_EMBEDDINGS: &str = "deberta.embeddings.word_embeddings.weight";
 
 /// Refuses a fold whose estimated allocations exceed the free memory, in one line naming the
 /// settings that shrink them.
