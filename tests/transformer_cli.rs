@@ -215,6 +215,50 @@ fn transformer_names_a_missing_model_file() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("config.json"));
 }
 
+/// A learning rate that makes training diverge is named with the file that set it, and the
+/// other rate in use with its default.
+#[test]
+fn a_diverging_learning_rate_is_named_with_its_config_file() {
+    if !common::arena_sample_present() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let config = out.path().join("huge.toml");
+    std::fs::write(&config, "learning_rate = 1e30\n").unwrap();
+    let [train, test, model] = sample_and_model();
+    let output = ensemble(&[
+        "transformer",
+        "--model",
+        &model,
+        "--train",
+        &train,
+        "--test",
+        &test,
+        "--out",
+        out.path().join("run").to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--folds",
+        "3",
+        "--fold",
+        "0",
+        "--max-len",
+        "64",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let named = format!(
+        "lower learning_rate = 1e30 (set in {}) or head_learning_rate = 1e-4 (the default: {} \
+         does not set it)",
+        config.display(),
+        config.display()
+    );
+    assert!(
+        stderr.contains("fold 0, step ") && stderr.contains(&named),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn f16_with_checkpointing_records_its_loss_scale() {
     if !common::arena_sample_present() {

@@ -5,20 +5,21 @@
 //!
 //!     cargo run --release -p deberta --example bench_transformer -- \
 //!         [--device cpu|cuda:0] [--precision f32|bf16|f16] [--mode infer|train|both] [--tiny] \
-//!         [--gradient-checkpointing] \
+//!         [--gradient-checkpointing] [--head-only] \
 //!         [--max-len 512] [--eval-batch 32] [--train-batch 8] [--warmup 2] [--batches 2]
 //!
 //! Batches count sequences, as PyTorch's do: a prediction row runs in both A/B orders, so an
 //! --eval-batch of 32 is 16 rows. Training runs `fit_fold` (dropout, A/B swap augmentation,
 //! AdamW, clipping) on --train-batch rows per step, one sequence each, and excludes its one
-//! held-out evaluation from the time. Memory is the process's peak RSS.
+//! held-out evaluation from the time; --head-only trains the pooler and classifier alone (the
+//! first stage of staged unfreezing). Memory is the process's peak RSS.
 use std::path::Path;
 use std::time::Instant;
 
 use deberta::Error;
 use deberta::{
-    fit_fold, parse_device, reuse_freed_host_memory, Classifier, DebertaConfig, Device,
-    EncodedPair, Precision, ResponsePair, TransformerConfig,
+    fit_fold, parse_device, reuse_freed_host_memory, training_memory, Classifier, DebertaConfig,
+    Device, EncodedPair, Precision, ResponsePair, TransformerConfig,
 };
 use ensembles::Outcome;
 
@@ -78,6 +79,8 @@ fn rows(classifier: &Classifier, count: usize) -> Result<Vec<EncodedPair>, Error
 struct Measured {
     sequences: usize,
     seconds: f64,
+    /// Training only: the memory estimate `fit_fold` checks, in MiB (weights included).
+    estimate_mib: Option<f64>,
 }
 
 fn infer(
@@ -94,6 +97,7 @@ fn infer(
     Ok(Measured {
         sequences: 2 * timed.len(),
         seconds: started.elapsed().as_secs_f64(),
+        estimate_mib: None,
     })
 }
 
@@ -119,9 +123,11 @@ fn train(classifier: &mut Classifier, warmup: usize, batches: usize) -> Result<M
         fit(0, split)?;
     }
     let result = fit(split, held_out)?;
+    let estimate = training_memory(classifier, &encoded[split..held_out], &encoded[held_out..]);
     Ok(Measured {
         sequences: held_out - split,
         seconds: result.train_seconds - result.eval_seconds,
+        estimate_mib: Some(estimate.total() as f64 / (1u64 << 20) as f64),
     })
 }
 
@@ -133,7 +139,7 @@ fn main() -> Result<(), Error> {
     let tiny = std::env::args().any(|a| a == "--tiny");
     let (warmup, batches) = (number("--warmup", 2)?, number("--batches", 2)?);
     let eval_sequences = number("--eval-batch", 32)?;
-    let config = TransformerConfig {
+    let mut config = TransformerConfig {
         precision,
         max_len: number("--max-len", 512)?,
         eval_batch_size: (eval_sequences / 2).max(1),
@@ -144,6 +150,10 @@ fn main() -> Result<(), Error> {
         gradient_checkpointing: std::env::args().any(|a| a == "--gradient-checkpointing"),
         ..TransformerConfig::default()
     };
+    let head_only = std::env::args().any(|a| a == "--head-only");
+    if head_only {
+        config.unfreeze.head_only_steps = usize::MAX;
+    }
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-deberta");
     let mut classifier = if tiny {
         Classifier::load(&fixture, &device, &config)?
@@ -159,8 +169,9 @@ fn main() -> Result<(), Error> {
         let rate = measured.sequences as f64 / measured.seconds;
         let peak = peak_memory_mib();
         println!(
-            "candle {name} {precision:?} {model}: {} sequences of {} tokens (batch {batch}) in {:.3} s = {rate:.2} sequences/s, peak RSS {peak:.0} MiB",
-            measured.sequences, config.max_len, measured.seconds
+            "candle {name} {precision:?} {model}: {} sequences of {} tokens (batch {batch}) in {:.3} s = {rate:.2} sequences/s, peak RSS {peak:.0} MiB{}",
+            measured.sequences, config.max_len, measured.seconds,
+            measured.estimate_mib.map_or(String::new(), |e| format!(", estimate {e:.0} MiB"))
         );
         let record = serde_json::json!({
             "framework": "candle", "device": format!("{device:?}"),
@@ -168,6 +179,7 @@ fn main() -> Result<(), Error> {
             "batch": batch, "sequences": measured.sequences, "seconds": measured.seconds,
             "sequences_per_s": rate, "peak_mib": peak, "model": model,
             "threads": rayon::current_num_threads(), "gradient_checkpointing": config.gradient_checkpointing,
+            "head_only": head_only, "estimate_mib": measured.estimate_mib,
         });
         println!("JSON {record}");
     };

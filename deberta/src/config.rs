@@ -107,6 +107,9 @@ pub struct TransformerConfig {
     pub gradient_checkpointing: bool,
     /// f16 only: the initial dynamic loss scale (PyTorch GradScaler's `init_scale`).
     pub loss_scale: f64,
+    /// Refuse to train when the estimated training memory exceeds the device's free memory
+    /// (false: try anyway, e.g. where the estimate is known to be too high).
+    pub memory_check: bool,
     pub segments: SegmentBudget,
     pub unfreeze: Unfreeze,
 }
@@ -139,6 +142,7 @@ impl Default for TransformerConfig {
             seed: 42,
             gradient_checkpointing: false,
             loss_scale: 65536.0,
+            memory_check: true,
             segments: SegmentBudget::default(),
             unfreeze: Unfreeze::default(),
         }

@@ -47,6 +47,35 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     Device::new_cuda(ordinal).map_err(|e| Error::Invalid(format!("device {spec}: {e}")))
 }
 
+/// Bytes free for new tensors on `device`, where it can say: on the CPU `MemAvailable` of
+/// `/proc/meminfo` (what can be allocated without swapping), on CUDA the driver's free memory.
+/// None where neither is known (another OS), and the memory check is then skipped.
+pub fn free_memory(device: &Device) -> Result<Option<u64>> {
+    match device {
+        Device::Cpu => Ok(std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .as_deref()
+            .and_then(mem_available)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => {
+            let (free, _total) = cuda
+                .cuda_stream()
+                .context()
+                .mem_get_info()
+                .map_err(|e| Error::Invalid(format!("the CUDA device's free memory: {e}")))?;
+            Ok(Some(free as u64))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +85,12 @@ mod tests {
         assert!(parse_device("cpu").unwrap().is_cpu());
         assert!(parse_device("gpu").is_err());
         assert!(parse_device("cuda:x").is_err());
+    }
+
+    #[test]
+    fn reads_mem_available_in_bytes() {
+        let meminfo = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2048 kB\n";
+        assert_eq!(mem_available(meminfo), Some(2 << 20));
+        assert_eq!(mem_available("MemTotal: 5 kB\n"), None);
     }
 }

@@ -2,12 +2,14 @@
 //! each fold, predicting with A/B swap averaging.
 //!
 //! Public interface: [`TransformerConfig`], [`Classifier`] (load, encode, predict,
-//! save_pretrained), [`fit_fold`], [`parse_device`] and [`reuse_freed_host_memory`].
+//! save_pretrained), [`fit_fold`], [`training_memory`], [`parse_device`], [`free_memory`] and
+//! [`reuse_freed_host_memory`].
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod config;
 mod device;
 mod error;
+mod memory;
 mod model;
 mod ops;
 mod sentencepiece;
@@ -25,11 +27,12 @@ use serde::Deserialize;
 
 pub use candle_core::Device;
 pub use config::{Precision, Schedule, TransformerConfig, Unfreeze};
-pub use device::{parse_device, reuse_freed_host_memory};
-pub use error::{Error, Result};
+pub use device::{free_memory, parse_device, reuse_freed_host_memory};
+pub use error::{Error, Result, Setting};
+pub use memory::MemoryEstimate;
 pub use model::{DebertaConfig, Layout};
 pub use tokenizer::{load_tokenizer, SegmentBudget, TextEncoder};
-pub use train::{fit_fold, EvalPoint, FoldResult};
+pub use train::{fit_fold, training_memory, EvalPoint, FoldResult};
 
 use ensembles::outcome::swap_average;
 use ensembles::Probs;
@@ -113,9 +116,7 @@ impl Classifier {
             serde_json::from_str(&text).map_err(|e| bad_config(e.to_string()))?;
         let model_config =
             DebertaConfig::deserialize(&model_json).map_err(|e| bad_config(e.to_string()))?;
-        if let Some(problem) = model_config.unsupported() {
-            return Err(bad_config(problem));
-        }
+        model_config.check().map_err(bad_config)?;
         // A model this tool fine-tuned has a head for its own layout only.
         if let Some(saved) = model_json.get(LAYOUT_KEY) {
             let saved = Layout::deserialize(saved).map_err(|e| bad_config(e.to_string()))?;
@@ -157,6 +158,7 @@ impl Classifier {
         device: &Device,
         config: &TransformerConfig,
     ) -> Result<Classifier> {
+        model_config.check().map_err(Error::Invalid)?;
         let encoder = TextEncoder::new(load_tokenizer(tokenizer_dir)?, config.segments.clone())?;
         let model_json =
             serde_json::to_value(model_config).map_err(|e| Error::Invalid(e.to_string()))?;

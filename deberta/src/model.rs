@@ -102,15 +102,77 @@ fn pos_att_type<'de, De: serde::Deserializer<'de>>(d: De) -> Result<Vec<String>,
 }
 
 impl DebertaConfig {
-    /// What this implementation cannot run, if anything.
-    pub fn unsupported(&self) -> Option<String> {
+    /// What is wrong with the configuration, naming the field: values the forward pass cannot
+    /// use (a LayerNorm eps ≤ 0 divides by zero on a constant row, a size of 0 makes empty
+    /// tensors) and features this implementation does not run. Without it such a model loads
+    /// and fails later as a NaN training loss or an index error.
+    pub fn check(&self) -> Result<(), String> {
+        let sizes = [
+            ("vocab_size", Some(self.vocab_size)),
+            ("hidden_size", Some(self.hidden_size)),
+            ("num_hidden_layers", Some(self.num_hidden_layers)),
+            ("num_attention_heads", Some(self.num_attention_heads)),
+            ("intermediate_size", Some(self.intermediate_size)),
+            (
+                "max_position_embeddings",
+                Some(self.max_position_embeddings),
+            ),
+            ("embedding_size", self.embedding_size),
+            ("pooler_hidden_size", self.pooler_hidden_size),
+        ];
+        for (field, size) in sizes {
+            if size == Some(0) {
+                return Err(format!("{field} is 0; it must be at least 1"));
+            }
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(format!(
+                "layer_norm_eps is {}; it must be a finite number above 0",
+                self.layer_norm_eps
+            ));
+        }
+        let probabilities = [
+            ("hidden_dropout_prob", Some(self.hidden_dropout_prob)),
+            (
+                "attention_probs_dropout_prob",
+                Some(self.attention_probs_dropout_prob),
+            ),
+            ("pooler_dropout", Some(self.pooler_dropout)),
+            ("cls_dropout", self.cls_dropout),
+        ];
+        for (field, p) in probabilities {
+            if let Some(p) = p.filter(|p| !(0.0..1.0).contains(p)) {
+                return Err(format!(
+                    "{field} is {p}; a dropout probability lies in [0, 1)"
+                ));
+            }
+        }
+        if let Some(range) = self
+            .initializer_range
+            .filter(|r| !(r.is_finite() && *r >= 0.0))
+        {
+            return Err(format!(
+                "initializer_range is {range}; it must be a finite number ≥ 0"
+            ));
+        }
+        for (field, name) in [
+            ("hidden_act", &self.hidden_act),
+            ("pooler_hidden_act", &self.pooler_hidden_act),
+        ] {
+            if !ACTIVATIONS.contains(&name.as_str()) {
+                return Err(format!(
+                    "{field} {name:?} is not supported (one of {})",
+                    ACTIVATIONS.join(", ")
+                ));
+            }
+        }
         if self.conv_kernel_size > 0 {
-            return Some(
+            return Err(
                 "conv_kernel_size > 0 (DeBERTa-v2 xlarge convolution) is not supported".into(),
             );
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Some(format!(
+            return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
@@ -120,11 +182,11 @@ impl DebertaConfig {
             .iter()
             .find(|k| *k != "c2p" && *k != "p2c")
         {
-            return Some(format!(
+            return Err(format!(
                 "pos_att_type {kind:?} is not supported (only c2p and p2c)"
             ));
         }
-        None
+        Ok(())
     }
 
     fn pooled_size(&self) -> usize {
@@ -242,6 +304,16 @@ fn linear(input: usize, output: usize, vb: VarBuilder) -> CandleResult<Dense> {
         bias: Some(vb.get_with_hints(output, "bias", Init::Const(0.0))?),
     })
 }
+
+/// The activations [`activation`] knows, checked at load.
+const ACTIVATIONS: [&str; 6] = [
+    "gelu",
+    "gelu_new",
+    "gelu_pytorch_tanh",
+    "gelu_fast",
+    "relu",
+    "tanh",
+];
 
 fn activation(name: &str, x: &Tensor) -> CandleResult<Tensor> {
     match name {
@@ -586,6 +658,14 @@ impl LayerCall {
         param_grads: ParamGrads,
     ) -> CandleResult<Tensor> {
         let value = self.run(&x.detach(), relative.map(|r| r.detach()).as_ref(), false)?;
+        // The node joins the graph only through a tracked input. The lowest trained layer's
+        // input is detached (nothing below trains), so it enters as a variable of its own,
+        // a copy whose gradient is computed and dropped.
+        let x = if x.track_op() || relative.is_some_and(Tensor::track_op) {
+            x.clone()
+        } else {
+            Var::from_tensor(x)?.into_inner()
+        };
         let op = Checkpoint {
             call: self,
             param_grads,
@@ -782,7 +862,10 @@ impl Backbone {
             } else {
                 call.run(&x, embeddings, grads)?
             };
-            if !pass.grads_at(i + 1) {
+            // A frozen layer's output starts the graph afresh: the backward pass stops at the
+            // lowest trained layer instead of running through the frozen layer below it (its
+            // weights are Vars, so its ops are recorded) and keeping its activations.
+            if !grads {
                 x = x.detach();
             }
         }
@@ -829,6 +912,10 @@ impl DebertaClassifier {
 
     pub fn num_layers(&self) -> usize {
         self.backbone.layers.len()
+    }
+
+    pub fn config(&self) -> &DebertaConfig {
+        &self.config
     }
 
     /// The weight gradients that checkpointed layers found in the backward passes since the

@@ -9,10 +9,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::model::{Pass, HEAD_PREFIXES};
+use crate::memory::{self, gib, MemoryEstimate, TrainingShape};
+use crate::model::{Layout, Pass, HEAD_PREFIXES};
 use crate::ops::DropoutRng;
+use crate::{free_memory, Error, Result, Setting};
 use crate::{probs_from_logits, Classifier, EncodedPair, Precision, Schedule, TransformerConfig};
-use crate::{Error, Result};
 use ensembles::metrics::log_loss;
 use ensembles::Outcome;
 
@@ -43,6 +44,8 @@ pub struct FoldResult {
     pub eval_seconds: f64,
     /// f16 only: the final loss scale and the steps skipped for overflowing gradients.
     pub loss_scale: Option<LossScaler>,
+    /// Optimizer steps skipped because their gradients were not finite (any precision).
+    pub skipped_steps: usize,
 }
 
 /// The best evaluation so far and the weights that made it.
@@ -258,6 +261,10 @@ pub fn fit_fold(
     }
     let started = Instant::now();
     let config = classifier.config().clone();
+    if config.memory_check {
+        let estimate = training_memory(classifier, train, valid);
+        check_memory(&estimate, free_memory(classifier.device())?, &config, fold)?;
+    }
     let seed = config.seed.wrapping_add(fold as u64);
     if !classifier.device().is_cpu() {
         classifier.device().set_seed(seed)?;
@@ -272,6 +279,8 @@ pub fn fit_fold(
     let mut optimizer = AdamW::new(&config);
     let mut scaler = LossScaler::new(&config);
     let mut step = 0usize;
+    // Steps whose update was applied: before the first, a non-finite loss is the model's own.
+    let mut updates = 0usize;
     let mut history = Vec::new();
     let mut best: Option<Checkpoint> = None;
     let mut since_best = 0usize;
@@ -330,28 +339,23 @@ pub fn fit_fold(
                 // In f16 an overflow is the loss scaler's to handle; anywhere else a non-finite
                 // loss means the run has diverged, and its predictions would be worthless.
                 if !loss.is_finite() && config.precision != Precision::F16 {
-                    return Err(Error::Invalid(format!(
-                        "fold {fold}, step {step}: the training loss is {loss}; lower the \
-                         learning rate or check the model folder"
-                    )));
+                    let problem = format!("the training loss is {loss}");
+                    return Err(diverged(fold, step, problem, updates, stage, &config));
                 }
                 loss_sum += loss * micro.len() as f64;
                 loss_count += micro.len();
             }
-            // The gradients are of the scaled loss: unscaling and clipping are one factor that
-            // the optimizer applies block by block, rather than a copy of every gradient.
-            let scale = scaler.scale;
-            let squares = squared_norm(&grads)? / (scale * scale);
-            // In f16, a step whose gradients overflowed is skipped and the scale halved.
-            if scaler.update(squares.is_finite()) {
-                let grad_factor = clip_factor(squares, config.max_grad_norm) / scale;
-                let factor = lr_factor(step, total_steps, &config);
-                for ((name, var), grad) in trained.iter().zip(&grads) {
-                    let Some(grad) = grad else { continue };
-                    let lr = Part::of(name).learning_rate(&config, layers);
-                    optimizer.step(name, var, grad, grad_factor, lr * factor)?;
-                }
-            }
+            let factor = lr_factor(step, total_steps, &config);
+            let applied = apply_gradients(
+                &mut optimizer,
+                &mut scaler,
+                &trained,
+                &grads,
+                config.max_grad_norm,
+                |name| Part::of(name).learning_rate(&config, layers) * factor,
+                |problem| diverged(fold, step, problem, updates, stage, &config),
+            )?;
+            updates += usize::from(applied);
             step += 1;
             let epoch_end = step.is_multiple_of(steps_per_epoch);
             let scheduled =
@@ -397,8 +401,185 @@ pub fn fit_fold(
         valid_logits: best.valid_logits,
         train_seconds: started.elapsed().as_secs_f64(),
         eval_seconds,
+        skipped_steps: scaler.skipped_steps,
         loss_scale: scaler.enabled.then_some(scaler),
     })
+}
+
+/// Consecutive optimizer steps with non-finite gradients after which an f32 or bf16 fold
+/// stops. One such step is skipped, as GradScaler skips an f16 overflow, so that a single
+/// extreme batch does not end a run; three in a row, over shuffled batches, mean that the
+/// weights themselves have diverged, and skipping on would only train nothing for hours.
+const MAX_NON_FINITE_STEPS: usize = 3;
+
+/// Applies one optimizer step's gradients (of the loss times `scaler.scale`) at each weight's
+/// `learning_rate(name)`: unscaling and clipping are one factor that the optimizer applies
+/// block by block, rather than a copy of every gradient. A step whose gradients are not finite
+/// is skipped, weights and moments untouched (in f16 the scale is also halved); without loss
+/// scaling, the [`MAX_NON_FINITE_STEPS`]th such step in a row is the error `diverged` makes.
+/// Returns whether the step was applied.
+fn apply_gradients(
+    optimizer: &mut AdamW,
+    scaler: &mut LossScaler,
+    trained: &[(String, Var)],
+    grads: &[Option<Tensor>],
+    max_grad_norm: f64,
+    learning_rate: impl Fn(&str) -> f64,
+    diverged: impl FnOnce(String) -> Error,
+) -> Result<bool> {
+    let scale = scaler.scale;
+    let squares = squared_norm(grads)? / (scale * scale);
+    if !scaler.update(squares.is_finite()) {
+        if !scaler.enabled && scaler.non_finite_in_a_row >= MAX_NON_FINITE_STEPS {
+            return Err(diverged(format!(
+                "{MAX_NON_FINITE_STEPS} optimizer steps in a row had non-finite gradients \
+                 (squared norm {squares}) and were skipped"
+            )));
+        }
+        return Ok(false);
+    }
+    let grad_factor = clip_factor(squares, max_grad_norm) / scale;
+    for ((name, var), grad) in trained.iter().zip(grads) {
+        let Some(grad) = grad else { continue };
+        optimizer.step(name, var, grad, grad_factor, learning_rate(name))?;
+    }
+    Ok(true)
+}
+
+/// The error for a fold whose loss or gradients stopped being finite. Before any update the
+/// model diverges as loaded, so its folder is to blame; after, the learning rates of the
+/// weights being trained are the usual cause, and are named to be lowered.
+fn diverged(
+    fold: usize,
+    step: usize,
+    problem: String,
+    updates: usize,
+    stage: Stage,
+    config: &TransformerConfig,
+) -> Error {
+    let at = format!("fold {fold}, step {step}: {problem}");
+    if updates == 0 {
+        return Error::Diverged {
+            message: format!(
+                "{at} before any update: the model as loaded gives it; check the model \
+                 folder's weights"
+            ),
+            settings: Vec::new(),
+        };
+    }
+    let setting = |key, value| Setting {
+        key,
+        value,
+        source: None,
+    };
+    let mut settings = Vec::new();
+    if stage != Stage::HeadOnly {
+        settings.push(setting("learning_rate", config.learning_rate));
+    }
+    settings.push(setting("head_learning_rate", config.head_learning_rate));
+    Error::Diverged {
+        message: at,
+        settings,
+    }
+}
+
+/// The estimated memory of training `classifier` on `train` (picking the checkpoint on `valid`)
+/// in the largest stage its steps reach; the longest sequence sets the length.
+pub fn training_memory(
+    classifier: &Classifier,
+    train: &[EncodedPair],
+    valid: &[EncodedPair],
+) -> MemoryEstimate {
+    let config = classifier.config();
+    let model = classifier.model.config();
+    let layers = classifier.model.num_layers();
+    let steps = train
+        .len()
+        .div_ceil(config.batch_size * config.grad_accumulation)
+        * config.epochs;
+    let stage = Stage::at(steps.saturating_sub(1), config, layers);
+    let vars = classifier
+        .vars
+        .data()
+        .lock()
+        .expect("weights lock poisoned");
+    let count = |keep: &dyn Fn(&str) -> bool| -> usize {
+        vars.iter()
+            .filter(|(name, _)| keep(name))
+            .map(|(_, var)| var.elem_count())
+            .sum()
+    };
+    let views = match classifier.model.layout() {
+        Layout::Cross => 1,
+        Layout::Siamese => 2,
+    };
+    let len = train
+        .iter()
+        .chain(valid)
+        .flat_map(|e| &e.as_given)
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0);
+    memory::estimate(&TrainingShape {
+        // Batches hold at most the rows there are.
+        sequences: config.batch_size.min(train.len()) * views,
+        eval_sequences: 2 * config.eval_batch_size.min(valid.len()) * views,
+        len,
+        hidden: model.hidden_size,
+        intermediate: model.intermediate_size,
+        heads: model.num_attention_heads,
+        trained_layers: layers - stage.first_trained_layer(layers),
+        layer_params: count(&|name| Part::of(name) == Part::Layer(0)),
+        params: count(&|_| true),
+        trained_params: count(&|name| stage.trains(name, layers)),
+        trained_embedding_table: if stage == Stage::All {
+            count(&|name| name == WORD_EMBEDDINGS)
+        } else {
+            0
+        },
+        precision: config.precision,
+        checkpoint: config.gradient_checkpointing,
+        accumulation: config.grad_accumulation,
+    })
+}
+
+/// The weight whose gradient candle builds as a whole table (see [`TrainingShape`]).
+const WORD_EMBEDDINGS: &str = "deberta.embeddings.word_embeddings.weight";
+
+/// Refuses a fold whose estimated allocations exceed the free memory, in one line naming the
+/// settings that shrink them.
+fn check_memory(
+    estimate: &MemoryEstimate,
+    free: Option<u64>,
+    config: &TransformerConfig,
+    fold: usize,
+) -> Result<()> {
+    let Some(free) = free.filter(|&free| estimate.to_allocate() > free) else {
+        return Ok(());
+    };
+    let mut lower = vec![
+        format!("batch_size ({})", config.batch_size),
+        format!("eval_batch_size ({})", config.eval_batch_size),
+        format!("max_len ({})", config.max_len),
+    ];
+    if !config.gradient_checkpointing {
+        lower.push("or set gradient_checkpointing = true".into());
+    }
+    if config.precision == Precision::F32 {
+        lower.push("or train in precision bf16 or f16 (GPU)".into());
+    }
+    Err(Error::Invalid(format!(
+        "fold {fold}: training needs about {} beyond the loaded weights (AdamW moments {}, \
+         gradients {}, best-checkpoint copy {}, activations {}), but {} is free; lower {}; \
+         memory_check = false trains anyway",
+        gib(estimate.to_allocate()),
+        gib(estimate.optimizer),
+        gib(estimate.gradients),
+        gib(estimate.checkpoint),
+        gib(estimate.activations),
+        gib(free),
+        lower.join(", ")
+    )))
 }
 
 /// The squared global L2 norm of the gradients: infinite or NaN after an overflow.
@@ -469,6 +650,9 @@ pub struct LossScaler {
     pub skipped_steps: usize,
     #[serde(skip)]
     clean_steps: usize,
+    /// Steps in a row whose gradients were not finite.
+    #[serde(skip)]
+    non_finite_in_a_row: usize,
     #[serde(skip)]
     enabled: bool,
 }
@@ -483,19 +667,26 @@ impl LossScaler {
             scale: if enabled { config.loss_scale } else { 1.0 },
             skipped_steps: 0,
             clean_steps: 0,
+            non_finite_in_a_row: 0,
             enabled,
         }
     }
 
-    /// Records a step's outcome; returns whether its update may be applied.
+    /// Records whether a step's gradients were finite; returns whether its update may be
+    /// applied. Off, it only counts the non-finite steps, which are skipped all the same.
     fn update(&mut self, finite: bool) -> bool {
+        if !finite {
+            self.skipped_steps += 1;
+            self.non_finite_in_a_row += 1;
+        } else {
+            self.non_finite_in_a_row = 0;
+        }
         if !self.enabled {
-            return true;
+            return finite;
         }
         if !finite {
             self.scale /= 2.0;
             self.clean_steps = 0;
-            self.skipped_steps += 1;
             return false;
         }
         self.clean_steps += 1;
@@ -804,6 +995,197 @@ mod tests {
         for (g, e) in got.iter().zip(expected) {
             assert!((g - e).abs() < 1e-6, "{got:?} vs {expected:?}");
         }
+    }
+
+    /// The bits of a tensor, for bit-identity checks (NaN-safe, unlike float equality).
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Without loss scaling (f32, bf16), a step with a NaN or infinite gradient leaves the
+    /// weights and the AdamW moments exactly as they were; the third such step in a row stops
+    /// the fold, and a finite step in between starts the count again.
+    #[test]
+    fn non_finite_gradients_skip_the_step_then_stop_the_fold() {
+        let config = TransformerConfig::default();
+        let device = Device::Cpu;
+        let weight = Var::from_vec(vec![0.5f32, -1.0, 2.0, 0.1], (2, 2), &device).unwrap();
+        let trained = vec![("w.weight".to_string(), weight.clone())];
+        let mut optimizer = AdamW::new(&config);
+        let mut scaler = LossScaler::new(&config);
+        let gradient = |values: [f32; 4]| {
+            [Some(
+                Tensor::from_vec(values.to_vec(), (2, 2), &device).unwrap(),
+            )]
+        };
+        let mut step = |values: [f32; 4], optimizer: &mut AdamW| {
+            apply_gradients(
+                optimizer,
+                &mut scaler,
+                &trained,
+                &gradient(values),
+                1.0,
+                |_| 0.01,
+                Error::Invalid,
+            )
+        };
+        let finite = [0.1, -0.2, 0.3, 0.0];
+        assert!(step(finite, &mut optimizer).unwrap());
+        let state = |optimizer: &AdamW| {
+            let moments = &optimizer.moments["w.weight"];
+            (
+                bits(weight.as_tensor()),
+                bits(&moments.first),
+                bits(&moments.second),
+                moments.steps,
+            )
+        };
+        let before = state(&optimizer);
+        for bad in [f32::NAN, f32::INFINITY] {
+            assert!(!step([0.1, bad, 0.3, 0.0], &mut optimizer).unwrap());
+            assert_eq!(
+                state(&optimizer),
+                before,
+                "a step with {bad} moved something"
+            );
+        }
+        assert!(step(finite, &mut optimizer).unwrap());
+        assert_ne!(state(&optimizer), before);
+        assert!(!step([f32::NAN; 4], &mut optimizer).unwrap());
+        assert!(!step([f32::NEG_INFINITY; 4], &mut optimizer).unwrap());
+        let error = step([f32::NAN; 4], &mut optimizer).unwrap_err().to_string();
+        assert!(
+            error.starts_with("3 optimizer steps in a row had non-finite gradients"),
+            "{error}"
+        );
+    }
+
+    /// GradScaler's schedule, exactly: halve on an overflow (and start the clean count again),
+    /// double after `LOSS_SCALE_GROWTH_INTERVAL` clean steps in a row.
+    #[test]
+    fn the_loss_scale_halves_on_overflow_and_doubles_after_the_growth_interval() {
+        let config = TransformerConfig {
+            precision: Precision::F16,
+            loss_scale: 1024.0,
+            ..TransformerConfig::default()
+        };
+        let mut scaler = LossScaler::new(&config);
+        let clean = |scaler: &mut LossScaler, steps: usize| {
+            for _ in 0..steps {
+                assert!(scaler.update(true));
+            }
+        };
+        clean(&mut scaler, LOSS_SCALE_GROWTH_INTERVAL - 1);
+        assert_eq!(scaler.scale, 1024.0);
+        clean(&mut scaler, 1);
+        assert_eq!(scaler.scale, 2048.0);
+        // An overflow just before the next doubling halves the scale and restarts the count.
+        clean(&mut scaler, LOSS_SCALE_GROWTH_INTERVAL - 1);
+        assert!(!scaler.update(false));
+        assert_eq!(scaler.scale, 1024.0);
+        clean(&mut scaler, LOSS_SCALE_GROWTH_INTERVAL - 1);
+        assert_eq!(scaler.scale, 1024.0);
+        clean(&mut scaler, 1);
+        assert_eq!(scaler.scale, 2048.0);
+        clean(&mut scaler, 2 * LOSS_SCALE_GROWTH_INTERVAL);
+        assert_eq!((scaler.scale, scaler.skipped_steps), (8192.0, 1));
+    }
+
+    /// The backward pass stops at the lowest trained layer: with the head alone training no
+    /// encoder weight gets a gradient, with the top layer only that layer does (with and
+    /// without checkpointing).
+    #[test]
+    fn only_trained_layers_get_gradients() {
+        let (classifier, encoded, trained) = tiny_batch(0.0);
+        let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.view(false)).collect();
+        for (first_trained_layer, checkpoint) in [(2, false), (1, false), (1, true)] {
+            let pass = Pass {
+                dropout: None,
+                first_trained_layer,
+                train_embeddings: false,
+                checkpoint,
+            };
+            let mut grads = vec![None; trained.len()];
+            accumulate_gradients(
+                &classifier,
+                &views,
+                &LABELS,
+                1.0,
+                &pass,
+                &trained,
+                &mut grads,
+            )
+            .unwrap();
+            for ((name, _), grad) in trained.iter().zip(&grads) {
+                let expected = match Part::of(name) {
+                    Part::Head => true,
+                    Part::Layer(i) => i >= first_trained_layer,
+                    Part::Embeddings => false,
+                };
+                assert_eq!(
+                    grad.is_some(),
+                    expected,
+                    "{name}, layers from {first_trained_layer} trained, checkpoint {checkpoint}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_diverged_fold_names_the_learning_rates_of_its_stage() {
+        let config = TransformerConfig {
+            learning_rate: 1e30,
+            ..TransformerConfig::default()
+        };
+        let error = |updates, stage| {
+            diverged(
+                0,
+                3,
+                "the training loss is NaN".into(),
+                updates,
+                stage,
+                &config,
+            )
+            .to_string()
+        };
+        assert_eq!(
+            error(2, Stage::All),
+            "fold 0, step 3: the training loss is NaN; lower learning_rate = 1e30 or \
+             head_learning_rate = 1e-4"
+        );
+        assert_eq!(
+            error(2, Stage::HeadOnly),
+            "fold 0, step 3: the training loss is NaN; lower head_learning_rate = 1e-4"
+        );
+        assert!(error(0, Stage::All).ends_with(
+            "before any update: the model as loaded gives it; check the model folder's weights"
+        ));
+    }
+
+    #[test]
+    fn too_little_free_memory_is_refused_naming_the_settings() {
+        let estimate = MemoryEstimate {
+            weights: 1 << 30,
+            optimizer: 2 << 30,
+            gradients: 1 << 30,
+            checkpoint: 1 << 30,
+            activations: 3 << 30,
+        };
+        let config = TransformerConfig::default();
+        assert!(check_memory(&estimate, Some(7 << 30), &config, 0).is_ok());
+        assert!(check_memory(&estimate, None, &config, 0).is_ok());
+        let error = check_memory(&estimate, Some((7 << 30) - 1), &config, 2)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "fold 2: training needs about 7.00 GiB beyond the loaded weights (AdamW moments \
+             2.00 GiB, gradients 1.00 GiB, best-checkpoint copy 1.00 GiB, activations 3.00 GiB), \
+             but 7.00 GiB is free; lower batch_size (4), eval_batch_size (8), max_len (512), or \
+             set gradient_checkpointing = true, or train in precision bf16 or f16 (GPU); \
+             memory_check = false trains anyway"
+        );
     }
 
     #[test]

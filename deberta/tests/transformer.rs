@@ -201,7 +201,8 @@ fn inconsistent_model_folders_are_refused_at_load() {
         let mut json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         edit(&mut json);
-        std::fs::write(&path, json.to_string()).unwrap();
+        // JSON has no NaN, but Python's json module writes one for float("nan").
+        std::fs::write(&path, json.to_string().replace("\"NaN\"", "NaN")).unwrap();
         match Classifier::load(dir.path(), &Device::Cpu, config) {
             Err(e) => e.to_string(),
             Ok(_) => "loaded".to_owned(),
@@ -231,6 +232,54 @@ fn inconsistent_model_folders_are_refused_at_load() {
         message.contains("max_len 100000 exceeds what this model takes: 1024 tokens"),
         "{message}"
     );
+
+    // Values the forward pass cannot use are refused by field, before any training step.
+    let config_json = |message: &str| message.contains("/config.json: ");
+    for (field, value, expected) in [
+        (
+            "layer_norm_eps",
+            serde_json::json!(-10),
+            "layer_norm_eps is -10; it must be a finite number above 0",
+        ),
+        (
+            "layer_norm_eps",
+            serde_json::json!(0),
+            "layer_norm_eps is 0; it must be a finite number above 0",
+        ),
+        (
+            "hidden_size",
+            serde_json::json!(0),
+            "hidden_size is 0; it must be at least 1",
+        ),
+        (
+            "intermediate_size",
+            serde_json::json!(0),
+            "intermediate_size is 0; it must be at least 1",
+        ),
+        (
+            "num_attention_heads",
+            serde_json::json!(3),
+            "hidden_size 32 is not a multiple of num_attention_heads 3",
+        ),
+        (
+            "hidden_dropout_prob",
+            serde_json::json!(1.5),
+            "hidden_dropout_prob is 1.5; a dropout probability lies in [0, 1)",
+        ),
+        (
+            "hidden_act",
+            serde_json::json!("swish"),
+            "hidden_act \"swish\" is not supported",
+        ),
+    ] {
+        let message = load_with(&|c| c[field] = value.clone(), &default);
+        assert!(
+            config_json(&message) && message.contains(expected),
+            "{field}: {message}"
+        );
+    }
+    let message = load_with(&|c| c["layer_norm_eps"] = "NaN".into(), &default);
+    assert!(config_json(&message), "{message}");
 }
 
 /// A long text is tokenized from its head and tail only, and the sequences built from it are

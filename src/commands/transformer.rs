@@ -40,6 +40,9 @@ struct FoldSummary {
     /// f16: the final dynamic loss scale and the steps skipped on overflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     loss_scale: Option<serde_json::Value>,
+    /// Optimizer steps skipped for non-finite gradients.
+    #[serde(default)]
+    skipped_steps: usize,
     seconds: FoldSeconds,
     /// The training config, which `--predict-only` checks its own against.
     #[serde(default)]
@@ -81,6 +84,22 @@ fn resolve_config(args: &TransformerArgs) -> Result<TransformerConfig> {
     config.gradient_checkpointing |= args.gradient_checkpointing;
     config.validate().map_err(anyhow::Error::msg)?;
     Ok(config)
+}
+
+/// Where the training setting `key` came from, for errors that name it: the --config file
+/// when it sets the key, else the default, which configs/deberta.toml states.
+fn setting_source(config_file: Option<&Path>, key: &str) -> String {
+    let sets_key = |path: &Path| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .is_some_and(|table| table.contains_key(key))
+    };
+    match config_file {
+        Some(path) if sets_key(path) => format!("set in {}", path.display()),
+        Some(path) => format!("the default: {} does not set it", path.display()),
+        None => "the default of configs/deberta.toml: no --config given".into(),
+    }
 }
 
 /// Multi-turn fields joined turn by turn, one text per segment.
@@ -234,7 +253,8 @@ fn run_fold(
         &stopping_encoded,
         &labels(&rows.stopping),
         fold,
-    )?;
+    )
+    .map_err(|e| e.with_setting_sources(|key| setting_source(args.config.as_deref(), key)))?;
     // The held-out fold is predicted only now, by the checkpoint the other fold picked
     // (with `held-out` stopping, the fold was the one watched and is predicted already).
     let held_out_logits = if rows.stopping_fold == fold {
@@ -277,6 +297,7 @@ fn run_fold(
             .as_ref()
             .map(serde_json::to_value)
             .transpose()?,
+        skipped_steps: result.skipped_steps,
         seconds: FoldSeconds {
             load,
             tokenize,
