@@ -14,14 +14,14 @@ if [ -z "${BIN:-}" ]; then
 fi
 bin="${BIN:-${CARGO_TARGET_DIR:-target}/release/ensemble}"
 rm -rf "$out" && mkdir -p "$out"
-# The first 2,400 and 12,000 battles of the training file.
+# The first 2,400 and 8,000 battles of the training file.
 python3 - "$data/train.csv.gz" "$out" <<'PY'
 import csv, gzip, sys
 csv.field_size_limit(1 << 30)
 source, out = sys.argv[1], sys.argv[2]
 with gzip.open(source, "rt", newline="", encoding="utf-8") as f:
     rows = list(csv.reader(f))
-for name, n in (("small", 2400), ("large", 12000)):
+for name, n in (("small", 2400), ("large", 8000)):
     with open(f"{out}/{name}.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows[: n + 1])
 PY

@@ -23,7 +23,8 @@ pub struct BoosterParams {
     pub bagging_fraction: f64,
     pub bagging_freq: usize,
     pub lambda_l2: f64,
-    pub max_bin: usize,
+    /// `auto`: chosen by the number of training rows ([`BoosterParams::for_rows`]).
+    pub max_bin: Auto<usize>,
     pub max_rounds: usize,
     /// `auto`: chosen by the number of training rows ([`BoosterParams::for_rows`]).
     pub early_stopping_rounds: Auto<usize>,
@@ -51,7 +52,7 @@ impl Default for BoosterParams {
             bagging_fraction: 0.5,
             bagging_freq: 1,
             lambda_l2: 1.0,
-            max_bin: 63,
+            max_bin: Auto::ByRows,
             max_rounds: 2000,
             early_stopping_rounds: Auto::ByRows,
             seeds: 1,
@@ -78,6 +79,16 @@ impl<T: Copy> Auto<T> {
         match self {
             Auto::ByRows => chosen,
             Auto::Set(value) => value,
+        }
+    }
+
+    /// The value, once [`BoosterParams::for_rows`] has chosen it (`key` names the setting).
+    fn chosen(self, key: &str) -> Result<T> {
+        match self {
+            Auto::ByRows => Err(Error::Invalid(format!(
+                "{key} = \"auto\" was not chosen for the number of rows"
+            ))),
+            Auto::Set(value) => Ok(value),
         }
     }
 }
@@ -123,10 +134,11 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Auto<T> {
     }
 }
 
-/// From this many training battles, the `auto` pace is the fast one: learning rate 0.2 with
-/// early stopping after 25 rounds, instead of 0.1 and 50. On 32,026 alpaca-pref battles the
-/// fast pace was as good on held-out prompts at less than half the boosting time, while on a
-/// few thousand battles it lost (BENCHMARKS.md, "Fast defaults").
+/// From this many training battles, `auto` settings take the fast pace: learning rate 0.2,
+/// early stopping after 25 rounds and 31 bins per feature, instead of 0.1, 50 and 63. On
+/// 32,026 alpaca-pref battles the fast pace was level on held-out prompts at less than half
+/// the boosting time, while on 2,475 battles each of its changes lost (BENCHMARKS.md, "Fast
+/// defaults").
 pub const FAST_PACE_ROWS: usize = 20_000;
 
 /// Inner-fold early stopping trains each fold model on K−2 folds: the watched fold chooses
@@ -176,13 +188,11 @@ impl BoosterParams {
     /// These parameters with every `auto` setting chosen for `n_rows` training battles.
     pub fn for_rows(&self, n_rows: usize) -> BoosterParams {
         let fast = n_rows >= FAST_PACE_ROWS;
+        let pick = |fast_value, slow_value| if fast { fast_value } else { slow_value };
         BoosterParams {
             learning_rate: Auto::Set(self.learning_rate.or(if fast { 0.2 } else { 0.1 })),
-            early_stopping_rounds: Auto::Set(self.early_stopping_rounds.or(if fast {
-                25
-            } else {
-                50
-            })),
+            early_stopping_rounds: Auto::Set(self.early_stopping_rounds.or(pick(25, 50))),
+            max_bin: Auto::Set(self.max_bin.or(pick(31, 63))),
             ..self.clone()
         }
     }
@@ -195,6 +205,9 @@ impl BoosterParams {
         }
         if self.early_stopping_rounds == Auto::ByRows {
             keys.push("early_stopping_rounds");
+        }
+        if self.max_bin == Auto::ByRows {
+            keys.push("max_bin");
         }
         keys
     }
@@ -242,7 +255,7 @@ impl BoosterParams {
             ),
             (
                 "max_bin",
-                self.max_bin,
+                self.max_bin.or(2),
                 2,
                 "a feature needs at least 2 bins",
             ),
@@ -307,37 +320,33 @@ impl BoosterParams {
         }
     }
 
-    /// Parameters of the binned dataset.
-    pub fn dataset_params(&self) -> String {
-        format!(
+    /// Parameters of the binned dataset; `max_bin` must have been chosen
+    /// ([`BoosterParams::for_rows`]).
+    pub fn dataset_params(&self) -> Result<String> {
+        Ok(format!(
             "verbosity=-1 max_bin={} num_threads={} seed={}",
-            self.max_bin,
+            self.max_bin.chosen("max_bin")?,
             self.threads(),
             self.seed
-        )
+        ))
     }
 
     /// Parameters of the booster, LightGBM's `key=value` form; `auto` settings must have been
     /// chosen ([`BoosterParams::for_rows`]).
     pub fn booster_params(&self) -> Result<String> {
-        let Auto::Set(learning_rate) = self.learning_rate else {
-            return Err(Error::Invalid(
-                "learning_rate = \"auto\" was not chosen for the number of rows".into(),
-            ));
-        };
         let mut text = format!(
             "objective=multiclass num_class=3 metric=multi_logloss verbosity=-1 \
              deterministic=true learning_rate={} num_leaves={} \
              min_data_in_leaf={} feature_fraction={} bagging_fraction={} bagging_freq={} \
              lambda_l2={} max_bin={} num_threads={} seed={}",
-            learning_rate,
+            self.learning_rate.chosen("learning_rate")?,
             self.num_leaves,
             self.min_data_in_leaf,
             self.feature_fraction,
             self.bagging_fraction,
             self.bagging_freq,
             self.lambda_l2,
-            self.max_bin,
+            self.max_bin.chosen("max_bin")?,
             self.threads(),
             self.seed
         );
@@ -554,7 +563,7 @@ pub(crate) fn augmented_dataset(inputs: &CvInputs<'_>, params: &BoosterParams) -
         .map(|l| l.index() as f32)
         .chain(inputs.labels.iter().map(|l| l.swapped().index() as f32))
         .collect();
-    Dataset::from_csr(inputs.train, &labels, &params.dataset_params())
+    Dataset::from_csr(inputs.train, &labels, &params.dataset_params()?)
 }
 
 /// One fold's models and what they say about its held-out rows.
@@ -595,14 +604,11 @@ pub(crate) fn fit_fold(
             Some((full.subset(&augmented_rows(&both, n), "")?, both.len()))
         }
     };
-    let Auto::Set(early_stopping) = params.early_stopping_rounds else {
-        return Err(Error::Invalid(
-            "early_stopping_rounds = \"auto\" was not chosen for the number of rows".into(),
-        ));
-    };
     let rounds = Rounds {
         max: params.max_rounds,
-        early_stopping,
+        early_stopping: params
+            .early_stopping_rounds
+            .chosen("early_stopping_rounds")?,
     };
     let held_out_swapped: Vec<usize> = rows.held_out.iter().map(|&r| r + n).collect();
     let (as_given, swapped) = (
@@ -815,7 +821,7 @@ mod tests {
                 "[lgbm] bagging_fraction = 0: a fraction",
             ),
             (|p| p.lambda_l2 = -1.0, "[lgbm] lambda_l2 = -1"),
-            (|p| p.max_bin = 1, "[lgbm] max_bin = 1"),
+            (|p| p.max_bin = Auto::Set(1), "[lgbm] max_bin = 1"),
             (
                 |p| p.early_stopping_rounds = Auto::Set(0),
                 "[lgbm] early_stopping_rounds = 0",
@@ -831,7 +837,7 @@ mod tests {
         // The edges of what is allowed.
         let edges = BoosterParams {
             num_leaves: 2,
-            max_bin: 2,
+            max_bin: Auto::Set(2),
             feature_fraction: 1.0,
             bagging_fraction: 1.0,
             lambda_l2: 0.0,
@@ -975,16 +981,27 @@ mod tests {
     #[test]
     fn auto_settings_are_chosen_by_rows_and_given_ones_kept() {
         let auto = BoosterParams::default();
-        assert_eq!(auto.auto_keys(), ["learning_rate", "early_stopping_rounds"]);
+        assert_eq!(
+            auto.auto_keys(),
+            ["learning_rate", "early_stopping_rounds", "max_bin"]
+        );
         let small = auto.for_rows(FAST_PACE_ROWS - 1);
         assert_eq!(
-            (small.learning_rate, small.early_stopping_rounds),
-            (Auto::Set(0.1), Auto::Set(50))
+            (
+                small.learning_rate,
+                small.early_stopping_rounds,
+                small.max_bin
+            ),
+            (Auto::Set(0.1), Auto::Set(50), Auto::Set(63))
         );
         let large = auto.for_rows(FAST_PACE_ROWS);
         assert_eq!(
-            (large.learning_rate, large.early_stopping_rounds),
-            (Auto::Set(0.2), Auto::Set(25))
+            (
+                large.learning_rate,
+                large.early_stopping_rounds,
+                large.max_bin
+            ),
+            (Auto::Set(0.2), Auto::Set(25), Auto::Set(31))
         );
         assert!(large.auto_keys().is_empty());
         let given = BoosterParams {

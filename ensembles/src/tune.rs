@@ -43,7 +43,7 @@ pub fn candidates(base: &BoosterParams, trials: usize, seed: u64) -> Vec<Booster
             bagging_freq: 1,
             learning_rate: Auto::Set(round_to(log_uniform(rng, LEARNING_RATE), 4)),
             lambda_l2: round_to(log_uniform(rng, LAMBDA_L2), 4),
-            max_bin: MAX_BIN[rng.random_range(0..MAX_BIN.len())],
+            max_bin: Auto::Set(MAX_BIN[rng.random_range(0..MAX_BIN.len())]),
             ..base.clone()
         });
     }
@@ -134,10 +134,13 @@ pub fn search(
         done += 1;
         progress(TuneProgress::Fitted { done, total });
     };
-    // Binning depends on max_bin only: one dataset per value in the search.
-    let mut datasets: HashMap<usize, Dataset> = HashMap::new();
+    // Binning depends on the dataset parameters only (of the searched ones, max_bin): one
+    // dataset per distinct set.
+    let mut datasets: HashMap<String, Dataset> = HashMap::new();
     for params in &candidates {
-        if let std::collections::hash_map::Entry::Vacant(entry) = datasets.entry(params.max_bin) {
+        if let std::collections::hash_map::Entry::Vacant(entry) =
+            datasets.entry(params.dataset_params()?)
+        {
             entry.insert(augmented_dataset(inputs, params)?);
         }
     }
@@ -146,7 +149,7 @@ pub fn search(
     let mut cv_log_loss = Vec::new();
     let mut fold_probs: Vec<Vec<Vec<Probs>>> = Vec::new();
     for params in &candidates {
-        let full = &datasets[&params.max_bin];
+        let full = &datasets[&params.dataset_params()?];
         let mut oof = vec![[f64::NAN; 3]; inputs.labels.len()];
         let mut per_fold = Vec::new();
         for fold in 0..k {
@@ -170,7 +173,7 @@ pub fn search(
         let labels: Vec<Outcome> = original_row.iter().map(|&r| inputs.labels[r]).collect();
         let mut scores = Vec::new();
         for params in &candidates {
-            let full = &datasets[&params.max_bin];
+            let full = &datasets[&params.dataset_params()?];
             let mut oof = vec![[f64::NAN; 3]; labels.len()];
             for fold in 0..inner_folds.n_folds() {
                 let inner = inner_folds.rows_for(fold, params.early_stopping_on)?;
@@ -247,7 +250,7 @@ mod tests {
             assert!((0.4..=1.0).contains(&c.bagging_fraction));
             assert!((0.02..=0.2).contains(&c.learning_rate.or(f64::NAN)));
             assert!((0.01..=10.0).contains(&c.lambda_l2));
-            assert!(MAX_BIN.contains(&c.max_bin));
+            assert!(MAX_BIN.contains(&c.max_bin.or(0)));
             assert_eq!((c.max_rounds, c.seed), (base.max_rounds, base.seed));
         }
         assert_eq!(candidates(&base, 0, 7).len(), 1);

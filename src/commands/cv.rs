@@ -179,11 +179,12 @@ pub fn run(args: CvArgs) -> Result<()> {
     config.lgbm = config.lgbm.for_rows(n_train);
     if !auto_keys.is_empty() {
         eprintln!(
-            "learning rate {}, early stopping after {} rounds ({} auto for {n_train} battles; \
-             set them in [lgbm] or by flag to choose)",
+            "learning rate {}, early stopping after {} rounds, {} bins per feature ({} auto \
+             for {n_train} battles; set them in [lgbm] to choose)",
             config.lgbm.learning_rate,
             config.lgbm.early_stopping_rounds,
-            auto_keys.join(" and ")
+            config.lgbm.max_bin,
+            auto_keys.join(", ")
         );
     }
     for (file, issues) in [
