@@ -3,7 +3,7 @@
 # small and a large training set, under each OpenMP wait setting, with and without two
 # CPU-bound processes beside it (the "busy" case: as many spinning hogs as cores).
 #   scripts/bench_threads.sh [DATA_DIR]
-# SETTINGS lists the environments to try, one word each (an underscore for a space); the
+# SETTINGS lists the environments to try as NAME=VAR=VALUE words (NAME= alone: none); the
 # default compares the tool's own choice with libgomp's defaults and OMP_WAIT_POLICY=PASSIVE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,10 +38,10 @@ for size in small large; do
         fi
         for setting in "${settings[@]}"; do
             name=${setting%%=*}
-            env_words=${setting#*=}
+            assignment=${setting#*=}
             run="$out/$size-$load-$name"
             # shellcheck disable=SC2086
-            env ${env_words//_/ } "$bin" cv --folds 10 --train "$out/$size.csv" --out "$run" \
+            env $assignment "$bin" cv --folds 10 --train "$out/$size.csv" --out "$run" \
                 >"$run.log" 2>&1
             python3 - "$run/metrics.json" "$size" "$load" "$name" <<'PY'
 import json, sys
