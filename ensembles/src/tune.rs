@@ -301,7 +301,13 @@ mod tests {
         (csr, labels)
     }
 
-    fn run(labels: &[Outcome], csr: &CsrOwned, folds: &Folds) -> TuneOutput {
+    /// `search` on these training rows, with no test rows.
+    fn search_rows(
+        labels: &[Outcome],
+        csr: &CsrOwned,
+        folds: &Folds,
+        candidates: Vec<BoosterParams>,
+    ) -> Result<TuneOutput> {
         let none = CsrOwned {
             indptr: vec![0],
             n_cols: 3,
@@ -313,13 +319,17 @@ mod tests {
             test_as_given: none.view(),
             test_swapped: none.view(),
         };
+        search(&inputs, folds, candidates, |_| {})
+    }
+
+    fn run(labels: &[Outcome], csr: &CsrOwned, folds: &Folds) -> TuneOutput {
         let base = BoosterParams {
             num_threads: 1,
             max_rounds: 60,
             early_stopping_rounds: Auto::Set(10),
             ..Default::default()
         };
-        search(&inputs, folds, candidates(&base, 3, 11), |_| {}).unwrap()
+        search_rows(labels, csr, folds, candidates(&base, 3, 11)).unwrap()
     }
 
     #[test]
@@ -359,22 +369,11 @@ mod tests {
     fn held_out_stopping_is_refused() {
         let (csr, labels) = data(100);
         let folds = Folds::stratified(&labels, 4, 3).unwrap();
-        let none = CsrOwned {
-            indptr: vec![0],
-            n_cols: 3,
-            ..Default::default()
-        };
-        let inputs = CvInputs {
-            train: csr.view(),
-            labels: &labels,
-            test_as_given: none.view(),
-            test_swapped: none.view(),
-        };
         let peeking = BoosterParams {
             early_stopping_on: StoppingRows::HeldOut,
             ..Default::default()
         };
-        let Err(error) = search(&inputs, &folds, vec![peeking], |_| {}) else {
+        let Err(error) = search_rows(&labels, &csr, &folds, vec![peeking]) else {
             panic!("a search with held-out stopping ran");
         };
         assert!(error.to_string().contains("early_stopping_on"), "{error}");
