@@ -29,6 +29,17 @@ pub struct EncoderSettings {
     pub cache_dir: PathBuf,
 }
 
+impl EncoderSettings {
+    /// The paths a run reads through these settings, each with the key that names it: a run
+    /// folder must not hold them (`commands::RunFolder::begin`).
+    pub fn input_paths(&self) -> [(&'static str, Option<&Path>); 2] {
+        [
+            ("the encoder", self.dir.as_deref()),
+            ("[encoder] cache_dir", Some(self.cache_dir.as_path())),
+        ]
+    }
+}
+
 impl Default for EncoderSettings {
     fn default() -> Self {
         EncoderSettings {

@@ -146,17 +146,13 @@ pub fn run(args: CvArgs) -> Result<()> {
         Some(dir) => Some(semantic::Encoder::load(dir, &config.encoder)?),
         None => None,
     };
-    let inputs = [
+    let mut inputs = vec![
         ("--train", args.train.as_deref()),
         ("--test", args.test.as_deref()),
         ("--folds-file", args.folds_file.as_deref()),
         ("--config", args.config.as_deref()),
-        ("the encoder", config.encoder.dir.as_deref()),
-        (
-            "[encoder] cache_dir",
-            Some(config.encoder.cache_dir.as_path()),
-        ),
     ];
+    inputs.extend(config.encoder.input_paths());
     let run = RunFolder::begin(&args.out, &inputs)?;
     let (train_path, test_path) = resolve_inputs(&args, &run)?;
     let mut timings = Timings::default();

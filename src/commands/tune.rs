@@ -80,16 +80,12 @@ pub fn run(args: TuneArgs) -> Result<()> {
     }
     config.features.semantic = config.encoder.dir.is_some();
     config.lgbm.validate()?;
-    let inputs = [
+    let mut inputs = vec![
         ("--train", Some(args.train.as_path())),
         ("--folds-file", args.folds_file.as_deref()),
         ("--config", args.config.as_deref()),
-        ("the encoder", config.encoder.dir.as_deref()),
-        (
-            "[encoder] cache_dir",
-            Some(config.encoder.cache_dir.as_path()),
-        ),
     ];
+    inputs.extend(config.encoder.input_paths());
     let run = RunFolder::begin(&args.out, &inputs)?;
     let encoder = match &config.encoder.dir {
         Some(dir) => Some(semantic::Encoder::load(dir, &config.encoder)?),
