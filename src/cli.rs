@@ -251,9 +251,12 @@ pub struct TransformerArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Train only fold K (0-based) and write OUT/fold-K/, e.g. one fold per GPU; run again
-    /// with --merge once all folds are done.
-    #[arg(long, value_name = "K", conflicts_with = "merge")]
-    pub fold: Option<usize>,
+    /// with --merge once all folds are done. Without it, a scheduler's array index picks the
+    /// fold: SLURM_ARRAY_TASK_ID (a Slurm job array, `--array=0-9`) or JOB_COMPLETION_INDEX
+    /// (a Kubernetes Indexed Job); `--fold all` trains every fold even there (see
+    /// examples/slurm and examples/kubernetes).
+    #[arg(long, value_name = "K|all", conflicts_with = "merge")]
+    pub fold: Option<FoldChoice>,
     /// Only assemble the fold outputs already in OUT into oof.csv and submission.csv.
     #[arg(long)]
     pub merge: bool,
@@ -294,6 +297,29 @@ pub struct TransformerArgs {
     /// configs/deberta.toml.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+}
+
+/// `--fold`: one fold by number, or all of them.
+#[cfg(feature = "transformer")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FoldChoice {
+    All,
+    One(usize),
+}
+
+#[cfg(feature = "transformer")]
+impl std::str::FromStr for FoldChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "all" => Ok(Self::All),
+            number => number
+                .parse()
+                .map(Self::One)
+                .map_err(|_| format!("{text:?}: expected a fold number (0-based) or `all`")),
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -112,9 +112,22 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // The merge finds the run's folds.csv itself.
+    // Fold 1 is now a bf16 fold among f32 ones: the merge refuses to mix them, naming the
+    // fold and the key.
     let mut merge = common.to_vec();
     merge.push("--merge");
+    let output = ensemble(&merge);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("fold 1 was trained with precision = \"bf16\" (this run: \"f32\")"),
+        "{stderr}"
+    );
+    // Trained again in f32 (keeping its model), fold 1 merges; the merge finds the run's
+    // folds.csv itself.
+    let mut one_f32 = one.clone();
+    one_f32.retain(|a| *a != "bf16" && *a != "--precision");
+    run_ok(&one_f32);
     run_ok(&merge);
 
     let header = ["id", "winner_model_a", "winner_model_b", "winner_tie"];
@@ -183,6 +196,125 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
     assert!(!output.status.success());
     assert!(
         stderr.contains("fold-2/test_logits.csv, line 2") && stderr.contains(&id),
+        "{stderr}"
+    );
+}
+
+/// The probabilities of a predictions file (id,p_a,p_b,p_tie), by id.
+fn probabilities(path: &Path) -> std::collections::BTreeMap<String, Vec<f64>> {
+    rows(path)[1..]
+        .iter()
+        .map(|r| {
+            (
+                r[0].clone(),
+                r[1..].iter().map(|v| v.parse().unwrap()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Folds trained as a scheduler's array tasks would train them (separate processes, started
+/// together, each told its fold only by SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX), then
+/// merged, give the run that one process makes.
+#[test]
+fn folds_from_a_scheduler_array_merge_into_the_one_process_run() {
+    if !common::arena_sample_present() {
+        return;
+    }
+    let [train, test, model] = sample_and_model();
+    let (one_process, array) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "transformer",
+            "--model",
+            &model,
+            "--train",
+            &train,
+            "--test",
+            &test,
+            "--out",
+            out.to_str().unwrap(),
+            "--max-len",
+            "96",
+            "--epochs",
+            "1",
+            "--folds",
+            "3",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    run_ok(
+        &args(one_process.path())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+
+    let task = |variable: &str, index: usize| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ensemble"))
+            .args(args(array.path()))
+            .env("OMP_WAIT_POLICY", "PASSIVE")
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .env(variable, index.to_string())
+            .output()
+            .expect("the binary runs")
+    };
+    let (second, first) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| task("SLURM_ARRAY_TASK_ID", 2));
+        let first = scope.spawn(|| task("JOB_COMPLETION_INDEX", 0));
+        (second.join().unwrap(), first.join().unwrap())
+    });
+    for output in [&second, &first] {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // A task trains its fold only: no merge yet.
+        assert!(String::from_utf8_lossy(&output.stderr).contains("from "));
+    }
+    assert!(!array.path().join("oof.csv").exists());
+    let mut merge = args(array.path());
+    merge.push("--merge".into());
+    let merge: Vec<&str> = merge.iter().map(String::as_str).collect();
+    let output = ensemble(&merge);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("fold 1 not trained yet"),
+        "{stderr}"
+    );
+    let last = task("SLURM_ARRAY_TASK_ID", 1);
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    run_ok(&merge);
+
+    for file in ["oof.csv", "submission.csv"] {
+        let (expected, merged) = (
+            probabilities(&one_process.path().join(file)),
+            probabilities(&array.path().join(file)),
+        );
+        assert_eq!(expected.len(), merged.len(), "{file}");
+        for (id, p) in &expected {
+            let q = &merged[id];
+            for c in 0..3 {
+                assert!(
+                    (p[c] - q[c]).abs() <= 1e-6,
+                    "{file} id {id}: {p:?} vs {q:?}"
+                );
+            }
+        }
+    }
+    // The array index is out of range: named with its variable.
+    let output = task("SLURM_ARRAY_TASK_ID", 3);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("SLURM_ARRAY_TASK_ID=3: the run has folds 0..2"),
         "{stderr}"
     );
 }

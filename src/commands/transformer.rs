@@ -6,7 +6,7 @@
 //! `oof.csv`, `oof_logits.csv`, `submission.csv`, `test_logits.csv` and `metrics.json`.
 //! With `--save-models`, `fold-K/model/` holds the fold's fine-tuned model, and a later
 //! `--predict-only` run predicts a test file with those models instead of training.
-use crate::cli::TransformerArgs;
+use crate::cli::{FoldChoice, TransformerArgs};
 use crate::data;
 use anyhow::{bail, Context, Result};
 use deberta::{
@@ -133,13 +133,12 @@ pub fn run(args: TransformerArgs) -> Result<()> {
             true,
         ),
     };
-    let to_run: Vec<usize> = match args.fold {
-        Some(k) if k >= folds.n_folds() => {
-            bail!(
-                "--fold {k}: the folds file has folds 0..{}",
-                folds.n_folds() - 1
-            )
-        }
+    let one_fold = if args.merge {
+        None
+    } else {
+        one_fold(args.fold, folds.n_folds(), |name| std::env::var(name).ok())?
+    };
+    let to_run: Vec<usize> = match one_fold {
         Some(k) => vec![k],
         None if args.merge => Vec::new(),
         None => (0..folds.n_folds()).collect(),
@@ -177,10 +176,51 @@ pub fn run(args: TransformerArgs) -> Result<()> {
             .with_context(|| format!("cannot create {}", args.out.display()))?;
         folds.write(&own_folds, ids)?;
     }
-    if args.fold.is_none() {
+    if one_fold.is_none() {
         merge(&args, &config, &folds, &train, &test.ids)?;
     }
     Ok(())
+}
+
+/// The environment variables through which schedulers hand each task of an array its index,
+/// in the order they are read: a Slurm job array, a Kubernetes Indexed Job.
+const SCHEDULER_INDEX_VARS: [&str; 2] = ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"];
+
+/// The one fold this process trains (or predicts): `--fold K`, else the index a scheduler gave
+/// this array task, else none (every fold, then the merge). `--fold all` ignores the index.
+fn one_fold(
+    flag: Option<FoldChoice>,
+    n_folds: usize,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<usize>> {
+    let (fold, source) = match flag {
+        Some(FoldChoice::All) => return Ok(None),
+        Some(FoldChoice::One(k)) => (k, format!("--fold {k}")),
+        None => {
+            let Some((name, value)) = SCHEDULER_INDEX_VARS
+                .iter()
+                .find_map(|name| env(name).map(|value| (*name, value)))
+            else {
+                return Ok(None);
+            };
+            let fold = value.trim().parse::<usize>().map_err(|_| {
+                anyhow::anyhow!(
+                    "{name}={value:?}: not a fold number; pass --fold K (or --fold all) to \
+                     choose the folds yourself"
+                )
+            })?;
+            eprintln!("fold {fold}: from {name}; run --merge once every fold is done");
+            (fold, format!("{name}={fold}"))
+        }
+    };
+    if fold >= n_folds {
+        bail!(
+            "{source}: the run has folds 0..{} (0-based: a Slurm array is --array=0-{})",
+            n_folds - 1,
+            n_folds - 1
+        );
+    }
+    Ok(Some(fold))
 }
 
 /// The training and test battles as text, and tokenized once for all folds: every fold's
@@ -421,6 +461,84 @@ fn read_logits(path: &Path) -> Result<Vec<(String, [f32; 3])>> {
         .collect()
 }
 
+/// Every fold's `fold.json`, once all are there and were trained with `config`: else one
+/// error that names every fold that is missing and every key a fold was trained with
+/// otherwise, so that a merge never mixes folds of different runs.
+fn fold_summaries(
+    out: &Path,
+    n_folds: usize,
+    config: &TransformerConfig,
+) -> Result<Vec<FoldSummary>> {
+    let asked = serde_json::to_value(config)?;
+    let (mut summaries, mut missing, mut mismatched) = (Vec::new(), Vec::new(), Vec::new());
+    for fold in 0..n_folds {
+        let path = fold_dir(out, fold).join("fold.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                missing.push(fold.to_string());
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let summary: FoldSummary = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a fold summary", path.display()))?;
+        match &summary.config {
+            None => mismatched.push(format!("fold {fold} records no training config")),
+            Some(trained) => {
+                let trained = serde_json::to_value(trained)?;
+                let keys = config_differences(&trained, &asked);
+                if !keys.is_empty() {
+                    mismatched.push(format!("fold {fold} was trained with {}", keys.join(", ")));
+                }
+            }
+        }
+        summaries.push(summary);
+    }
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "fold{} {} not trained yet (no fold-K/fold.json in {}): run {} with --fold K",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", "),
+            out.display(),
+            if missing.len() == 1 { "it" } else { "each" },
+        ));
+    }
+    if !mismatched.is_empty() {
+        problems.push(format!(
+            "{}; merge with the config and flags the folds were trained with",
+            mismatched.join("; ")
+        ));
+    }
+    if !problems.is_empty() {
+        bail!("cannot merge {}: {}", out.display(), problems.join("; "));
+    }
+    Ok(summaries)
+}
+
+/// `key = trained value (this run: asked value)` for each config key that differs.
+fn config_differences(trained: &serde_json::Value, asked: &serde_json::Value) -> Vec<String> {
+    let (Some(trained), Some(asked)) = (trained.as_object(), asked.as_object()) else {
+        return vec![format!("{trained} (this run: {asked})")];
+    };
+    let mut keys: Vec<&String> = trained.keys().chain(asked.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|key| trained.get(*key) != asked.get(*key))
+        .map(|key| {
+            let show =
+                |v: Option<&serde_json::Value>| v.map_or("nothing".into(), |v| v.to_string());
+            format!(
+                "{key} = {} (this run: {})",
+                show(trained.get(key)),
+                show(asked.get(key))
+            )
+        })
+        .collect()
+}
+
 /// Assembles the fold outputs: OOF rows in training-file order, test probabilities averaged
 /// over the folds in test-file order.
 fn merge(
@@ -438,17 +556,9 @@ fn merge(
         .collect();
     let mut oof: Vec<Option<[f32; 3]>> = vec![None; ids.len()];
     let mut test_sum = vec![[0f64; 3]; test_ids.len()];
-    let mut summaries = Vec::new();
+    let summaries = fold_summaries(&args.out, folds.n_folds(), config)?;
     for fold in 0..folds.n_folds() {
         let dir = fold_dir(&args.out, fold);
-        let summary_path = dir.join("fold.json");
-        let text = std::fs::read_to_string(&summary_path).with_context(|| {
-            format!(
-                "cannot read {}: has fold {fold} been trained?",
-                summary_path.display()
-            )
-        })?;
-        summaries.push(serde_json::from_str::<FoldSummary>(&text)?);
         for (id, logits) in read_logits(&dir.join("held_out_logits.csv"))? {
             let row = *position.get(id.as_str()).with_context(|| {
                 format!("fold {fold}: id {id} is not in {}", args.train.display())
@@ -521,4 +631,66 @@ fn merge(
         out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_fold_comes_from_the_flag_then_slurm_then_kubernetes() {
+        let both = [("SLURM_ARRAY_TASK_ID", "2"), ("JOB_COMPLETION_INDEX", "1")];
+        assert_eq!(one_fold(None, 5, env(&[])).unwrap(), None);
+        assert_eq!(one_fold(None, 5, env(&both)).unwrap(), Some(2));
+        assert_eq!(one_fold(None, 5, env(&both[1..])).unwrap(), Some(1));
+        assert_eq!(
+            one_fold(Some(FoldChoice::One(4)), 5, env(&both)).unwrap(),
+            Some(4)
+        );
+        assert_eq!(
+            one_fold(Some(FoldChoice::All), 5, env(&both)).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_bad_array_index_is_named_with_its_variable() {
+        let error = one_fold(None, 3, env(&[("SLURM_ARRAY_TASK_ID", "3")])).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("SLURM_ARRAY_TASK_ID=3: the run has folds 0..2"),
+            "{error}"
+        );
+        let error = one_fold(None, 3, env(&[("JOB_COMPLETION_INDEX", "x")])).unwrap_err();
+        assert!(
+            error.to_string().starts_with("JOB_COMPLETION_INDEX=\"x\""),
+            "{error}"
+        );
+        let error = one_fold(Some(FoldChoice::One(7)), 3, env(&[])).unwrap_err();
+        assert!(error.to_string().starts_with("--fold 7:"), "{error}");
+    }
+
+    #[test]
+    fn config_differences_name_each_key_with_both_values() {
+        let trained = serde_json::json!({"epochs": 1, "precision": "bf16", "seed": 42});
+        let asked = serde_json::json!({"epochs": 2, "precision": "bf16", "max_len": 64});
+        assert_eq!(
+            config_differences(&trained, &asked),
+            [
+                "epochs = 1 (this run: 2)",
+                "max_len = nothing (this run: 64)",
+                "seed = 42 (this run: nothing)"
+            ]
+        );
+        assert!(config_differences(&trained, &trained).is_empty());
+    }
 }
