@@ -4,7 +4,17 @@
 #
 #   scripts/build_cuda.sh                       # → $CARGO_TARGET_DIR/release/ensemble (default target/)
 #   scripts/build_cuda.sh --example bench_transformer -p deberta   # other cargo targets
+#   BUILD_WITH=maturin scripts/build_cuda.sh --out dist            # the CUDA wheel (package.sh)
 #   CUDA_MAJOR=13 scripts/build_cuda.sh         # CUDA 13.0, one architecture (see below)
+#
+# The binary opens the NVIDIA driver, cuBLAS and cuRAND at run time, when a command first uses
+# a GPU (cudarc's dynamic loading; candle-core is patched for it: see
+# scripts/candle-core-0.11.1-dynamic-loading.patch). So it starts, and every CPU command works,
+# on a machine without a driver; `--device cuda:N` then says which library or driver is
+# missing. Nothing of CUDA is linked, so the build needs no CUDA library either: only nvcc for
+# candle's kernels. The libraries are looked for in a Python environment's NVIDIA wheels
+# (nvidia-cublas-cu12, nvidia-curand-cu12: the ones PyTorch uses) and on the system's library
+# path (deberta/src/cuda_libraries.rs).
 #
 # Default, CUDA_MAJOR=12: one binary for NVIDIA drivers ≥ 525 (CUDA 12.0 and later) and GPUs
 # of compute capability 7.5 (T4), 8.0 (A100), 8.6 (A10, RTX 30xx), 8.9 (L4, RTX 40xx) and 9.0
@@ -14,39 +24,32 @@
 # - Compiler: nvcc 11.8 from Debian 12's non-free `nvidia-cuda-toolkit` (installed here if no
 #   nvcc is on PATH: the script adds `contrib non-free` to the apt source). Its PTX (ISA 7.8)
 #   loads on any driver ≥ 520, and it compiles cubins up to sm_90. NVIDIA's PyPI wheels for
-#   CUDA 12 hold no nvcc, only ptxas.
+#   CUDA 12 hold no nvcc, only ptxas. The CUDA API the binary calls is CUDA 12.0's
+#   (CUDARC_CUDA_VERSION=12000), whatever nvcc's version.
 # - candle-kernels builds PTX for one architecture and candle-core loads it as text; the
 #   script patches a copy of the crates.io crate in the target directory
 #   (scripts/candle-kernels-0.11.1-multiarch.patch) so that each kernel module is a fatbin with
-#   a cubin per architecture and PTX (compressed), built with `cargo --config patch.crates-io…`
-#   (Cargo.toml unchanged; Cargo.lock is restored afterwards). bf16 kernels are compiled only
-#   for ≥ 8.0 (candle's #if __CUDA_ARCH__ >= 800), so the per-arch cubins keep them on A100/H100.
-# - Libraries: the binary needs cuBLAS (and its cuBLASLt) and cuRAND of CUDA 12
-#   (libcublas.so.12, libcurand.so.10; linked against NVIDIA's cu12 wheels 12.1, the libraries
-#   PyTorch's cu12 wheels bring; NVRTC is unused and dropped), and the driver API at cudarc's
-#   CUDA 12.0 level. The kernels' CUDA runtime
-#   (MoE/GGUF kernels only) is linked statically.
-#   CUDA_ARCHS (cubins) and CUDA_PTX (PTX targets) change the architecture lists.
+#   a cubin per architecture and PTX (compressed). bf16 kernels are compiled only for ≥ 8.0
+#   (candle's #if __CUDA_ARCH__ >= 800), so the per-arch cubins keep them on A100/H100.
+#   CUDA_ARCHS (cubins) and CUDA_PTX (PTX targets) change the architecture lists. The kernels'
+#   CUDA runtime (MoE/GGUF kernels only) is linked statically.
 #
-# CUDA_MAJOR=13: nvcc 13.0 from PyPI wheels, candle unpatched, one architecture
-# (CUDA_COMPUTE_CAP, default 90 = H100/H200; 80 = A100), driver ≥ 580. The CUDA 12 wheels hold
-# only ptxas; the CUDA 13 ones hold the whole compiler. 13.0 is pinned: cudarc 0.19 knows CUDA
-# up to 13.4, and 13.0 needs the oldest driver.
+# CUDA_MAJOR=13: nvcc 13.0 from PyPI wheels, candle's kernels unpatched, one architecture
+# (CUDA_COMPUTE_CAP, default 90 = H100/H200; 80 = A100), driver ≥ 580, cuBLAS 13.
 #
-# CUDA_ROOT=/usr/local/cuda: use that installed toolkit (its nvcc and libraries) instead; with
-# CUDA_MAJOR=12 the kernels are still built for all the architectures above (the PTX then has
-# that toolkit's ISA version and needs a driver at least as new as the toolkit).
+# CUDA_ROOT=/usr/local/cuda: use that installed toolkit's nvcc instead; with CUDA_MAJOR=12 the
+# kernels are still built for all the architectures above (the PTX then has that toolkit's ISA
+# version and needs a driver at least as new as the toolkit).
 #
-# candle links the driver library (libcuda), which only a GPU driver installs. A stub with the
-# same soname and every cu* symbol that cudarc declares satisfies the linker; at run time the
-# real driver's libcuda.so.1 is loaded. At run time cuBLAS and cuRAND must be found: the script
-# prints the LD_LIBRARY_PATH line.
+# All patched crates are copies in the target directory used through
+# `cargo --config patch.crates-io…`: Cargo.toml stays as it is, and Cargo.lock, which the
+# patches rewrite, is put back afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CUDA_MAJOR=${CUDA_MAJOR:-12}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-STUBS=${CUDA_STUBS:-/tmp/cuda-stubs}
+BUILD_WITH=${BUILD_WITH:-cargo}
 PATCH_CONFIG=()
 mkdir -p "$TARGET_DIR"
 
@@ -61,22 +64,33 @@ import json, sys
 print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == sys.argv[1]))' "$1"
 }
 
-# The libcuda link stub, in directory $1.
-make_libcuda_stub() {
-    mkdir -p "$1"
-    if [ ! -e "$1/libcuda.so" ]; then
-        grep -ohE 'pub unsafe fn cu[A-Za-z0-9_]+\(' "$(dirname "$(manifest_of cudarc)")/src/driver/sys/mod.rs" |
-            sed 's/pub unsafe fn //; s/(//' | sort -u | sed 's/.*/void &(void) {}/' >"$1/libcuda.c"
-        gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$1/libcuda.so" "$1/libcuda.c"
+# A copy of crate $1 from crates.io with scripts/$1-<version>-$2.patch applied, in the target
+# directory (made again when the patch changes), used in place of the crates.io crate.
+use_patched() {
+    local src version patch copy stamp
+    src=$(dirname "$(manifest_of "$1")")
+    version=$(basename "$src" | sed "s/^$1-//")
+    patch="scripts/$1-$version-$2.patch"
+    [ -f "$patch" ] || {
+        echo "no $patch for $1 $version" >&2
+        exit 1
+    }
+    copy="$(realpath "$TARGET_DIR")/patched/$1-$version"
+    stamp="$copy/.patched-$(sha256sum "$patch" | cut -c1-16)"
+    if [ ! -e "$stamp" ]; then
+        rm -rf "$copy"
+        mkdir -p "$(dirname "$copy")"
+        cp -r "$src" "$copy"
+        patch -s -p1 -d "$copy" <"$patch"
+        touch "$stamp"
     fi
+    PATCH_CONFIG+=(--config "patch.crates-io.$1.path=\"$copy\"")
 }
 
 case "$CUDA_MAJOR" in
 12)
     if [ -n "${CUDA_ROOT:-}" ]; then
         NVCC="$CUDA_ROOT/bin/nvcc"
-        LIB="$CUDA_ROOT/lib64"
-        RUNTIME_LIBS="$LIB"
         export PATH="$CUDA_ROOT/bin:$PATH"
     else
         if ! command -v nvcc >/dev/null; then
@@ -92,25 +106,9 @@ case "$CUDA_MAJOR" in
                 nvidia-cuda-toolkit nvidia-cuda-toolkit-gcc
         fi
         NVCC=$(command -v nvcc)
-        # cuBLAS, cuRAND, NVRTC of CUDA 12 to link against: the set PyTorch's cu121 wheels use.
-        VENV=${CUDA_VENV:-/tmp/cuda-wheels-12}
-        [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-        "$VENV/bin/pip" install --quiet 'nvidia-cublas-cu12==12.1.3.1' \
-            'nvidia-curand-cu12==10.3.2.106' 'nvidia-cuda-nvrtc-cu12==12.1.105'
-        SITE=$(site_packages "$VENV")
-        # Only this folder is searched for the CUDA libraries (CUDA_ROOT is cudarc's search
-        # root), so the system's CUDA 11 libraries that Debian's toolkit installs are not linked.
-        LINK=${CUDA_LINK_DIR:-/tmp/cuda12-link}
-        LIB="$LINK/lib"
-        mkdir -p "$LIB"
-        for so in "$SITE"/nvidia/{cublas,curand,cuda_nvrtc}/lib/lib*.so.*; do
-            ln -sf "$so" "$LIB/$(basename "$so" | sed 's/\.so\..*/.so/')"
-        done
-        RUNTIME_LIBS="$SITE/nvidia/cublas/lib:$SITE/nvidia/curand/lib"
-        export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-12000}  # driver API of CUDA 12.0 (≥ 525)
         unset CUDA_HOME CUDA_PATH CUDA_TOOLKIT_ROOT_DIR
-        CUDA_ROOT="$LINK"
     fi
+    export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-12000} # driver API of CUDA 12.0 (≥ 525)
     # The CUDA runtime of the kernels (libmoe.a), linked statically.
     for a in "$(dirname "$NVCC")/../lib64" "$(dirname "$(realpath "$NVCC")")/../lib64" \
         /usr/lib/x86_64-linux-gnu; do
@@ -135,62 +133,51 @@ case "$CUDA_MAJOR" in
     export CUDA_COMPUTE_CAP=80
     export CANDLE_KERNELS_MOE_NVCC_ARGS="-Xfatbin=-compress-all -gencode=arch=compute_80,code=compute_80"
     export NVCC
-
-    # candle-kernels, patched, in the target directory.
-    KERNELS_SRC=$(dirname "$(manifest_of candle-kernels)")
-    KERNELS_VERSION=$(basename "$KERNELS_SRC" | sed 's/^candle-kernels-//')
-    PATCH="scripts/candle-kernels-$KERNELS_VERSION-multiarch.patch"
-    [ -f "$PATCH" ] || { echo "no $PATCH for candle-kernels $KERNELS_VERSION" >&2; exit 1; }
-    KERNELS="$(realpath "$TARGET_DIR")/candle-kernels-$KERNELS_VERSION-multiarch"
-    STAMP="$KERNELS/.patched-$(sha256sum "$PATCH" | cut -c1-16)"
-    if [ ! -e "$STAMP" ]; then
-        rm -rf "$KERNELS"
-        cp -r "$KERNELS_SRC" "$KERNELS"
-        patch -s -p1 -d "$KERNELS" <"$PATCH"
-        touch "$STAMP"
-    fi
-    PATCH_CONFIG=(--config "patch.crates-io.candle-kernels.path=\"$KERNELS\"")
-    # The patch rewrites Cargo.lock's candle-kernels entry: put the file back afterwards.
-    cp Cargo.lock "$TARGET_DIR/Cargo.lock.before-cuda"
-    trap 'cp "$TARGET_DIR/Cargo.lock.before-cuda" Cargo.lock' EXIT
+    use_patched candle-kernels multiarch
+    KERNELS="sm_$(echo $CUDA_ARCHS | sed 's/ /,sm_/g') + PTX compute_$(echo $CUDA_PTX | sed 's/ /,compute_/g')"
     ;;
 13)
-    export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}   # 90: H100/H200
+    export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} # 90: H100/H200
     if [ -z "${CUDA_ROOT:-}" ]; then
         VENV=${CUDA_VENV:-/tmp/cuda-wheels-13.0}
         [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
         "$VENV/bin/pip" install --quiet 'nvidia-cuda-nvcc==13.0.*' 'nvidia-cuda-crt==13.0.*' \
-            'nvidia-nvvm==13.0.*' 'nvidia-cuda-runtime==13.0.*' 'nvidia-cuda-nvrtc==13.0.*' \
-            'nvidia-cuda-cccl==13.0.*' 'nvidia-cublas<13.1' 'nvidia-curand<10.4.1'
+            'nvidia-nvvm==13.0.*' 'nvidia-cuda-runtime==13.0.*' 'nvidia-cuda-cccl==13.0.*'
         CUDA_ROOT="$(site_packages "$VENV")/nvidia/cu13"
-        # Unversioned names for the linker (the wheels ship only libX.so.N).
-        for so in "$CUDA_ROOT"/lib/lib*.so.*; do
-            ln -sf "$(basename "$so")" "$CUDA_ROOT/lib/$(basename "$so" | sed 's/\.so\..*/.so/')"
-        done
         [ -e "$CUDA_ROOT/lib64" ] || ln -s lib "$CUDA_ROOT/lib64"
     fi
-    LIB="$CUDA_ROOT/lib64"
-    RUNTIME_LIBS="$LIB"
-    export CUDA_PATH="$CUDA_ROOT" CUDA_TOOLKIT_ROOT_DIR="$CUDA_ROOT"
+    export CUDA_PATH="$CUDA_ROOT" CUDA_TOOLKIT_ROOT_DIR="$CUDA_ROOT" CUDA_ROOT
     export PATH="$CUDA_ROOT/bin:$PATH"
+    export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
     NVCC=nvcc
+    KERNELS="PTX compute_$CUDA_COMPUTE_CAP"
     ;;
 *)
     echo "CUDA_MAJOR must be 12 or 13" >&2
     exit 1
     ;;
 esac
+use_patched candle-core dynamic-loading
+use_patched cudarc sonames-first
+# What `ensemble --version` reports of this build.
+export ENSEMBLE_CUDA_BUILD="CUDA $CUDA_MAJOR (API $((CUDARC_CUDA_VERSION / 1000)).$((CUDARC_CUDA_VERSION % 1000 / 10))), kernels $KERNELS"
 
-export CUDA_ROOT
-if [ ! -e "$LIB/libcuda.so" ] && [ ! -e "$LIB/stubs/libcuda.so" ]; then
-    make_libcuda_stub "$STUBS"
-    export LIBRARY_PATH="$STUBS:${LIBRARY_PATH:-}"
-fi
-export LIBRARY_PATH="$LIB:$LIB/stubs:${LIBRARY_PATH:-}"
+# The patches rewrite Cargo.lock's entries for the patched crates: put the file back afterwards.
+cp Cargo.lock "$TARGET_DIR/Cargo.lock.before-cuda"
+trap 'cp "$TARGET_DIR/Cargo.lock.before-cuda" Cargo.lock' EXIT
 
 "$NVCC" --version | tail -n 2
-if [ $# -eq 0 ]; then
-    set -- --bin ensemble
-fi
-cargo build --release --features cuda "${PATCH_CONFIG[@]}" "$@"
-echo "built; at run time: export LD_LIBRARY_PATH=$RUNTIME_LIBS:\$LD_LIBRARY_PATH"
+case "$BUILD_WITH" in
+cargo)
+    [ $# -gt 0 ] || set -- --bin ensemble
+    cargo build --release --features cuda "${PATCH_CONFIG[@]}" "$@"
+    ;;
+maturin)
+    maturin build --release --features cuda "${PATCH_CONFIG[@]}" "$@"
+    ;;
+*)
+    echo "BUILD_WITH must be cargo or maturin" >&2
+    exit 1
+    ;;
+esac
+echo "built: $ENSEMBLE_CUDA_BUILD"

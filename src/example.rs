@@ -3,6 +3,7 @@
 //! tend to win, refusals lose, and near-identical answers tie.
 use anyhow::{Context, Result};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -48,6 +49,30 @@ const PROMPTS: [&str; 6] = [
     "Can you summarise {t} in a few points?",
     "Write a short guide to {t}.",
     "Why do people care about {t}?",
+];
+
+/// Who asks and why: with the topics and the prompt templates, 3,456 distinct first turns, so
+/// that every battle of the default example (2,200) has its own prompt, as Kaggle's battles
+/// mostly do. With repeated prompts the first run of a fresh clone would warn that its OOF
+/// score is flattered by prompts seen in training.
+const ASKERS: [&str; 8] = [
+    "I am a student.",
+    "I am a retired teacher.",
+    "I work night shifts.",
+    "I have ten minutes.",
+    "My manager asked me about this.",
+    "I am preparing a talk.",
+    "English is my second language.",
+    "My kid asked me yesterday.",
+];
+
+const PURPOSES: [&str; 6] = [
+    "Keep it simple.",
+    "Be precise.",
+    "Use an example.",
+    "Skip the history.",
+    "Mention one common mistake.",
+    "End with a summary.",
 ];
 
 const REFUSALS: [&str; 3] = [
@@ -111,14 +136,35 @@ fn json_list(turns: &[String]) -> String {
     serde_json::to_string(turns).expect("strings serialise")
 }
 
-/// One battle: prompt turns, both answers' turns, and the winner's class index.
-fn battle(rng: &mut StdRng) -> ([Vec<String>; 3], usize) {
-    let topic = TOPICS[rng.random_range(0..TOPICS.len())];
+/// The distinct first turns, (topic, text), in a seeded random order.
+fn first_turns(rng: &mut StdRng) -> Vec<(&'static str, String)> {
+    let mut turns =
+        Vec::with_capacity(TOPICS.len() * PROMPTS.len() * ASKERS.len() * PURPOSES.len());
+    for topic in TOPICS {
+        for prompt in PROMPTS {
+            for asker in ASKERS {
+                for purpose in PURPOSES {
+                    let question = prompt.replace("{t}", topic);
+                    turns.push((topic, format!("{asker} {question} {purpose}")));
+                }
+            }
+        }
+    }
+    turns.shuffle(rng);
+    turns
+}
+
+/// One battle on `topic` opened by `first_turn`: prompt turns, both answers' turns, and the
+/// winner's class index.
+fn battle(rng: &mut StdRng, topic: &str, first_turn: &str) -> ([Vec<String>; 3], usize) {
     let n_turns = if rng.random_bool(0.15) { 2 } else { 1 };
     let (mut prompt, mut a, mut b) = (Vec::new(), Vec::new(), Vec::new());
     let (mut quality_a, mut quality_b) = (0.0, 0.0);
-    for _ in 0..n_turns {
-        prompt.push(PROMPTS[rng.random_range(0..PROMPTS.len())].replace("{t}", topic));
+    for turn in 0..n_turns {
+        prompt.push(match turn {
+            0 => first_turn.to_owned(),
+            _ => PROMPTS[rng.random_range(0..PROMPTS.len())].replace("{t}", topic),
+        });
         let first = answer(rng, topic);
         let second = if rng.random_bool(0.07) {
             Answer {
@@ -144,15 +190,22 @@ fn battle(rng: &mut StdRng) -> ([Vec<String>; 3], usize) {
     ([prompt, a, b], winner)
 }
 
-/// Writes `train.csv` and `test.csv` in Kaggle's formats to `dir`.
+/// Writes `train.csv` and `test.csv` in Kaggle's formats to `dir`. Every battle has its own
+/// prompt up to 3,456 battles in all (training and test); beyond, prompts come round again.
 pub fn write(dir: &Path, train_rows: usize, test_rows: usize, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut rng = StdRng::seed_from_u64(seed);
+    let turns = first_turns(&mut rng);
+    let mut opening = turns.iter().cycle();
+    let mut next_battle = |rng: &mut StdRng| {
+        let (topic, first_turn) = opening.next().expect("a cycle of a non-empty list");
+        battle(rng, topic, first_turn)
+    };
     let mut train = String::from(
         "id,model_a,model_b,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n",
     );
     for i in 0..train_rows {
-        let ([prompt, a, b], winner) = battle(&mut rng);
+        let ([prompt, a, b], winner) = next_battle(&mut rng);
         let flags: Vec<String> = (0..3).map(|k| u8::from(k == winner).to_string()).collect();
         writeln!(
             train,
@@ -169,7 +222,7 @@ pub fn write(dir: &Path, train_rows: usize, test_rows: usize, seed: u64) -> Resu
     }
     let mut test = String::from("id,prompt,response_a,response_b\n");
     for i in 0..test_rows {
-        let ([prompt, a, b], _) = battle(&mut rng);
+        let ([prompt, a, b], _) = next_battle(&mut rng);
         writeln!(
             test,
             "{},{},{},{}",
@@ -185,4 +238,49 @@ pub fn write(dir: &Path, train_rows: usize, test_rows: usize, seed: u64) -> Resu
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The prompt column of a CSV file the example wrote.
+    fn prompts(path: &Path) -> Vec<String> {
+        let mut reader = csv::Reader::from_path(path).unwrap();
+        let column = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .position(|h| h == "prompt")
+            .unwrap();
+        reader
+            .records()
+            .map(|r| r.unwrap()[column].to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_battle_of_the_default_example_has_its_own_prompt() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), TRAIN_ROWS, TEST_ROWS, SEED).unwrap();
+        let mut all: Vec<String> = ["train.csv", "test.csv"]
+            .iter()
+            .flat_map(|f| prompts(&dir.path().join(f)))
+            .collect();
+        assert_eq!(all.len(), TRAIN_ROWS + TEST_ROWS);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), TRAIN_ROWS + TEST_ROWS, "a prompt appears twice");
+    }
+
+    #[test]
+    fn beyond_the_distinct_openings_prompts_come_round_again() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let turns = first_turns(&mut rng);
+        assert_eq!(turns.len(), 3456);
+        let mut texts: Vec<&String> = turns.iter().map(|(_, t)| t).collect();
+        texts.sort();
+        texts.dedup();
+        assert_eq!(texts.len(), 3456);
+    }
 }

@@ -360,7 +360,10 @@ fn bad_inputs_are_reported_with_file_line_and_id() {
 #[test]
 fn one_command_runs_on_the_generated_example() {
     let out = temp_dir("example");
-    run_ok(&["cv", "--folds", "3", "--out", out.to_str().unwrap()]);
+    let output = run_ok(&["cv", "--folds", "3", "--out", out.to_str().unwrap()]);
+    // A newcomer's first run does not warn about data the tool made itself.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("warning"), "{stderr}");
     let metrics: serde_json::Value = read_json(&out.join("metrics.json"));
     let (loss, prior) = (
         metrics["oof_log_loss"].as_f64().unwrap(),

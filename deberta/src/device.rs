@@ -39,12 +39,38 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             )))
         }
     };
-    if !candle_core::utils::cuda_is_available() {
-        return Err(Error::Invalid(format!(
-            "device {spec}: this binary was built without CUDA; rebuild with `--features cuda` (see scripts/build_cuda.sh)"
-        )));
+    open_cuda(&spec, ordinal)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(spec: &str, _ordinal: usize) -> Result<Device> {
+    Err(Error::Invalid(format!(
+        "device {spec}: this binary was built without CUDA; install the CUDA wheel \
+         (scripts/package.sh --cuda) or build with scripts/build_cuda.sh"
+    )))
+}
+
+/// Opens GPU `ordinal` after checking, each with a one-line error, that the CUDA libraries
+/// and the driver load (crate::cuda_libraries) and that the driver sees that GPU.
+#[cfg(feature = "cuda")]
+fn open_cuda(spec: &str, ordinal: usize) -> Result<Device> {
+    use candle_core::cuda_backend::cudarc::driver::CudaContext;
+    let fail = |what: String| Error::Invalid(format!("device {spec}: {what}"));
+    crate::cuda_libraries::load().map_err(fail)?;
+    let count = CudaContext::device_count().map_err(|e| {
+        fail(format!(
+            "the NVIDIA driver loads but finds no usable GPU ({e})"
+        ))
+    })?;
+    let count = usize::try_from(count).unwrap_or(0);
+    if ordinal >= count {
+        return Err(fail(match count {
+            0 => "the NVIDIA driver sees no GPU".into(),
+            1 => "the NVIDIA driver sees 1 GPU: cuda:0".into(),
+            n => format!("the NVIDIA driver sees {n} GPUs: cuda:0 to cuda:{}", n - 1),
+        }));
     }
-    Device::new_cuda(ordinal).map_err(|e| Error::Invalid(format!("device {spec}: {e}")))
+    Device::new_cuda(ordinal).map_err(|e| fail(e.to_string()))
 }
 
 /// Bytes free for new tensors on `device`, where it can say: on the CPU `MemAvailable` of

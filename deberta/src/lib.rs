@@ -7,6 +7,9 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod config;
+// Compiled into the tests of every build, so that the CPU CI checks its search and messages.
+#[cfg(any(feature = "cuda", test))]
+mod cuda_libraries;
 mod device;
 mod error;
 mod memory;

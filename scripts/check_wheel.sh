@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Installs a wheel that scripts/package.sh wrote into a fresh virtualenv with no package index
+# (as on a Kaggle notebook with the internet off) and runs it:
+#
+#   scripts/check_wheel.sh dist/ensemble-0.1.0-py3-none-manylinux_2_31_x86_64.whl
+#
+# - `ensemble --version` names the build (cpu, or CUDA with its kernels);
+# - `ensemble cv --folds 3` on the generated example writes a complete submission
+#   (scripts/check_submission.py: every test id once, rows summing to 1);
+# - CUDA wheel: its dependencies (nvidia-cublas-cu12, nvidia-curand-cu12) are installed from a
+#   local wheelhouse, .tools/wheelhouse (downloaded once from PyPI: about 600 MB). Where this
+#   machine has no NVIDIA driver, `transformer --device cuda:0` must exit non-zero with one
+#   line that names the driver and no CUDA library (the wheels' cuBLAS and cuRAND were found
+#   without LD_LIBRARY_PATH). Where it has one, the GPU is used: scripts/bench_gpu.sh.
+# Prints the seconds each step took.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+wheel=${1:?usage: scripts/check_wheel.sh dist/ensemble-*.whl}
+[ -f "$wheel" ] || { echo "check_wheel: no $wheel" >&2; exit 1; }
+say() { echo "check_wheel: $*" >&2; }
+fail() {
+    say "error: $*"
+    exit 1
+}
+PYTHON=${PYTHON:-python3}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+find_links=(--find-links "$(dirname "$wheel")")
+case "$(basename "$wheel")" in
+*+cuda*)
+    cuda=true
+    wheelhouse=.tools/wheelhouse
+    mkdir -p "$wheelhouse"
+    if ! ls "$wheelhouse"/nvidia_cublas_cu12-*.whl "$wheelhouse"/nvidia_curand_cu12-*.whl >/dev/null 2>&1; then
+        say "downloading nvidia-cublas-cu12 and nvidia-curand-cu12 into $wheelhouse (once)"
+        "$PYTHON" -m pip download -q --only-binary :all: --no-deps -d "$wheelhouse" \
+            nvidia-cublas-cu12 nvidia-curand-cu12
+    fi
+    find_links+=(--find-links "$wheelhouse")
+    ;;
+*) cuda=false ;;
+esac
+
+start=$(date +%s)
+"$PYTHON" -m venv "$work/venv"
+# No index: everything comes from the wheel's folder (and the wheelhouse), as on Kaggle.
+"$work/venv/bin/pip" install -q --no-index "${find_links[@]}" "$wheel" ||
+    fail "pip could not install $wheel without an index"
+say "installed in $(($(date +%s) - start)) s"
+ensemble="$work/venv/bin/ensemble"
+[ -x "$ensemble" ] || fail "the wheel put no ensemble on the venv's PATH"
+# PATH holds the venv only (and the system's): no LD_LIBRARY_PATH is set for the binary.
+run() { env -u LD_LIBRARY_PATH PATH="$work/venv/bin:/usr/bin:/bin" "$@"; }
+
+version=$(run ensemble --version)
+say "--version: $version"
+if $cuda; then
+    [[ $version == *"cuda: CUDA 12"* ]] || fail "the CUDA wheel's binary says: $version"
+else
+    [[ $version == *"(cpu)" ]] || fail "the CPU wheel's binary says: $version"
+fi
+
+start=$(date +%s)
+(cd "$work" && run ensemble cv --folds 3 --out run >cv.log 2>&1) ||
+    fail "ensemble cv --folds 3 failed: $(tail -n 5 "$work/cv.log")"
+"$PYTHON" scripts/check_submission.py "$work/run/example/test.csv" "$work/run/submission.csv"
+say "cv --folds 3 on the example: OOF log loss $(awk '/^OOF/ {print $3}' "$work/cv.log") in $(($(date +%s) - start)) s"
+
+if $cuda; then
+    run ensemble example --out "$work/example" >/dev/null
+    set +e
+    run ensemble transformer --model "$work/no-model-needed-yet" --train "$work/example/train.csv" \
+        --test "$work/example/test.csv" --out "$work/deberta" --device cuda:0 >"$work/gpu.out" 2>"$work/gpu.err"
+    status=$?
+    set -e
+    message=$(cat "$work/gpu.err")
+    if [ -e /dev/nvidiactl ] || command -v nvidia-smi >/dev/null; then
+        say "this machine has an NVIDIA driver: --device cuda:0 said: $message"
+    else
+        [ "$status" -ne 0 ] || fail "--device cuda:0 without a driver exited 0"
+        [ "$(wc -l <"$work/gpu.err")" -eq 1 ] || fail "--device cuda:0 printed more than one line: $message"
+        [[ $message == *"no NVIDIA driver: libcuda.so.1"* ]] || fail "the message names no driver: $message"
+        [[ $message != *libcublas* && $message != *libcurand* && $message != *panicked* ]] ||
+            fail "cuBLAS or cuRAND not found in the installed wheels: $message"
+        say "--device cuda:0 without a driver (exit $status): $message"
+    fi
+fi
+say "ok: $(basename "$wheel")"
