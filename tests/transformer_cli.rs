@@ -276,7 +276,9 @@ fn folds_from_a_scheduler_array_merge_into_the_one_process_run() {
         assert!(String::from_utf8_lossy(&output.stderr).contains("from "));
     }
     assert!(!array.path().join("oof.csv").exists());
+    // The merge step is given no training settings: it takes those the folds recorded.
     let mut merge = args(array.path());
+    merge.retain(|a| !["--max-len", "96", "--epochs", "1"].contains(&a.as_str()));
     merge.push("--merge".into());
     let merge: Vec<&str> = merge.iter().map(String::as_str).collect();
     let output = ensemble(&merge);
@@ -293,6 +295,8 @@ fn folds_from_a_scheduler_array_merge_into_the_one_process_run() {
     );
     run_ok(&merge);
 
+    let metrics = read_json(&array.path().join("metrics.json"));
+    assert_eq!(metrics["config"]["max_len"], 96);
     for file in ["oof.csv", "submission.csv"] {
         let (expected, merged) = (
             probabilities(&one_process.path().join(file)),

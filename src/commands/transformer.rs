@@ -72,7 +72,25 @@ struct RunSummary {
     config: TransformerConfig,
 }
 
+/// Whether this run was given a training config: a --config file or a flag that sets a key.
+fn config_given(args: &TransformerArgs) -> bool {
+    args.config.is_some()
+        || args.max_len.is_some()
+        || args.epochs.is_some()
+        || args.early_stopping_on.is_some()
+        || args.precision.is_some()
+        || args.gradient_checkpointing
+}
+
+/// The training config: --config and the flags over the defaults. A --merge or --predict-only
+/// run given none takes the one its folds were trained with (the lowest fold's fold.json), so
+/// that a notebook that only predicts need not restate it.
 fn resolve_config(args: &TransformerArgs) -> Result<TransformerConfig> {
+    if (args.merge || args.predict_only) && !config_given(args) {
+        if let Some(recorded) = recorded_config(&args.out)? {
+            return Ok(recorded);
+        }
+    }
     let mut config = match &args.config {
         Some(path) => TransformerConfig::from_toml_file(path)?,
         None => TransformerConfig::default(),
@@ -461,15 +479,47 @@ fn read_logits(path: &Path) -> Result<Vec<(String, [f32; 3])>> {
         .collect()
 }
 
-/// Every fold's `fold.json`, once all are there and were trained with `config`: else one
-/// error that names every fold that is missing and every key a fold was trained with
-/// otherwise, so that a merge never mixes folds of different runs.
+/// The training config recorded by the lowest-numbered fold in `out`, if any fold is there.
+fn recorded_config(out: &Path) -> Result<Option<TransformerConfig>> {
+    let mut folds: Vec<(usize, PathBuf)> = std::fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let k = path
+                .file_name()?
+                .to_str()?
+                .strip_prefix("fold-")?
+                .parse()
+                .ok()?;
+            Some((k, path.join("fold.json")))
+        })
+        .filter(|(_, path)| path.is_file())
+        .collect();
+    folds.sort();
+    let Some((_, path)) = folds.first() else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let summary: FoldSummary = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a fold summary", path.display()))?;
+    Ok(summary.config)
+}
+
+/// Every fold's `fold.json`, once all are there and were trained with one config: `config`
+/// where given (this run trains, or was given a config), else the first fold's. Otherwise one
+/// error names every fold that is missing and every key a fold was trained with otherwise, so
+/// that a merge never mixes folds of different runs.
 fn fold_summaries(
     out: &Path,
     n_folds: usize,
-    config: &TransformerConfig,
+    config: Option<&TransformerConfig>,
 ) -> Result<Vec<FoldSummary>> {
-    let asked = serde_json::to_value(config)?;
+    let mut reference = match config {
+        Some(config) => Some(("this run".to_owned(), serde_json::to_value(config)?)),
+        None => None,
+    };
     let (mut summaries, mut missing, mut mismatched) = (Vec::new(), Vec::new(), Vec::new());
     for fold in 0..n_folds {
         let path = fold_dir(out, fold).join("fold.json");
@@ -487,7 +537,9 @@ fn fold_summaries(
             None => mismatched.push(format!("fold {fold} records no training config")),
             Some(trained) => {
                 let trained = serde_json::to_value(trained)?;
-                let keys = config_differences(&trained, &asked);
+                let (label, asked) =
+                    reference.get_or_insert_with(|| (format!("fold {fold}"), trained.clone()));
+                let keys = config_differences(&trained, asked, label);
                 if !keys.is_empty() {
                     mismatched.push(format!("fold {fold} was trained with {}", keys.join(", ")));
                 }
@@ -517,10 +569,14 @@ fn fold_summaries(
     Ok(summaries)
 }
 
-/// `key = trained value (this run: asked value)` for each config key that differs.
-fn config_differences(trained: &serde_json::Value, asked: &serde_json::Value) -> Vec<String> {
+/// `key = trained value (LABEL: asked value)` for each config key that differs.
+fn config_differences(
+    trained: &serde_json::Value,
+    asked: &serde_json::Value,
+    label: &str,
+) -> Vec<String> {
     let (Some(trained), Some(asked)) = (trained.as_object(), asked.as_object()) else {
-        return vec![format!("{trained} (this run: {asked})")];
+        return vec![format!("{trained} ({label}: {asked})")];
     };
     let mut keys: Vec<&String> = trained.keys().chain(asked.keys()).collect();
     keys.sort();
@@ -531,7 +587,7 @@ fn config_differences(trained: &serde_json::Value, asked: &serde_json::Value) ->
             let show =
                 |v: Option<&serde_json::Value>| v.map_or("nothing".into(), |v| v.to_string());
             format!(
-                "{key} = {} (this run: {})",
+                "{key} = {} ({label}: {})",
                 show(trained.get(key)),
                 show(asked.get(key))
             )
@@ -556,7 +612,10 @@ fn merge(
         .collect();
     let mut oof: Vec<Option<[f32; 3]>> = vec![None; ids.len()];
     let mut test_sum = vec![[0f64; 3]; test_ids.len()];
-    let summaries = fold_summaries(&args.out, folds.n_folds(), config)?;
+    // Folds only predicted again are checked against each other: --predict-only has checked
+    // the keys that change predictions against each fold already.
+    let reference = (!args.predict_only && (config_given(args) || !args.merge)).then_some(config);
+    let summaries = fold_summaries(&args.out, folds.n_folds(), reference)?;
     for fold in 0..folds.n_folds() {
         let dir = fold_dir(&args.out, fold);
         for (id, logits) in read_logits(&dir.join("held_out_logits.csv"))? {
@@ -684,13 +743,13 @@ mod tests {
         let trained = serde_json::json!({"epochs": 1, "precision": "bf16", "seed": 42});
         let asked = serde_json::json!({"epochs": 2, "precision": "bf16", "max_len": 64});
         assert_eq!(
-            config_differences(&trained, &asked),
+            config_differences(&trained, &asked, "fold 0"),
             [
-                "epochs = 1 (this run: 2)",
-                "max_len = nothing (this run: 64)",
-                "seed = 42 (this run: nothing)"
+                "epochs = 1 (fold 0: 2)",
+                "max_len = nothing (fold 0: 64)",
+                "seed = 42 (fold 0: nothing)"
             ]
         );
-        assert!(config_differences(&trained, &trained).is_empty());
+        assert!(config_differences(&trained, &trained, "this run").is_empty());
     }
 }
