@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Runs examples/kaggle/ensemble-submission.ipynb as a Kaggle notebook would run it, on the CPU,
+# with no package index, and checks the submission it writes. Exits 0 only then.
+#
+#   scripts/try_kaggle_notebook.sh            # the newest CPU wheel in dist/ (scripts/package.sh)
+#   WHEEL=dist/ensemble-….whl scripts/try_kaggle_notebook.sh
+#
+# It lays out Kaggle's folders under target/try-kaggle/ (kept for a look afterwards):
+#   kaggle/input/ensemble-wheels/                  the wheel
+#   kaggle/input/llm-classification-finetuning/    ../shared/arena-sample's train.csv, test.csv
+#   kaggle/input/ensemble-runs/                    lgbm/, deberta/, blend/blend.json, trained
+#                                                  "elsewhere": by the same wheel in another
+#                                                  virtualenv, with the tiny DeBERTa fixture
+#   kaggle/working/                                what the notebook writes
+# then executes the notebook with nbclient in a fresh virtualenv (Jupyter's kernel from PyPI,
+# as Kaggle's image has it), the notebook installs the wheel itself with --no-index, and
+# scripts/check_submission.py checks kaggle/working/submission.csv: every test id once, rows
+# summing to 1. Prints the seconds of each step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+say() { echo "try_kaggle_notebook: $*" >&2; }
+fail() {
+    say "error: $*"
+    exit 1
+}
+wheel=${WHEEL:-$(ls -t dist/ensemble-*-py3-none-manylinux_*_x86_64.whl 2>/dev/null | grep -v '+cuda' | head -n1 || true)}
+[ -n "$wheel" ] && [ -f "$wheel" ] || fail "no CPU wheel in dist/: run scripts/package.sh first"
+sample=../shared/arena-sample
+[ -f "$sample/train.csv" ] || fail "needs $sample (the Kaggle sample rows next to the checkout)"
+PYTHON=${PYTHON:-python3}
+
+work="$repo/target/try-kaggle"
+rm -rf "$work"
+input="$work/kaggle/input"
+working="$work/kaggle/working"
+data="$input/llm-classification-finetuning"
+runs="$input/ensemble-runs"
+mkdir -p "$input/ensemble-wheels" "$data" "$runs" "$working"
+cp "$wheel" "$input/ensemble-wheels/"
+cp "$sample/train.csv" "$sample/test.csv" "$data/"
+
+step() { # name, command...
+    local start=$SECONDS
+    "${@:2}" || fail "$1 failed"
+    say "$1: $((SECONDS - start)) s"
+}
+# The runs a competitor trains elsewhere and uploads: the same wheel in its own virtualenv.
+step "install the wheel elsewhere" bash -c "'$PYTHON' -m venv '$work/elsewhere' &&
+    '$work/elsewhere/bin/pip' install -q --no-index '$wheel'"
+E="$work/elsewhere/bin/ensemble"
+step "cv elsewhere" "$E" cv --folds 5 --threads 2 --train "$data/train.csv" --test "$data/test.csv" \
+    --out "$runs/lgbm"
+step "transformer elsewhere" "$E" transformer --model tests/fixtures/tiny-deberta \
+    --train "$data/train.csv" --test "$data/test.csv" --folds-file "$runs/lgbm/folds.csv" \
+    --out "$runs/deberta" --max-len 128 --epochs 1 --save-models
+step "blend elsewhere" "$E" blend --members "$runs/lgbm" "$runs/deberta" --train "$data/train.csv" \
+    --out "$runs/blend/submission.csv"
+
+# The notebook's kernel: a fresh virtualenv with Jupyter's kernel, and no ensemble in it.
+step "make the kernel's virtualenv" bash -c "'$PYTHON' -m venv '$work/kernel' &&
+    '$work/kernel/bin/pip' install -q nbclient nbformat ipykernel"
+run_notebook() {
+    env -u LD_LIBRARY_PATH KAGGLE_INPUT="$input" KAGGLE_WORKING="$working" \
+        PATH="$work/kernel/bin:/usr/bin:/bin" "$work/kernel/bin/python" - "$repo" "$working" <<'EOF'
+import sys
+import nbclient
+import nbformat
+
+repo, working = sys.argv[1], sys.argv[2]
+notebook = nbformat.read(f"{repo}/examples/kaggle/ensemble-submission.ipynb", as_version=4)
+try:
+    nbclient.NotebookClient(notebook, timeout=1200, kernel_name="python3",
+                            resources={"metadata": {"path": working}}).execute()
+finally:
+    nbformat.write(notebook, f"{working}/executed.ipynb")
+EOF
+}
+step "run the notebook" run_notebook
+step "check the submission" "$PYTHON" scripts/check_submission.py "$data/test.csv" \
+    "$working/submission.csv"
+say "ok: $working/submission.csv (the executed notebook: $working/executed.ipynb)"
