@@ -150,7 +150,7 @@ fn open_library(needed: &Needed, dirs: &[PathBuf]) -> Result<(), String> {
     }
     open(&needed.soname).map_err(|_| {
         let looked = if dirs.is_empty() {
-            "no Python environment with NVIDIA's wheels next to this binary".to_owned()
+            "NVIDIA's wheels (no Python environment with them around this binary)".to_owned()
         } else {
             dirs.iter()
                 .map(|d| d.display().to_string())
@@ -158,8 +158,8 @@ fn open_library(needed: &Needed, dirs: &[PathBuf]) -> Result<(), String> {
                 .join(", ")
         };
         format!(
-            "{} ({}) not found in {looked}, nor on the system's library path (LD_LIBRARY_PATH, \
-             ld.so.cache); `pip install {}` or install CUDA {}'s {}",
+            "{} ({}) not found: not in {looked}, nor on the system's library path \
+             (LD_LIBRARY_PATH, ld.so.cache): `pip install {}`, or install CUDA {}'s {}",
             needed.soname,
             needed.what,
             needed.package,
@@ -183,8 +183,8 @@ pub fn load() -> Result<(), String> {
                 .collect();
             if let Err(e) = open("libcuda.so.1") {
                 missing.push(format!(
-                    "no NVIDIA driver: libcuda.so.1 does not load ({e}); CPU commands and \
-                     --device cpu work without it"
+                    "no NVIDIA driver: libcuda.so.1 does not load ({e}), so only --device cpu \
+                     works here"
                 ));
             }
             match missing.is_empty() {
@@ -259,7 +259,7 @@ mod tests {
         };
         let error = open_library(&needed, &[tmp.path().to_path_buf()]).unwrap_err();
         assert!(
-            error.starts_with("libensemble-test-absent.so.12 (cuBLAS) not found in ")
+            error.starts_with("libensemble-test-absent.so.12 (cuBLAS) not found: not in ")
                 && error.contains(&tmp.path().display().to_string())
                 && error.contains("pip install nvidia-cublas-cu12"),
             "{error}"
@@ -296,6 +296,27 @@ mod tests {
         std::fs::write(other.path().join("libensemble-test.so.12"), b"not ELF").unwrap();
         let error = open_library(&needed, &[other.path().to_path_buf()]).unwrap_err();
         assert!(error.contains("is there but does not load"), "{error}");
+    }
+
+    /// On this machine as it is: without a driver (CI), one line that names libcuda.so.1 and
+    /// each library by file name; with everything there, success. Either way the answer is
+    /// given once and kept.
+    #[test]
+    fn loading_names_each_missing_piece_in_one_line() {
+        let first = load();
+        assert_eq!(first, load());
+        if let Err(message) = first {
+            assert!(!message.contains('\n'), "{message}");
+            for part in message.split("; ") {
+                assert!(part.contains(".so."), "{part}");
+            }
+            if open("libcuda.so.1").is_err() {
+                assert!(
+                    message.contains("no NVIDIA driver: libcuda.so.1"),
+                    "{message}"
+                );
+            }
+        }
     }
 
     #[test]
