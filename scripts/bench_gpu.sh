@@ -7,9 +7,10 @@
 #
 # BENCH_BINARY is the bench_transformer example built with CUDA, by
 # `scripts/build_cuda.sh --example bench_transformer -p deberta` (default
-# target/release/examples/bench_transformer). Its CUDA libraries (cuBLAS, cuRAND, cudart of the
-# major version it was built with) are taken from the Python environment's NVIDIA wheels, the
-# ones PyTorch brings, after whatever LD_LIBRARY_PATH already holds. Writes bench_gpu.log and
+# target/release/examples/bench_transformer). The binary opens cuBLAS and cuRAND of the major
+# version it was built with at run time (deberta/src/cuda_libraries.rs); an example binary is
+# not inside a Python environment, so LD_LIBRARY_PATH gets the Python environment's NVIDIA
+# wheels, the ones PyTorch brings, after whatever it already holds. Writes bench_gpu.log and
 # prints a table. BENCH_ARGS adds flags to both sides, later ones win (e.g. "--batches 10");
 # BENCH_DEVICE=cpu runs the same comparison on the CPU.
 set -euo pipefail
