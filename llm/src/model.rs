@@ -1,0 +1,461 @@
+//! A decoder LLM with a sequence-classification head, as Hugging Face's
+//! `Gemma2ForSequenceClassification`, `Qwen2ForSequenceClassification` and
+//! `LlamaForSequenceClassification` compute it: the hidden state of each row's last real
+//! token goes through the bias-free `score` linear to one logit per class.
+//!
+//! Written here rather than taken from candle-transformers, whose Gemma-2, Qwen2 and Llama are
+//! built for generation: one sequence at a time with a KV cache, no padding mask and no
+//! classification head; the member batches padded rows and will train adapters inside the
+//! projections.
+use crate::config::{DecoderConfig, Family, Llama3RopeScaling};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Linear, Module, VarBuilder};
+use std::path::{Path, PathBuf};
+
+/// The safetensors files of a model folder: `model.safetensors`, or the shards that
+/// `model.safetensors.index.json` lists, each of which must be there.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.is_file() {
+        return Err(Error::MissingFile {
+            path: dir.to_owned(),
+            what: "model.safetensors or model.safetensors.index.json".into(),
+        });
+    }
+    let text = std::fs::read_to_string(&index).map_err(Error::io(&index))?;
+    let bad = |message: String| Error::BadModelFile {
+        path: index.clone(),
+        message,
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no weight_map".into()))?;
+    let mut shards: Vec<&str> = map
+        .values()
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| bad(format!("weight_map value {v}: not a file name")))
+        })
+        .collect::<Result<_>>()?;
+    shards.sort_unstable();
+    shards.dedup();
+    shards
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(name);
+            match path.is_file() {
+                true => Ok(path),
+                false => Err(Error::MissingFile {
+                    path: path.clone(),
+                    what: format!("a shard that {} lists", index.display()),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// RMSNorm, computed in f32 as Hugging Face does: `x / sqrt(mean(x²) + eps)` times the weight,
+/// or times `1 + weight` for Gemma-2.
+struct RmsNorm {
+    scale: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(vb: VarBuilder, config: &DecoderConfig) -> Result<RmsNorm> {
+        let weight = vb.get(config.hidden_size, "weight")?.to_dtype(DType::F32)?;
+        let scale = match config.family {
+            Family::Gemma2 => (weight + 1.0)?,
+            Family::Qwen2 | Family::Llama => weight,
+        };
+        Ok(RmsNorm {
+            scale,
+            eps: config.rms_norm_eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x.broadcast_div(&(mean_square + self.eps)?.sqrt()?)?;
+        Ok(normed.broadcast_mul(&self.scale)?.to_dtype(dtype)?)
+    }
+}
+
+/// A projection, with its bias where the family has one.
+fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let bias = if bias {
+        Some(vb.get(out_dim, "bias")?)
+    } else {
+        None
+    };
+    Ok(Linear::new(weight, bias))
+}
+
+/// RoPE's inverse frequencies in f32, Llama-3's scaling applied where configured (as
+/// transformers' `_compute_llama3_parameters`).
+pub fn rope_inverse_frequencies(config: &DecoderConfig) -> Vec<f32> {
+    let dim = config.head_dim;
+    (0..dim / 2)
+        .map(|i| {
+            let base = 1.0 / (config.rope_theta as f32).powf((2 * i) as f32 / dim as f32);
+            match &config.rope_scaling {
+                None => base,
+                Some(scaling) => llama3_scaled(base, scaling),
+            }
+        })
+        .collect()
+}
+
+fn llama3_scaled(inv_freq: f32, s: &Llama3RopeScaling) -> f32 {
+    let (factor, low, high) = (
+        s.factor as f32,
+        s.low_freq_factor as f32,
+        s.high_freq_factor as f32,
+    );
+    let old_context = s.original_max_position_embeddings as f32;
+    let (low_freq_wavelen, high_freq_wavelen) = (old_context / low, old_context / high);
+    let wavelen = 2.0 * std::f32::consts::PI / inv_freq;
+    if wavelen < high_freq_wavelen {
+        inv_freq
+    } else if wavelen > low_freq_wavelen {
+        inv_freq / factor
+    } else {
+        let smooth = (old_context / wavelen - low) / (high - low);
+        (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
+    }
+}
+
+/// RoPE's cos and sin for positions 0..len, `[len, head_dim]` (the frequencies twice, in the
+/// rotate-half layout).
+fn rope_tables(config: &DecoderConfig, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let inv_freq = rope_inverse_frequencies(config);
+    let half = inv_freq.len();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+    let positions = Tensor::arange(0u32, len as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((len, 1))?;
+    let freqs = positions.broadcast_mul(&inv_freq)?;
+    let angles = Tensor::cat(&[&freqs, &freqs], 1)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+/// `x * cos + rotate_half(x) * sin` over `[batch, heads, len, head_dim]`.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let (first, second) = (
+        x.narrow(D::Minus1, 0, half)?,
+        x.narrow(D::Minus1, half, half)?,
+    );
+    let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
+    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+}
+
+/// `[batch, kv_heads, len, d]` repeated to `[batch, kv_heads * times, len, d]`, each KV head
+/// serving `times` consecutive query heads (grouped-query attention).
+fn repeat_kv(x: Tensor, times: usize) -> Result<Tensor> {
+    if times == 1 {
+        return Ok(x);
+    }
+    let (b, kv, len, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, kv, times, len, d))?
+        .reshape((b, kv * times, len, d))?)
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, c: &DecoderConfig) -> Result<Attention> {
+        let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        Ok(Attention {
+            q: linear(vb.pp("q_proj"), c.hidden_size, q_dim, c.qkv_bias)?,
+            k: linear(vb.pp("k_proj"), c.hidden_size, kv_dim, c.qkv_bias)?,
+            v: linear(vb.pp("v_proj"), c.hidden_size, kv_dim, c.qkv_bias)?,
+            o: linear(vb.pp("o_proj"), q_dim, c.hidden_size, c.o_bias)?,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            scale: c.attention_scale,
+            softcap: c.attn_logit_softcapping,
+        })
+    }
+
+    /// `mask`: `[batch, 1, len, len]`, 0 where a query may attend a key, a large negative
+    /// number where not.
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, len, _) = x.dims3()?;
+        let split = |t: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, len, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = apply_rope(&split(self.q.forward(x)?, self.heads)?, cos, sin)?;
+        let k = apply_rope(&split(self.k.forward(x)?, self.kv_heads)?, cos, sin)?;
+        let v = split(self.v.forward(x)?, self.kv_heads)?;
+        let times = self.heads / self.kv_heads;
+        let (k, v) = (repeat_kv(k, times)?, repeat_kv(v, times)?);
+        let mut scores = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?;
+        if let Some(cap) = self.softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let out =
+            probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, len, self.heads * self.head_dim))?;
+        Ok(self.o.forward(&out)?)
+    }
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    family: Family,
+}
+
+impl Mlp {
+    fn load(vb: VarBuilder, c: &DecoderConfig) -> Result<Mlp> {
+        Ok(Mlp {
+            gate: linear(
+                vb.pp("gate_proj"),
+                c.hidden_size,
+                c.intermediate_size,
+                false,
+            )?,
+            up: linear(vb.pp("up_proj"), c.hidden_size, c.intermediate_size, false)?,
+            down: linear(
+                vb.pp("down_proj"),
+                c.intermediate_size,
+                c.hidden_size,
+                false,
+            )?,
+            family: c.family,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate.forward(x)?;
+        let gate = match self.family {
+            // gelu_pytorch_tanh: candle's gelu is the tanh approximation.
+            Family::Gemma2 => gate.gelu()?,
+            Family::Qwen2 | Family::Llama => gate.silu()?,
+        };
+        Ok(self.down.forward(&(gate * self.up.forward(x)?)?)?)
+    }
+}
+
+struct Layer {
+    attention: Attention,
+    mlp: Mlp,
+    input_norm: RmsNorm,
+    post_attention_norm: RmsNorm,
+    /// Gemma-2 only: the norm before the MLP and the one on its output (Llama and Qwen2 call
+    /// the norm before the MLP `post_attention_layernorm`).
+    gemma_norms: Option<(RmsNorm, RmsNorm)>,
+    sliding: bool,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, c: &DecoderConfig, index: usize) -> Result<Layer> {
+        let gemma_norms = match c.family {
+            Family::Gemma2 => Some((
+                RmsNorm::load(vb.pp("pre_feedforward_layernorm"), c)?,
+                RmsNorm::load(vb.pp("post_feedforward_layernorm"), c)?,
+            )),
+            _ => None,
+        };
+        Ok(Layer {
+            attention: Attention::load(vb.pp("self_attn"), c)?,
+            mlp: Mlp::load(vb.pp("mlp"), c)?,
+            input_norm: RmsNorm::load(vb.pp("input_layernorm"), c)?,
+            post_attention_norm: RmsNorm::load(vb.pp("post_attention_layernorm"), c)?,
+            gemma_norms,
+            sliding: c.sliding_layers[index],
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, masks: &Masks) -> Result<Tensor> {
+        let mask = if self.sliding {
+            &masks.sliding
+        } else {
+            &masks.full
+        };
+        let attended = self
+            .attention
+            .forward(&self.input_norm.forward(x)?, cos, sin, mask)?;
+        match &self.gemma_norms {
+            // Gemma-2 normalises each sublayer's output before the residual add.
+            Some((pre_feedforward, post_feedforward)) => {
+                let x = (x + self.post_attention_norm.forward(&attended)?)?;
+                let fed = self.mlp.forward(&pre_feedforward.forward(&x)?)?;
+                Ok((&x + post_feedforward.forward(&fed)?)?)
+            }
+            None => {
+                let x = (x + attended)?;
+                let fed = self.mlp.forward(&self.post_attention_norm.forward(&x)?)?;
+                Ok((&x + fed)?)
+            }
+        }
+    }
+}
+
+/// The additive attention masks of a padded batch, `[batch, 1, len, len]`: causal, padding
+/// keys hidden; `sliding` also hides keys `window` or more tokens back.
+struct Masks {
+    full: Tensor,
+    sliding: Tensor,
+}
+
+impl Masks {
+    fn new(attention_mask: &Tensor, window: usize) -> Result<Masks> {
+        let (b, len) = attention_mask.dims2()?;
+        let device = attention_mask.device();
+        let position = Tensor::arange(0u32, len as u32, device)?.to_dtype(DType::F32)?;
+        let (query, key) = (position.reshape((len, 1))?, position.reshape((1, len))?);
+        let causal = key.broadcast_le(&query)?.to_dtype(DType::F32)?;
+        let in_window = key
+            .broadcast_gt(&(query - window as f64)?)?
+            .to_dtype(DType::F32)?;
+        let keys = attention_mask
+            .to_dtype(DType::F32)?
+            .reshape((b, 1, 1, len))?;
+        // Allowed (1) → 0, hidden (0) → the most negative f32, as transformers adds
+        // finfo.min: finite, so a row with no key left (a left-padding query) stays finite.
+        let additive = |allowed: Tensor| -> Result<Tensor> {
+            Ok(((allowed.broadcast_mul(&keys)? - 1.0)? * f64::from(f32::MAX))?)
+        };
+        Ok(Masks {
+            sliding: additive((&causal * in_window)?.reshape((1, 1, len, len))?)?,
+            full: additive(causal.reshape((1, 1, len, len))?)?,
+        })
+    }
+}
+
+/// A decoder LLM with its classification head, weights in f32.
+pub struct DecoderClassifier {
+    config: DecoderConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    score: Linear,
+    device: Device,
+}
+
+impl DecoderClassifier {
+    /// Loads a Hugging Face folder (`config.json`, `model.safetensors` or shards) saved by
+    /// `*ForSequenceClassification`, whose `score` head is kept.
+    pub fn load(dir: &Path, device: &Device) -> Result<DecoderClassifier> {
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(Error::MissingFile {
+                path: dir.to_owned(),
+                what: "config.json".into(),
+            });
+        }
+        let config = DecoderConfig::from_file(&config_path)?;
+        let files = weight_files(dir)?;
+        // SAFETY: the files are memory-mapped read-only; candle copies each tensor out of the
+        // mapping when it is loaded, and the member does not write model files while it runs.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
+        let labels = config.num_labels.unwrap_or(3);
+        let model = vb.pp("model");
+        let layers = (0..config.num_layers)
+            .map(|i| Layer::load(model.pp("layers").pp(i), &config, i))
+            .collect::<Result<_>>()?;
+        Ok(DecoderClassifier {
+            embed: model.get(
+                (config.vocab_size, config.hidden_size),
+                "embed_tokens.weight",
+            )?,
+            norm: RmsNorm::load(model.pp("norm"), &config)?,
+            score: linear(vb.pp("score"), config.hidden_size, labels, false)?,
+            layers,
+            config,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// The logits `[batch, classes]` of padded rows: `input_ids` and `attention_mask` are
+    /// `[batch, len]` (1 for a real token, 0 for padding, on either side). Each row's logits
+    /// come from its last real token.
+    pub fn logits(&self, input_ids: &[Vec<u32>], attention_mask: &[Vec<u32>]) -> Result<Tensor> {
+        let b = input_ids.len();
+        let len = input_ids.first().map_or(0, Vec::len);
+        if b == 0 || len == 0 || attention_mask.len() != b {
+            return Err(Error::Invalid(format!(
+                "logits of {b} rows of {len} tokens with {} mask rows",
+                attention_mask.len()
+            )));
+        }
+        let mut last = Vec::with_capacity(b);
+        for (row, (ids, mask)) in input_ids.iter().zip(attention_mask).enumerate() {
+            if ids.len() != len || mask.len() != len {
+                return Err(Error::Invalid(format!("row {row}: not {len} tokens long")));
+            }
+            if let Some(id) = ids
+                .iter()
+                .find(|&&id| id as usize >= self.config.vocab_size)
+            {
+                return Err(Error::Invalid(format!(
+                    "row {row}: token id {id} outside the model's vocabulary of {}",
+                    self.config.vocab_size
+                )));
+            }
+            let real = mask.iter().rposition(|&m| m != 0).ok_or_else(|| {
+                Error::Invalid(format!("row {row}: no token (an all-zero attention mask)"))
+            })?;
+            last.push(real);
+        }
+        let flat_ids: Vec<u32> = input_ids.concat();
+        let ids = Tensor::from_vec(flat_ids, (b, len), &self.device)?;
+        let mask = Tensor::from_vec(attention_mask.concat(), (b, len), &self.device)?;
+        let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((
+            b,
+            len,
+            self.config.hidden_size,
+        ))?;
+        if self.config.family == Family::Gemma2 {
+            x = (x * (self.config.hidden_size as f64).sqrt())?;
+        }
+        let (cos, sin) = rope_tables(&self.config, len, &self.device)?;
+        let masks = Masks::new(&mask, self.config.sliding_window)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &cos, &sin, &masks)?;
+        }
+        let x = self.norm.forward(&x)?;
+        let rows = last
+            .iter()
+            .enumerate()
+            .map(|(row, &position)| x.get(row)?.get(position))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(self.score.forward(&Tensor::stack(&rows, 0)?)?)
+    }
+}
