@@ -7,6 +7,7 @@
 //! built for generation: one sequence at a time with a KV cache, no padding mask and no
 //! classification head; the member batches padded rows and will train adapters inside the
 //! projections.
+use crate::adapter::{Adapter, LoraWeights, ProjectionShapes};
 use crate::config::{DecoderConfig, Family, Llama3RopeScaling};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -101,6 +102,31 @@ fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<L
     Ok(Linear::new(weight, bias))
 }
 
+/// A frozen base projection and, once an adapter is applied, its LoRA update.
+struct Projection {
+    base: Linear,
+    lora: Option<LoraWeights>,
+}
+
+impl Projection {
+    fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Projection> {
+        Ok(Projection {
+            base: linear(vb, in_dim, out_dim, bias)?,
+            lora: None,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        let Some(lora) = &self.lora else {
+            return Ok(y);
+        };
+        let down = x.broadcast_matmul(&lora.a.t()?)?;
+        let up = down.broadcast_matmul(&lora.b.t()?)?;
+        Ok((y + (up * lora.scale)?)?)
+    }
+}
+
 /// RoPE's inverse frequencies in f32, Llama-3's scaling applied where configured (as
 /// transformers' `_compute_llama3_parameters`).
 pub fn rope_inverse_frequencies(config: &DecoderConfig) -> Vec<f32> {
@@ -174,10 +200,10 @@ fn repeat_kv(x: Tensor, times: usize) -> Result<Tensor> {
 }
 
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: Projection,
+    k: Projection,
+    v: Projection,
+    o: Projection,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -189,10 +215,10 @@ impl Attention {
     fn load(vb: VarBuilder, c: &DecoderConfig) -> Result<Attention> {
         let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         Ok(Attention {
-            q: linear(vb.pp("q_proj"), c.hidden_size, q_dim, c.qkv_bias)?,
-            k: linear(vb.pp("k_proj"), c.hidden_size, kv_dim, c.qkv_bias)?,
-            v: linear(vb.pp("v_proj"), c.hidden_size, kv_dim, c.qkv_bias)?,
-            o: linear(vb.pp("o_proj"), q_dim, c.hidden_size, c.o_bias)?,
+            q: Projection::load(vb.pp("q_proj"), c.hidden_size, q_dim, c.qkv_bias)?,
+            k: Projection::load(vb.pp("k_proj"), c.hidden_size, kv_dim, c.qkv_bias)?,
+            v: Projection::load(vb.pp("v_proj"), c.hidden_size, kv_dim, c.qkv_bias)?,
+            o: Projection::load(vb.pp("o_proj"), q_dim, c.hidden_size, c.o_bias)?,
             heads: c.num_heads,
             kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
@@ -231,23 +257,23 @@ impl Attention {
 }
 
 struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    gate: Projection,
+    up: Projection,
+    down: Projection,
     family: Family,
 }
 
 impl Mlp {
     fn load(vb: VarBuilder, c: &DecoderConfig) -> Result<Mlp> {
         Ok(Mlp {
-            gate: linear(
+            gate: Projection::load(
                 vb.pp("gate_proj"),
                 c.hidden_size,
                 c.intermediate_size,
                 false,
             )?,
-            up: linear(vb.pp("up_proj"), c.hidden_size, c.intermediate_size, false)?,
-            down: linear(
+            up: Projection::load(vb.pp("up_proj"), c.hidden_size, c.intermediate_size, false)?,
+            down: Projection::load(
                 vb.pp("down_proj"),
                 c.intermediate_size,
                 c.hidden_size,
@@ -296,6 +322,19 @@ impl Layer {
             gemma_norms,
             sliding: c.sliding_layers[index],
         })
+    }
+
+    fn projection_mut(&mut self, name: &str) -> &mut Projection {
+        match name {
+            "q_proj" => &mut self.attention.q,
+            "k_proj" => &mut self.attention.k,
+            "v_proj" => &mut self.attention.v,
+            "o_proj" => &mut self.attention.o,
+            "gate_proj" => &mut self.mlp.gate,
+            "up_proj" => &mut self.mlp.up,
+            "down_proj" => &mut self.mlp.down,
+            other => unreachable!("{other} is not in adapter::TARGETABLE"),
+        }
     }
 
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, masks: &Masks) -> Result<Tensor> {
@@ -362,6 +401,7 @@ pub struct DecoderClassifier {
     layers: Vec<Layer>,
     norm: RmsNorm,
     score: Linear,
+    adapter: Option<Adapter>,
     device: Device,
 }
 
@@ -395,12 +435,42 @@ impl DecoderClassifier {
             score: linear(vb.pp("score"), config.hidden_size, labels, false)?,
             layers,
             config,
+            adapter: None,
             device: device.clone(),
         })
     }
 
     pub fn config(&self) -> &DecoderConfig {
         &self.config
+    }
+
+    /// Applies a PEFT LoRA adapter saved for this model (`adapter_config.json`,
+    /// `adapter_model.safetensors`): its A and B in the targeted projections of every layer,
+    /// and its classification head in place of the folder's where it carries one.
+    pub fn apply_adapter(&mut self, dir: &Path) -> Result<&Adapter> {
+        let c = &self.config;
+        let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let (hidden, inter) = (c.hidden_size, c.intermediate_size);
+        let shapes: ProjectionShapes = [
+            ("q_proj", (hidden, q_dim)),
+            ("k_proj", (hidden, kv_dim)),
+            ("v_proj", (hidden, kv_dim)),
+            ("o_proj", (q_dim, hidden)),
+            ("gate_proj", (hidden, inter)),
+            ("up_proj", (hidden, inter)),
+            ("down_proj", (inter, hidden)),
+        ]
+        .into_iter()
+        .collect();
+        let head = self.score.weight().dims2()?;
+        let mut adapter = Adapter::load(dir, c.num_layers, &shapes, head, &self.device)?;
+        for ((layer, name), weights) in std::mem::take(&mut adapter.weights) {
+            self.layers[layer].projection_mut(&name).lora = Some(weights);
+        }
+        if let Some(score) = adapter.score.take() {
+            self.score = Linear::new(score, None);
+        }
+        Ok(self.adapter.insert(adapter))
     }
 
     /// The logits `[batch, classes]` of padded rows: `input_ids` and `attention_mask` are

@@ -108,3 +108,95 @@ fn bad_folders_are_named() {
         "{error}"
     );
 }
+
+/// A PEFT LoRA adapter (r 4, alpha 8, every projection, the head saved in full) applied to the
+/// Qwen2 fixture gives peft's logits; without it, the base logits.
+#[test]
+fn a_peft_adapter_gives_peft_logits() {
+    let expected = expected();
+    let case = &expected["lora"];
+    let base_dir = fixtures().join(case["base_model_dir"].as_str().unwrap());
+    let mut model = DecoderClassifier::load(&base_dir, &Device::Cpu).unwrap();
+    let batch = &case["right"];
+    let (ids, mask) = (rows(&batch["input_ids"]), rows(&batch["attention_mask"]));
+    let logits =
+        |model: &DecoderClassifier| model.logits(&ids, &mask).unwrap().to_vec2::<f32>().unwrap();
+    assert_close(&logits(&model), &case["base"]["right"], "base");
+    let adapter = model
+        .apply_adapter(&fixtures().join(case["adapter_dir"].as_str().unwrap()))
+        .unwrap();
+    assert_eq!((adapter.r, adapter.alpha), (4, 8.0));
+    assert_eq!(adapter.target_modules.len(), 7);
+    assert_close(
+        &logits(&model),
+        &batch["logits"],
+        "with the adapter, right padding",
+    );
+    let left = &case["left"];
+    let left_logits = model
+        .logits(&rows(&left["input_ids"]), &rows(&left["attention_mask"]))
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert_close(
+        &left_logits,
+        &left["logits"],
+        "with the adapter, left padding",
+    );
+}
+
+/// Adapters that do not fit the model are refused, naming the file and what is wrong.
+#[test]
+fn mismatched_adapters_are_named() {
+    let qwen = fixtures().join("tiny-llm-qwen2");
+    let adapter = fixtures().join("tiny-llm-qwen2-lora");
+    let copy = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap();
+        let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+        edit(&mut config);
+        std::fs::write(dir.path().join("adapter_config.json"), config.to_string()).unwrap();
+        std::fs::copy(
+            adapter.join("adapter_model.safetensors"),
+            dir.path().join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        dir
+    };
+    let error_of = |dir: &Path| {
+        let mut model = DecoderClassifier::load(&qwen, &Device::Cpu).unwrap();
+        model.apply_adapter(dir).err().unwrap().to_string()
+    };
+    // Another rank than the weights have.
+    let dir = copy(&|c| c["r"] = serde_json::json!(8));
+    let error = error_of(dir.path());
+    assert!(
+        error.contains("adapter_model.safetensors: ")
+            && error.contains("lora_A.weight has shape [4, ")
+            && error.ends_with("(r = 8)"),
+        "{error}"
+    );
+    // Fewer target modules than the file holds.
+    let dir = copy(&|c| c["target_modules"] = serde_json::json!(["q_proj", "v_proj"]));
+    let error = error_of(dir.path());
+    assert!(
+        error.contains("tensors the model has no place for"),
+        "{error}"
+    );
+    // DoRA, which the member does not compute.
+    let dir = copy(&|c| c["use_dora"] = serde_json::json!(true));
+    let error = error_of(dir.path());
+    assert!(
+        error.contains("adapter_config.json: use_dora = true (DoRA) is not supported"),
+        "{error}"
+    );
+    // The adapter of a model with another shape: the Qwen2 adapter (2 layers) on the Gemma-2
+    // fixture (3 layers).
+    let mut gemma =
+        DecoderClassifier::load(&fixtures().join("tiny-llm-gemma2"), &Device::Cpu).unwrap();
+    let error = gemma.apply_adapter(&adapter).err().unwrap().to_string();
+    assert!(
+        error.contains("adapter_model.safetensors: no base_model.model.model.layers.2."),
+        "{error}"
+    );
+}
