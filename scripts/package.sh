@@ -76,10 +76,11 @@ if $cuda && [ ! -f "$root/.cuda-toolkit" ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
             nvidia-cuda-toolkit >/dev/null || fail "apt-get could not install nvidia-cuda-toolkit"
     fi
-    say "copying nvcc 11.8, CUDA's headers and libcudart_static.a into the build root"
+    say "copying nvcc 11.8, CUDA's headers (libcu++, CUB and Thrust too) and libcudart_static.a into the build root"
     {
         dpkg -L nvidia-cuda-toolkit | grep -v '^/usr/share/'
         dpkg -L nvidia-cuda-dev | grep -E '^/usr/include/|/libcudart_static\.a$'
+        dpkg -L libcu++-dev libcub-dev libthrust-dev | grep '^/usr/include/'
     } | while read -r f; do [ -f "$f" ] || [ -L "$f" ] && echo "${f#/}"; done |
         tar -C / -cf - -T - | tar -C "$root" -xf -
     touch "$root/.cuda-toolkit"

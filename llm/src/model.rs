@@ -252,7 +252,7 @@ impl Attention {
                 .matmul(&v)?
                 .transpose(1, 2)?
                 .reshape((b, len, self.heads * self.head_dim))?;
-        Ok(self.o.forward(&out)?)
+        self.o.forward(&out)
     }
 }
 
@@ -290,7 +290,7 @@ impl Mlp {
             Family::Gemma2 => gate.gelu()?,
             Family::Qwen2 | Family::Llama => gate.silu()?,
         };
-        Ok(self.down.forward(&(gate * self.up.forward(x)?)?)?)
+        self.down.forward(&(gate * self.up.forward(x)?)?)
     }
 }
 
