@@ -213,6 +213,18 @@ impl DecoderConfig {
     }
 }
 
+impl DecoderConfig {
+    /// The id that pads batches: `pad_token_id`, or else the first EOS id, as Hugging Face's
+    /// users pad models that have no pad token; `true` when it is EOS.
+    pub fn padding_id(&self) -> std::result::Result<(u32, bool), String> {
+        match (self.pad_token_id, self.eos_token_ids.first()) {
+            (Some(pad), _) => Ok((pad, false)),
+            (None, Some(&eos)) => Ok((eos, true)),
+            (None, None) => Err("config.json has neither pad_token_id nor eos_token_id".into()),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum EosTokenIds {

@@ -7,10 +7,12 @@
 //! DeBERTa member's loop and the `transformer` command's wiring come next (issue 21).
 mod adapter;
 mod config;
+mod encode;
 mod error;
 mod model;
 
 pub use adapter::{Adapter, TARGETABLE};
 pub use config::{DecoderConfig, Family, Llama3RopeScaling};
+pub use encode::{Padding, PairEncoder, Template, DEFAULT_TEMPLATE};
 pub use error::{Error, Result};
 pub use model::{rope_inverse_frequencies, weight_files, DecoderClassifier};

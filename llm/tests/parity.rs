@@ -200,3 +200,51 @@ fn mismatched_adapters_are_named() {
         "{error}"
     );
 }
+
+/// The encoder puts the battle in the template and tokenizes it as Hugging Face's tokenizer
+/// does (the fixtures' ids, BOS from the post-processor); cut to a short `max_len`, every row
+/// fits, keeps the start of each field and ends with the end of response_b.
+#[test]
+fn battles_are_tokenized_as_the_reference_and_cut_to_max_len() {
+    use deberta::{ResponsePair, SegmentBudget};
+    use llm::{Padding, PairEncoder, Template};
+    let expected = expected();
+    let template = Template::parse(expected["template"].as_str().unwrap()).unwrap();
+    let pairs: Vec<ResponsePair> = expected["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| ResponsePair {
+            prompt: c["prompt"].as_str().unwrap().to_owned(),
+            response_a: c["response_a"].as_str().unwrap().to_owned(),
+            response_b: c["response_b"].as_str().unwrap().to_owned(),
+        })
+        .collect();
+    for name in ["gemma2", "llama"] {
+        let case = &expected["families"][name];
+        let dir = fixtures().join(case["model_dir"].as_str().unwrap());
+        let model = DecoderClassifier::load(&dir, &Device::Cpu).unwrap();
+        let (pad, is_eos) = model.config().padding_id().unwrap();
+        assert_eq!(is_eos, name == "llama", "{name}: the pad fallback");
+        let encoder =
+            PairEncoder::new(&dir, template.clone(), SegmentBudget::default(), pad).unwrap();
+        let ids: Vec<Vec<u32>> = pairs
+            .iter()
+            .map(|p| encoder.encode(p, 4096).unwrap())
+            .collect();
+        assert_eq!(ids, rows(&case["ids"]), "{name}");
+        // Padded as the reference's batches.
+        let (padded, mask) = encoder.pad(&ids, Padding::Left);
+        assert_eq!(padded, rows(&case["left"]["input_ids"]), "{name}");
+        assert_eq!(mask, rows(&case["left"]["attention_mask"]), "{name}");
+        // Cut to 40 tokens: fits, and the row still ends as the text does.
+        for (pair, full) in pairs.iter().zip(&ids) {
+            let cut = encoder.encode(pair, 40).unwrap();
+            assert!(cut.len() <= 40, "{name}: {} tokens", cut.len());
+            if full.len() > 40 {
+                assert_eq!(cut.last(), full.last(), "{name}: the last token is kept");
+                assert_eq!(cut[..8], full[..8], "{name}: the head is kept");
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! A battle as the LLM reads it: the prompt and both answers in a text template
+//! (`template`, with `{prompt}`, `{response_a}` and `{response_b}`), tokenized with the model's
+//! `tokenizer.json`, whose post-processor adds the special tokens. Fields longer than their
+//! share of `max_len` keep their head and tail (the DeBERTa member's `SegmentBudget`: the
+//! prompt's share first, the answers split the rest alike, a short field hands its unused
+//! tokens on); the cut tokens are decoded back to text, so that the whole text is tokenized
+//! once, as the model saw text in training.
+use crate::{Error, Result};
+use deberta::{ResponsePair, SegmentBudget};
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+/// The default template: the winners of the LMSYS competition used much the same.
+pub const DEFAULT_TEMPLATE: &str =
+    "<prompt>: {prompt}\n\n<response_a>: {response_a}\n\n<response_b>: {response_b}";
+
+const FIELDS: [&str; 3] = ["{prompt}", "{response_a}", "{response_b}"];
+
+/// What stands for the cut middle of a field.
+const ELISION: &str = " … ";
+
+/// A template split at its three placeholders.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Template {
+    /// The literal text before, between and after the fields, and the field (0 prompt,
+    /// 1 response_a, 2 response_b) after each piece but the last.
+    pieces: Vec<String>,
+    order: Vec<usize>,
+}
+
+impl Template {
+    /// Each placeholder exactly once, in any order; errors name the placeholder.
+    pub fn parse(text: &str) -> Result<Template> {
+        let mut found: Vec<(usize, usize)> = Vec::new();
+        for (field, name) in FIELDS.iter().enumerate() {
+            match text.match_indices(name).count() {
+                1 => found.push((text.find(name).expect("counted once"), field)),
+                n => {
+                    return Err(Error::Invalid(format!(
+                        "template: {name} appears {n} times; it must appear once (the \
+                         placeholders are {{prompt}}, {{response_a}} and {{response_b}})"
+                    )))
+                }
+            }
+        }
+        found.sort();
+        let (mut pieces, mut order, mut at) = (Vec::new(), Vec::new(), 0);
+        for (start, field) in found {
+            pieces.push(text[at..start].to_owned());
+            order.push(field);
+            at = start + FIELDS[field].len();
+        }
+        pieces.push(text[at..].to_owned());
+        Ok(Template { pieces, order })
+    }
+
+    /// The template with the fields put in.
+    pub fn fill(&self, fields: [&str; 3]) -> String {
+        let mut text = self.pieces[0].clone();
+        for (piece, &field) in self.pieces[1..].iter().zip(&self.order) {
+            text.push_str(fields[field]);
+            text.push_str(piece);
+        }
+        text
+    }
+}
+
+/// Padding side of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    Left,
+    Right,
+}
+
+/// Turns battles into token ids for one model.
+pub struct PairEncoder {
+    tokenizer: Tokenizer,
+    template: Template,
+    budget: SegmentBudget,
+    pad_id: u32,
+    /// Tokens of the template with empty fields, special tokens included.
+    overhead: usize,
+    elision_tokens: usize,
+}
+
+impl PairEncoder {
+    /// `tokenizer.json` of `model_dir`, with `pad_id` (the config's pad token, or its EOS
+    /// where it has none, as Hugging Face pads such models).
+    pub fn new(
+        model_dir: &Path,
+        template: Template,
+        budget: SegmentBudget,
+        pad_id: u32,
+    ) -> Result<PairEncoder> {
+        let path = model_dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(Error::MissingFile {
+                path: model_dir.to_owned(),
+                what: "tokenizer.json".into(),
+            });
+        }
+        let tokenizer = Tokenizer::from_file(&path).map_err(|e| Error::BadModelFile {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut encoder = PairEncoder {
+            tokenizer,
+            template,
+            budget,
+            pad_id,
+            overhead: 0,
+            elision_tokens: 0,
+        };
+        encoder.overhead = encoder
+            .ids(&encoder.template.fill(["", "", ""]), true)?
+            .len();
+        encoder.elision_tokens = encoder.ids(ELISION, false)?.len();
+        Ok(encoder)
+    }
+
+    fn ids(&self, text: &str, special_tokens: bool) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, special_tokens)
+            .map_err(|e| Error::Invalid(format!("tokenizer: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    fn text(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, false)
+            .map_err(|e| Error::Invalid(format!("tokenizer: {e}")))
+    }
+
+    /// The ids of one battle, at most `max_len` of them, special tokens included.
+    pub fn encode(&self, pair: &ResponsePair, max_len: usize) -> Result<Vec<u32>> {
+        let fields = [&pair.prompt, &pair.response_a, &pair.response_b];
+        let field_ids = fields
+            .iter()
+            .map(|f| self.ids(f, false))
+            .collect::<Result<Vec<_>>>()?;
+        // Room for the fields, an elision mark in each, and a token at each boundary, where
+        // tokens merge differently in the whole text.
+        let reserve = self.overhead + 3 * (self.elision_tokens + 1);
+        let available = max_len.saturating_sub(reserve);
+        let answer_share = (1.0 - self.budget.prompt_share) / 2.0;
+        let lengths: Vec<usize> = field_ids.iter().map(Vec::len).collect();
+        let counts = self.budget.allocate(
+            &lengths,
+            &[self.budget.prompt_share, answer_share, answer_share],
+            available,
+        );
+        let mut texts: Vec<String> = Vec::with_capacity(3);
+        for ((field, ids), &count) in fields.iter().zip(&field_ids).zip(&counts) {
+            texts.push(if ids.len() <= count {
+                (*field).clone()
+            } else {
+                let kept = self.budget.truncate(ids, count);
+                let head = ((count as f64) * self.budget.head_share).round() as usize;
+                let head = head.min(kept.len());
+                format!(
+                    "{}{ELISION}{}",
+                    self.text(&kept[..head])?,
+                    self.text(&kept[head..])?
+                )
+            });
+        }
+        let mut ids = self.ids(&self.template.fill([&texts[0], &texts[1], &texts[2]]), true)?;
+        // Rare: merges across the cuts made the text longer than reserved.
+        ids.truncate(max_len);
+        Ok(ids)
+    }
+
+    /// Rows padded with the pad id to the longest, on `side`, and their attention masks.
+    pub fn pad(&self, rows: &[Vec<u32>], side: Padding) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+        let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+        rows.iter()
+            .map(|row| {
+                let fill = len - row.len();
+                let (pads, ones) = (vec![self.pad_id; fill], vec![1u32; row.len()]);
+                match side {
+                    Padding::Right => (
+                        [row.as_slice(), &pads].concat(),
+                        [ones, vec![0; fill]].concat(),
+                    ),
+                    Padding::Left => (
+                        [pads.as_slice(), row].concat(),
+                        [vec![0; fill], ones].concat(),
+                    ),
+                }
+            })
+            .unzip()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_need_each_placeholder_once_in_any_order() {
+        let t = Template::parse("B {response_b} / P {prompt} / A {response_a}!").unwrap();
+        assert_eq!(t.fill(["p", "a", "b"]), "B b / P p / A a!");
+        let error = Template::parse("{prompt} {response_a}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("template: {response_b} appears 0 times"),
+            "{error}"
+        );
+        let error = Template::parse("{prompt}{prompt}{response_a}{response_b}")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("{prompt} appears 2 times"), "{error}");
+    }
+}
