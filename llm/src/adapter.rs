@@ -8,7 +8,7 @@
 //! classification head, which PEFT trains in full (`modules_to_save`), is saved as
 //! `base_model.model.score.weight`.
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,6 +26,18 @@ pub const TARGETABLE: [(&str, &str); 7] = [
 
 /// The key prefix PEFT gives the wrapped model's parameters.
 const PEFT_PREFIX: &str = "base_model.model.";
+
+/// PEFT's key of a LoRA matrix (`ab`: "A" or "B") of `module` in `layer`.
+pub(crate) fn lora_key(layer: usize, module: &str, ab: &str) -> String {
+    let block = TARGETABLE
+        .iter()
+        .find(|(m, _)| *m == module)
+        .map_or("self_attn", |(_, b)| *b);
+    format!("{PEFT_PREFIX}model.layers.{layer}.{block}.{module}.lora_{ab}.weight")
+}
+
+/// PEFT's key of the classification head it trains in full.
+pub(crate) const SCORE_KEY: &str = "base_model.model.score.weight";
 
 /// The keys of `adapter_config.json` the member reads; PEFT options that change the
 /// computation and that it does not implement are refused by name.
@@ -49,10 +61,10 @@ struct RawAdapterConfig {
     alpha_pattern: serde_json::Map<String, serde_json::Value>,
 }
 
-/// One projection's adapter.
+/// One projection's adapter: A and B are variables, the weights training updates.
 pub(crate) struct LoraWeights {
-    pub a: Tensor,
-    pub b: Tensor,
+    pub a: Var,
+    pub b: Var,
     pub scale: f64,
 }
 
@@ -120,14 +132,7 @@ impl Adapter {
                 let (&name, &(in_dim, out_dim)) = shapes
                     .get_key_value(module.as_str())
                     .expect("target modules are checked against TARGETABLE");
-                let block = TARGETABLE
-                    .iter()
-                    .find(|(m, _)| *m == name)
-                    .map(|(_, b)| *b)
-                    .expect("every shape is targetable");
-                let key = |ab: &str| {
-                    format!("{PEFT_PREFIX}model.layers.{layer}.{block}.{name}.lora_{ab}.weight")
-                };
+                let key = |ab: &str| lora_key(layer, name, ab);
                 let mut take = |ab: &str, shape: (usize, usize)| -> Result<Tensor> {
                     let key = key(ab);
                     let tensor = tensors
@@ -142,13 +147,13 @@ impl Adapter {
                     }
                     Ok(tensor.to_dtype(DType::F32)?)
                 };
-                let a = take("A", (raw.r, in_dim))?;
-                let b = take("B", (out_dim, raw.r))?;
+                let a = Var::from_tensor(&take("A", (raw.r, in_dim))?)?;
+                let b = Var::from_tensor(&take("B", (out_dim, raw.r))?)?;
                 weights.insert((layer, name.to_owned()), LoraWeights { a, b, scale });
             }
         }
-        let score_key = format!("{PEFT_PREFIX}score.weight");
-        let score = match tensors.remove(&score_key) {
+        let score_key = SCORE_KEY;
+        let score = match tensors.remove(score_key) {
             Some(score) if score.dims() != [head_shape.0, head_shape.1] => {
                 return Err(bad_weights(format!(
                     "{score_key} has shape {:?}; the model's head is {head_shape:?}",

@@ -7,10 +7,10 @@
 //! built for generation: one sequence at a time with a KV cache, no padding mask and no
 //! classification head; the member batches padded rows and will train adapters inside the
 //! projections.
-use crate::adapter::{Adapter, LoraWeights, ProjectionShapes};
+use crate::adapter::{lora_key, Adapter, LoraWeights, ProjectionShapes, SCORE_KEY, TARGETABLE};
 use crate::config::{DecoderConfig, Family, Llama3RopeScaling};
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{Linear, Module, VarBuilder};
 use std::path::{Path, PathBuf};
 
@@ -121,8 +121,8 @@ impl Projection {
         let Some(lora) = &self.lora else {
             return Ok(y);
         };
-        let down = x.broadcast_matmul(&lora.a.t()?)?;
-        let up = down.broadcast_matmul(&lora.b.t()?)?;
+        let down = x.broadcast_matmul(&lora.a.as_tensor().t()?)?;
+        let up = down.broadcast_matmul(&lora.b.as_tensor().t()?)?;
         Ok((y + (up * lora.scale)?)?)
     }
 }
@@ -246,7 +246,8 @@ impl Attention {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
         let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        // candle's fused softmax has no backward pass; this one does.
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
         let out =
             probs
                 .matmul(&v)?
@@ -324,17 +325,31 @@ impl Layer {
         })
     }
 
+    /// The projections in the order of `adapter::TARGETABLE`.
+    fn projections(&self) -> [&Projection; 7] {
+        let (a, m) = (&self.attention, &self.mlp);
+        [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
+    }
+
+    /// The projection named `name`, one of `adapter::TARGETABLE`.
     fn projection_mut(&mut self, name: &str) -> &mut Projection {
-        match name {
-            "q_proj" => &mut self.attention.q,
-            "k_proj" => &mut self.attention.k,
-            "v_proj" => &mut self.attention.v,
-            "o_proj" => &mut self.attention.o,
-            "gate_proj" => &mut self.mlp.gate,
-            "up_proj" => &mut self.mlp.up,
-            "down_proj" => &mut self.mlp.down,
-            other => unreachable!("{other} is not in adapter::TARGETABLE"),
-        }
+        let index = TARGETABLE
+            .iter()
+            .position(|(n, _)| *n == name)
+            .expect("adapter modules are checked against TARGETABLE");
+        let (a, m) = (&mut self.attention, &mut self.mlp);
+        [
+            &mut a.q,
+            &mut a.k,
+            &mut a.v,
+            &mut a.o,
+            &mut m.gate,
+            &mut m.up,
+            &mut m.down,
+        ]
+        .into_iter()
+        .nth(index)
+        .expect("seven projections")
     }
 
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, masks: &Masks) -> Result<Tensor> {
@@ -400,7 +415,8 @@ pub struct DecoderClassifier {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    score: Linear,
+    /// The classification head, `[classes, hidden]`, trained in full.
+    score: Var,
     adapter: Option<Adapter>,
     device: Device,
 }
@@ -432,7 +448,7 @@ impl DecoderClassifier {
                 "embed_tokens.weight",
             )?,
             norm: RmsNorm::load(model.pp("norm"), &config)?,
-            score: linear(vb.pp("score"), config.hidden_size, labels, false)?,
+            score: Var::from_tensor(&vb.get((labels, config.hidden_size), "score.weight")?)?,
             layers,
             config,
             adapter: None,
@@ -442,6 +458,23 @@ impl DecoderClassifier {
 
     pub fn config(&self) -> &DecoderConfig {
         &self.config
+    }
+
+    /// The variables training updates, by PEFT's key names: every LoRA A and B of the applied
+    /// adapter, and the classification head. The base weights are plain tensors, never
+    /// variables, so no gradient is computed for them.
+    pub fn trainable(&self) -> Vec<(String, &Var)> {
+        let mut vars = Vec::new();
+        for (index, layer) in self.layers.iter().enumerate() {
+            for ((name, _), projection) in TARGETABLE.iter().zip(layer.projections()) {
+                if let Some(lora) = &projection.lora {
+                    vars.push((lora_key(index, name, "A"), &lora.a));
+                    vars.push((lora_key(index, name, "B"), &lora.b));
+                }
+            }
+        }
+        vars.push((SCORE_KEY.to_owned(), &self.score));
+        vars
     }
 
     /// Applies a PEFT LoRA adapter saved for this model (`adapter_config.json`,
@@ -462,13 +495,13 @@ impl DecoderClassifier {
         ]
         .into_iter()
         .collect();
-        let head = self.score.weight().dims2()?;
+        let head = self.score.as_tensor().dims2()?;
         let mut adapter = Adapter::load(dir, c.num_layers, &shapes, head, &self.device)?;
         for ((layer, name), weights) in std::mem::take(&mut adapter.weights) {
             self.layers[layer].projection_mut(&name).lora = Some(weights);
         }
         if let Some(score) = adapter.score.take() {
-            self.score = Linear::new(score, None);
+            self.score = Var::from_tensor(&score)?;
         }
         Ok(self.adapter.insert(adapter))
     }
@@ -526,6 +559,6 @@ impl DecoderClassifier {
             .enumerate()
             .map(|(row, &position)| x.get(row)?.get(position))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(self.score.forward(&Tensor::stack(&rows, 0)?)?)
+        Ok(Tensor::stack(&rows, 0)?.matmul(&self.score.as_tensor().t()?)?)
     }
 }

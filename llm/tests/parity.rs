@@ -248,3 +248,70 @@ fn battles_are_tokenized_as_the_reference_and_cut_to_max_len() {
         }
     }
 }
+
+/// Training's first step against PyTorch + PEFT (the fixture's figures): the loss of the
+/// adapted model on the right-padded batch, and the gradients of layer 0's q_proj LoRA A and B
+/// and of the head, within 1e-4 relative to their size. Only the adapter and the head are
+/// variables: the base weights get no gradient.
+#[test]
+fn lora_gradients_match_pytorch_and_peft() {
+    let expected = expected();
+    let case = &expected["lora"];
+    let training = &case["training"];
+    let mut model = DecoderClassifier::load(
+        &fixtures().join(case["base_model_dir"].as_str().unwrap()),
+        &Device::Cpu,
+    )
+    .unwrap();
+    model
+        .apply_adapter(&fixtures().join(case["adapter_dir"].as_str().unwrap()))
+        .unwrap();
+    let batch = &case["right"];
+    let logits = model
+        .logits(&rows(&batch["input_ids"]), &rows(&batch["attention_mask"]))
+        .unwrap();
+    let labels: Vec<u32> = serde_json::from_value(training["labels"].clone()).unwrap();
+    let labels = candle_core::Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+    let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+    let theirs = training["loss"].as_f64().unwrap();
+    assert!((loss.to_scalar::<f32>().unwrap() as f64 - theirs).abs() < 1e-5);
+    let grads = loss.backward().unwrap();
+    let trainable = model.trainable();
+    // 2 layers × 7 projections × (A, B), and the head.
+    assert_eq!(trainable.len(), 29);
+    let var = |key: &str| {
+        trainable
+            .iter()
+            .find(|(name, _)| name == key)
+            .unwrap_or_else(|| panic!("no variable {key}"))
+            .1
+    };
+    for (fixture_name, key) in [
+        (
+            "layer0_q_proj_lora_A",
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+        ),
+        (
+            "layer0_q_proj_lora_B",
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+        ),
+        ("score", "base_model.model.score.weight"),
+    ] {
+        let ours = grads
+            .get(var(key).as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {key}"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let figures = &training["grads"][fixture_name];
+        let shape: Vec<usize> = serde_json::from_value(figures["shape"].clone()).unwrap();
+        assert_eq!(var(key).as_tensor().dims(), shape, "{key}");
+        let theirs: Vec<f32> = serde_json::from_value(figures["values"].clone()).unwrap();
+        let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(ours.len(), theirs.len(), "{key}");
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!((a - b).abs() <= 1e-4 * scale.max(1e-3), "{key}: {a} vs {b}");
+        }
+    }
+}
