@@ -35,7 +35,7 @@ pub use error::{Error, Result, Setting};
 pub use memory::MemoryEstimate;
 pub use model::{DebertaConfig, Layout};
 pub use tokenizer::{load_tokenizer, SegmentBudget, TextEncoder};
-pub use train::{fit_fold, training_memory, EvalPoint, FoldResult};
+pub use train::{fit_fold, training_memory, AdamW, EvalPoint, FoldResult};
 
 use ensembles::outcome::swap_average;
 use ensembles::Probs;

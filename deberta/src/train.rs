@@ -148,9 +148,10 @@ struct Moments {
     steps: i32,
 }
 
-/// AdamW (decoupled weight decay, bias-corrected moments) over named variables; moments are
-/// kept by name so that layers unfrozen later start their own.
-struct AdamW {
+/// AdamW (decoupled weight decay, bias-corrected moments, as torch.optim.AdamW) over named
+/// variables; moments are kept by name so that layers unfrozen later start their own. Shared
+/// with the LLM member, whose LoRA weights it updates.
+pub struct AdamW {
     moments: HashMap<String, Moments>,
     beta1: f64,
     beta2: f64,
@@ -161,7 +162,9 @@ struct AdamW {
 }
 
 impl AdamW {
-    fn new(config: &TransformerConfig) -> AdamW {
+    /// The optimizer of `config`'s `adam_beta1`, `adam_beta2`, `adam_eps` and
+    /// `weight_decay`.
+    pub fn new(config: &TransformerConfig) -> AdamW {
         AdamW {
             moments: HashMap::new(),
             beta1: config.adam_beta1,
@@ -176,7 +179,7 @@ impl AdamW {
     /// larger than a block, where whole-tensor ops would make several copies of the
     /// 128,100 × 768 embedding table on every step.
     /// `grad_factor` multiplies the gradient first (loss unscaling and clipping).
-    fn step(
+    pub fn step(
         &mut self,
         name: &str,
         var: &Var,
