@@ -11,7 +11,7 @@ use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The projections an adapter may target, and the block that holds each.
 pub const TARGETABLE: [(&str, &str); 7] = [
@@ -68,16 +68,56 @@ pub(crate) struct LoraWeights {
     pub scale: f64,
 }
 
-/// A PEFT LoRA adapter, read and checked against the model it is applied to.
-pub struct Adapter {
+/// What a LoRA adapter is: its rank, alpha and the projections it adapts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraSpec {
     pub r: usize,
     pub alpha: f64,
+    /// Sorted names from [`TARGETABLE`].
     pub target_modules: Vec<String>,
+    /// rsLoRA: the update is scaled by `alpha / √r` instead of `alpha / r`.
+    pub use_rslora: bool,
+}
+
+impl LoraSpec {
+    pub fn scale(&self) -> f64 {
+        match self.use_rslora {
+            true => self.alpha / (self.r as f64).sqrt(),
+            false => self.alpha / self.r as f64,
+        }
+    }
+
+    /// PEFT's `adapter_config.json` for this adapter on the model in `base_model`.
+    pub(crate) fn peft_config(&self, base_model: &Path) -> serde_json::Value {
+        serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "SEQ_CLS",
+            "base_model_name_or_path": base_model.display().to_string(),
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": 0.0,
+            "target_modules": self.target_modules,
+            "modules_to_save": ["classifier", "score"],
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "use_rslora": self.use_rslora,
+            "use_dora": false,
+            "init_lora_weights": true,
+            "inference_mode": true,
+            "layers_to_transform": null,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+        })
+    }
+}
+
+/// A PEFT LoRA adapter as read from its folder, checked against the model it is for.
+pub(crate) struct Adapter {
+    pub spec: LoraSpec,
     /// Per layer and module name: A and B.
-    pub(crate) weights: BTreeMap<(usize, String), LoraWeights>,
+    pub weights: BTreeMap<(usize, String), LoraWeights>,
     /// The classification head the adapter carries (`modules_to_save`), if any.
-    pub(crate) score: Option<Tensor>,
-    pub dir: PathBuf,
+    pub score: Option<Tensor>,
 }
 
 /// The shapes the model expects of each projection: `(in, out)`.
@@ -114,11 +154,13 @@ impl Adapter {
         let text = std::fs::read_to_string(&config_path).map_err(Error::io(&config_path))?;
         let raw: RawAdapterConfig =
             serde_json::from_str(&text).map_err(|e| bad_config(e.to_string()))?;
-        let target_modules = check_config(&raw).map_err(bad_config)?;
-        let scale = match raw.use_rslora {
-            true => raw.lora_alpha / (raw.r as f64).sqrt(),
-            false => raw.lora_alpha / raw.r as f64,
+        let spec = LoraSpec {
+            r: raw.r,
+            alpha: raw.lora_alpha,
+            target_modules: check_config(&raw).map_err(bad_config)?,
+            use_rslora: raw.use_rslora,
         };
+        let scale = spec.scale();
 
         let bad_weights = |message: String| Error::BadModelFile {
             path: weights_path.clone(),
@@ -128,7 +170,7 @@ impl Adapter {
             .map_err(|e| bad_weights(e.to_string()))?;
         let mut weights = BTreeMap::new();
         for layer in 0..num_layers {
-            for module in &target_modules {
+            for module in &spec.target_modules {
                 let (&name, &(in_dim, out_dim)) = shapes
                     .get_key_value(module.as_str())
                     .expect("target modules are checked against TARGETABLE");
@@ -173,12 +215,9 @@ impl Adapter {
             )));
         }
         Ok(Adapter {
-            r: raw.r,
-            alpha: raw.lora_alpha,
-            target_modules,
+            spec,
             weights,
             score,
-            dir: dir.to_owned(),
         })
     }
 }

@@ -11,7 +11,7 @@ mod encode;
 mod error;
 mod model;
 
-pub use adapter::{Adapter, TARGETABLE};
+pub use adapter::{LoraSpec, TARGETABLE};
 pub use config::{DecoderConfig, Family, Llama3RopeScaling};
 pub use encode::{Padding, PairEncoder, Template, DEFAULT_TEMPLATE};
 pub use error::{Error, Result};

@@ -7,7 +7,9 @@
 //! built for generation: one sequence at a time with a KV cache, no padding mask and no
 //! classification head; the member batches padded rows and will train adapters inside the
 //! projections.
-use crate::adapter::{lora_key, Adapter, LoraWeights, ProjectionShapes, SCORE_KEY, TARGETABLE};
+use crate::adapter::{
+    lora_key, Adapter, LoraSpec, LoraWeights, ProjectionShapes, SCORE_KEY, TARGETABLE,
+};
 use crate::config::{DecoderConfig, Family, Llama3RopeScaling};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -417,7 +419,8 @@ pub struct DecoderClassifier {
     norm: RmsNorm,
     /// The classification head, `[classes, hidden]`, trained in full.
     score: Var,
-    adapter: Option<Adapter>,
+    lora: Option<LoraSpec>,
+    dir: PathBuf,
     device: Device,
 }
 
@@ -451,7 +454,8 @@ impl DecoderClassifier {
             score: Var::from_tensor(&vb.get((labels, config.hidden_size), "score.weight")?)?,
             layers,
             config,
-            adapter: None,
+            lora: None,
+            dir: dir.to_owned(),
             device: device.clone(),
         })
     }
@@ -477,14 +481,12 @@ impl DecoderClassifier {
         vars
     }
 
-    /// Applies a PEFT LoRA adapter saved for this model (`adapter_config.json`,
-    /// `adapter_model.safetensors`): its A and B in the targeted projections of every layer,
-    /// and its classification head in place of the folder's where it carries one.
-    pub fn apply_adapter(&mut self, dir: &Path) -> Result<&Adapter> {
+    /// `(in, out)` of each projection an adapter may target.
+    fn projection_shapes(&self) -> ProjectionShapes {
         let c = &self.config;
         let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let (hidden, inter) = (c.hidden_size, c.intermediate_size);
-        let shapes: ProjectionShapes = [
+        [
             ("q_proj", (hidden, q_dim)),
             ("k_proj", (hidden, kv_dim)),
             ("v_proj", (hidden, kv_dim)),
@@ -494,16 +496,99 @@ impl DecoderClassifier {
             ("down_proj", (inter, hidden)),
         ]
         .into_iter()
-        .collect();
+        .collect()
+    }
+
+    /// Applies a PEFT LoRA adapter saved for this model (`adapter_config.json`,
+    /// `adapter_model.safetensors`): its A and B in the targeted projections of every layer,
+    /// and its classification head in place of the folder's where it carries one.
+    pub fn apply_adapter(&mut self, dir: &Path) -> Result<&LoraSpec> {
+        if self.lora.is_some() {
+            return Err(Error::Invalid(format!(
+                "{}: the model has an adapter already",
+                dir.display()
+            )));
+        }
+        let shapes = self.projection_shapes();
         let head = self.score.as_tensor().dims2()?;
-        let mut adapter = Adapter::load(dir, c.num_layers, &shapes, head, &self.device)?;
-        for ((layer, name), weights) in std::mem::take(&mut adapter.weights) {
+        let adapter = Adapter::load(dir, self.config.num_layers, &shapes, head, &self.device)?;
+        for ((layer, name), weights) in adapter.weights {
             self.layers[layer].projection_mut(&name).lora = Some(weights);
         }
-        if let Some(score) = adapter.score.take() {
+        if let Some(score) = adapter.score {
             self.score = Var::from_tensor(&score)?;
         }
-        Ok(self.adapter.insert(adapter))
+        Ok(self.lora.insert(adapter.spec))
+    }
+
+    /// Adds a fresh LoRA adapter to train, as PEFT initialises one: A uniform in
+    /// ±1/√in (PyTorch's kaiming_uniform with a = √5), B zero, so that the untrained adapter
+    /// changes nothing.
+    pub fn add_lora(&mut self, spec: LoraSpec, seed: u64) -> Result<()> {
+        use rand::{Rng, SeedableRng};
+        if self.lora.is_some() {
+            return Err(Error::Invalid("the model has an adapter already".into()));
+        }
+        if spec.r == 0
+            || spec
+                .target_modules
+                .iter()
+                .any(|m| !TARGETABLE.iter().any(|(t, _)| t == m))
+        {
+            return Err(Error::Invalid(format!(
+                "LoRA: r must be positive and the targets among q_proj, k_proj, v_proj, \
+                 o_proj, gate_proj, up_proj, down_proj (got r = {}, {:?})",
+                spec.r, spec.target_modules
+            )));
+        }
+        let shapes = self.projection_shapes();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for layer in &mut self.layers {
+            for module in &spec.target_modules {
+                let (in_dim, out_dim) = shapes[module.as_str()];
+                let bound = 1.0 / (in_dim as f32).sqrt();
+                let a: Vec<f32> = (0..spec.r * in_dim)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect();
+                let a = Tensor::from_vec(a, (spec.r, in_dim), &self.device)?;
+                let b = Tensor::zeros((out_dim, spec.r), DType::F32, &self.device)?;
+                layer.projection_mut(module).lora = Some(LoraWeights {
+                    a: Var::from_tensor(&a)?,
+                    b: Var::from_tensor(&b)?,
+                    scale: spec.scale(),
+                });
+            }
+        }
+        self.lora = Some(spec);
+        Ok(())
+    }
+
+    /// Writes the adapter in PEFT's format to `dir` (`adapter_config.json`,
+    /// `adapter_model.safetensors` with PEFT's key names, the head included), which
+    /// `PeftModel.from_pretrained` and [`DecoderClassifier::apply_adapter`] load.
+    pub fn save_adapter(&self, dir: &Path) -> Result<()> {
+        let spec = self
+            .lora
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("no adapter to save".into()))?;
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        let tensors: std::collections::HashMap<String, Tensor> = self
+            .trainable()
+            .into_iter()
+            .map(|(name, var)| (name, var.as_tensor().clone()))
+            .collect();
+        let weights = dir.join("adapter_model.safetensors");
+        candle_core::safetensors::save(&tensors, &weights).map_err(|e| match e {
+            candle_core::Error::Io(cause) => Error::Io {
+                path: weights.clone(),
+                cause,
+            },
+            other => Error::Candle(other),
+        })?;
+        let config = dir.join("adapter_config.json");
+        let text = serde_json::to_string_pretty(&spec.peft_config(&self.dir))
+            .expect("a JSON value serialises");
+        std::fs::write(&config, text).map_err(Error::io(&config))
     }
 
     /// The logits `[batch, classes]` of padded rows: `input_ids` and `attention_mask` are

@@ -125,7 +125,7 @@ fn a_peft_adapter_gives_peft_logits() {
     let adapter = model
         .apply_adapter(&fixtures().join(case["adapter_dir"].as_str().unwrap()))
         .unwrap();
-    assert_eq!((adapter.r, adapter.alpha), (4, 8.0));
+    assert_eq!((adapter.r, adapter.alpha, adapter.scale()), (4, 8.0, 2.0));
     assert_eq!(adapter.target_modules.len(), 7);
     assert_close(
         &logits(&model),
@@ -358,4 +358,79 @@ fn assert_close_flat(ours: &[f32], theirs: &[f32], what: &str) {
             "{what}: {a} vs {b}"
         );
     }
+}
+
+/// A fresh adapter changes nothing (B starts at zero); trained a step, saved in PEFT's format
+/// with PEFT's key names, and applied to a fresh copy of the base, it gives the same logits.
+#[test]
+fn adapters_start_neutral_and_survive_a_save_and_load() {
+    use llm::LoraSpec;
+    let expected = expected();
+    let case = &expected["lora"];
+    let base_dir = fixtures().join(case["base_model_dir"].as_str().unwrap());
+    let batch = &case["right"];
+    let (ids, mask) = (rows(&batch["input_ids"]), rows(&batch["attention_mask"]));
+    let mut model = DecoderClassifier::load(&base_dir, &Device::Cpu).unwrap();
+    let before = model.logits(&ids, &mask).unwrap().to_vec2::<f32>().unwrap();
+    let targets = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+    let spec = LoraSpec {
+        r: 4,
+        alpha: 8.0,
+        target_modules: targets.map(str::to_owned).to_vec(),
+        use_rslora: false,
+    };
+    model.add_lora(spec, 7).unwrap();
+    let untrained = model.logits(&ids, &mask).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(before, untrained, "an untrained adapter changed the logits");
+    // One AdamW step moves B off zero.
+    let labels = candle_core::Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+    let loss =
+        candle_nn::loss::cross_entropy(&model.logits(&ids, &mask).unwrap(), &labels).unwrap();
+    let grads = loss.backward().unwrap();
+    let mut optimizer = deberta::AdamW::new(&deberta::TransformerConfig::default());
+    for (name, var) in model.trainable() {
+        optimizer
+            .step(&name, var, grads.get(var.as_tensor()).unwrap(), 1.0, 1e-2)
+            .unwrap();
+    }
+    let trained = model.logits(&ids, &mask).unwrap().to_vec2::<f32>().unwrap();
+    assert_ne!(trained, before);
+    let saved = tempfile::tempdir().unwrap();
+    model.save_adapter(saved.path()).unwrap();
+    // PEFT's key names, as peft itself wrote them for the fixture adapter.
+    let keys: Vec<String> = candle_core::safetensors::load(
+        saved.path().join("adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .into_keys()
+    .collect::<std::collections::BTreeSet<_>>()
+    .into_iter()
+    .collect();
+    let mut peft_keys: Vec<String> = case["safetensors_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap().to_owned())
+        .collect();
+    peft_keys.sort();
+    assert_eq!(keys, peft_keys);
+    let mut reloaded = DecoderClassifier::load(&base_dir, &Device::Cpu).unwrap();
+    reloaded.apply_adapter(saved.path()).unwrap();
+    assert_eq!(
+        reloaded
+            .logits(&ids, &mask)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap(),
+        trained
+    );
 }
