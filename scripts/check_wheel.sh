@@ -32,10 +32,13 @@ case "$(basename "$wheel")" in
     cuda=true
     wheelhouse=.tools/wheelhouse
     mkdir -p "$wheelhouse"
-    if ! ls "$wheelhouse"/nvidia_cublas_cu12-*.whl "$wheelhouse"/nvidia_curand_cu12-*.whl >/dev/null 2>&1; then
+    if [ ! -f "$wheelhouse/.complete" ]; then
+        # With their own dependencies (cuBLAS 12.9 needs nvidia-cuda-nvrtc-cu12), as a Kaggle
+        # dataset of wheels must hold them.
         say "downloading nvidia-cublas-cu12 and nvidia-curand-cu12 into $wheelhouse (once)"
-        "$PYTHON" -m pip download -q --only-binary :all: --no-deps -d "$wheelhouse" \
+        "$PYTHON" -m pip download -q --only-binary :all: -d "$wheelhouse" \
             nvidia-cublas-cu12 nvidia-curand-cu12
+        touch "$wheelhouse/.complete"
     fi
     find_links+=(--find-links "$wheelhouse")
     ;;
@@ -75,7 +78,8 @@ if $cuda; then
     status=$?
     set -e
     message=$(cat "$work/gpu.err")
-    if [ -e /dev/nvidiactl ]; then
+    # (Not /dev/nvidiactl: libcuda makes that node itself when run as root, GPU or not.)
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
         say "this machine has an NVIDIA GPU: --device cuda:0 said: $message"
     else
         # No GPU: either no driver library at all, or one (Debian's libcuda1, which its CUDA

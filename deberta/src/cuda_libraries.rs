@@ -133,40 +133,57 @@ fn open(name: &str) -> Result<(), String> {
     Err(message)
 }
 
+/// Why a library did not open.
+#[derive(Debug, PartialEq)]
+enum Failure {
+    /// In no wheel folder and not on the system's library path.
+    NotFound,
+    /// Found but it does not load: the file and the loader's reason.
+    Broken(String),
+}
+
 /// Opens one library: from the first wheel folder that has it, else from the system.
-fn open_library(needed: &Needed, dirs: &[PathBuf]) -> Result<(), String> {
+fn open_library(needed: &Needed, dirs: &[PathBuf]) -> Result<(), Failure> {
     if let Some(path) = dirs
         .iter()
         .map(|d| d.join(&needed.soname))
         .find(|p| p.is_file())
     {
         return open(&path.to_string_lossy()).map_err(|e| {
-            format!(
+            Failure::Broken(format!(
                 "{} ({}) is there but does not load: {e}",
                 path.display(),
                 needed.what
-            )
+            ))
         });
     }
-    open(&needed.soname).map_err(|_| {
-        let looked = if dirs.is_empty() {
-            "NVIDIA's wheels (no Python environment with them around this binary)".to_owned()
-        } else {
-            dirs.iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        format!(
-            "{} ({}) not found: not in {looked}, nor on the system's library path \
-             (LD_LIBRARY_PATH, ld.so.cache): `pip install {}`, or install CUDA {}'s {}",
-            needed.soname,
-            needed.what,
-            needed.package,
-            cuda_major(),
-            needed.what
-        )
-    })
+    open(&needed.soname).map_err(|_| Failure::NotFound)
+}
+
+/// One line for the libraries that were not found: their names, where they were looked for,
+/// and the pip packages that bring them.
+fn not_found_message(missing: &[&Needed], dirs: &[PathBuf]) -> String {
+    let names: Vec<String> = missing
+        .iter()
+        .map(|n| format!("{} ({})", n.soname, n.what))
+        .collect();
+    let mut packages: Vec<&str> = missing.iter().map(|n| n.package.as_str()).collect();
+    packages.dedup();
+    let looked = if dirs.is_empty() {
+        "no NVIDIA wheels in a Python environment around this binary".to_owned()
+    } else {
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "{} not found (looked in: {looked}, then the system's library path: LD_LIBRARY_PATH, \
+         ld.so.cache): `pip install {}`, or install CUDA {}'s libraries",
+        names.join(", "),
+        packages.join(" "),
+        cuda_major()
+    )
 }
 
 /// Opens cuBLAS, cuRAND and the NVIDIA driver, or says in one line which are missing and where
@@ -177,10 +194,18 @@ pub fn load() -> Result<(), String> {
         .get_or_init(|| {
             let exe = std::env::current_exe().ok();
             let dirs = wheel_library_dirs(exe.as_deref(), |v| std::env::var_os(v));
-            let mut missing: Vec<String> = needed_libraries(cuda_major())
-                .iter()
-                .filter_map(|needed| open_library(needed, &dirs).err())
-                .collect();
+            let libraries = needed_libraries(cuda_major());
+            let (mut not_found, mut missing) = (Vec::new(), Vec::new());
+            for needed in &libraries {
+                match open_library(needed, &dirs) {
+                    Ok(()) => {}
+                    Err(Failure::NotFound) => not_found.push(needed),
+                    Err(Failure::Broken(message)) => missing.push(message),
+                }
+            }
+            if !not_found.is_empty() {
+                missing.insert(0, not_found_message(&not_found, &dirs));
+            }
             if let Err(e) = open("libcuda.so.1") {
                 missing.push(format!(
                     "no NVIDIA driver: libcuda.so.1 does not load ({e}), so only --device cpu \
@@ -250,19 +275,28 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_library_is_named_with_where_it_was_looked_for() {
+    fn missing_libraries_are_named_with_where_they_were_looked_for() {
         let tmp = tempfile::tempdir().unwrap();
-        let needed = Needed {
-            soname: "libensemble-test-absent.so.12".into(),
+        let needed = |soname: &str, package: &str| Needed {
+            soname: soname.into(),
             what: "cuBLAS",
-            package: "nvidia-cublas-cu12".into(),
+            package: package.into(),
         };
-        let error = open_library(&needed, &[tmp.path().to_path_buf()]).unwrap_err();
+        let (a, b, c) = (
+            needed("libensemble-test-absent.so.12", "nvidia-cublas-cu12"),
+            needed("libensemble-test-absent-lt.so.12", "nvidia-cublas-cu12"),
+            needed("libensemble-test-absent-rand.so.10", "nvidia-curand-cu12"),
+        );
+        let dirs = [tmp.path().to_path_buf()];
+        assert_eq!(open_library(&a, &dirs), Err(Failure::NotFound));
+        let message = not_found_message(&[&a, &b, &c], &dirs);
         assert!(
-            error.starts_with("libensemble-test-absent.so.12 (cuBLAS) not found: not in ")
-                && error.contains(&tmp.path().display().to_string())
-                && error.contains("pip install nvidia-cublas-cu12"),
-            "{error}"
+            message.starts_with(
+                "libensemble-test-absent.so.12 (cuBLAS), libensemble-test-absent-lt.so.12 \
+                 (cuBLAS), libensemble-test-absent-rand.so.10 (cuBLAS) not found (looked in: "
+            ) && message.contains(&tmp.path().display().to_string())
+                && message.contains("`pip install nvidia-cublas-cu12 nvidia-curand-cu12`"),
+            "{message}"
         );
     }
 
@@ -294,8 +328,12 @@ mod tests {
         // A file that is not a library is named with the loader's reason.
         let other = tempfile::tempdir().unwrap();
         std::fs::write(other.path().join("libensemble-test.so.12"), b"not ELF").unwrap();
-        let error = open_library(&needed, &[other.path().to_path_buf()]).unwrap_err();
-        assert!(error.contains("is there but does not load"), "{error}");
+        match open_library(&needed, &[other.path().to_path_buf()]) {
+            Err(Failure::Broken(error)) => {
+                assert!(error.contains("is there but does not load"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// On this machine as it is: without a driver (CI), one line that names libcuda.so.1 and
