@@ -46,6 +46,11 @@ fail() {
 }
 
 [ "$(id -u)" -eq 0 ] || fail "needs root for debootstrap, chroot and mount (run it with sudo)"
+# One build at a time: a second would share the root's target directory, and its exit would
+# unmount what the first still uses.
+mkdir -p "$repo/.tools"
+exec 9>"$repo/.tools/package.lock"
+flock -n 9 || fail "another scripts/package.sh is running (.tools/package.lock)"
 [ "$(uname -m)" = x86_64 ] || fail "builds x86_64 wheels on an x86_64 machine only"
 rust_home=${RUSTUP_HOME:-$HOME/.rustup}
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
