@@ -37,7 +37,8 @@ Writes under tests/fixtures/:
   tiny-llm-qwen2-lora/{adapter_config.json, adapter_model.safetensors}  PEFT LoRA (SEQ_CLS) for qwen2
   tiny-llm-expected.json   per family: the prompt template, the texts, token ids, right- and
                            left-padded batches and their logits, the same with response_a and
-                           response_b swapped, RoPE inverse frequencies; for the adapter: its logits,
+                           response_b swapped, RoPE inverse frequencies, the right-padded batch's
+                           logits in bf16 and f16; for the adapter: its logits,
                            key names and shapes, and the loss, gradients and one AdamW step.
 
 The tokenizer is byte-level BPE (400 tokens, <bos>=0, <eos>=1) trained on
@@ -46,6 +47,7 @@ The tokenizer is byte-level BPE (400 tokens, <bos>=0, <eos>=1) trained on
 are computed with `config.pad_token_id = eos_token_id` set in memory only ("pad_token_fallback":
 "eos"), as HF needs a pad id to find each row's last token in a batch.
 """
+import copy
 import csv
 import json
 import math
@@ -405,6 +407,14 @@ def build_family(name, folder, make_config, model_class, seed, tokenizer, tokeni
                 name, make_config, model_class, model, sequences, pad_id, result["right"]["logits"]
             )
     assert max_diff(family["right"]["logits"], family["swapped"]["right"]["logits"]) > 1e-3
+    # Half precision as a GPU runs it: the same weights cast to bf16 and to f16, the
+    # right-padded batch (the Rust side checks its bf16/f16 logits against these within 2e-2).
+    ids = torch.tensor(family["right"]["input_ids"])
+    mask = torch.tensor(family["right"]["attention_mask"])
+    for dtype_name, dtype in (("bf16", torch.bfloat16), ("f16", torch.float16)):
+        half = copy.deepcopy(model).to(dtype)
+        with torch.no_grad():
+            family[f"logits_{dtype_name}"] = half(input_ids=ids, attention_mask=mask).logits.float().tolist()
     return model, family
 
 

@@ -134,7 +134,7 @@ impl Projection {
     /// Replaces a dense base weight by its Q8_0 quantization.
     fn quantize(&mut self) -> Result<()> {
         if let BaseWeight::Dense(linear) = &self.base {
-            let q = QTensor::quantize(linear.weight(), GgmlDType::Q8_0)?;
+            let q = QTensor::quantize(&linear.weight().to_dtype(DType::F32)?, GgmlDType::Q8_0)?;
             let bytes = q.storage_size_in_bytes();
             self.base = BaseWeight::Q8 {
                 weight: QMatMul::from_qtensor(q)?,
@@ -160,7 +160,10 @@ impl Projection {
         let y = match &self.base {
             BaseWeight::Dense(linear) => linear.forward(x)?,
             BaseWeight::Q8 { weight, bias, .. } => {
-                let y = weight.forward(x)?;
+                // candle's quantized product takes f32 activations.
+                let y = weight
+                    .forward(&x.to_dtype(DType::F32)?)?
+                    .to_dtype(x.dtype())?;
                 match bias {
                     Some(bias) => y.broadcast_add(bias)?,
                     None => y,
@@ -170,9 +173,13 @@ impl Projection {
         let Some(lora) = &self.lora else {
             return Ok(y);
         };
-        let down = x.broadcast_matmul(&lora.a.as_tensor().t()?)?;
+        // The adapter stays in f32 (as PEFT keeps it) whatever the base's precision.
+        let down = x
+            .to_dtype(DType::F32)?
+            .broadcast_matmul(&lora.a.as_tensor().t()?)?;
         let up = down.broadcast_matmul(&lora.b.as_tensor().t()?)?;
-        Ok((y + (up * lora.scale)?)?)
+        let dtype = y.dtype();
+        Ok((y + (up * lora.scale)?.to_dtype(dtype)?)?)
     }
 }
 
@@ -458,7 +465,9 @@ impl Masks {
     }
 }
 
-/// A decoder LLM with its classification head, weights in f32.
+/// A decoder LLM with its classification head: the frozen base in the precision it was loaded
+/// in (f32, bf16 or f16), norms, softmax, the adapter and the head in f32, as PEFT and
+/// autocast keep them.
 pub struct DecoderClassifier {
     config: DecoderConfig,
     embed: Tensor,
@@ -473,8 +482,8 @@ pub struct DecoderClassifier {
 
 impl DecoderClassifier {
     /// Loads a Hugging Face folder (`config.json`, `model.safetensors` or shards) saved by
-    /// `*ForSequenceClassification`, whose `score` head is kept.
-    pub fn load(dir: &Path, device: &Device) -> Result<DecoderClassifier> {
+    /// `*ForSequenceClassification`, whose `score` head is kept; the base weights in `dtype`.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<DecoderClassifier> {
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
             return Err(Error::MissingFile {
@@ -486,7 +495,7 @@ impl DecoderClassifier {
         let files = weight_files(dir)?;
         // SAFETY: the files are memory-mapped read-only; candle copies each tensor out of the
         // mapping when it is loaded, and the member does not write model files while it runs.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
         let labels = config.num_labels.unwrap_or(3);
         let model = vb.pp("model");
         let layers = (0..config.num_layers)
@@ -498,7 +507,10 @@ impl DecoderClassifier {
                 "embed_tokens.weight",
             )?,
             norm: RmsNorm::load(model.pp("norm"), &config)?,
-            score: Var::from_tensor(&vb.get((labels, config.hidden_size), "score.weight")?)?,
+            score: Var::from_tensor(
+                &vb.get((labels, config.hidden_size), "score.weight")?
+                    .to_dtype(DType::F32)?,
+            )?,
             layers,
             config,
             lora: None,
@@ -718,6 +730,8 @@ impl DecoderClassifier {
             .enumerate()
             .map(|(row, &position)| x.get(row)?.get(position))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&rows, 0)?.matmul(&self.score.as_tensor().t()?)?)
+        Ok(Tensor::stack(&rows, 0)?
+            .to_dtype(DType::F32)?
+            .matmul(&self.score.as_tensor().t()?)?)
     }
 }
