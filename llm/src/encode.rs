@@ -10,10 +10,6 @@ use deberta::{ResponsePair, SegmentBudget};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
-/// The default template: the winners of the LMSYS competition used much the same.
-pub const DEFAULT_TEMPLATE: &str =
-    "<prompt>: {prompt}\n\n<response_a>: {response_a}\n\n<response_b>: {response_b}";
-
 const FIELDS: [&str; 3] = ["{prompt}", "{response_a}", "{response_b}"];
 
 /// What stands for the cut middle of a field.
