@@ -323,6 +323,37 @@ fn folds_from_a_scheduler_array_merge_into_the_one_process_run() {
     );
 }
 
+/// A decoder LLM's folder given to the DeBERTa member is named as such, not by the first
+/// DeBERTa key it lacks.
+#[test]
+fn transformer_names_a_decoder_llm_folder() {
+    if !common::arena_sample_present() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let [train, test, _] = sample_and_model();
+    let qwen = root().join("tests/fixtures/tiny-llm-qwen2");
+    let output = ensemble(&[
+        "transformer",
+        "--model",
+        qwen.to_str().unwrap(),
+        "--train",
+        &train,
+        "--test",
+        &test,
+        "--out",
+        out.path().to_str().unwrap(),
+        "--folds",
+        "3",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("config.json: model_type \"qwen2\": this member reads DeBERTa"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn transformer_names_a_missing_model_file() {
     if !common::arena_sample_present() {

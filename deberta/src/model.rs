@@ -23,6 +23,9 @@ type CandleResult<T> = candle_core::Result<T>;
 /// defaults that `DebertaV2Config` and the modelling code apply.
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
 pub struct DebertaConfig {
+    /// `deberta-v2` in Hugging Face's folders; checked only to name another family's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
@@ -107,6 +110,19 @@ impl DebertaConfig {
     /// tensors) and features this implementation does not run. Without it such a model loads
     /// and fails later as a NaN training loss or an index error.
     pub fn check(&self) -> Result<(), String> {
+        // A decoder LLM's folder, given to this member: say whose it is rather than which of
+        // its keys DeBERTa cannot read.
+        if let Some(kind) = self
+            .model_type
+            .as_deref()
+            .filter(|kind| !kind.starts_with("deberta"))
+        {
+            return Err(format!(
+                "model_type {kind:?}: this member reads DeBERTa-v2/v3 folders; decoder LLMs \
+                 (gemma2, qwen2, llama) are the LLM member's, which `transformer` cannot train \
+                 yet"
+            ));
+        }
         let sizes = [
             ("vocab_size", Some(self.vocab_size)),
             ("hidden_size", Some(self.hidden_size)),
