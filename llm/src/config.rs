@@ -93,8 +93,13 @@ impl DecoderConfig {
             path: path.to_owned(),
             message,
         };
-        let raw: RawConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        DecoderConfig::from_raw(raw).map_err(bad)
+        DecoderConfig::from_json(&text).map_err(bad)
+    }
+
+    /// Reads config.json's text; errors say what is wrong (the caller names the source).
+    pub fn from_json(text: &str) -> std::result::Result<DecoderConfig, String> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        DecoderConfig::from_raw(raw)
     }
 
     fn from_raw(raw: RawConfig) -> std::result::Result<DecoderConfig, String> {

@@ -465,6 +465,42 @@ impl Masks {
     }
 }
 
+/// Weights drawn at random on request, whatever their name: the backend of
+/// [`DecoderClassifier::random`].
+struct RandomWeights(std::sync::Mutex<rand::rngs::StdRng>);
+
+impl candle_nn::var_builder::SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        _name: &str,
+        _hints: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        use rand_distr::Distribution;
+        let normal = rand_distr::Normal::new(0f32, 0.02).expect("a positive deviation");
+        let mut rng = self.0.lock().expect("the weights' generator lock");
+        let values: Vec<f32> = (0..shape.elem_count())
+            .map(|_| normal.sample(&mut *rng))
+            .collect();
+        Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights: {name} has no shape to draw")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
 /// A decoder LLM with its classification head: the frozen base in the precision it was loaded
 /// in (f32, bf16 or f16), norms, softmax, the adapter and the head in f32, as PEFT and
 /// autocast keep them.
@@ -496,6 +532,25 @@ impl DecoderClassifier {
         // SAFETY: the files are memory-mapped read-only; candle copies each tensor out of the
         // mapping when it is loaded, and the member does not write model files while it runs.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
+        DecoderClassifier::build(config, vb, dir)
+    }
+
+    /// A model of `config`'s shape with random weights (normal, std 0.02, as Hugging Face
+    /// initialises them), for benchmarks: nothing is read from disk.
+    pub fn random(
+        config: DecoderConfig,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<DecoderClassifier> {
+        let backend = RandomWeights(std::sync::Mutex::new(
+            <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
+        ));
+        let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
+        DecoderClassifier::build(config, vb, Path::new("random"))
+    }
+
+    fn build(config: DecoderConfig, vb: VarBuilder, dir: &Path) -> Result<DecoderClassifier> {
         let labels = config.num_labels.unwrap_or(3);
         let model = vb.pp("model");
         let layers = (0..config.num_layers)
@@ -515,7 +570,7 @@ impl DecoderClassifier {
             config,
             lora: None,
             dir: dir.to_owned(),
-            device: device.clone(),
+            device: vb.device().clone(),
         })
     }
 
