@@ -72,6 +72,7 @@ fn batch(count: usize, len: usize, vocab: usize, salt: usize) -> (Vec<Vec<u32>>,
 }
 
 fn main() -> Result<()> {
+    deberta::reuse_freed_host_memory(); // as `ensemble transformer` does
     let threads = number("--threads", 0)?;
     if threads > 0 {
         rayon::ThreadPoolBuilder::new()
@@ -177,7 +178,8 @@ fn main() -> Result<()> {
             let (ids, mask) = batch(size, len, vocab, 1000 + salt);
             let labels: Vec<u32> = (0..size as u32).map(|i| i % 3).collect();
             let labels = Tensor::new(labels.as_slice(), &device)?;
-            let loss = candle_nn::loss::cross_entropy(&model.logits(&ids, &mask)?, &labels)?;
+            let loss =
+                candle_nn::loss::cross_entropy(&model.training_logits(&ids, &mask)?, &labels)?;
             let grads = loss.backward()?;
             for (name, var) in model.trainable() {
                 if let Some(grad) = grads.get(var.as_tensor()) {

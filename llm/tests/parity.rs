@@ -280,7 +280,7 @@ fn lora_gradients_match_pytorch_and_peft() {
     let model = lora_adapted(case, DType::F32);
     let batch = &case["right"];
     let logits = model
-        .logits(&rows(&batch["input_ids"]), &rows(&batch["attention_mask"]))
+        .training_logits(&rows(&batch["input_ids"]), &rows(&batch["attention_mask"]))
         .unwrap();
     let labels: Vec<u32> = serde_json::from_value(training["labels"].clone()).unwrap();
     let labels = candle_core::Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
@@ -405,7 +405,8 @@ fn adapters_start_neutral_and_survive_a_save_and_load() {
     // One AdamW step moves B off zero.
     let labels = candle_core::Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
     let loss =
-        candle_nn::loss::cross_entropy(&model.logits(&ids, &mask).unwrap(), &labels).unwrap();
+        candle_nn::loss::cross_entropy(&model.training_logits(&ids, &mask).unwrap(), &labels)
+            .unwrap();
     let grads = loss.backward().unwrap();
     let mut optimizer = deberta::AdamW::new(&deberta::TransformerConfig::default());
     for (name, var) in model.trainable() {
