@@ -323,63 +323,44 @@ fn folds_from_a_scheduler_array_merge_into_the_one_process_run() {
     );
 }
 
-/// A decoder LLM's folder given to the DeBERTa member is named as such, not by the first
-/// DeBERTa key it lacks.
+/// Model folders the DeBERTa member cannot read are named with what is wrong: an empty folder
+/// lacks config.json; a decoder LLM's folder is named as such, not by the first DeBERTa key
+/// it lacks.
 #[test]
-fn transformer_names_a_decoder_llm_folder() {
+fn transformer_names_what_is_wrong_with_a_model_folder() {
     if !common::arena_sample_present() {
         return;
     }
-    let out = tempfile::tempdir().unwrap();
     let [train, test, _] = sample_and_model();
-    let qwen = root().join("tests/fixtures/tiny-llm-qwen2");
-    let output = ensemble(&[
-        "transformer",
-        "--model",
-        qwen.to_str().unwrap(),
-        "--train",
-        &train,
-        "--test",
-        &test,
-        "--out",
-        out.path().to_str().unwrap(),
-        "--folds",
-        "3",
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success()
-            && stderr.contains("config.json: model_type \"qwen2\": this member reads DeBERTa"),
-        "{stderr}"
-    );
-}
-
-#[test]
-fn transformer_names_a_missing_model_file() {
-    if !common::arena_sample_present() {
-        return;
-    }
-    let out = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
-    let (train, test) = (
-        common::arena_sample("train.csv"),
-        common::arena_sample("test.csv"),
-    );
-    let output = ensemble(&[
-        "transformer",
-        "--model",
-        empty.path().to_str().unwrap(),
-        "--train",
-        train.to_str().unwrap(),
-        "--test",
-        test.to_str().unwrap(),
-        "--out",
-        out.path().to_str().unwrap(),
-        "--folds",
-        "2",
-    ]);
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("config.json"));
+    let qwen = root().join("tests/fixtures/tiny-llm-qwen2");
+    for (model, expected) in [
+        (empty.path(), "config.json: missing the model configuration"),
+        (
+            qwen.as_path(),
+            "config.json: model_type \"qwen2\": this member reads DeBERTa",
+        ),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let output = ensemble(&[
+            "transformer",
+            "--model",
+            model.to_str().unwrap(),
+            "--train",
+            &train,
+            "--test",
+            &test,
+            "--out",
+            out.path().to_str().unwrap(),
+            "--folds",
+            "2",
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(expected),
+            "{stderr}"
+        );
+    }
 }
 
 /// A learning rate that makes training diverge is named with the file that set it, and the

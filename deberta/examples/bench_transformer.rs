@@ -23,18 +23,6 @@ use deberta::{
 };
 use ensembles::Outcome;
 
-fn peak_memory_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 /// The value after the last `--name`, or `default`.
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -167,7 +155,7 @@ fn main() -> Result<(), Error> {
     );
     let run = |name: &str, batch: usize, measured: Measured| {
         let rate = measured.sequences as f64 / measured.seconds;
-        let peak = peak_memory_mib();
+        let peak = deberta::peak_rss_mib();
         println!(
             "candle {name} {precision:?} {model}: {} sequences of {} tokens (batch {batch}) in {:.3} s = {rate:.2} sequences/s, peak RSS {peak:.0} MiB{}",
             measured.sequences, config.max_len, measured.seconds,

@@ -30,7 +30,7 @@ use serde::Deserialize;
 
 pub use candle_core::Device;
 pub use config::{Precision, Schedule, TransformerConfig, Unfreeze};
-pub use device::{free_memory, parse_device, reuse_freed_host_memory};
+pub use device::{free_memory, parse_device, peak_rss_mib, reuse_freed_host_memory};
 pub use error::{Error, Result, Setting};
 pub use memory::MemoryEstimate;
 pub use model::{DebertaConfig, Layout};

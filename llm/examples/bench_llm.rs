@@ -27,18 +27,6 @@ const QWEN25_05B: &str = r#"{
     "hidden_act": "silu", "pad_token_id": 151643, "eos_token_id": 151643
 }"#;
 
-fn peak_memory_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 /// The value after the last `--name`, or `default`.
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -133,7 +121,7 @@ fn main() -> Result<()> {
     );
     let report = |name: &str, batch_size: usize, sequences: usize, seconds: f64| {
         let rate = sequences as f64 / seconds;
-        let peak = peak_memory_mib();
+        let peak = deberta::peak_rss_mib();
         println!(
             "candle {name} {precision} {shape}: {sequences} sequences of {len} tokens (batch {batch_size}) in {seconds:.3} s = {rate:.3} sequences/s, peak RSS {peak:.0} MiB"
         );
