@@ -90,6 +90,45 @@ macro_rules! precomputed_forward {
 }
 pub(crate) use precomputed_forward;
 
+/// A projection by a frozen weight, `x · Wᵀ (+ b)`, as one graph node whose backward pass
+/// gives the input's gradient alone. candle's matmul node computes the gradients of both
+/// operands, so every frozen projection of a LoRA model would cost a weight-sized gradient
+/// (the base model once more) and a third more backward compute. The weight and bias are
+/// never given gradients.
+pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> CandleResult<Tensor> {
+    let weight = weight.detach();
+    let value = x.detach().broadcast_matmul(&weight.t()?)?;
+    let value = match bias {
+        Some(bias) => value.broadcast_add(&bias.detach())?,
+        None => value,
+    };
+    if !x.track_op() {
+        return Ok(value);
+    }
+    x.apply_op1(FrozenLinear {
+        value: Precomputed::new(value)?,
+        weight,
+    })
+}
+
+struct FrozenLinear {
+    value: Precomputed,
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    precomputed_forward!(storage layout);
+
+    /// dx = dy · W (W is `[out, in]`, dy `[.., out]`).
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
+        Ok(Some(grad.broadcast_matmul(&self.weight)?))
+    }
+}
+
 /// Seeded randomness for dropout in training. CPU masks come from this generator so that a run
 /// is reproducible; on a GPU the device's own (seeded) generator is used to avoid transfers.
 pub struct DropoutRng(RefCell<StdRng>);
@@ -421,6 +460,49 @@ pub(crate) mod tests {
     use candle_core::Var;
 
     const TOLERANCE: f32 = 1e-5;
+
+    /// The frozen projection gives the composed one's value and input gradient, and no
+    /// gradient for its weight or bias.
+    #[test]
+    fn frozen_linear_gives_the_input_gradient_alone() {
+        let (x, w, b) = (random(&[2, 5, 4], 1), random(&[3, 4], 2), random(&[3], 3));
+        let upstream = random(&[2, 5, 3], 4).as_tensor().detach();
+        let composed = x
+            .as_tensor()
+            .broadcast_matmul(&w.as_tensor().detach().t().unwrap())
+            .unwrap()
+            .broadcast_add(&b.as_tensor().detach())
+            .unwrap();
+        let frozen = frozen_linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap();
+        let diff = (&composed - &frozen)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < TOLERANCE);
+        let grad_of = |y: &Tensor| {
+            let grads = (y * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            (
+                grads.get(x.as_tensor()).unwrap().clone(),
+                grads.get(w.as_tensor()).is_some() || grads.get(b.as_tensor()).is_some(),
+            )
+        };
+        let ((dx_composed, _), (dx_frozen, weight_grads)) = (grad_of(&composed), grad_of(&frozen));
+        let diff = (dx_composed - dx_frozen)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < TOLERANCE);
+        assert!(!weight_grads, "the frozen weight got a gradient");
+    }
 
     fn random(shape: &[usize], seed: u64) -> Var {
         let mut rng = StdRng::seed_from_u64(seed);

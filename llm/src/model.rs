@@ -168,6 +168,10 @@ impl Projection {
 
     fn forward(&self, x: &Tensor, grads: bool) -> Result<Tensor> {
         let y = match &self.base {
+            // In training only the input's gradient is wanted of a frozen weight.
+            BaseWeight::Dense(linear) if grads => {
+                deberta::frozen_linear(x, linear.weight(), linear.bias())?
+            }
             BaseWeight::Dense(linear) => linear.forward(x)?,
             BaseWeight::Q8 { weight, bias, .. } => {
                 // candle's quantized product takes f32 activations.
@@ -313,17 +317,32 @@ impl Attention {
         let v = split(self.v.forward(x, grads)?, self.kv_heads)?;
         let times = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(k, times)?, repeat_kv(v, times)?);
-        let mut scores = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?;
-        if let Some(cap) = self.softcap {
-            scores = ((scores / cap)?.tanh()? * cap)?;
-        }
-        let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
-        // candle's fused softmax has no backward pass: the composed one where gradients flow.
-        let probs = match grads {
-            true => candle_nn::ops::softmax(&scores, D::Minus1)?,
-            false => candle_nn::ops::softmax_last_dim(&scores)?,
-        }
-        .to_dtype(v.dtype())?;
+        let probs = match self.softcap {
+            // The DeBERTa member's attention op: softmax(q·kᵀ + mask) as one graph node that
+            // keeps q, k and the softmax, where composed ops would keep every
+            // [batch, heads, len, len] step for the backward pass. The scores are taken in f32
+            // (q and k are small beside the projections): pre-scaling q in bf16 before the
+            // product doubled the bf16 error on the fixtures.
+            None => {
+                let q = (q.to_dtype(DType::F32)? * self.scale)?;
+                deberta::attention_probs(&q, &k.to_dtype(DType::F32)?, None, mask, None, grads)?
+                    .to_dtype(v.dtype())?
+            }
+            // Gemma-2's soft-capping sits between the scores and the mask: composed ops.
+            Some(cap) => {
+                let scores = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?;
+                let scores = ((scores / cap)?.tanh()? * cap)?
+                    .to_dtype(DType::F32)?
+                    .broadcast_add(mask)?;
+                // candle's fused softmax has no backward pass: the composed one where
+                // gradients flow.
+                match grads {
+                    true => candle_nn::ops::softmax(&scores, D::Minus1)?,
+                    false => candle_nn::ops::softmax_last_dim(&scores)?,
+                }
+                .to_dtype(v.dtype())?
+            }
+        };
         let out =
             probs
                 .matmul(&v)?
