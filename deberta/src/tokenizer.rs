@@ -198,14 +198,18 @@ impl SegmentBudget {
 
     /// Keeps `budget` tokens of `ids`: its head and its tail.
     pub fn truncate(&self, ids: &[u32], budget: usize) -> Vec<u32> {
+        let (head, tail) = self.head_and_tail(ids, budget);
+        [head, tail].concat()
+    }
+
+    /// The head and the tail of `ids` that [`SegmentBudget::truncate`] keeps (all of `ids`
+    /// and nothing where it fits), for callers that mark the cut between them.
+    pub fn head_and_tail<'a>(&self, ids: &'a [u32], budget: usize) -> (&'a [u32], &'a [u32]) {
         if ids.len() <= budget {
-            return ids.to_vec();
+            return (ids, &[]);
         }
-        let head = ((budget as f64) * self.head_share).round() as usize;
-        let tail = budget - head.min(budget);
-        let mut kept = ids[..head.min(budget)].to_vec();
-        kept.extend_from_slice(&ids[ids.len() - tail..]);
-        kept
+        let head = (((budget as f64) * self.head_share).round() as usize).min(budget);
+        (&ids[..head], &ids[ids.len() - (budget - head)..])
     }
 }
 

@@ -151,14 +151,8 @@ impl PairEncoder {
             texts.push(if ids.len() <= count {
                 (*field).clone()
             } else {
-                let kept = self.budget.truncate(ids, count);
-                let head = ((count as f64) * self.budget.head_share).round() as usize;
-                let head = head.min(kept.len());
-                format!(
-                    "{}{ELISION}{}",
-                    self.text(&kept[..head])?,
-                    self.text(&kept[head..])?
-                )
+                let (head, tail) = self.budget.head_and_tail(ids, count);
+                format!("{}{ELISION}{}", self.text(head)?, self.text(tail)?)
             });
         }
         let mut ids = self.ids(&self.template.fill([&texts[0], &texts[1], &texts[2]]), true)?;

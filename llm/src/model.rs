@@ -173,6 +173,14 @@ impl Projection {
                 deberta::frozen_linear(x, linear.weight(), linear.bias())?
             }
             BaseWeight::Dense(linear) => linear.forward(x)?,
+            // candle's quantized product passes no gradient to its input, so the adapters of
+            // every layer below would train on wrong gradients.
+            BaseWeight::Q8 { .. } if grads => {
+                return Err(Error::Invalid(
+                    "8-bit base weights are for prediction: train on f32, bf16 or f16 weights"
+                        .into(),
+                ))
+            }
             BaseWeight::Q8 { weight, bias, .. } => {
                 // candle's quantized product takes f32 activations.
                 let y = weight

@@ -495,6 +495,17 @@ fn eight_bit_base_weights_cost_little() {
          {loss_against_f16:.2e} (3 rows)"
     );
     assert!(ratio <= 0.55, "{ratio}");
+    // Training through them is refused: their product has no backward pass.
+    let batch = &case["right"];
+    let error = eight_bit
+        .training_logits(&rows(&batch["input_ids"]), &rows(&batch["attention_mask"]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("8-bit base weights are for prediction"),
+        "{error}"
+    );
     // Measured: 0.059 and 0.046. The tiny model's random weights are large (std 0.3) and
     // candle's CPU Q8_0 product quantizes the activations to 8 bits too; a wrong layout or
     // scale moves the logits by whole units.

@@ -49,6 +49,20 @@ struct FoldSummary {
     config: Option<TransformerConfig>,
 }
 
+impl FoldSummary {
+    /// Reads `fold-K/fold.json`: None where the fold has not written it (yet).
+    fn read(path: &Path) -> Result<Option<FoldSummary>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let summary = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a fold summary", path.display()))?;
+        Ok(Some(summary))
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct FoldSeconds {
     load: f64,
@@ -415,10 +429,8 @@ const INFERENCE_KEYS: [&str; 4] = ["layout", "precision", "max_len", "segments"]
 /// Refuses to predict with a config that differs from the training config `fold_json`
 /// recorded in a key that changes the predictions, naming the key and both values.
 fn check_training_config(fold_json: &Path, config: &TransformerConfig) -> Result<()> {
-    let text = std::fs::read_to_string(fold_json)
-        .with_context(|| format!("cannot read {}", fold_json.display()))?;
-    let summary: FoldSummary = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a fold summary", fold_json.display()))?;
+    let summary = FoldSummary::read(fold_json)?
+        .with_context(|| format!("cannot read {}: no such file", fold_json.display()))?;
     let Some(trained) = summary.config else {
         bail!(
             "{}: records no training config (written by an older version); train again to \
@@ -497,14 +509,10 @@ fn recorded_config(out: &Path) -> Result<Option<TransformerConfig>> {
         .filter(|(_, path)| path.is_file())
         .collect();
     folds.sort();
-    let Some((_, path)) = folds.first() else {
-        return Ok(None);
-    };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let summary: FoldSummary = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a fold summary", path.display()))?;
-    Ok(summary.config)
+    match folds.first() {
+        Some((_, path)) => Ok(FoldSummary::read(path)?.and_then(|summary| summary.config)),
+        None => Ok(None),
+    }
 }
 
 /// Every fold's `fold.json`, once all are there and were trained with one config: `config`
@@ -523,16 +531,10 @@ fn fold_summaries(
     let (mut summaries, mut missing, mut mismatched) = (Vec::new(), Vec::new(), Vec::new());
     for fold in 0..n_folds {
         let path = fold_dir(out, fold).join("fold.json");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                missing.push(fold.to_string());
-                continue;
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        let Some(summary) = FoldSummary::read(&path)? else {
+            missing.push(fold.to_string());
+            continue;
         };
-        let summary: FoldSummary = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a fold summary", path.display()))?;
         match &summary.config {
             None => mismatched.push(format!("fold {fold} records no training config")),
             Some(trained) => {
