@@ -155,11 +155,6 @@ fn main() -> Result<()> {
         );
     }
     if mode == "train" || mode == "both" {
-        if eight_bit {
-            return Err(
-                "--eight-bit is for inference: the 8-bit product has no backward pass".into(),
-            );
-        }
         let size = number("--train-batch", 1)?;
         let mut optimizer = deberta::AdamW::new(&deberta::TransformerConfig::default());
         let mut step = |salt: usize| -> Result<()> {
