@@ -2,10 +2,12 @@
 //! each fold, predicting with A/B swap averaging.
 //!
 //! Public interface: [`TransformerConfig`], [`Classifier`] (load, encode, predict,
-//! save_pretrained), [`fit_fold`], [`training_memory`], [`parse_device`], [`free_memory`] and
+//! save_pretrained), [`FoldModel`] (what training needs of a member's model: the LLM member
+//! implements it too), [`fit_fold`], [`predict_logits`], [`training_memory`], [`parse_device`], [`free_memory`] and
 //! [`reuse_freed_host_memory`].
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod checkpoint;
 mod config;
 // Compiled into the tests of every build, so that the CPU CI checks its search and messages.
 #[cfg(any(feature = "cuda", test))]
@@ -29,16 +31,18 @@ use rand::SeedableRng;
 use serde::Deserialize;
 
 pub use candle_core::Device;
+pub use checkpoint::{checkpointed, ParamGrads, Recompute};
 pub use config::{Precision, Schedule, TransformerConfig, Unfreeze};
 pub use device::{free_memory, parse_device, peak_rss_mib, reuse_freed_host_memory};
 pub use error::{Error, Result, Setting};
 pub use memory::MemoryEstimate;
 pub use model::{DebertaConfig, Layout};
-pub use ops::{attention_probs, frozen_linear};
+pub use ops::{attention_probs, dropout, frozen_linear, DropoutRng};
 pub use tokenizer::{load_tokenizer, SegmentBudget, TextEncoder};
-pub use train::{fit_fold, training_memory, AdamW, EvalPoint, FoldResult};
+pub use train::{
+    fit_fold, predict_logits, training_memory, AdamW, EvalPoint, FoldModel, FoldResult,
+};
 
-use ensembles::outcome::swap_average;
 use ensembles::Probs;
 use model::{DebertaClassifier, Pass, HEAD_PREFIXES};
 
@@ -265,45 +269,10 @@ impl Classifier {
         Ok(self.model.forward(&ids, &mask, pass)?)
     }
 
-    /// Swap-averaged logits: the log of the mean of p(x) and the mirrored p(swapped x). Both
-    /// orders of a row run in one batch, in an order fixed by their token ids, so exchanging A
-    /// and B in the input exchanges the first two outputs exactly.
+    /// Swap-averaged logits of `encoded` rows, `eval_batch_size` rows per batch (see
+    /// [`train::predict_logits`]).
     pub fn predict_logits(&self, encoded: &[EncodedPair]) -> Result<Vec<[f32; 3]>> {
-        // Rows sorted by length (ties by position) to limit padding; a row's length does not
-        // change when A and B are exchanged, so neither does the batching.
-        let mut order: Vec<usize> = (0..encoded.len()).collect();
-        let length = |e: &EncodedPair| {
-            e.as_given
-                .iter()
-                .chain(&e.swapped)
-                .map(Vec::len)
-                .max()
-                .unwrap_or(0)
-        };
-        order.sort_by_key(|&i| (length(&encoded[i]), i));
-        let mut logits = vec![[0f32; 3]; encoded.len()];
-        for rows in order.chunks(self.config.eval_batch_size) {
-            let mut views: Vec<&[Vec<u32>]> = Vec::with_capacity(2 * rows.len());
-            let mut given_first = Vec::with_capacity(rows.len());
-            for &row in rows {
-                let pair = &encoded[row];
-                let first = pair.as_given <= pair.swapped;
-                given_first.push(first);
-                views.push(pair.view(!first));
-                views.push(pair.view(first));
-            }
-            let probs =
-                candle_nn::ops::softmax_last_dim(&self.forward_views(&views, &Pass::eval())?)?
-                    .to_dtype(DType::F64)?
-                    .to_vec2::<f64>()?;
-            for (k, &row) in rows.iter().enumerate() {
-                let (a, b) = (to_probs(&probs[2 * k]), to_probs(&probs[2 * k + 1]));
-                let (given, swapped) = if given_first[k] { (a, b) } else { (b, a) };
-                logits[row] =
-                    swap_average(given, swapped).map(|p| p.max(f64::MIN_POSITIVE).ln() as f32);
-            }
-        }
-        Ok(logits)
+        train::predict_logits(self, encoded, self.config.eval_batch_size)
     }
 
     /// Raw logits (no swap averaging) of ready-made cross-encoder sequences, in one batch.
@@ -326,16 +295,6 @@ impl Classifier {
         vars.iter()
             .map(|(name, var)| Ok((name.clone(), var.as_tensor().copy()?)))
             .collect()
-    }
-
-    fn restore(&self, snapshot: &HashMap<String, Tensor>) -> Result<()> {
-        let vars = self.vars.data().lock().expect("weights lock poisoned");
-        for (name, var) in vars.iter() {
-            if let Some(saved) = snapshot.get(name) {
-                var.set(saved)?;
-            }
-        }
-        Ok(())
     }
 
     /// Writes a Hugging Face model folder: `model.safetensors` (f32, with the head),
@@ -396,10 +355,6 @@ pub fn probs_from_logits(logits: &[f32; 3]) -> Probs {
     let exp = logits.map(|l| (l as f64 - max).exp());
     let total = exp[0] + exp[1] + exp[2];
     exp.map(|e| e / total)
-}
-
-fn to_probs(row: &[f64]) -> Probs {
-    [row[0], row[1], row[2]]
 }
 
 /// Right-pads sequences into ids `[N, L]` (u32) and a mask `[N, L]` (f32).

@@ -9,13 +9,14 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use candle_core::{CustomOp1, CustomOp2, TensorId, Var};
+use candle_core::TensorId;
 use serde::Deserialize;
 
+use crate::checkpoint::{checkpointed, ParamGrads, Recompute};
 use crate::config::Precision;
-use crate::ops::{self, DropoutRng, Precomputed, Relative, RelativeIndex};
+use crate::ops::{self, DropoutRng, Relative, RelativeIndex};
 
 type CandleResult<T> = candle_core::Result<T>;
 
@@ -638,11 +639,6 @@ impl Layer {
     }
 }
 
-/// Gradients of checkpointed layers' weights, which candle's backward pass cannot return
-/// (a custom op has gradients for its inputs only): the recomputing backward pass of each
-/// layer adds them here, and the training step collects them beside candle's.
-pub type ParamGrads = Arc<Mutex<HashMap<TensorId, Tensor>>>;
-
 /// One encoder layer's call in a forward pass: the layer, its inputs besides the hidden
 /// states, and the seed of its dropout masks, so that the call can be made again.
 struct LayerCall {
@@ -653,7 +649,8 @@ struct LayerCall {
     seed: Option<u64>,
 }
 
-impl LayerCall {
+impl Recompute for LayerCall {
+    /// `extra`: the relative embeddings.
     fn run(&self, x: &Tensor, relative: Option<&Tensor>, grads: bool) -> CandleResult<Tensor> {
         let rng = self
             .seed
@@ -664,116 +661,8 @@ impl LayerCall {
             .forward(x, &self.mask_bias, relative, grads, rng.as_ref())
     }
 
-    /// Gradient checkpointing: the layer's output as one node whose inputs are `x` and the
-    /// relative embeddings. The forward pass keeps only those; the backward pass makes the
-    /// call again, tracked, with the same dropout masks, and back-propagates through it.
-    fn checkpointed(
-        self,
-        x: &Tensor,
-        relative: Option<&Tensor>,
-        param_grads: ParamGrads,
-    ) -> CandleResult<Tensor> {
-        let value = self.run(&x.detach(), relative.map(|r| r.detach()).as_ref(), false)?;
-        // The node joins the graph only through a tracked input. The lowest trained layer's
-        // input is detached (nothing below trains), so it enters as a variable of its own,
-        // a copy whose gradient is computed and dropped.
-        let x = if x.track_op() || relative.is_some_and(Tensor::track_op) {
-            x.clone()
-        } else {
-            Var::from_tensor(x)?.into_inner()
-        };
-        let op = Checkpoint {
-            call: self,
-            param_grads,
-            value: Precomputed::new(value)?,
-        };
-        match relative {
-            Some(relative) => x.apply_op2(relative, op),
-            None => x.apply_op1(op),
-        }
-    }
-}
-
-struct Checkpoint {
-    call: LayerCall,
-    param_grads: ParamGrads,
-    value: Precomputed,
-}
-
-impl Checkpoint {
-    /// Gradients for `x` and the relative embeddings; the layer's weight gradients go to
-    /// `param_grads`.
-    fn backward(
-        &self,
-        x: &Tensor,
-        relative: Option<&Tensor>,
-        grad: &Tensor,
-    ) -> CandleResult<(Tensor, Option<Tensor>)> {
-        let x = Var::from_tensor(&x.detach())?;
-        let relative_var = match relative {
-            Some(r) if r.track_op() => Some(Var::from_tensor(&r.detach())?),
-            _ => None,
-        };
-        let relative = match &relative_var {
-            Some(var) => Some(var.as_tensor().clone()),
-            None => relative.map(Tensor::detach),
-        };
-        let out = self.call.run(x.as_tensor(), relative.as_ref(), true)?;
-        // d(Σ out·grad)/dθ is the vector-Jacobian product the outer backward pass asks for.
-        let surrogate = (out.to_dtype(DType::F32)? * grad.to_dtype(DType::F32)?)?.sum_all()?;
-        let mut grads = surrogate.backward()?;
-        let mut store = self
-            .param_grads
-            .lock()
-            .expect("checkpoint grads lock poisoned");
-        // Gradients come out of candle's backward pass still recorded as ops on the layer's
-        // activations; detached, they keep only their own values.
-        for weight in self.call.layer.parameters() {
-            if let Some(g) = grads.remove(weight).map(|g| g.detach()) {
-                let sum = match store.remove(&weight.id()) {
-                    Some(previous) => (previous + g)?,
-                    None => g,
-                };
-                store.insert(weight.id(), sum);
-            }
-        }
-        let dx = match grads.remove(x.as_tensor()) {
-            Some(dx) => dx.detach(),
-            None => x.zeros_like()?,
-        };
-        let drelative = relative_var.and_then(|r| grads.remove(r.as_tensor()).map(|g| g.detach()));
-        Ok((dx, drelative))
-    }
-}
-
-impl CustomOp1 for Checkpoint {
-    fn name(&self) -> &'static str {
-        "checkpointed-layer"
-    }
-
-    ops::precomputed_forward!(storage layout);
-
-    fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
-        Ok(Some(self.backward(x, None, grad)?.0))
-    }
-}
-
-impl CustomOp2 for Checkpoint {
-    fn name(&self) -> &'static str {
-        "checkpointed-layer"
-    }
-
-    ops::precomputed_forward!(s1 l1, s2 l2);
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        relative: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> CandleResult<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, drelative) = self.backward(x, Some(relative), grad)?;
-        Ok((Some(dx), drelative))
+    fn parameters(&self) -> Vec<Tensor> {
+        self.layer.parameters().into_iter().cloned().collect()
     }
 }
 
@@ -874,7 +763,7 @@ impl Backbone {
             };
             let embeddings = relative.as_ref().map(|(e, _)| e);
             x = if pass.checkpoint && grads {
-                call.checkpointed(&x, embeddings, self.checkpoint_grads.clone())?
+                checkpointed(call, &x, embeddings, self.checkpoint_grads.clone())?
             } else {
                 call.run(&x, embeddings, grads)?
             };

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, TensorId, Var, D};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -15,7 +15,8 @@ use crate::ops::DropoutRng;
 use crate::{free_memory, Error, Result, Setting};
 use crate::{probs_from_logits, Classifier, EncodedPair, Precision, Schedule, TransformerConfig};
 use ensembles::metrics::log_loss;
-use ensembles::Outcome;
+use ensembles::outcome::swap_average;
+use ensembles::{Outcome, Probs};
 
 /// One held-out evaluation during training.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -243,11 +244,97 @@ fn smoothed_cross_entropy(logits: &Tensor, labels: &[Outcome], smoothing: f64) -
     Ok(((log_probs * targets)?.sum_all()?.neg()? / labels.len() as f64)?)
 }
 
-/// Trains `classifier` on the training rows, evaluating on the held-out rows after every epoch
+/// What [`fit_fold`] needs of a member's model. The DeBERTa [`Classifier`] and the LLM member
+/// (LoRA adapters on a frozen decoder) both train through it, so that they share the
+/// optimizer, schedule, accumulation, clipping, loss scaling, swap augmentation, early
+/// stopping and divergence checks.
+///
+/// Rows are [`EncodedPair`]s whose views hold one sequence (or two, for DeBERTa's siamese
+/// layout); a model's logits are `[views, 3]` in f32.
+pub trait FoldModel {
+    /// The training settings.
+    fn training_config(&self) -> &TransformerConfig;
+    fn device(&self) -> &Device;
+    /// The weights updated at optimizer step `step`, with their names, sorted by name.
+    fn trained(&self, step: usize) -> Vec<(String, Var)>;
+    /// The learning rate of weight `name` before the schedule's factor.
+    fn learning_rate(&self, name: &str) -> f64;
+    /// The config keys whose learning rates to lower when training diverges at `step`.
+    fn rates_to_lower(&self, step: usize) -> Vec<Setting>;
+    /// Logits of `views` recorded for the backward pass to the weights `trained(step)`
+    /// gives, with dropout masks drawn from `dropout`.
+    fn training_logits(
+        &self,
+        views: &[&[Vec<u32>]],
+        step: usize,
+        dropout: &DropoutRng,
+    ) -> Result<Tensor>;
+    /// Weight gradients that gradient-checkpointed layers found in the backward passes since
+    /// the last call (candle's gradient store cannot hold them: see `checkpoint`), by weight.
+    fn take_checkpoint_grads(&self) -> HashMap<TensorId, Tensor>;
+    /// Logits of `views` for prediction: no graph is recorded.
+    fn prediction_logits(&self, views: &[&[Vec<u32>]]) -> Result<Tensor>;
+    /// A copy of the weights training changes, by name: how the best checkpoint is kept.
+    fn snapshot(&self) -> Result<HashMap<String, Tensor>>;
+    fn restore(&self, snapshot: &HashMap<String, Tensor>) -> Result<()>;
+    /// The estimated memory of training on `train` and picking the checkpoint on `valid`.
+    fn training_memory(&self, train: &[EncodedPair], valid: &[EncodedPair]) -> MemoryEstimate;
+}
+
+/// Swap-averaged logits of `encoded` rows, `batch_size` rows (both orders each) per batch:
+/// the log of the mean of p(x) and the mirrored p(swapped x). Both orders of a row run in one
+/// batch, in an order fixed by their token ids, so exchanging A and B in the input exchanges
+/// the first two outputs exactly.
+pub fn predict_logits(
+    model: &impl FoldModel,
+    encoded: &[EncodedPair],
+    batch_size: usize,
+) -> Result<Vec<[f32; 3]>> {
+    // Rows sorted by length (ties by position) to limit padding; a row's length does not
+    // change when A and B are exchanged, so neither does the batching.
+    let mut order: Vec<usize> = (0..encoded.len()).collect();
+    let length = |e: &EncodedPair| {
+        e.as_given
+            .iter()
+            .chain(&e.swapped)
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0)
+    };
+    order.sort_by_key(|&i| (length(&encoded[i]), i));
+    let mut logits = vec![[0f32; 3]; encoded.len()];
+    for rows in order.chunks(batch_size.max(1)) {
+        let mut views: Vec<&[Vec<u32>]> = Vec::with_capacity(2 * rows.len());
+        let mut given_first = Vec::with_capacity(rows.len());
+        for &row in rows {
+            let pair = &encoded[row];
+            let first = pair.as_given <= pair.swapped;
+            given_first.push(first);
+            views.push(pair.view(!first));
+            views.push(pair.view(first));
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&model.prediction_logits(&views)?)?
+            .to_dtype(DType::F64)?
+            .to_vec2::<f64>()?;
+        for (k, &row) in rows.iter().enumerate() {
+            let (a, b) = (to_probs(&probs[2 * k]), to_probs(&probs[2 * k + 1]));
+            let (given, swapped) = if given_first[k] { (a, b) } else { (b, a) };
+            logits[row] =
+                swap_average(given, swapped).map(|p| p.max(f64::MIN_POSITIVE).ln() as f32);
+        }
+    }
+    Ok(logits)
+}
+
+fn to_probs(row: &[f64]) -> Probs {
+    [row[0], row[1], row[2]]
+}
+
+/// Trains `model` on the training rows, evaluating on the held-out rows after every epoch
 /// (and every `eval_every_steps`); stops after `patience` evaluations without improvement and
-/// leaves the classifier at its best checkpoint.
+/// leaves the model at its best checkpoint.
 pub fn fit_fold(
-    classifier: &mut Classifier,
+    model: &mut impl FoldModel,
     train: &[EncodedPair],
     train_labels: &[Outcome],
     valid: &[EncodedPair],
@@ -263,18 +350,17 @@ pub fn fit_fold(
         )));
     }
     let started = Instant::now();
-    let config = classifier.config().clone();
+    let config = model.training_config().clone();
     if config.memory_check {
-        let estimate = training_memory(classifier, train, valid);
-        check_memory(&estimate, free_memory(classifier.device())?, &config, fold)?;
+        let estimate = model.training_memory(train, valid);
+        check_memory(&estimate, free_memory(model.device())?, &config, fold)?;
     }
     let seed = config.seed.wrapping_add(fold as u64);
-    if !classifier.device().is_cpu() {
-        classifier.device().set_seed(seed)?;
+    if !model.device().is_cpu() {
+        model.device().set_seed(seed)?;
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let dropout_rng = DropoutRng::new(StdRng::seed_from_u64(seed ^ 0x5eed));
-    let layers = classifier.model.num_layers();
     let rows_per_step = config.batch_size * config.grad_accumulation;
     let steps_per_epoch = train.len().div_ceil(rows_per_step);
     let total_steps = steps_per_epoch * config.epochs;
@@ -294,27 +380,8 @@ pub fn fit_fold(
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut rng);
         for step_rows in order.chunks(rows_per_step) {
-            let stage = Stage::at(step, &config, layers);
-            let pass = Pass {
-                dropout: Some(&dropout_rng),
-                first_trained_layer: stage.first_trained_layer(layers),
-                train_embeddings: stage == Stage::All,
-                checkpoint: config.gradient_checkpointing,
-            };
-            let trained: Vec<(String, Var)> = {
-                let vars = classifier
-                    .vars
-                    .data()
-                    .lock()
-                    .expect("weights lock poisoned");
-                let mut trained: Vec<(String, Var)> = vars
-                    .iter()
-                    .filter(|(name, _)| stage.trains(name, layers))
-                    .map(|(name, var)| (name.clone(), var.clone()))
-                    .collect();
-                trained.sort_by(|a, b| a.0.cmp(&b.0));
-                trained
-            };
+            let trained = model.trained(step);
+            let diverged = |problem: String| diverged(fold, step, problem, updates, model);
             let mut grads: Vec<Option<Tensor>> = vec![None; trained.len()];
             for micro in step_rows.chunks(config.batch_size) {
                 let mut labels = Vec::with_capacity(micro.len());
@@ -330,20 +397,19 @@ pub fn fit_fold(
                 }
                 // Weighted so that the accumulated gradient is that of the step's mean loss.
                 let weight = micro.len() as f64 / step_rows.len() as f64;
+                let logits = model.training_logits(&views, step, &dropout_rng)?;
                 let loss = accumulate_gradients(
-                    classifier,
-                    &views,
+                    model,
+                    &logits,
                     &labels,
                     weight * scaler.scale,
-                    &pass,
                     &trained,
                     &mut grads,
                 )?;
                 // In f16 an overflow is the loss scaler's to handle; anywhere else a non-finite
                 // loss means the run has diverged, and its predictions would be worthless.
                 if !loss.is_finite() && config.precision != Precision::F16 {
-                    let problem = format!("the training loss is {loss}");
-                    return Err(diverged(fold, step, problem, updates, stage, &config));
+                    return Err(diverged(format!("the training loss is {loss}")));
                 }
                 loss_sum += loss * micro.len() as f64;
                 loss_count += micro.len();
@@ -355,8 +421,8 @@ pub fn fit_fold(
                 &trained,
                 &grads,
                 config.max_grad_norm,
-                |name| Part::of(name).learning_rate(&config, layers) * factor,
-                |problem| diverged(fold, step, problem, updates, stage, &config),
+                |name| model.learning_rate(name) * factor,
+                diverged,
             )?;
             updates += usize::from(applied);
             step += 1;
@@ -365,7 +431,7 @@ pub fn fit_fold(
                 config.eval_every_steps > 0 && step.is_multiple_of(config.eval_every_steps);
             if epoch_end || scheduled {
                 let evaluating = Instant::now();
-                let valid_logits = classifier.predict_logits(valid)?;
+                let valid_logits = predict_logits(model, valid, config.eval_batch_size)?;
                 let probs: Vec<_> = valid_logits.iter().map(probs_from_logits).collect();
                 let valid_log_loss = log_loss(valid_labels, &probs);
                 history.push(EvalPoint {
@@ -380,7 +446,7 @@ pub fn fit_fold(
                         log_loss: valid_log_loss,
                         step,
                         valid_logits,
-                        weights: classifier.snapshot()?,
+                        weights: model.snapshot()?,
                     });
                     since_best = 0;
                 } else {
@@ -395,7 +461,7 @@ pub fn fit_fold(
     }
     let best =
         best.ok_or_else(|| Error::Invalid("training ran no evaluation (epochs = 0?)".into()))?;
-    classifier.restore(&best.weights)?;
+    model.restore(&best.weights)?;
     Ok(FoldResult {
         best_log_loss: best.log_loss,
         best_step: best.step,
@@ -457,8 +523,7 @@ fn diverged(
     step: usize,
     problem: String,
     updates: usize,
-    stage: Stage,
-    config: &TransformerConfig,
+    model: &impl FoldModel,
 ) -> Error {
     let at = format!("fold {fold}, step {step}: {problem}");
     if updates == 0 {
@@ -470,19 +535,98 @@ fn diverged(
             settings: Vec::new(),
         };
     }
-    let setting = |key, value| Setting {
-        key,
-        value,
-        source: None,
-    };
-    let mut settings = Vec::new();
-    if stage != Stage::HeadOnly {
-        settings.push(setting("learning_rate", config.learning_rate));
-    }
-    settings.push(setting("head_learning_rate", config.head_learning_rate));
     Error::Diverged {
         message: at,
-        settings,
+        settings: model.rates_to_lower(step),
+    }
+}
+
+impl FoldModel for Classifier {
+    fn training_config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The head, and the layers (and embeddings) that staged unfreezing has reached.
+    fn trained(&self, step: usize) -> Vec<(String, Var)> {
+        let layers = self.model.num_layers();
+        let stage = Stage::at(step, &self.config, layers);
+        let vars = self.vars.data().lock().expect("weights lock poisoned");
+        let mut trained: Vec<(String, Var)> = vars
+            .iter()
+            .filter(|(name, _)| stage.trains(name, layers))
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect();
+        trained.sort_by(|a, b| a.0.cmp(&b.0));
+        trained
+    }
+
+    fn learning_rate(&self, name: &str) -> f64 {
+        Part::of(name).learning_rate(&self.config, self.model.num_layers())
+    }
+
+    fn rates_to_lower(&self, step: usize) -> Vec<Setting> {
+        let setting = |key, value| Setting {
+            key,
+            value,
+            source: None,
+        };
+        let mut settings = Vec::new();
+        if Stage::at(step, &self.config, self.model.num_layers()) != Stage::HeadOnly {
+            settings.push(setting("learning_rate", self.config.learning_rate));
+        }
+        settings.push(setting(
+            "head_learning_rate",
+            self.config.head_learning_rate,
+        ));
+        settings
+    }
+
+    fn training_logits(
+        &self,
+        views: &[&[Vec<u32>]],
+        step: usize,
+        dropout: &DropoutRng,
+    ) -> Result<Tensor> {
+        let layers = self.model.num_layers();
+        let stage = Stage::at(step, &self.config, layers);
+        let pass = Pass {
+            dropout: Some(dropout),
+            first_trained_layer: stage.first_trained_layer(layers),
+            train_embeddings: stage == Stage::All,
+            checkpoint: self.config.gradient_checkpointing,
+        };
+        self.forward_views(views, &pass)
+    }
+
+    fn take_checkpoint_grads(&self) -> HashMap<TensorId, Tensor> {
+        self.model.take_checkpoint_grads()
+    }
+
+    fn prediction_logits(&self, views: &[&[Vec<u32>]]) -> Result<Tensor> {
+        self.forward_views(views, &Pass::eval())
+    }
+
+    /// Every weight: staged unfreezing trains all of them by the end.
+    fn snapshot(&self) -> Result<HashMap<String, Tensor>> {
+        Classifier::snapshot(self)
+    }
+
+    fn restore(&self, snapshot: &HashMap<String, Tensor>) -> Result<()> {
+        let vars = self.vars.data().lock().expect("weights lock poisoned");
+        for (name, var) in vars.iter() {
+            if let Some(saved) = snapshot.get(name) {
+                var.set(saved)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn training_memory(&self, train: &[EncodedPair], valid: &[EncodedPair]) -> MemoryEstimate {
+        training_memory(self, train, valid)
     }
 }
 
@@ -610,22 +754,21 @@ fn clip_factor(squares: f64, max_norm: f64) -> f64 {
     }
 }
 
-/// Runs one micro-batch forward and backward and adds the gradients of `weight` × its mean
-/// loss to `grads` (one entry per trained weight, in order). Returns the mean loss.
+/// Runs the backward pass of one micro-batch's `logits` and adds the gradients of `weight` ×
+/// its mean loss to `grads` (one entry per trained weight, in order). Returns the mean loss.
 fn accumulate_gradients(
-    classifier: &Classifier,
-    views: &[&[Vec<u32>]],
+    model: &impl FoldModel,
+    logits: &Tensor,
     labels: &[Outcome],
     weight: f64,
-    pass: &Pass,
     trained: &[(String, Var)],
     grads: &mut [Option<Tensor>],
 ) -> Result<f64> {
-    let logits = classifier.forward_views(views, pass)?;
-    let loss = smoothed_cross_entropy(&logits, labels, classifier.config().label_smoothing)?;
+    let smoothing = model.training_config().label_smoothing;
+    let loss = smoothed_cross_entropy(logits, labels, smoothing)?;
     let mean = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let mut store = (loss * weight)?.backward()?;
-    let mut checkpointed = classifier.model.take_checkpoint_grads();
+    let mut checkpointed = model.take_checkpoint_grads();
     for ((_, var), sum) in trained.iter().zip(grads.iter_mut()) {
         // Detached: candle returns gradients recorded as ops on the activations, which would
         // otherwise stay alive until the optimizer step.
@@ -756,16 +899,8 @@ mod tests {
         trained: &[(String, Var)],
     ) -> Vec<Option<Tensor>> {
         let mut grads = vec![None; trained.len()];
-        accumulate_gradients(
-            classifier,
-            views,
-            labels,
-            1.0,
-            &tracked_pass(),
-            trained,
-            &mut grads,
-        )
-        .unwrap();
+        let logits = classifier.forward_views(views, &tracked_pass()).unwrap();
+        accumulate_gradients(classifier, &logits, labels, 1.0, trained, &mut grads).unwrap();
         grads
     }
 
@@ -838,12 +973,14 @@ mod tests {
         let whole = gradients_of(&classifier, &views, &LABELS, &trained);
         let mut accumulated = vec![None; trained.len()];
         for (rows, weight) in [(0..2, 2.0 / 3.0), (2..3, 1.0 / 3.0)] {
+            let logits = classifier
+                .forward_views(&views[rows.clone()], &tracked_pass())
+                .unwrap();
             accumulate_gradients(
                 &classifier,
-                &views[rows.clone()],
+                &logits,
                 &LABELS[rows],
                 weight,
-                &tracked_pass(),
                 &trained,
                 &mut accumulated,
             )
@@ -927,16 +1064,8 @@ mod tests {
                 checkpoint,
             };
             let mut grads = vec![None; trained.len()];
-            accumulate_gradients(
-                &classifier,
-                &views,
-                &labels,
-                1.0,
-                &pass,
-                &trained,
-                &mut grads,
-            )
-            .unwrap();
+            let logits = classifier.forward_views(&views, &pass).unwrap();
+            accumulate_gradients(&classifier, &logits, &labels, 1.0, &trained, &mut grads).unwrap();
             grads
         };
         let (stored, recomputed) = (gradients(false), gradients(true));
@@ -1110,16 +1239,8 @@ mod tests {
                 checkpoint,
             };
             let mut grads = vec![None; trained.len()];
-            accumulate_gradients(
-                &classifier,
-                &views,
-                &LABELS,
-                1.0,
-                &pass,
-                &trained,
-                &mut grads,
-            )
-            .unwrap();
+            let logits = classifier.forward_views(&views, &pass).unwrap();
+            accumulate_gradients(&classifier, &logits, &LABELS, 1.0, &trained, &mut grads).unwrap();
             for ((name, _), grad) in trained.iter().zip(&grads) {
                 let expected = match Part::of(name) {
                     Part::Head => true,
@@ -1137,31 +1258,38 @@ mod tests {
 
     #[test]
     fn a_diverged_fold_names_the_learning_rates_of_its_stage() {
+        let fixture =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-deberta");
         let config = TransformerConfig {
+            max_len: 40,
             learning_rate: 1e30,
+            unfreeze: crate::Unfreeze {
+                head_only_steps: 3,
+                ..Default::default()
+            },
             ..TransformerConfig::default()
         };
-        let error = |updates, stage| {
+        let classifier = Classifier::load(&fixture, &Device::Cpu, &config).unwrap();
+        let error = |updates, step| {
             diverged(
                 0,
-                3,
+                step,
                 "the training loss is NaN".into(),
                 updates,
-                stage,
-                &config,
+                &classifier,
             )
             .to_string()
         };
         assert_eq!(
-            error(2, Stage::All),
+            error(2, 3),
             "fold 0, step 3: the training loss is NaN; lower learning_rate = 1e30 or \
              head_learning_rate = 1e-4"
         );
         assert_eq!(
-            error(2, Stage::HeadOnly),
-            "fold 0, step 3: the training loss is NaN; lower head_learning_rate = 1e-4"
+            error(2, 2),
+            "fold 0, step 2: the training loss is NaN; lower head_learning_rate = 1e-4"
         );
-        assert!(error(0, Stage::All).ends_with(
+        assert!(error(0, 3).ends_with(
             "before any update: the model as loaded gives it; check the model folder's weights"
         ));
     }

@@ -9,7 +9,7 @@
 //! `base_model.model.score.weight`.
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -50,6 +50,8 @@ struct RawAdapterConfig {
     #[serde(default)]
     use_rslora: bool,
     #[serde(default)]
+    lora_dropout: f64,
+    #[serde(default)]
     use_dora: bool,
     #[serde(default)]
     fan_in_fan_out: bool,
@@ -66,17 +68,25 @@ pub(crate) struct LoraWeights {
     pub a: Var,
     pub b: Var,
     pub scale: f64,
+    /// Dropout on the adapter's input in training (PEFT's `lora_dropout`).
+    pub dropout: f64,
 }
 
-/// What a LoRA adapter is: its rank, alpha and the projections it adapts.
-#[derive(Clone, Debug, PartialEq)]
+/// What a LoRA adapter is: its rank, alpha and the projections it adapts (the `[lora]`
+/// table of `configs/llm.toml`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoraSpec {
     pub r: usize,
     pub alpha: f64,
-    /// Sorted names from [`TARGETABLE`].
+    /// Names from [`TARGETABLE`].
     pub target_modules: Vec<String>,
     /// rsLoRA: the update is scaled by `alpha / √r` instead of `alpha / r`.
+    #[serde(default)]
     pub use_rslora: bool,
+    /// Dropout on each adapter's input in training (PEFT's `lora_dropout`).
+    #[serde(default)]
+    pub dropout: f64,
 }
 
 impl LoraSpec {
@@ -95,7 +105,7 @@ impl LoraSpec {
             "base_model_name_or_path": base_model.display().to_string(),
             "r": self.r,
             "lora_alpha": self.alpha,
-            "lora_dropout": 0.0,
+            "lora_dropout": self.dropout,
             "target_modules": self.target_modules,
             "modules_to_save": ["classifier", "score"],
             "bias": "none",
@@ -159,6 +169,7 @@ impl Adapter {
             alpha: raw.lora_alpha,
             target_modules: check_config(&raw).map_err(bad_config)?,
             use_rslora: raw.use_rslora,
+            dropout: raw.lora_dropout,
         };
         let scale = spec.scale();
 
@@ -191,7 +202,15 @@ impl Adapter {
                 };
                 let a = Var::from_tensor(&take("A", (raw.r, in_dim))?)?;
                 let b = Var::from_tensor(&take("B", (out_dim, raw.r))?)?;
-                weights.insert((layer, name.to_owned()), LoraWeights { a, b, scale });
+                weights.insert(
+                    (layer, name.to_owned()),
+                    LoraWeights {
+                        a,
+                        b,
+                        scale,
+                        dropout: spec.dropout,
+                    },
+                );
             }
         }
         let score_key = SCORE_KEY;

@@ -62,7 +62,8 @@ impl Template {
 }
 
 /// Padding side of a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Padding {
     Left,
     Right,

@@ -10,10 +10,12 @@ mod adapter;
 mod config;
 mod encode;
 mod error;
+mod member;
 mod model;
 
 pub use adapter::{LoraSpec, TARGETABLE};
 pub use config::{DecoderConfig, Family, Llama3RopeScaling};
 pub use encode::{Padding, PairEncoder, Template};
 pub use error::{Error, Result};
+pub use member::{LlmConfig, LlmMember};
 pub use model::{rope_inverse_frequencies, weight_files, DecoderClassifier};

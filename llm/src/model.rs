@@ -13,9 +13,12 @@ use crate::adapter::{
 use crate::config::{DecoderConfig, Family, Llama3RopeScaling};
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, TensorId, Var, D};
 use candle_nn::{Linear, Module, VarBuilder};
+use deberta::{checkpointed, DropoutRng, ParamGrads, Recompute};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The safetensors files of a model folder: `model.safetensors`, or the shards that
 /// `model.safetensors.index.json` lists, each of which must be there.
@@ -115,6 +118,25 @@ fn variable(var: &Var, grads: bool) -> Tensor {
     }
 }
 
+/// How a forward pass runs.
+struct Pass<'a> {
+    /// Recorded for a backward pass to the adapter and the head.
+    grads: bool,
+    /// Training: the generator of the adapters' dropout masks.
+    dropout: Option<&'a DropoutRng>,
+    /// Gradient checkpointing: each layer keeps its input only and runs again in the
+    /// backward pass.
+    checkpoint: bool,
+}
+
+impl Pass<'_> {
+    const PREDICT: Pass<'static> = Pass {
+        grads: false,
+        dropout: None,
+        checkpoint: false,
+    };
+}
+
 /// A frozen base weight: dense, or 8-bit for inference (candle's Q8_0: blocks of 32 int8
 /// values with an f16 scale, 1.0625 bytes a weight, which it multiplies without making a
 /// dense copy; it has no backward pass, so adapters train on a dense base).
@@ -166,7 +188,8 @@ impl Projection {
         }
     }
 
-    fn forward(&self, x: &Tensor, grads: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let grads = pass.grads;
         let y = match &self.base {
             // In training only the input's gradient is wanted of a frozen weight.
             BaseWeight::Dense(linear) if grads => {
@@ -197,7 +220,9 @@ impl Projection {
         };
         // The adapter stays in f32 (as PEFT keeps it) whatever the base's precision.
         let (a, b) = (variable(&lora.a, grads), variable(&lora.b, grads));
-        let down = x.to_dtype(DType::F32)?.broadcast_matmul(&a.t()?)?;
+        // PEFT's lora_dropout: on the adapter's input only, in training only.
+        let x = deberta::dropout(&x.to_dtype(DType::F32)?, lora.dropout, pass.dropout)?;
+        let down = x.broadcast_matmul(&a.t()?)?;
         let up = down.broadcast_matmul(&b.t()?)?;
         let dtype = y.dtype();
         Ok((y + (up * lora.scale)?.to_dtype(dtype)?)?)
@@ -312,17 +337,18 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
-        grads: bool,
+        pass: &Pass,
     ) -> Result<Tensor> {
+        let grads = pass.grads;
         let (b, len, _) = x.dims3()?;
         let split = |t: Tensor, heads: usize| -> Result<Tensor> {
             Ok(t.reshape((b, len, heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = apply_rope(&split(self.q.forward(x, grads)?, self.heads)?, cos, sin)?;
-        let k = apply_rope(&split(self.k.forward(x, grads)?, self.kv_heads)?, cos, sin)?;
-        let v = split(self.v.forward(x, grads)?, self.kv_heads)?;
+        let q = apply_rope(&split(self.q.forward(x, pass)?, self.heads)?, cos, sin)?;
+        let k = apply_rope(&split(self.k.forward(x, pass)?, self.kv_heads)?, cos, sin)?;
+        let v = split(self.v.forward(x, pass)?, self.kv_heads)?;
         let times = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(k, times)?, repeat_kv(v, times)?);
         let probs = match self.softcap {
@@ -356,7 +382,7 @@ impl Attention {
                 .matmul(&v)?
                 .transpose(1, 2)?
                 .reshape((b, len, self.heads * self.head_dim))?;
-        self.o.forward(&out, grads)
+        self.o.forward(&out, pass)
     }
 }
 
@@ -387,15 +413,15 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor, grads: bool) -> Result<Tensor> {
-        let gate = self.gate.forward(x, grads)?;
+    fn forward(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let gate = self.gate.forward(x, pass)?;
         let gate = match self.family {
             // gelu_pytorch_tanh: candle's gelu is the tanh approximation.
             Family::Gemma2 => gate.gelu()?,
             Family::Qwen2 | Family::Llama => gate.silu()?,
         };
         self.down
-            .forward(&(gate * self.up.forward(x, grads)?)?, grads)
+            .forward(&(gate * self.up.forward(x, pass)?)?, pass)
     }
 }
 
@@ -462,7 +488,7 @@ impl Layer {
         cos: &Tensor,
         sin: &Tensor,
         masks: &Masks,
-        grads: bool,
+        pass: &Pass,
     ) -> Result<Tensor> {
         let mask = if self.sliding {
             &masks.sliding
@@ -471,19 +497,19 @@ impl Layer {
         };
         let attended =
             self.attention
-                .forward(&self.input_norm.forward(x)?, cos, sin, mask, grads)?;
+                .forward(&self.input_norm.forward(x)?, cos, sin, mask, pass)?;
         match &self.gemma_norms {
             // Gemma-2 normalises each sublayer's output before the residual add.
             Some((pre_feedforward, post_feedforward)) => {
                 let x = (x + self.post_attention_norm.forward(&attended)?)?;
-                let fed = self.mlp.forward(&pre_feedforward.forward(&x)?, grads)?;
+                let fed = self.mlp.forward(&pre_feedforward.forward(&x)?, pass)?;
                 Ok((&x + post_feedforward.forward(&fed)?)?)
             }
             None => {
                 let x = (x + attended)?;
                 let fed = self
                     .mlp
-                    .forward(&self.post_attention_norm.forward(&x)?, grads)?;
+                    .forward(&self.post_attention_norm.forward(&x)?, pass)?;
                 Ok((&x + fed)?)
             }
         }
@@ -492,6 +518,7 @@ impl Layer {
 
 /// The additive attention masks of a padded batch, `[batch, 1, len, len]`: causal, padding
 /// keys hidden; `sliding` also hides keys `window` or more tokens back.
+#[derive(Clone)]
 struct Masks {
     full: Tensor,
     sliding: Tensor,
@@ -522,9 +549,77 @@ impl Masks {
     }
 }
 
+/// One decoder layer's call in a forward pass, with what it needs besides the hidden states
+/// and the seed of its dropout masks, so that gradient checkpointing can make it again.
+struct LayerCall {
+    layer: Arc<Layer>,
+    cos: Tensor,
+    sin: Tensor,
+    masks: Masks,
+    /// Drawn once per layer and pass; None without dropout.
+    seed: Option<u64>,
+}
+
+impl LayerCall {
+    fn forward(&self, x: &Tensor, grads: bool) -> Result<Tensor> {
+        let rng = self
+            .seed
+            .map(|s| DropoutRng::replay(s, x.device()))
+            .transpose()?;
+        let pass = Pass {
+            grads,
+            dropout: rng.as_ref(),
+            checkpoint: false,
+        };
+        self.layer
+            .forward(x, &self.cos, &self.sin, &self.masks, &pass)
+    }
+}
+
+impl Recompute for LayerCall {
+    fn run(&self, x: &Tensor, _: Option<&Tensor>, grads: bool) -> candle_core::Result<Tensor> {
+        self.forward(x, grads).map_err(|e| match e {
+            Error::Candle(e) => e,
+            other => candle_core::Error::wrap(other),
+        })
+    }
+
+    /// The adapter's A and B of each projection.
+    fn parameters(&self) -> Vec<Tensor> {
+        self.layer
+            .projections()
+            .into_iter()
+            .flat_map(|p| &p.lora)
+            .flat_map(|lora| [lora.a.as_tensor().clone(), lora.b.as_tensor().clone()])
+            .collect()
+    }
+}
+
 /// Weights drawn at random on request, whatever their name: the backend of
 /// [`DecoderClassifier::random`].
 struct RandomWeights(std::sync::Mutex<rand::rngs::StdRng>);
+
+/// The seed of a head drawn for a folder that has none.
+const HEAD_SEED: u64 = 0;
+
+impl RandomWeights {
+    fn new(seed: u64) -> RandomWeights {
+        RandomWeights(std::sync::Mutex::new(
+            <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
+        ))
+    }
+
+    /// f32 values, normal with deviation 0.02, as Hugging Face initialises weights.
+    fn draw(&self, shape: candle_core::Shape, device: &Device) -> candle_core::Result<Tensor> {
+        use rand_distr::Distribution;
+        let normal = rand_distr::Normal::new(0f32, 0.02).expect("a positive deviation");
+        let mut rng = self.0.lock().expect("the weights' generator lock");
+        let values: Vec<f32> = (0..shape.elem_count())
+            .map(|_| normal.sample(&mut *rng))
+            .collect();
+        Tensor::from_vec(values, shape, device)
+    }
+}
 
 impl candle_nn::var_builder::SimpleBackend for RandomWeights {
     fn get(
@@ -535,13 +630,7 @@ impl candle_nn::var_builder::SimpleBackend for RandomWeights {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        use rand_distr::Distribution;
-        let normal = rand_distr::Normal::new(0f32, 0.02).expect("a positive deviation");
-        let mut rng = self.0.lock().expect("the weights' generator lock");
-        let values: Vec<f32> = (0..shape.elem_count())
-            .map(|_| normal.sample(&mut *rng))
-            .collect();
-        Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
+        self.draw(shape, device)?.to_dtype(dtype)
     }
 
     fn get_unchecked(
@@ -558,19 +647,33 @@ impl candle_nn::var_builder::SimpleBackend for RandomWeights {
     }
 }
 
+/// A layer to change (an adapter added or removed, weights quantized): only between forward
+/// passes, when no layer call holds it.
+fn unshared(layer: &mut Arc<Layer>) -> Result<&mut Layer> {
+    Arc::get_mut(layer)
+        .ok_or_else(|| Error::Invalid("a layer cannot change while a forward pass holds it".into()))
+}
+
 /// A decoder LLM with its classification head: the frozen base in the precision it was loaded
 /// in (f32, bf16 or f16), norms, softmax, the adapter and the head in f32, as PEFT and
 /// autocast keep them.
 pub struct DecoderClassifier {
     config: DecoderConfig,
     embed: Tensor,
-    layers: Vec<Layer>,
+    /// Shared with the layer calls of a checkpointed forward pass while it runs.
+    layers: Vec<Arc<Layer>>,
     norm: RmsNorm,
     /// The classification head, `[classes, hidden]`, trained in full.
     score: Var,
+    /// The head as the folder had it (or as drawn where it had none).
+    initial_score: Tensor,
+    /// Whether the folder had a `score` head (a `*ForSequenceClassification` save).
+    head_in_folder: bool,
     lora: Option<LoraSpec>,
     dir: PathBuf,
     device: Device,
+    /// The adapter's gradients found by checkpointed layers (see `deberta::checkpointed`).
+    checkpoint_grads: ParamGrads,
 }
 
 impl DecoderClassifier {
@@ -600,9 +703,7 @@ impl DecoderClassifier {
         dtype: DType,
         seed: u64,
     ) -> Result<DecoderClassifier> {
-        let backend = RandomWeights(std::sync::Mutex::new(
-            <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
-        ));
+        let backend = RandomWeights::new(seed);
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
         DecoderClassifier::build(config, vb, Path::new("random"))
     }
@@ -611,28 +712,47 @@ impl DecoderClassifier {
         let labels = config.num_labels.unwrap_or(3);
         let model = vb.pp("model");
         let layers = (0..config.num_layers)
-            .map(|i| Layer::load(model.pp("layers").pp(i), &config, i))
+            .map(|i| Layer::load(model.pp("layers").pp(i), &config, i).map(Arc::new))
             .collect::<Result<_>>()?;
+        // A causal LM's folder (the usual download) has no head: it starts as transformers
+        // starts it, normal with deviation 0.02, from a fixed seed.
+        let head_in_folder = vb.contains_tensor("score.weight");
+        let head_shape = (labels, config.hidden_size);
+        let score = match head_in_folder {
+            true => vb.get(head_shape, "score.weight")?,
+            false => RandomWeights::new(HEAD_SEED).draw(head_shape.into(), vb.device())?,
+        }
+        .to_dtype(DType::F32)?;
         Ok(DecoderClassifier {
             embed: model.get(
                 (config.vocab_size, config.hidden_size),
                 "embed_tokens.weight",
             )?,
             norm: RmsNorm::load(model.pp("norm"), &config)?,
-            score: Var::from_tensor(
-                &vb.get((labels, config.hidden_size), "score.weight")?
-                    .to_dtype(DType::F32)?,
-            )?,
+            score: Var::from_tensor(&score)?,
+            initial_score: score,
+            head_in_folder,
             layers,
             config,
             lora: None,
             dir: dir.to_owned(),
             device: vb.device().clone(),
+            checkpoint_grads: ParamGrads::default(),
         })
     }
 
     pub fn config(&self) -> &DecoderConfig {
         &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether the folder had a trained `score` head; without one (a causal LM) the head was
+    /// drawn at random and must be trained.
+    pub fn head_in_folder(&self) -> bool {
+        self.head_in_folder
     }
 
     /// The variables training updates, by PEFT's key names: every LoRA A and B of the applied
@@ -663,6 +783,7 @@ impl DecoderClassifier {
             )));
         }
         for layer in &mut self.layers {
+            let layer = unshared(layer)?;
             for (name, _) in TARGETABLE {
                 layer.projection_mut(name).quantize()?;
             }
@@ -677,6 +798,12 @@ impl DecoderClassifier {
             .flat_map(|layer| layer.projections())
             .map(Projection::base_bytes)
             .sum()
+    }
+
+    /// Bytes of the base model as stored: embedding table and projections (norms and head
+    /// are a rounding error beside them).
+    pub fn weight_bytes(&self) -> usize {
+        self.embed.elem_count() * self.embed.dtype().size_in_bytes() + self.projection_bytes()
     }
 
     /// `(in, out)` of each projection an adapter may target.
@@ -711,7 +838,9 @@ impl DecoderClassifier {
         let head = self.score.as_tensor().dims2()?;
         let adapter = Adapter::load(dir, self.config.num_layers, &shapes, head, &self.device)?;
         for ((layer, name), weights) in adapter.weights {
-            self.layers[layer].projection_mut(&name).lora = Some(weights);
+            unshared(&mut self.layers[layer])?
+                .projection_mut(&name)
+                .lora = Some(weights);
         }
         if let Some(score) = adapter.score {
             self.score = Var::from_tensor(&score)?;
@@ -742,6 +871,7 @@ impl DecoderClassifier {
         let shapes = self.projection_shapes();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         for layer in &mut self.layers {
+            let layer = unshared(layer)?;
             for module in &spec.target_modules {
                 let (in_dim, out_dim) = shapes[module.as_str()];
                 let bound = 1.0 / (in_dim as f32).sqrt();
@@ -754,10 +884,25 @@ impl DecoderClassifier {
                     a: Var::from_tensor(&a)?,
                     b: Var::from_tensor(&b)?,
                     scale: spec.scale(),
+                    dropout: spec.dropout,
                 });
             }
         }
         self.lora = Some(spec);
+        Ok(())
+    }
+
+    /// Takes the adapter out and puts the folder's head back: the base model as loaded, ready
+    /// for the next fold's adapter without being read again.
+    pub fn remove_adapter(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            let layer = unshared(layer)?;
+            for (name, _) in TARGETABLE {
+                layer.projection_mut(name).lora = None;
+            }
+        }
+        self.score = Var::from_tensor(&self.initial_score)?;
+        self.lora = None;
         Ok(())
     }
 
@@ -793,24 +938,45 @@ impl DecoderClassifier {
     /// `input_ids` and `attention_mask` are `[batch, len]` (1 for a real token, 0 for padding,
     /// on either side). Each row's logits come from its last real token.
     pub fn logits(&self, input_ids: &[Vec<u32>], attention_mask: &[Vec<u32>]) -> Result<Tensor> {
-        self.forward(input_ids, attention_mask, false)
+        self.forward(input_ids, attention_mask, &Pass::PREDICT)
     }
 
     /// The same logits, recorded for a backward pass to the adapter and the head
-    /// ([`DecoderClassifier::trainable`]).
+    /// ([`DecoderClassifier::trainable`]): the adapters' dropout masks drawn from `dropout`
+    /// where given; with `checkpoint`, each layer keeps only its input and runs again in the
+    /// backward pass, whose adapter gradients [`DecoderClassifier::take_checkpoint_grads`]
+    /// then holds.
     pub fn training_logits(
         &self,
         input_ids: &[Vec<u32>],
         attention_mask: &[Vec<u32>],
+        dropout: Option<&DropoutRng>,
+        checkpoint: bool,
     ) -> Result<Tensor> {
-        self.forward(input_ids, attention_mask, true)
+        let pass = Pass {
+            grads: true,
+            dropout,
+            checkpoint,
+        };
+        self.forward(input_ids, attention_mask, &pass)
+    }
+
+    /// The adapter gradients that checkpointed layers found in the backward passes since the
+    /// last call, by the variables' tensor ids.
+    pub fn take_checkpoint_grads(&self) -> HashMap<TensorId, Tensor> {
+        std::mem::take(
+            &mut *self
+                .checkpoint_grads
+                .lock()
+                .expect("checkpoint grads lock poisoned"),
+        )
     }
 
     fn forward(
         &self,
         input_ids: &[Vec<u32>],
         attention_mask: &[Vec<u32>],
-        grads: bool,
+        pass: &Pass,
     ) -> Result<Tensor> {
         let b = input_ids.len();
         let len = input_ids.first().map_or(0, Vec::len);
@@ -853,7 +1019,19 @@ impl DecoderClassifier {
         let (cos, sin) = rope_tables(&self.config, len, &self.device)?;
         let masks = Masks::new(&mask, self.config.sliding_window)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &cos, &sin, &masks, grads)?;
+            // Each layer draws its dropout masks from a generator of its own, so that a
+            // checkpointed layer draws the same masks again in the backward pass.
+            let call = LayerCall {
+                layer: layer.clone(),
+                cos: cos.clone(),
+                sin: sin.clone(),
+                masks: masks.clone(),
+                seed: pass.dropout.map(DropoutRng::fork_seed),
+            };
+            x = match pass.checkpoint && pass.grads {
+                true => checkpointed(call, &x, None, self.checkpoint_grads.clone())?,
+                false => call.forward(&x, pass.grads)?,
+            };
         }
         let x = self.norm.forward(&x)?;
         let rows = last
@@ -863,6 +1041,6 @@ impl DecoderClassifier {
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Tensor::stack(&rows, 0)?
             .to_dtype(DType::F32)?
-            .matmul(&variable(&self.score, grads).t()?)?)
+            .matmul(&variable(&self.score, pass.grads).t()?)?)
     }
 }

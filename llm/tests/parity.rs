@@ -280,7 +280,12 @@ fn lora_gradients_match_pytorch_and_peft() {
     let model = lora_adapted(case, DType::F32);
     let batch = &case["right"];
     let logits = model
-        .training_logits(&rows(&batch["input_ids"]), &rows(&batch["attention_mask"]))
+        .training_logits(
+            &rows(&batch["input_ids"]),
+            &rows(&batch["attention_mask"]),
+            None,
+            false,
+        )
         .unwrap();
     let labels: Vec<u32> = serde_json::from_value(training["labels"].clone()).unwrap();
     let labels = candle_core::Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
@@ -398,15 +403,18 @@ fn adapters_start_neutral_and_survive_a_save_and_load() {
         alpha: 8.0,
         target_modules: targets.map(str::to_owned).to_vec(),
         use_rslora: false,
+        dropout: 0.0,
     };
     model.add_lora(spec, 7).unwrap();
     let untrained = model.logits(&ids, &mask).unwrap().to_vec2::<f32>().unwrap();
     assert_eq!(before, untrained, "an untrained adapter changed the logits");
     // One AdamW step moves B off zero.
     let labels = candle_core::Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
-    let loss =
-        candle_nn::loss::cross_entropy(&model.training_logits(&ids, &mask).unwrap(), &labels)
-            .unwrap();
+    let loss = candle_nn::loss::cross_entropy(
+        &model.training_logits(&ids, &mask, None, false).unwrap(),
+        &labels,
+    )
+    .unwrap();
     let grads = loss.backward().unwrap();
     let mut optimizer = deberta::AdamW::new(&deberta::TransformerConfig::default());
     for (name, var) in model.trainable() {
@@ -498,7 +506,12 @@ fn eight_bit_base_weights_cost_little() {
     // Training through them is refused: their product has no backward pass.
     let batch = &case["right"];
     let error = eight_bit
-        .training_logits(&rows(&batch["input_ids"]), &rows(&batch["attention_mask"]))
+        .training_logits(
+            &rows(&batch["input_ids"]),
+            &rows(&batch["attention_mask"]),
+            None,
+            false,
+        )
         .err()
         .unwrap()
         .to_string();

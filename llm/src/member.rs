@@ -1,0 +1,450 @@
+//! The LLM member as the fold loop trains it: a decoder LLM with a LoRA adapter, its
+//! tokenizer and template, and its settings (`configs/llm.toml`). It implements
+//! `deberta::FoldModel`, so that it trains through the DeBERTa member's loop (AdamW, schedule,
+//! accumulation, clipping, f16 loss scaling, swap augmentation, early stopping) and predicts
+//! with its swap averaging.
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor, TensorId, Var};
+use deberta::{
+    DropoutRng, EncodedPair, FoldModel, MemoryEstimate, Precision, ResponsePair, Setting,
+    TransformerConfig,
+};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::{LoraSpec, SCORE_KEY, TARGETABLE};
+use crate::encode::{Padding, PairEncoder, Template};
+use crate::model::DecoderClassifier;
+use crate::{Error, Result};
+
+/// The LLM member's settings: the training keys the DeBERTa member has (but its layout,
+/// layer-wise decay and staged unfreezing: the base is frozen), the adapter, the template and
+/// the padding side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlmConfig {
+    #[serde(flatten)]
+    pub training: TransformerConfig,
+    pub lora: LoraSpec,
+    /// The text the model reads, with `{prompt}`, `{response_a}` and `{response_b}`.
+    pub template: String,
+    pub padding: Padding,
+}
+
+/// DeBERTa settings that have no meaning for a frozen base with adapters.
+const DEBERTA_ONLY: [&str; 3] = ["layout", "layer_lr_decay", "unfreeze"];
+
+impl Default for LlmConfig {
+    /// What the LMSYS winners trained with, scaled to a default that also runs on a CPU with
+    /// the tiny example model: LoRA r 16 on every projection, learning rate 2e-4, one epoch.
+    fn default() -> LlmConfig {
+        LlmConfig {
+            training: TransformerConfig {
+                max_len: 1024,
+                batch_size: 2,
+                eval_batch_size: 4,
+                grad_accumulation: 8,
+                epochs: 1,
+                learning_rate: 2e-4,
+                head_learning_rate: 2e-4,
+                weight_decay: 0.01,
+                warmup_ratio: 0.05,
+                patience: 1,
+                ..TransformerConfig::default()
+            },
+            lora: LoraSpec {
+                r: 16,
+                alpha: 32.0,
+                target_modules: TARGETABLE.iter().map(|(m, _)| (*m).to_owned()).collect(),
+                use_rslora: false,
+                dropout: 0.05,
+            },
+            template: "# Prompt\n{prompt}\n\n# Response A\n{response_a}\n\n# Response B\n\
+                       {response_b}\n\n# Which response is better?"
+                .into(),
+            padding: Padding::Right,
+        }
+    }
+}
+
+impl LlmConfig {
+    /// Reads a TOML file: its keys over the defaults, each unknown or DeBERTa-only key named.
+    pub fn from_toml_file(path: &Path) -> Result<LlmConfig> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let bad = |message: String| Error::BadModelFile {
+            path: path.to_owned(),
+            message,
+        };
+        let given: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        LlmConfig::from_table(given).map_err(bad)
+    }
+
+    /// `given` over the defaults (tables merged key by key), checked.
+    pub fn from_table(given: toml::Table) -> std::result::Result<LlmConfig, String> {
+        let mut merged =
+            toml::Table::try_from(LlmConfig::default()).expect("the defaults serialise");
+        for (key, value) in given {
+            if DEBERTA_ONLY.contains(&key.as_str()) {
+                return Err(format!(
+                    "{key} is a DeBERTa setting; the LLM member trains LoRA adapters and the \
+                     head on a frozen base (configs/llm.toml lists its keys)"
+                ));
+            }
+            match (merged.get_mut(&key), value) {
+                (None, _) => {
+                    return Err(format!(
+                        "unknown key {key} (configs/llm.toml lists the LLM member's keys)"
+                    ))
+                }
+                (Some(toml::Value::Table(into)), toml::Value::Table(from)) => into.extend(from),
+                (Some(slot), value) => *slot = value,
+            }
+        }
+        for key in DEBERTA_ONLY {
+            merged.remove(key);
+        }
+        let config: LlmConfig = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.training.validate()?;
+        let deberta = TransformerConfig::default();
+        if self.training.layout != deberta.layout
+            || self.training.layer_lr_decay != deberta.layer_lr_decay
+            || self.training.unfreeze != deberta.unfreeze
+        {
+            return Err("layout, layer_lr_decay and unfreeze are DeBERTa settings".into());
+        }
+        let lora = &self.lora;
+        if lora.r == 0 || !(lora.alpha.is_finite() && lora.alpha > 0.0) {
+            return Err(format!(
+                "lora: r ({}) and alpha ({}) must be above 0",
+                lora.r, lora.alpha
+            ));
+        }
+        if !(0.0..1.0).contains(&lora.dropout) {
+            return Err(format!("lora: dropout {} must be in [0, 1)", lora.dropout));
+        }
+        if lora.target_modules.is_empty()
+            || lora
+                .target_modules
+                .iter()
+                .any(|m| !TARGETABLE.iter().any(|(t, _)| t == m))
+        {
+            return Err(format!(
+                "lora: target_modules {:?} must be some of q_proj, k_proj, v_proj, o_proj, \
+                 gate_proj, up_proj, down_proj",
+                lora.target_modules
+            ));
+        }
+        Template::parse(&self.template).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// A decoder LLM, its tokenizer and template, and the settings it trains and predicts with.
+pub struct LlmMember {
+    model: DecoderClassifier,
+    encoder: PairEncoder,
+    config: LlmConfig,
+}
+
+impl LlmMember {
+    /// Loads the base model of `model_dir` in the precision of `config` (bf16 or f16 base
+    /// weights; f32 otherwise), with no adapter yet. Returns the member and, where the folder
+    /// gives no pad token, the sentence that says EOS pads instead.
+    pub fn load(
+        model_dir: &Path,
+        device: &Device,
+        config: &LlmConfig,
+    ) -> Result<(LlmMember, Option<String>)> {
+        config.validate().map_err(Error::Invalid)?;
+        let model = DecoderClassifier::load(model_dir, device, config.training.precision.dtype())?;
+        let (pad_id, from_eos) =
+            model
+                .config()
+                .padding_id()
+                .map_err(|message| Error::BadModelFile {
+                    path: model_dir.join("config.json"),
+                    message,
+                })?;
+        let note = from_eos.then(|| {
+            format!(
+                "{}: no pad_token_id; padding with the EOS token {pad_id}, as Hugging Face does",
+                model_dir.join("config.json").display()
+            )
+        });
+        let template = Template::parse(&config.template)?;
+        let encoder = PairEncoder::new(
+            model_dir,
+            template,
+            config.training.segments.clone(),
+            pad_id,
+        )?;
+        let member = LlmMember {
+            model,
+            encoder,
+            config: config.clone(),
+        };
+        Ok((member, note))
+    }
+
+    pub fn config(&self) -> &LlmConfig {
+        &self.config
+    }
+
+    pub fn model(&self) -> &DecoderClassifier {
+        &self.model
+    }
+
+    /// A fresh adapter of the config's spec (B zero) and the folder's head, drawn from
+    /// `seed`, in place of any adapter the model has.
+    pub fn start_adapter(&mut self, seed: u64) -> Result<()> {
+        self.model.remove_adapter()?;
+        self.model.add_lora(self.config.lora.clone(), seed)
+    }
+
+    /// A saved adapter (and its head) in place of any the model has.
+    pub fn apply_adapter(&mut self, dir: &Path) -> Result<()> {
+        self.model.remove_adapter()?;
+        self.model.apply_adapter(dir).map(|_| ())
+    }
+
+    pub fn save_adapter(&self, dir: &Path) -> Result<()> {
+        self.model.save_adapter(dir)
+    }
+
+    /// The base weights in 8 bits for prediction (see [`DecoderClassifier::quantize_base`]).
+    pub fn quantize_base(&mut self) -> Result<()> {
+        self.model.quantize_base()
+    }
+
+    /// Each battle in the template, in both answer orders, within `max_len` tokens (rows
+    /// tokenized in parallel).
+    pub fn encode(&self, pairs: &[ResponsePair]) -> Result<Vec<EncodedPair>> {
+        let max_len = self.config.training.max_len;
+        pairs
+            .par_iter()
+            .map(|pair| {
+                let swapped = ResponsePair {
+                    prompt: pair.prompt.clone(),
+                    response_a: pair.response_b.clone(),
+                    response_b: pair.response_a.clone(),
+                };
+                Ok(EncodedPair {
+                    as_given: vec![self.encoder.encode(pair, max_len)?],
+                    swapped: vec![self.encoder.encode(&swapped, max_len)?],
+                })
+            })
+            .collect()
+    }
+
+    /// Swap-averaged logits of `encoded` rows (both answer orders, mirrored and averaged).
+    pub fn predict_logits(&self, encoded: &[EncodedPair]) -> Result<Vec<[f32; 3]>> {
+        Ok(deberta::predict_logits(
+            self,
+            encoded,
+            self.config.training.eval_batch_size,
+        )?)
+    }
+
+    /// The padded ids and masks of views of one sequence each.
+    fn batch(&self, views: &[&[Vec<u32>]]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+        let rows: Vec<Vec<u32>> = views.iter().map(|v| v[0].clone()).collect();
+        self.encoder.pad(&rows, self.config.padding)
+    }
+}
+
+impl From<Error> for deberta::Error {
+    fn from(error: Error) -> deberta::Error {
+        match error {
+            Error::Candle(e) => deberta::Error::Candle(e),
+            Error::Io { path, cause } => deberta::Error::Io { path, cause },
+            Error::MissingFile { path, what } => deberta::Error::MissingFile { path, what },
+            Error::BadModelFile { path, message } => deberta::Error::BadModelFile { path, message },
+            Error::Invalid(message) => deberta::Error::Invalid(message),
+            Error::Training(e) => e,
+        }
+    }
+}
+
+impl FoldModel for LlmMember {
+    fn training_config(&self) -> &TransformerConfig {
+        &self.config.training
+    }
+
+    fn device(&self) -> &Device {
+        self.model.device()
+    }
+
+    /// The adapter and the head, at every step.
+    fn trained(&self, _step: usize) -> Vec<(String, Var)> {
+        let mut trained: Vec<(String, Var)> = self
+            .model
+            .trainable()
+            .into_iter()
+            .map(|(name, var)| (name, var.clone()))
+            .collect();
+        trained.sort_by(|a, b| a.0.cmp(&b.0));
+        trained
+    }
+
+    fn learning_rate(&self, name: &str) -> f64 {
+        match name == SCORE_KEY {
+            true => self.config.training.head_learning_rate,
+            false => self.config.training.learning_rate,
+        }
+    }
+
+    fn rates_to_lower(&self, _step: usize) -> Vec<Setting> {
+        let training = &self.config.training;
+        [
+            ("learning_rate", training.learning_rate),
+            ("head_learning_rate", training.head_learning_rate),
+        ]
+        .into_iter()
+        .map(|(key, value)| Setting {
+            key,
+            value,
+            source: None,
+        })
+        .collect()
+    }
+
+    fn training_logits(
+        &self,
+        views: &[&[Vec<u32>]],
+        _step: usize,
+        dropout: &DropoutRng,
+    ) -> deberta::Result<Tensor> {
+        let (ids, mask) = self.batch(views);
+        let checkpoint = self.config.training.gradient_checkpointing;
+        Ok(self
+            .model
+            .training_logits(&ids, &mask, Some(dropout), checkpoint)?)
+    }
+
+    fn take_checkpoint_grads(&self) -> HashMap<TensorId, Tensor> {
+        self.model.take_checkpoint_grads()
+    }
+
+    fn prediction_logits(&self, views: &[&[Vec<u32>]]) -> deberta::Result<Tensor> {
+        let (ids, mask) = self.batch(views);
+        Ok(self.model.logits(&ids, &mask)?)
+    }
+
+    /// The adapter and the head: the base never changes.
+    fn snapshot(&self) -> deberta::Result<HashMap<String, Tensor>> {
+        self.model
+            .trainable()
+            .into_iter()
+            .map(|(name, var)| Ok((name, var.as_tensor().copy()?)))
+            .collect()
+    }
+
+    fn restore(&self, snapshot: &HashMap<String, Tensor>) -> deberta::Result<()> {
+        for (name, var) in self.model.trainable() {
+            if let Some(saved) = snapshot.get(&name) {
+                var.set(saved)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn training_memory(&self, train: &[EncodedPair], valid: &[EncodedPair]) -> MemoryEstimate {
+        let training = &self.config.training;
+        let len = train
+            .iter()
+            .chain(valid)
+            .flat_map(|e| &e.as_given)
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0);
+        let trained: usize = self
+            .model
+            .trainable()
+            .iter()
+            .map(|(_, var)| var.elem_count())
+            .sum();
+        estimate(&DecoderShape {
+            sequences: training.batch_size.min(train.len()),
+            eval_sequences: 2 * training.eval_batch_size.min(valid.len()),
+            len,
+            model: self.model.config(),
+            rank: self.config.lora.r,
+            base_bytes: self.model.weight_bytes(),
+            trained,
+            precision: training.precision,
+            checkpoint: training.gradient_checkpointing,
+            accumulation: training.grad_accumulation,
+        })
+    }
+}
+
+/// What the LLM member's training memory depends on.
+struct DecoderShape<'a> {
+    sequences: usize,
+    eval_sequences: usize,
+    len: usize,
+    model: &'a crate::DecoderConfig,
+    rank: usize,
+    base_bytes: usize,
+    trained: usize,
+    precision: Precision,
+    checkpoint: bool,
+    accumulation: usize,
+}
+
+/// Bytes one decoder layer keeps for the backward pass at `sequences` × `len` tokens (T) and
+/// b bytes per activation, counted from `model.rs`: the two norms' f32 outputs and their
+/// inputs (4·T·hidden·4), q, k, v after RoPE and the attention context (T·(2·q + 3·kv)·b),
+/// the f32 scores' softmax (sequences·heads·len²·4), the MLP's gate, activation, up and
+/// product (4·T·intermediate·b), and per adapted projection its f32 input copy and the
+/// rank-sized product (T·(in + r)·4, taken as 7 projections of `hidden` inputs).
+fn layer_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
+    let c = shape.model;
+    let b = shape.precision.dtype().size_in_bytes() as u64;
+    let tokens = (sequences * shape.len) as u64;
+    let (hidden, inter) = (c.hidden_size as u64, c.intermediate_size as u64);
+    let (q, kv) = (
+        (c.num_heads * c.head_dim) as u64,
+        (c.num_kv_heads * c.head_dim) as u64,
+    );
+    let attention = (sequences * c.num_heads * shape.len * shape.len) as u64;
+    tokens * hidden * 16
+        + tokens * (2 * q + 3 * kv) * b
+        + attention * 4
+        + 4 * tokens * inter * b
+        + 7 * tokens * (hidden + shape.rank as u64) * 4
+}
+
+/// The estimate: every layer's kept activations (with checkpointing its input alone, plus a
+/// recomputed layer as working space), AdamW's moments, gradients and the best checkpoint of
+/// the adapter and head; prediction's one layer at a time at its batch.
+fn estimate(shape: &DecoderShape) -> MemoryEstimate {
+    let b = shape.precision.dtype().size_in_bytes() as u64;
+    let layers = shape.model.num_layers as u64;
+    let tokens = (shape.sequences * shape.len) as u64;
+    let hidden = shape.model.hidden_size as u64;
+    let layer = layer_bytes(shape, shape.sequences);
+    let training = match shape.checkpoint {
+        true => layers * tokens * hidden * b + 2 * layer,
+        false => layers * layer + layer,
+    };
+    let prediction = 2 * layer_bytes(shape, shape.eval_sequences);
+    let trained = 4 * shape.trained as u64;
+    MemoryEstimate {
+        weights: shape.base_bytes as u64,
+        optimizer: 2 * trained,
+        gradients: trained * if shape.accumulation > 1 { 2 } else { 1 },
+        checkpoint: trained,
+        activations: training.max(prediction),
+    }
+}
