@@ -57,8 +57,9 @@ pub enum Command {
     /// base run, their standard error, and whether a change beats fold-to-fold noise.
     #[command(long_about = COMPARE_ABOUT)]
     Compare(CompareArgs),
-    /// Fine-tunes a DeBERTa model per fold (candle, CPU or CUDA) and writes OOF and test
-    /// predictions with A/B swap averaging.
+    /// Fine-tunes a DeBERTa model, or LoRA adapters on a decoder LLM (Gemma-2, Qwen2, Llama),
+    /// per fold (candle, CPU or CUDA) and writes OOF and test predictions with A/B swap
+    /// averaging.
     #[cfg(feature = "transformer")]
     Transformer(TransformerArgs),
     /// Writes the generated example data set (train.csv, test.csv) to a folder.
@@ -238,9 +239,13 @@ pub struct CvArgs {
 #[cfg(feature = "transformer")]
 #[derive(Args, Debug)]
 pub struct TransformerArgs {
-    /// Hugging Face DeBERTa-v2/v3 folder (e.g. microsoft/deberta-v3-base as downloaded):
-    /// config.json, model.safetensors or pytorch_model.bin, and tokenizer.json or spm.model.
-    /// Needed to train (not with --merge or --predict-only).
+    /// Hugging Face model folder as downloaded; its config.json's model_type picks the member.
+    /// DeBERTa-v2/v3 (e.g. microsoft/deberta-v3-base): config.json, model.safetensors or
+    /// pytorch_model.bin, tokenizer.json or spm.model; every weight is fine-tuned. A decoder
+    /// LLM, Gemma-2, Qwen2 or Llama (e.g. google/gemma-2-9b-it): config.json,
+    /// model.safetensors or its shards with model.safetensors.index.json, tokenizer.json; LoRA
+    /// adapters and the head are trained on the frozen base, and --predict-only needs the same
+    /// base again. Needed to train (DeBERTa: not with --merge or --predict-only).
     #[arg(long, value_name = "DIR", required_unless_present_any = ["merge", "predict_only"])]
     pub model: Option<PathBuf>,
     /// Training file in Kaggle's train.csv format (plain or .gz).
@@ -303,18 +308,25 @@ pub struct TransformerArgs {
     /// gradient_checkpointing, default false].
     #[arg(long)]
     pub gradient_checkpointing: bool,
-    /// Also write each fold's fine-tuned model to OUT/fold-K/model/ as a Hugging Face folder
-    /// (model.safetensors, config.json with the class names, tokenizer files): about 0.7 GB
-    /// per fold for deberta-v3-base.
+    /// DeBERTa: also write each fold's fine-tuned model to OUT/fold-K/model/ as a Hugging Face
+    /// folder (model.safetensors, config.json with the class names, tokenizer files): about
+    /// 0.7 GB per fold for deberta-v3-base. The LLM member always writes its fold's adapter to
+    /// OUT/fold-K/adapter/ in PEFT's format (tens of MB), which Python's peft also loads.
     #[arg(long)]
     pub save_models: bool,
     /// Do not train: predict --test with the fold models an earlier --save-models run left in
-    /// OUT/fold-K/model/ (all folds, or --fold K), then merge as usual: for a new test file,
-    /// e.g. a Kaggle notebook's hidden one. Use the precision and max length of training.
+    /// OUT/fold-K/model/, or the LLM member's OUT/fold-K/adapter/ on the --model base (all
+    /// folds, or --fold K), then merge as usual: for a new test file, e.g. a Kaggle
+    /// notebook's hidden one. Use the precision and max length of training.
     #[arg(long, conflicts_with_all = ["merge", "save_models"])]
     pub predict_only: bool,
+    /// LLM member with --predict-only: hold the base's projection weights in 8 bits (Q8_0,
+    /// about 0.53× the bytes of f16), so that a 9B model's adapters predict on a 16 GB GPU;
+    /// moves the log loss slightly (README).
+    #[arg(long, requires = "predict_only")]
+    pub int8_base: bool,
     /// TOML training config; flags override it. The defaults are those of
-    /// configs/deberta.toml.
+    /// configs/deberta.toml (DeBERTa) or configs/llm.toml (the LLM member).
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 }

@@ -323,9 +323,8 @@ fn folds_from_a_scheduler_array_merge_into_the_one_process_run() {
     );
 }
 
-/// Model folders the DeBERTa member cannot read are named with what is wrong: an empty folder
-/// lacks config.json; a decoder LLM's folder is named as such, not by the first DeBERTa key
-/// it lacks.
+/// Model folders the members cannot read are named with what is wrong: an empty folder lacks
+/// config.json; a decoder LLM's folder (which goes to the LLM member) without its tokenizer.
 #[test]
 fn transformer_names_what_is_wrong_with_a_model_folder() {
     if !common::arena_sample_present() {
@@ -333,13 +332,14 @@ fn transformer_names_what_is_wrong_with_a_model_folder() {
     }
     let [train, test, _] = sample_and_model();
     let empty = tempfile::tempdir().unwrap();
-    let qwen = root().join("tests/fixtures/tiny-llm-qwen2");
+    let qwen = tempfile::tempdir().unwrap();
+    for name in ["config.json", "model.safetensors"] {
+        let source = root().join("tests/fixtures/tiny-llm-qwen2").join(name);
+        std::fs::copy(source, qwen.path().join(name)).unwrap();
+    }
     for (model, expected) in [
         (empty.path(), "config.json: missing the model configuration"),
-        (
-            qwen.as_path(),
-            "config.json: model_type \"qwen2\": this member reads DeBERTa",
-        ),
+        (qwen.path(), "missing tokenizer.json"),
     ] {
         let out = tempfile::tempdir().unwrap();
         let output = ensemble(&[
@@ -453,5 +453,108 @@ fn f16_with_checkpointing_records_its_loss_scale() {
     assert!(
         skipped < fold["steps"].as_u64().unwrap(),
         "every step skipped: {fold}"
+    );
+}
+
+/// The LLM member through `transformer`, picked by the folder's model_type: folds trained
+/// with LoRA on the tiny Qwen2 fixture, adapters saved in PEFT's format, the test file
+/// predicted again from them bit for bit, with 8-bit base weights close to it, and refusals
+/// of another base (its weights' fingerprint) and of a DeBERTa folder for an LLM run.
+#[test]
+fn transformer_trains_the_llm_member_and_predicts_from_its_adapters() {
+    if !common::arena_sample_present() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().to_str().unwrap();
+    let [train, test, deberta] = sample_and_model();
+    let fixture = |name: &str| root().join("tests/fixtures").join(name);
+    let qwen = fixture("tiny-llm-qwen2");
+    let data = ["--train", &train, "--test", &test, "--out", out_dir];
+    let with = |model: &Path, extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["transformer", "--model", model.to_str().unwrap()];
+        args.extend(data);
+        args.extend(extra);
+        args.into_iter().map(str::to_owned).collect()
+    };
+    let call = |args: &[String]| ensemble(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let output = call(&with(
+        &qwen,
+        &["--folds", "3", "--max-len", "96", "--epochs", "1"],
+    ));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let metrics = read_json(&out.path().join("metrics.json"));
+    assert_eq!(
+        metrics["config"]["lora"]["r"], 16,
+        "configs/llm.toml's defaults"
+    );
+    assert_eq!(metrics["config"]["max_len"], 96);
+    let submission = std::fs::read_to_string(out.path().join("submission.csv")).unwrap();
+    assert_eq!(submission.lines().count(), 1 + 3);
+    for fold in 0..3 {
+        let dir = out.path().join(format!("fold-{fold}"));
+        let adapter: serde_json::Value = read_json(&dir.join("adapter/adapter_config.json"));
+        assert_eq!(adapter["peft_type"], "LORA");
+        assert!(dir.join("adapter/adapter_model.safetensors").is_file());
+        let summary = read_json(&dir.join("fold.json"));
+        assert_eq!(
+            summary["base_model"]["fingerprint"].as_str().unwrap().len(),
+            16
+        );
+    }
+
+    // Predicted again from the adapters on the same base: the same logits, bit for bit.
+    let logits_file = out.path().join("fold-2/test_logits.csv");
+    let trained = std::fs::read_to_string(&logits_file).unwrap();
+    std::fs::remove_file(&logits_file).unwrap();
+    let output = call(&with(&qwen, &["--predict-only"]));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&logits_file).unwrap(), trained);
+
+    // 8-bit base weights: close to the dense prediction, not equal to it.
+    let output = call(&with(
+        &qwen,
+        &["--predict-only", "--int8-base", "--fold", "2"],
+    ));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let values = |text: &str| -> Vec<f32> {
+        text.lines()
+            .skip(1)
+            .flat_map(|l| l.split(',').skip(1).map(|v| v.parse::<f32>().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let eight_bit = std::fs::read_to_string(&logits_file).unwrap();
+    let moved = values(&trained)
+        .iter()
+        .zip(values(&eight_bit))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 0.0 && moved < 0.2, "8-bit logits moved by {moved}");
+
+    // Another base (the Llama fixture) and a DeBERTa folder are refused by name.
+    let output = call(&with(&fixture("tiny-llm-llama"), &["--predict-only"]));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("has other weights (fingerprint"),
+        "{stderr}"
+    );
+    let output = call(&with(Path::new(&deberta), &["--predict-only"]));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("is a DeBERTa folder, and the folds in"),
+        "{stderr}"
     );
 }

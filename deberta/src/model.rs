@@ -120,8 +120,7 @@ impl DebertaConfig {
         {
             return Err(format!(
                 "model_type {kind:?}: this member reads DeBERTa-v2/v3 folders; decoder LLMs \
-                 (gemma2, qwen2, llama) are the LLM member's, which `transformer` cannot train \
-                 yet"
+                 (gemma2, qwen2, llama) are the LLM member's, to which `transformer` gives them"
             ));
         }
         let sizes = [

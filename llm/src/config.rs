@@ -12,6 +12,31 @@ pub enum Family {
     Llama,
 }
 
+impl Family {
+    /// The family of a `model_type`, if the member reads it.
+    pub fn from_model_type(name: &str) -> Option<Family> {
+        match name {
+            "gemma2" => Some(Family::Gemma2),
+            "qwen2" => Some(Family::Qwen2),
+            "llama" => Some(Family::Llama),
+            _ => None,
+        }
+    }
+
+    /// The family of the model in `dir`, if its config.json names one the member reads: how
+    /// `transformer` picks the member. None for any other folder (or none readable), which
+    /// the DeBERTa member then reads or explains.
+    pub fn of_folder(dir: &Path) -> Option<Family> {
+        #[derive(Deserialize)]
+        struct ModelType {
+            model_type: Option<String>,
+        }
+        let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+        let raw: ModelType = serde_json::from_str(&text).ok()?;
+        Family::from_model_type(raw.model_type.as_deref()?)
+    }
+}
+
 /// Llama-3's RoPE frequency scaling (`rope_scaling.rope_type = "llama3"`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Llama3RopeScaling {
@@ -104,15 +129,10 @@ impl DecoderConfig {
 
     fn from_raw(raw: RawConfig) -> std::result::Result<DecoderConfig, String> {
         let family = match raw.model_type.as_deref() {
-            Some("gemma2") => Family::Gemma2,
-            Some("qwen2") => Family::Qwen2,
-            Some("llama") => Family::Llama,
-            Some(other) => {
-                return Err(format!(
-                    "model_type {other:?}: the LLM member reads gemma2, qwen2 and llama"
-                ))
-            }
             None => return Err("no model_type".into()),
+            Some(name) => Family::from_model_type(name).ok_or_else(|| {
+                format!("model_type {name:?}: the LLM member reads gemma2, qwen2 and llama")
+            })?,
         };
         let activation = raw.hidden_activation.clone().or(raw.hidden_act.clone());
         let expected_activation = match family {

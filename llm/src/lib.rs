@@ -18,4 +18,4 @@ pub use config::{DecoderConfig, Family, Llama3RopeScaling};
 pub use encode::{Padding, PairEncoder, Template};
 pub use error::{Error, Result};
 pub use member::{LlmConfig, LlmMember};
-pub use model::{rope_inverse_frequencies, weight_files, DecoderClassifier};
+pub use model::{base_fingerprint, rope_inverse_frequencies, weight_files, DecoderClassifier};

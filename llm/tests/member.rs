@@ -83,6 +83,39 @@ fn settings_are_read_over_the_defaults_and_bad_keys_named() {
     assert!(error("[lora]\ndropout = 1.0").contains("dropout 1 must be in [0, 1)"));
 }
 
+#[test]
+fn configs_llm_toml_states_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/llm.toml");
+    assert_eq!(
+        LlmConfig::from_toml_file(&path).unwrap(),
+        LlmConfig::default()
+    );
+}
+
+/// The base model's fingerprint: the same for a copy, another after one byte of the weights
+/// changes.
+#[test]
+fn the_base_fingerprint_follows_the_weights() {
+    let source = fixture("tiny-llm-qwen2");
+    let copy = tempfile::tempdir().unwrap();
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(source.join(name), copy.path().join(name)).unwrap();
+    }
+    let original = llm::base_fingerprint(&source).unwrap();
+    assert_eq!(llm::base_fingerprint(copy.path()).unwrap(), original);
+    let weights = copy.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    // The last byte: the end of the data, which the last sample covers.
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    assert_ne!(llm::base_fingerprint(copy.path()).unwrap(), original);
+    let empty = tempfile::tempdir().unwrap();
+    assert!(llm::base_fingerprint(empty.path())
+        .unwrap_err()
+        .to_string()
+        .contains("missing model.safetensors"));
+}
+
 /// fold.json records the settings as JSON; the binary tells the members' apart by whether a
 /// DeBERTa config (which refuses unknown keys) reads them.
 #[test]
@@ -104,8 +137,8 @@ fn settings_round_trip_through_json_and_are_not_a_deberta_config() {
 fn gradient_checkpointing_gives_the_same_adapter_gradients() {
     let mut config = small_config();
     config.lora.dropout = 0.2;
-    let (mut member, _) = LlmMember::load(&fixture("tiny-llm-gemma2"), &Device::Cpu, &config)
-        .unwrap();
+    let (mut member, _) =
+        LlmMember::load(&fixture("tiny-llm-gemma2"), &Device::Cpu, &config).unwrap();
     member.start_adapter(3).unwrap();
     let (pairs, labels) = battles(3);
     let encoded = member.encode(&pairs).unwrap();
@@ -195,7 +228,10 @@ fn a_fold_trains_through_the_shared_loop_and_its_adapter_reloads() {
     let result = fit_fold(&mut member, &encoded, &labels, &encoded, &labels, 0).unwrap();
     assert_eq!(result.history.len(), 6);
     let after = member.predict_logits(&encoded).unwrap();
-    assert_eq!(after, result.valid_logits, "not left at the best checkpoint");
+    assert_eq!(
+        after, result.valid_logits,
+        "not left at the best checkpoint"
+    );
     let (untrained, trained) = (log_loss(&before, &labels), log_loss(&after, &labels));
     assert!(
         trained < untrained - 0.05,

@@ -1,11 +1,15 @@
-//! `ensemble transformer`: fine-tunes a DeBERTa model per fold and writes OOF and test
-//! predictions that line up with the other members (same folds.csv).
+//! `ensemble transformer`: fine-tunes a transformer member per fold and writes OOF and test
+//! predictions that line up with the other members (same folds.csv). The model folder's
+//! `model_type` picks the member: DeBERTa-v2/v3 (every weight trained, `configs/deberta.toml`)
+//! or a decoder LLM, Gemma-2, Qwen2 or Llama (LoRA adapters and the head on a frozen base,
+//! `configs/llm.toml`). Both train through `deberta::fit_fold` and predict both answer orders.
 //!
 //! Each fold writes `OUT/fold-K/` (held-out and test logits, fold.json), so folds can run on
 //! separate machines with `--fold K`; the merge step (after all folds, or `--merge`) assembles
 //! `oof.csv`, `oof_logits.csv`, `submission.csv`, `test_logits.csv` and `metrics.json`.
-//! With `--save-models`, `fold-K/model/` holds the fold's fine-tuned model, and a later
-//! `--predict-only` run predicts a test file with those models instead of training.
+//! DeBERTa with `--save-models` writes `fold-K/model/`, the fold's fine-tuned model; the LLM
+//! member always writes `fold-K/adapter/` (PEFT's format). A later `--predict-only` run
+//! predicts a test file with those instead of training.
 use crate::cli::{FoldChoice, TransformerArgs};
 use crate::data;
 use anyhow::{bail, Context, Result};
@@ -17,6 +21,7 @@ use ensembles::folds::Folds;
 use ensembles::predictions::Predictions;
 use ensembles::stage_file::{self, StageFile};
 use ensembles::{metrics, Outcome, Probs};
+use llm::{LlmConfig, LlmMember};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -46,7 +51,63 @@ struct FoldSummary {
     seconds: FoldSeconds,
     /// The training config, which `--predict-only` checks its own against.
     #[serde(default)]
-    config: Option<TransformerConfig>,
+    config: Option<MemberConfig>,
+    /// The LLM member: the base model the adapter was trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base_model: Option<BaseModel>,
+}
+
+/// The base model of an LLM fold, which its adapter is applied to only.
+#[derive(Clone, Serialize, Deserialize)]
+struct BaseModel {
+    dir: PathBuf,
+    /// `llm::base_fingerprint` of its weights.
+    fingerprint: String,
+}
+
+/// The settings of either member. A DeBERTa config refuses unknown keys, so the LLM member's
+/// (which has `lora` and `template`) is never read as one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum MemberConfig {
+    Deberta(TransformerConfig),
+    Llm(LlmConfig),
+}
+
+impl MemberConfig {
+    fn training(&self) -> &TransformerConfig {
+        match self {
+            MemberConfig::Deberta(config) => config,
+            MemberConfig::Llm(config) => &config.training,
+        }
+    }
+
+    fn training_mut(&mut self) -> &mut TransformerConfig {
+        match self {
+            MemberConfig::Deberta(config) => config,
+            MemberConfig::Llm(config) => &mut config.training,
+        }
+    }
+
+    fn is_llm(&self) -> bool {
+        matches!(self, MemberConfig::Llm(_))
+    }
+
+    /// The file that states the defaults.
+    fn defaults_file(&self) -> &'static str {
+        match self {
+            MemberConfig::Deberta(_) => "configs/deberta.toml",
+            MemberConfig::Llm(_) => "configs/llm.toml",
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        match self {
+            MemberConfig::Deberta(config) => config.validate(),
+            MemberConfig::Llm(config) => config.validate(),
+        }
+        .map_err(anyhow::Error::msg)
+    }
 }
 
 impl FoldSummary {
@@ -83,7 +144,7 @@ struct RunSummary {
     folds: Vec<FoldSummary>,
     oof_log_loss: f64,
     oof_accuracy: f64,
-    config: TransformerConfig,
+    config: MemberConfig,
 }
 
 /// Whether this run was given a training config: a --config file or a flag that sets a key.
@@ -96,31 +157,55 @@ fn config_given(args: &TransformerArgs) -> bool {
         || args.gradient_checkpointing
 }
 
-/// The training config: --config and the flags over the defaults. A --merge or --predict-only
-/// run given none takes the one its folds were trained with (the lowest fold's fold.json), so
-/// that a notebook that only predicts need not restate it.
-fn resolve_config(args: &TransformerArgs) -> Result<TransformerConfig> {
-    if (args.merge || args.predict_only) && !config_given(args) {
-        if let Some(recorded) = recorded_config(&args.out)? {
+/// The training config: --config and the flags over the defaults of the member that the
+/// --model folder's `model_type` picks. A --merge or --predict-only run given none takes the
+/// one its folds were trained with (the lowest fold's fold.json), so that a notebook that only
+/// predicts need not restate it.
+fn resolve_config(args: &TransformerArgs) -> Result<MemberConfig> {
+    let recorded = match args.merge || args.predict_only {
+        true => recorded_config(&args.out)?,
+        false => None,
+    };
+    let llm = match &args.model {
+        Some(dir) => llm::Family::of_folder(dir).is_some(),
+        None => recorded.as_ref().is_some_and(MemberConfig::is_llm),
+    };
+    if let (Some(recorded), Some(dir)) = (&recorded, &args.model) {
+        if recorded.is_llm() != llm {
+            let name = |llm: bool| if llm { "a decoder LLM's" } else { "a DeBERTa" };
+            bail!(
+                "--model {} is {} folder, and the folds in {} were trained with {} one",
+                dir.display(),
+                name(llm),
+                args.out.display(),
+                name(recorded.is_llm())
+            );
+        }
+    }
+    if !config_given(args) {
+        if let Some(recorded) = recorded {
             return Ok(recorded);
         }
     }
-    let mut config = match &args.config {
-        Some(path) => TransformerConfig::from_toml_file(path)?,
-        None => TransformerConfig::default(),
+    let mut config = match (llm, &args.config) {
+        (false, Some(path)) => MemberConfig::Deberta(TransformerConfig::from_toml_file(path)?),
+        (false, None) => MemberConfig::Deberta(TransformerConfig::default()),
+        (true, Some(path)) => MemberConfig::Llm(LlmConfig::from_toml_file(path)?),
+        (true, None) => MemberConfig::Llm(LlmConfig::default()),
     };
-    config.max_len = args.max_len.unwrap_or(config.max_len);
-    config.epochs = args.epochs.unwrap_or(config.epochs);
-    config.early_stopping_on = args.early_stopping_on.unwrap_or(config.early_stopping_on);
-    config.precision = args.precision.unwrap_or(config.precision);
-    config.gradient_checkpointing |= args.gradient_checkpointing;
-    config.validate().map_err(anyhow::Error::msg)?;
+    let training = config.training_mut();
+    training.max_len = args.max_len.unwrap_or(training.max_len);
+    training.epochs = args.epochs.unwrap_or(training.epochs);
+    training.early_stopping_on = args.early_stopping_on.unwrap_or(training.early_stopping_on);
+    training.precision = args.precision.unwrap_or(training.precision);
+    training.gradient_checkpointing |= args.gradient_checkpointing;
+    config.validate()?;
     Ok(config)
 }
 
 /// Where the training setting `key` came from, for errors that name it: the --config file
-/// when it sets the key, else the default, which configs/deberta.toml states.
-fn setting_source(config_file: Option<&Path>, key: &str) -> String {
+/// when it sets the key, else the default, which `defaults` (the member's file) states.
+fn setting_source(config_file: Option<&Path>, defaults: &str, key: &str) -> String {
     let sets_key = |path: &Path| {
         std::fs::read_to_string(path)
             .ok()
@@ -130,7 +215,7 @@ fn setting_source(config_file: Option<&Path>, key: &str) -> String {
     match config_file {
         Some(path) if sets_key(path) => format!("set in {}", path.display()),
         Some(path) => format!("the default: {} does not set it", path.display()),
-        None => "the default of configs/deberta.toml: no --config given".into(),
+        None => format!("the default of {defaults}: no --config given"),
     }
 }
 
@@ -149,6 +234,12 @@ fn response_pairs(battles: &[features::Battle]) -> Vec<ResponsePair> {
 pub fn run(args: TransformerArgs) -> Result<()> {
     reuse_freed_host_memory();
     let config = resolve_config(&args)?;
+    if args.int8_base && !(config.is_llm() && args.predict_only) {
+        bail!(
+            "--int8-base is for --predict-only runs of the LLM member (8-bit base weights for \
+             prediction; training needs them dense)"
+        );
+    }
     let train = data::read_train(&args.train)?;
     let test = data::read_test(&args.test)?;
     let ids = &train.battles.ids;
@@ -161,7 +252,7 @@ pub fn run(args: TransformerArgs) -> Result<()> {
         Some(path) => (Folds::read(path, ids)?, true),
         None if reuses_run && own_folds.is_file() => (Folds::read(&own_folds, ids)?, false),
         None => (
-            Folds::stratified(&train.labels, args.folds, config.seed)?,
+            Folds::stratified(&train.labels, args.folds, config.training().seed)?,
             true,
         ),
     };
@@ -176,7 +267,12 @@ pub fn run(args: TransformerArgs) -> Result<()> {
         None => (0..folds.n_folds()).collect(),
     };
     if !to_run.is_empty() {
-        let device = parse_device(&args.device)?;
+        let mut models = Models {
+            args: &args,
+            config: &config,
+            device: parse_device(&args.device)?,
+            base: None,
+        };
         let mut battles = Battles {
             train: if args.predict_only {
                 Vec::new()
@@ -188,13 +284,12 @@ pub fn run(args: TransformerArgs) -> Result<()> {
         };
         for fold in to_run {
             if args.predict_only {
-                predict_fold(&args, &config, &device, fold, &test, &mut battles)?;
+                predict_fold(&args, &mut models, fold, &test, &mut battles)?;
                 continue;
             }
             run_fold(
                 &args,
-                &config,
-                &device,
+                &mut models,
                 &folds,
                 fold,
                 &train,
@@ -255,6 +350,164 @@ fn one_fold(
     Ok(Some(fold))
 }
 
+/// A fold's model: a DeBERTa classifier, or the LLM member with the fold's adapter.
+enum Member {
+    Deberta(Classifier),
+    Llm(LlmMember),
+}
+
+impl Member {
+    fn encode(&self, pairs: &[ResponsePair]) -> Result<Vec<EncodedPair>> {
+        Ok(match self {
+            Member::Deberta(classifier) => classifier.encode(pairs)?,
+            Member::Llm(member) => member.encode(pairs)?,
+        })
+    }
+
+    /// Swap-averaged logits: both answer orders, mirrored and averaged.
+    fn predict_logits(&self, encoded: &[EncodedPair]) -> Result<Vec<[f32; 3]>> {
+        Ok(match self {
+            Member::Deberta(classifier) => classifier.predict_logits(encoded)?,
+            Member::Llm(member) => member.predict_logits(encoded)?,
+        })
+    }
+
+    /// Trains on the training rows, picking the checkpoint on `stopping`: the shared loop.
+    fn fit(
+        &mut self,
+        train: (&[EncodedPair], &[Outcome]),
+        stopping: (&[EncodedPair], &[Outcome]),
+        fold: usize,
+    ) -> deberta::Result<FoldResult> {
+        match self {
+            Member::Deberta(c) => fit_fold(c, train.0, train.1, stopping.0, stopping.1, fold),
+            Member::Llm(m) => fit_fold(m, train.0, train.1, stopping.0, stopping.1, fold),
+        }
+    }
+}
+
+/// Where the folds' models come from. DeBERTa trains every weight, so each fold reads its
+/// folder afresh; the LLM member's base is frozen, so it is read once (with its fingerprint)
+/// and each fold gets its own adapter.
+struct Models<'a> {
+    args: &'a TransformerArgs,
+    config: &'a MemberConfig,
+    device: Device,
+    /// The LLM member between folds, and its base's record.
+    base: Option<(LlmMember, BaseModel)>,
+}
+
+impl Models<'_> {
+    /// The base model folder: --model.
+    fn model_dir(&self) -> Result<&Path> {
+        self.args
+            .model
+            .as_deref()
+            .with_context(|| match self.config {
+                MemberConfig::Deberta(_) => "--model is needed to train".to_owned(),
+                MemberConfig::Llm(_) => "--model is needed: the base model the LLM member's \
+                                     adapters were (or are to be) trained on"
+                    .to_owned(),
+            })
+    }
+
+    /// The LLM member with no adapter, read on first use; 8-bit base weights with --int8-base.
+    fn llm_base(&mut self, config: &LlmConfig) -> Result<(LlmMember, BaseModel)> {
+        if let Some(base) = self.base.take() {
+            return Ok(base);
+        }
+        let dir = self.model_dir()?.to_owned();
+        let (mut member, note) = LlmMember::load(&dir, &self.device, config)?;
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        if !member.model().head_in_folder() {
+            eprintln!(
+                "{}: no classification head (a causal LM's folder); the head starts at random \
+                 and trains with the adapters",
+                dir.display()
+            );
+        }
+        if self.args.int8_base {
+            member.quantize_base()?;
+        }
+        let fingerprint = llm::base_fingerprint(&dir)?;
+        Ok((member, BaseModel { dir, fingerprint }))
+    }
+
+    /// The model to train fold `fold` from.
+    fn for_training(&mut self, fold: usize) -> Result<(Member, Option<BaseModel>)> {
+        match self.config {
+            MemberConfig::Deberta(config) => {
+                let classifier = Classifier::load(self.model_dir()?, &self.device, config)?;
+                Ok((Member::Deberta(classifier), None))
+            }
+            MemberConfig::Llm(config) => {
+                let (mut member, base) = self.llm_base(config)?;
+                member.start_adapter(config.training.seed.wrapping_add(fold as u64))?;
+                Ok((Member::Llm(member), Some(base)))
+            }
+        }
+    }
+
+    /// The folder in which fold `fold` (in `dir`) keeps what predicts: DeBERTa's `model/`
+    /// (with --save-models), the LLM member's `adapter/`.
+    fn saved(&self, fold: usize, dir: &Path) -> Result<PathBuf> {
+        let (saved, advice) = match self.config {
+            MemberConfig::Deberta(_) => (dir.join("model"), "train with --save-models first"),
+            MemberConfig::Llm(_) => (dir.join("adapter"), "train the fold first"),
+        };
+        if !saved.is_dir() {
+            bail!(
+                "{}: no saved model for fold {fold}; {advice}",
+                saved.display()
+            );
+        }
+        Ok(saved)
+    }
+
+    /// The model fold `fold` saved in `saved`, checked against what `summary` recorded.
+    fn for_prediction(
+        &mut self,
+        fold: usize,
+        saved: &Path,
+        summary: &FoldSummary,
+    ) -> Result<(Member, Option<BaseModel>)> {
+        match self.config {
+            MemberConfig::Deberta(config) => {
+                let classifier = Classifier::load(saved, &self.device, config)?;
+                Ok((Member::Deberta(classifier), None))
+            }
+            MemberConfig::Llm(config) => {
+                let (mut member, base) = self.llm_base(config)?;
+                if let Some(trained) = &summary.base_model {
+                    if trained.fingerprint != base.fingerprint {
+                        bail!(
+                            "{}: fold {fold}'s adapter was trained on {} (weights fingerprint \
+                             {}), and {} has other weights (fingerprint {}); predict with the \
+                             base model it was trained on",
+                            saved.display(),
+                            trained.dir.display(),
+                            trained.fingerprint,
+                            base.dir.display(),
+                            base.fingerprint
+                        );
+                    }
+                }
+                member.apply_adapter(saved)?;
+                Ok((Member::Llm(member), Some(base)))
+            }
+        }
+    }
+
+    /// Takes a fold's model back: the LLM member's base serves the next fold.
+    fn give_back(&mut self, member: Member, base: Option<BaseModel>) {
+        if let (Member::Llm(member), Some(base)) = (member, base) {
+            self.base = Some((member, base));
+        }
+    }
+}
+
 /// The training and test battles as text, and tokenized once for all folds: every fold's
 /// model comes from the same folder (or a copy of its tokenizer) with the same config, so
 /// the first fold's tokenizer serves them all.
@@ -265,26 +518,18 @@ struct Battles {
 }
 
 impl Battles {
-    /// (training, test) battles tokenized, by `classifier` on first use.
-    fn encoded(
-        &mut self,
-        classifier: &Classifier,
-    ) -> Result<&(Vec<EncodedPair>, Vec<EncodedPair>)> {
+    /// (training, test) battles tokenized, by `member` on first use.
+    fn encoded(&mut self, member: &Member) -> Result<&(Vec<EncodedPair>, Vec<EncodedPair>)> {
         if self.encoded.is_none() {
-            self.encoded = Some((
-                classifier.encode(&self.train)?,
-                classifier.encode(&self.test)?,
-            ));
+            self.encoded = Some((member.encode(&self.train)?, member.encode(&self.test)?));
         }
         Ok(self.encoded.as_ref().expect("just set"))
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_fold(
     args: &TransformerArgs,
-    config: &TransformerConfig,
-    device: &Device,
+    models: &mut Models,
     folds: &Folds,
     fold: usize,
     train: &data::TrainSet,
@@ -292,13 +537,10 @@ fn run_fold(
     battles: &mut Battles,
 ) -> Result<()> {
     let started = Instant::now();
-    let model = args
-        .model
-        .as_deref()
-        .context("--model is needed to train")?;
-    let mut classifier = Classifier::load(model, device, config)?;
+    let config = models.config;
+    let (mut member, base_model) = models.for_training(fold)?;
     let load = started.elapsed().as_secs_f64();
-    let rows = folds.rows_for(fold, config.early_stopping_on)?;
+    let rows = folds.rows_for(fold, config.training().early_stopping_on)?;
     let (train_rows, held_out) = (&rows.train, &rows.held_out);
     let labels = |rows: &[usize]| {
         rows.iter()
@@ -306,7 +548,7 @@ fn run_fold(
             .collect::<Vec<Outcome>>()
     };
     let tokenizing = Instant::now();
-    let (train_all, test_encoded) = battles.encoded(&classifier)?;
+    let (train_all, test_encoded) = battles.encoded(&member)?;
     let pick = |rows: &[usize]| -> Vec<EncodedPair> {
         rows.iter().map(|&r| train_all[r].clone()).collect()
     };
@@ -318,24 +560,26 @@ fn run_fold(
         rows.stopping.len(),
         rows.stopping_fold
     );
-    let result: FoldResult = fit_fold(
-        &mut classifier,
-        &train_encoded,
-        &labels(train_rows),
-        &stopping_encoded,
-        &labels(&rows.stopping),
-        fold,
-    )
-    .map_err(|e| e.with_setting_sources(|key| setting_source(args.config.as_deref(), key)))?;
+    let result: FoldResult = member
+        .fit(
+            (&train_encoded, &labels(train_rows)),
+            (&stopping_encoded, &labels(&rows.stopping)),
+            fold,
+        )
+        .map_err(|e| {
+            e.with_setting_sources(|key| {
+                setting_source(args.config.as_deref(), config.defaults_file(), key)
+            })
+        })?;
     // The held-out fold is predicted only now, by the checkpoint the other fold picked
     // (with `held-out` stopping, the fold was the one watched and is predicted already).
     let held_out_logits = if rows.stopping_fold == fold {
         result.valid_logits.clone()
     } else {
-        classifier.predict_logits(&pick(held_out))?
+        member.predict_logits(&pick(held_out))?
     };
     let predicting = Instant::now();
-    let test_logits = classifier.predict_logits(test_encoded)?;
+    let test_logits = member.predict_logits(test_encoded)?;
     let predict_test = predicting.elapsed().as_secs_f64();
     eprintln!(
         "fold {fold}: log loss {:.4} on the watched fold {}",
@@ -378,10 +622,17 @@ fn run_fold(
             predict_test,
         },
         config: Some(config.clone()),
+        base_model: base_model.clone(),
     };
-    if args.save_models {
-        classifier.save_pretrained(&dir.join("model"))?;
+    match &member {
+        Member::Deberta(classifier) if args.save_models => {
+            classifier.save_pretrained(&dir.join("model"))?
+        }
+        Member::Deberta(_) => {}
+        // An adapter is small (tens of MB for a 9B model at r 16): always kept.
+        Member::Llm(member) => member.save_adapter(&dir.join("adapter"))?,
     }
+    models.give_back(member, base_model);
     let text = serde_json::to_string_pretty(&summary)?;
     Ok(stage_file::write_atomically(
         &dir.join("fold.json"),
@@ -389,32 +640,27 @@ fn run_fold(
     )?)
 }
 
-/// Predicts the test rows with fold K's saved model and rewrites `fold-K/test_logits.csv`.
+/// Predicts the test rows with fold K's saved model (DeBERTa) or adapter (LLM) and rewrites
+/// `fold-K/test_logits.csv`.
 fn predict_fold(
     args: &TransformerArgs,
-    config: &TransformerConfig,
-    device: &Device,
+    models: &mut Models,
     fold: usize,
     test: &data::Battles,
     battles: &mut Battles,
 ) -> Result<()> {
     let dir = fold_dir(&args.out, fold);
-    let model_dir = dir.join("model");
-    if !model_dir.is_dir() {
-        bail!(
-            "{}: no saved model for fold {fold}; train with --save-models first",
-            model_dir.display()
-        );
-    }
-    check_training_config(&dir.join("fold.json"), config)?;
+    let saved = models.saved(fold, &dir)?;
+    let summary = check_training_config(&dir.join("fold.json"), models.config)?;
     let started = Instant::now();
-    let classifier = Classifier::load(&model_dir, device, config)?;
-    let logits = classifier.predict_logits(&battles.encoded(&classifier)?.1)?;
+    let (member, base_model) = models.for_prediction(fold, &saved, &summary)?;
+    let logits = member.predict_logits(&battles.encoded(&member)?.1)?;
     write_logits(
         &dir.join("test_logits.csv"),
         &test.ids.iter().collect::<Vec<_>>(),
         &logits,
     )?;
+    models.give_back(member, base_model);
     eprintln!(
         "fold {fold}: predicted {} test rows in {:.1} s",
         logits.len(),
@@ -423,21 +669,45 @@ fn predict_fold(
     Ok(())
 }
 
-/// The config keys that change what a trained model predicts.
-const INFERENCE_KEYS: [&str; 4] = ["layout", "precision", "max_len", "segments"];
+/// The config keys that change what a trained model predicts (the last two: the LLM
+/// member's).
+const INFERENCE_KEYS: [&str; 6] = [
+    "layout",
+    "precision",
+    "max_len",
+    "segments",
+    "template",
+    "padding",
+];
 
 /// Refuses to predict with a config that differs from the training config `fold_json`
-/// recorded in a key that changes the predictions, naming the key and both values.
-fn check_training_config(fold_json: &Path, config: &TransformerConfig) -> Result<()> {
+/// recorded in a key that changes the predictions, naming the key and both values. Returns
+/// the fold's summary.
+fn check_training_config(fold_json: &Path, config: &MemberConfig) -> Result<FoldSummary> {
     let summary = FoldSummary::read(fold_json)?
         .with_context(|| format!("cannot read {}: no such file", fold_json.display()))?;
-    let Some(trained) = summary.config else {
+    let Some(trained) = &summary.config else {
         bail!(
             "{}: records no training config (written by an older version); train again to \
              predict with --predict-only",
             fold_json.display()
         );
     };
+    if trained.is_llm() != config.is_llm() {
+        let name = |c: &MemberConfig| {
+            if c.is_llm() {
+                "the LLM member"
+            } else {
+                "DeBERTa"
+            }
+        };
+        bail!(
+            "{}: the fold was trained as {}, and this run is {}'s (from --model or --config)",
+            fold_json.display(),
+            name(trained),
+            name(config)
+        );
+    }
     let (trained, asked) = (
         serde_json::to_value(trained)?,
         serde_json::to_value(config)?,
@@ -453,7 +723,7 @@ fn check_training_config(fold_json: &Path, config: &TransformerConfig) -> Result
             );
         }
     }
-    Ok(())
+    Ok(summary)
 }
 
 fn fold_dir(out: &Path, fold: usize) -> PathBuf {
@@ -492,7 +762,7 @@ fn read_logits(path: &Path) -> Result<Vec<(String, [f32; 3])>> {
 }
 
 /// The training config recorded by the lowest-numbered fold in `out`, if any fold is there.
-fn recorded_config(out: &Path) -> Result<Option<TransformerConfig>> {
+fn recorded_config(out: &Path) -> Result<Option<MemberConfig>> {
     let mut folds: Vec<(usize, PathBuf)> = std::fs::read_dir(out)
         .into_iter()
         .flatten()
@@ -522,7 +792,7 @@ fn recorded_config(out: &Path) -> Result<Option<TransformerConfig>> {
 fn fold_summaries(
     out: &Path,
     n_folds: usize,
-    config: Option<&TransformerConfig>,
+    config: Option<&MemberConfig>,
 ) -> Result<Vec<FoldSummary>> {
     let mut reference = match config {
         Some(config) => Some(("this run".to_owned(), serde_json::to_value(config)?)),
@@ -601,7 +871,7 @@ fn config_differences(
 /// over the folds in test-file order.
 fn merge(
     args: &TransformerArgs,
-    config: &TransformerConfig,
+    config: &MemberConfig,
     folds: &Folds,
     train: &data::TrainSet,
     test_ids: &[String],
