@@ -8,9 +8,12 @@
 # It lays out Kaggle's folders under target/try-kaggle/ (kept for a look afterwards):
 #   kaggle/input/ensemble-wheels/                  the wheel
 #   kaggle/input/llm-classification-finetuning/    ../shared/arena-sample's train.csv, test.csv
-#   kaggle/input/ensemble-runs/                    lgbm/, deberta/, blend/blend.json, trained
-#                                                  "elsewhere": by the same wheel in another
-#                                                  virtualenv, with the tiny DeBERTa fixture
+#   kaggle/input/ensemble-runs/                    lgbm/, deberta/, llm/, blend/blend.json,
+#                                                  trained "elsewhere": by the same wheel in
+#                                                  another virtualenv, with the tiny DeBERTa
+#                                                  and Qwen2 fixtures
+#   kaggle/input/gemma-2-9b-it/                    the tiny Qwen2 fixture, standing in for the
+#                                                  LLM's base model under the notebook's name
 #   kaggle/working/                                what the notebook writes
 # then executes the notebook with nbclient in a fresh virtualenv (Jupyter's kernel from PyPI,
 # as Kaggle's image has it), the notebook installs the wheel itself with --no-index, and
@@ -54,8 +57,12 @@ step "cv elsewhere" "$E" cv --folds 5 --threads 2 --train "$data/train.csv" --te
 step "transformer elsewhere" "$E" transformer --model tests/fixtures/tiny-deberta \
     --train "$data/train.csv" --test "$data/test.csv" --folds-file "$runs/lgbm/folds.csv" \
     --out "$runs/deberta" --max-len 128 --epochs 1 --save-models
-step "blend elsewhere" "$E" blend --members "$runs/lgbm" "$runs/deberta" --train "$data/train.csv" \
-    --out "$runs/blend/submission.csv"
+cp -r tests/fixtures/tiny-llm-qwen2 "$input/gemma-2-9b-it"
+step "LLM member elsewhere" "$E" transformer --model "$input/gemma-2-9b-it" \
+    --train "$data/train.csv" --test "$data/test.csv" --folds-file "$runs/lgbm/folds.csv" \
+    --out "$runs/llm" --max-len 128 --epochs 1
+step "blend elsewhere" "$E" blend --members "$runs/lgbm" "$runs/deberta" "$runs/llm" \
+    --train "$data/train.csv" --out "$runs/blend/submission.csv"
 
 # The notebook's kernel: a fresh virtualenv with Jupyter's kernel, and no ensemble in it.
 step "make the kernel's virtualenv" bash -c "'$PYTHON' -m venv '$work/kernel' &&

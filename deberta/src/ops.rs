@@ -129,6 +129,92 @@ impl CustomOp1 for FrozenLinear {
     }
 }
 
+/// A frozen projection with a LoRA update, `x·Wᵀ (+ b) + s·(drop(x)·Aᵀ)·Bᵀ`, as one graph node
+/// whose inputs are x, A and B (W frozen: no gradient). Composed candle ops would keep the
+/// base output, the update, its scaled copy and their sum for the backward pass, four
+/// output-sized tensors per projection (for an MLP projection, four times the layer's input);
+/// this node keeps only its inputs and the dropout mask. The update runs in f32 whatever x's
+/// dtype (as PEFT keeps adapters), and the output has x's dtype. `dropout`: the mask applied to
+/// the adapter's input (PEFT's `lora_dropout`), drawn by the caller.
+pub fn lora_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    lora: (&Tensor, &Tensor, f64),
+    dropout: Option<KeepMask>,
+) -> CandleResult<Tensor> {
+    let (a, b, scale) = lora;
+    let weight = weight.detach();
+    let base = frozen_linear(&x.detach(), &weight, bias)?;
+    let dropped = |x: &Tensor| -> CandleResult<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        match &dropout {
+            Some(mask) => mask.apply(&x),
+            None => Ok(x),
+        }
+    };
+    let down = dropped(&x.detach())?.broadcast_matmul(&a.detach().t()?)?;
+    let update = (down.broadcast_matmul(&(b.detach() * scale)?.t()?)?).to_dtype(base.dtype())?;
+    let value = (base + update)?;
+    if !(x.track_op() || a.track_op() || b.track_op()) {
+        return Ok(value);
+    }
+    x.apply_op3(
+        a,
+        b,
+        LoraLinear {
+            value: Precomputed::new(value)?,
+            weight,
+            scale,
+            dropout,
+        },
+    )
+}
+
+struct LoraLinear {
+    value: Precomputed,
+    weight: Tensor,
+    scale: f64,
+    dropout: Option<KeepMask>,
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    precomputed_forward!(s1 l1, s2 l2, s3 l3);
+
+    /// With g = dy (f32, rows flattened), d = drop(x) and u = g·B:
+    /// dx = g·W + s·mask(u·A), dA = s·uᵀ·d, dB = s·gᵀ·(d·Aᵀ).
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> CandleResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let in_dim = x.dim(D::Minus1)?;
+        let out_dim = grad.dim(D::Minus1)?;
+        let g = grad.to_dtype(DType::F32)?.reshape(((), out_dim))?;
+        let mut d = x.to_dtype(DType::F32)?;
+        if let Some(mask) = &self.dropout {
+            d = mask.apply(&d)?;
+        }
+        let d = d.reshape(((), in_dim))?;
+        let u = g.matmul(b)?;
+        let mut dx_update = (u.matmul(a)? * self.scale)?.reshape(x.shape())?;
+        if let Some(mask) = &self.dropout {
+            dx_update = mask.apply(&dx_update)?;
+        }
+        let dx = (grad.broadcast_matmul(&self.weight)? + dx_update.to_dtype(x.dtype())?)?;
+        let da = (u.t()?.matmul(&d)? * self.scale)?;
+        let db = (g.t()?.matmul(&d.matmul(&a.t()?)?)? * self.scale)?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
 /// Seeded randomness for dropout in training. CPU masks come from this generator so that a run
 /// is reproducible; on a GPU the device's own (seeded) generator is used to avoid transfers.
 pub struct DropoutRng(RefCell<StdRng>);
@@ -502,6 +588,66 @@ pub(crate) mod tests {
             .unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < TOLERANCE);
         assert!(!weight_grads, "the frozen weight got a gradient");
+    }
+
+    /// The LoRA projection gives the composed ops' value and the gradients of x, A and B, with
+    /// a dropout mask on the adapter's input, and none for the frozen weight.
+    #[test]
+    fn lora_linear_matches_the_composed_ops() {
+        let (x, w, bias) = (random(&[2, 5, 4], 1), random(&[3, 4], 2), random(&[3], 3));
+        let (a, b) = (random(&[2, 4], 5), random(&[3, 2], 6));
+        let upstream = random(&[2, 5, 3], 4).as_tensor().detach();
+        let scale = 1.5;
+        let mask = || {
+            DropoutRng::replay(9, &Device::Cpu)
+                .unwrap()
+                .mask(0.3, x.shape(), &Device::Cpu)
+                .unwrap()
+        };
+        let composed = {
+            let base = x
+                .as_tensor()
+                .broadcast_matmul(&w.as_tensor().detach().t().unwrap())
+                .unwrap()
+                .broadcast_add(&bias.as_tensor().detach())
+                .unwrap();
+            let dropped = mask().apply(x.as_tensor()).unwrap();
+            let down = dropped
+                .broadcast_matmul(&a.as_tensor().t().unwrap())
+                .unwrap();
+            let up = down.broadcast_matmul(&b.as_tensor().t().unwrap()).unwrap();
+            (base + (up * scale).unwrap()).unwrap()
+        };
+        let fused = lora_linear(
+            x.as_tensor(),
+            w.as_tensor(),
+            Some(bias.as_tensor()),
+            (a.as_tensor(), b.as_tensor(), scale),
+            Some(mask()),
+        )
+        .unwrap();
+        assert!(max_difference(&composed, &fused) < TOLERANCE);
+        let grads_of = |y: &Tensor| {
+            let grads = (y * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            [&x, &a, &b].map(|v| grads.get(v.as_tensor()).unwrap().clone())
+        };
+        let (expected, ours) = (grads_of(&composed), grads_of(&fused));
+        for (name, (e, o)) in ["x", "A", "B"].iter().zip(expected.iter().zip(&ours)) {
+            let difference = max_difference(e, o);
+            assert!(difference < TOLERANCE, "d{name} differs by {difference}");
+        }
+        let grads = (&fused * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(w.as_tensor()).is_none() && grads.get(bias.as_tensor()).is_none());
     }
 
     fn random(shape: &[usize], seed: u64) -> Var {

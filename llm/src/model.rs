@@ -232,21 +232,44 @@ impl Projection {
 
     fn forward(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
         let grads = pass.grads;
-        let y = match &self.base {
+        let y = match (&self.base, &self.lora) {
+            // One node for the frozen product and the adapter's update, which keeps only its
+            // inputs (composed ops would keep four output-sized tensors); in prediction, where
+            // nothing is tracked, the same ops without a node.
+            (BaseWeight::Dense(linear), Some(lora)) => {
+                let (a, b) = (variable(&lora.a, grads), variable(&lora.b, grads));
+                // PEFT's lora_dropout: on the adapter's input only, in training only. Drawn
+                // whenever the pass has a generator, tracked or not, so that a checkpointed
+                // layer's first (untracked) run and its recomputation draw the same masks.
+                let mask = match pass.dropout {
+                    Some(rng) if lora.dropout > 0.0 => {
+                        Some(rng.mask(lora.dropout, x.shape(), x.device())?)
+                    }
+                    _ => None,
+                };
+                let (weight, bias) = (linear.weight(), linear.bias());
+                return Ok(deberta::lora_linear(
+                    x,
+                    weight,
+                    bias,
+                    (&a, &b, lora.scale),
+                    mask,
+                )?);
+            }
             // In training only the input's gradient is wanted of a frozen weight.
-            BaseWeight::Dense(linear) if grads => {
+            (BaseWeight::Dense(linear), None) if grads => {
                 deberta::frozen_linear(x, linear.weight(), linear.bias())?
             }
-            BaseWeight::Dense(linear) => linear.forward(x)?,
+            (BaseWeight::Dense(linear), _) => linear.forward(x)?,
             // candle's quantized product passes no gradient to its input, so the adapters of
             // every layer below would train on wrong gradients.
-            BaseWeight::Q8 { .. } if grads => {
+            (BaseWeight::Q8 { .. }, _) if grads => {
                 return Err(Error::Invalid(
                     "8-bit base weights are for prediction: train on f32, bf16 or f16 weights"
                         .into(),
                 ))
             }
-            BaseWeight::Q8 { weight, bias, .. } => {
+            (BaseWeight::Q8 { weight, bias, .. }, _) => {
                 // candle's quantized product takes f32 activations.
                 let y = weight
                     .forward(&x.to_dtype(DType::F32)?)?
@@ -260,14 +283,12 @@ impl Projection {
         let Some(lora) = &self.lora else {
             return Ok(y);
         };
-        // The adapter stays in f32 (as PEFT keeps it) whatever the base's precision.
-        let (a, b) = (variable(&lora.a, grads), variable(&lora.b, grads));
-        // PEFT's lora_dropout: on the adapter's input only, in training only.
-        let x = deberta::dropout(&x.to_dtype(DType::F32)?, lora.dropout, pass.dropout)?;
-        let down = x.broadcast_matmul(&a.t()?)?;
+        // 8-bit base (prediction): the adapter in f32 (as PEFT keeps it).
+        let (a, b) = (variable(&lora.a, false), variable(&lora.b, false));
+        let down = x.to_dtype(DType::F32)?.broadcast_matmul(&a.t()?)?;
         let up = down.broadcast_matmul(&b.t()?)?;
-        let dtype = y.dtype();
-        Ok((y + (up * lora.scale)?.to_dtype(dtype)?)?)
+        let update = (up * lora.scale)?.to_dtype(y.dtype())?;
+        Ok((y + update)?)
     }
 }
 
