@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CustomOp1, CustomOp2, DType, Tensor, TensorId, Var};
 
-use crate::ops::{self, Precomputed};
+use crate::ops::Precomputed;
 
 type CandleResult<T> = candle_core::Result<T>;
 
@@ -111,7 +111,7 @@ impl<C: Recompute> CustomOp1 for Checkpoint<C> {
         "checkpointed-layer"
     }
 
-    ops::precomputed_forward!(storage layout);
+    crate::precomputed_forward!(storage layout);
 
     fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
         Ok(Some(self.backward(x, None, grad)?.0))
@@ -123,7 +123,7 @@ impl<C: Recompute> CustomOp2 for Checkpoint<C> {
         "checkpointed-layer"
     }
 
-    ops::precomputed_forward!(s1 l1, s2 l2);
+    crate::precomputed_forward!(s1 l1, s2 l2);
 
     fn bwd(
         &self,

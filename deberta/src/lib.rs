@@ -37,7 +37,7 @@ pub use device::{free_memory, parse_device, peak_rss_mib, reuse_freed_host_memor
 pub use error::{Error, Result, Setting};
 pub use memory::MemoryEstimate;
 pub use model::{DebertaConfig, Layout};
-pub use ops::{attention_probs, frozen_linear, lora_linear, DropoutRng, KeepMask};
+pub use ops::{attention_probs, frozen_linear, lora_linear, DropoutRng, KeepMask, Precomputed};
 pub use tokenizer::{load_tokenizer, SegmentBudget, TextEncoder};
 pub use train::{
     fit_fold, predict_logits, training_memory, AdamW, EvalPoint, FoldModel, FoldResult,

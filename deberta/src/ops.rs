@@ -22,11 +22,12 @@ use rand::{Rng, SeedableRng};
 
 type CandleResult<T> = candle_core::Result<T>;
 
-/// A value computed outside the graph, handed over once to the node that outputs it.
-pub(crate) struct Precomputed(Mutex<Option<Tensor>>);
+/// A value computed outside the graph, handed over once to the node that outputs it (with
+/// [`precomputed_forward!`](crate::precomputed_forward); the LLM member's ops use it too).
+pub struct Precomputed(Mutex<Option<Tensor>>);
 
 impl Precomputed {
-    pub(crate) fn new(value: Tensor) -> CandleResult<Precomputed> {
+    pub fn new(value: Tensor) -> CandleResult<Precomputed> {
         // A fresh, contiguous, offset-0 tensor: its storage's first elements are its values.
         let value = if value.is_contiguous() && value.layout().start_offset() == 0 {
             value
@@ -48,7 +49,7 @@ impl Precomputed {
         }
     }
 
-    pub(crate) fn cpu(&self) -> CandleResult<(CpuStorage, Shape)> {
+    pub fn cpu(&self) -> CandleResult<(CpuStorage, Shape)> {
         let value = self.take()?;
         let (storage, _) = value.storage_and_layout();
         match &*storage {
@@ -57,7 +58,7 @@ impl Precomputed {
         }
     }
 
-    pub(crate) fn cuda(&self) -> CandleResult<(CudaStorage, Shape)> {
+    pub fn cuda(&self) -> CandleResult<(CudaStorage, Shape)> {
         let value = self.take()?;
         let (storage, layout) = value.storage_and_layout();
         match &*storage {
@@ -69,6 +70,7 @@ impl Precomputed {
 
 /// The `cpu_fwd` and `cuda_fwd` of a node whose value was computed beforehand from the same
 /// inputs (held in `self.value`, a [`Precomputed`]): the input storages are not read again.
+#[macro_export]
 macro_rules! precomputed_forward {
     ($($storage:ident $layout:ident),+) => {
         fn cpu_fwd(
@@ -88,7 +90,6 @@ macro_rules! precomputed_forward {
         }
     };
 }
-pub(crate) use precomputed_forward;
 
 /// A projection by a frozen weight, `x · Wᵀ (+ b)`, as one graph node whose backward pass
 /// gives the input's gradient alone. candle's matmul node computes the gradients of both
@@ -121,7 +122,7 @@ impl CustomOp1 for FrozenLinear {
         "frozen-linear"
     }
 
-    precomputed_forward!(storage layout);
+    crate::precomputed_forward!(storage layout);
 
     /// dx = dy · W (W is `[out, in]`, dy `[.., out]`).
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
@@ -183,7 +184,7 @@ impl CustomOp3 for LoraLinear {
         "lora-linear"
     }
 
-    precomputed_forward!(s1 l1, s2 l2, s3 l3);
+    crate::precomputed_forward!(s1 l1, s2 l2, s3 l3);
 
     /// With g = dy (f32, rows flattened), d = drop(x) and u = g·B:
     /// dx = g·W + s·mask(u·A), dA = s·uᵀ·d, dB = s·gᵀ·(d·Aᵀ).
@@ -300,7 +301,7 @@ impl CustomOp1 for Dropout {
         "byte-mask-dropout"
     }
 
-    precomputed_forward!(storage layout);
+    crate::precomputed_forward!(storage layout);
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
         Ok(Some(self.mask.apply(grad)?))
@@ -335,7 +336,7 @@ impl CustomOp3 for LayerNorm {
         "layer-norm-with-backward"
     }
 
-    precomputed_forward!(s1 l1, s2 l2, s3 l3);
+    crate::precomputed_forward!(s1 l1, s2 l2, s3 l3);
 
     /// With x̂ = (x − μ)·r and r = 1/√(σ² + ε): dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) where
     /// ĝ = g·w; dw = Σ g·x̂ and db = Σ g over every row.
@@ -492,7 +493,7 @@ impl CustomOp3 for AttentionProbs {
         "disentangled-attention-probs"
     }
 
-    precomputed_forward!(s1 l1, s2 l2, s3 l3);
+    crate::precomputed_forward!(s1 l1, s2 l2, s3 l3);
 
     /// Softmax: ds = y·(dy − Σⱼ dy·y). Scores: dq = ds·k, dk = dsᵀ·q, and through each
     /// relative term the gather's adjoint G (a scatter-add of ds):

@@ -12,6 +12,7 @@ mod encode;
 mod error;
 mod member;
 mod model;
+mod ops;
 
 pub use adapter::{LoraSpec, TARGETABLE};
 pub use config::{DecoderConfig, Family, Llama3RopeScaling};

@@ -131,11 +131,7 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(mean_square + self.eps)?.sqrt()?)?;
-        Ok(normed.broadcast_mul(&self.scale)?.to_dtype(dtype)?)
+        Ok(crate::ops::rms_norm(x, &self.scale, self.eps)?)
     }
 }
 
@@ -326,8 +322,8 @@ fn llama3_scaled(inv_freq: f32, s: &Llama3RopeScaling) -> f32 {
     }
 }
 
-/// RoPE's cos and sin for positions 0..len, `[len, head_dim]` (the frequencies twice, in the
-/// rotate-half layout).
+/// RoPE's cos and sin for positions 0..len, `[len, head_dim / 2]`: each frequency once, as
+/// the fused rotation (`ops::rope`, rotate-half layout) takes them.
 fn rope_tables(config: &DecoderConfig, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
     let inv_freq = rope_inverse_frequencies(config);
     let half = inv_freq.len();
@@ -335,21 +331,8 @@ fn rope_tables(config: &DecoderConfig, len: usize, device: &Device) -> Result<(T
     let positions = Tensor::arange(0u32, len as u32, device)?
         .to_dtype(DType::F32)?
         .reshape((len, 1))?;
-    let freqs = positions.broadcast_mul(&inv_freq)?;
-    let angles = Tensor::cat(&[&freqs, &freqs], 1)?;
+    let angles = positions.broadcast_mul(&inv_freq)?;
     Ok((angles.cos()?, angles.sin()?))
-}
-
-/// `x * cos + rotate_half(x) * sin` over `[batch, heads, len, head_dim]`.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let (first, second) = (
-        x.narrow(D::Minus1, 0, half)?,
-        x.narrow(D::Minus1, half, half)?,
-    );
-    let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
-    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
 }
 
 /// `[batch, kv_heads, len, d]` repeated to `[batch, kv_heads * times, len, d]`, each KV head
@@ -409,8 +392,8 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = apply_rope(&split(self.q.forward(x, pass)?, self.heads)?, cos, sin)?;
-        let k = apply_rope(&split(self.k.forward(x, pass)?, self.kv_heads)?, cos, sin)?;
+        let q = crate::ops::rope(&split(self.q.forward(x, pass)?, self.heads)?, cos, sin)?;
+        let k = crate::ops::rope(&split(self.k.forward(x, pass)?, self.kv_heads)?, cos, sin)?;
         let v = split(self.v.forward(x, pass)?, self.kv_heads)?;
         let times = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(k, times)?, repeat_kv(v, times)?);

@@ -1,0 +1,174 @@
+//! RMSNorm and RoPE as single graph nodes with hand-written backward passes, as the DeBERTa
+//! member's ops are (`deberta::Precomputed`): the value comes from candle's fused kernels on
+//! detached inputs, and the node keeps only its input. Composed, RMSNorm keeps x², the
+//! normalised x and the scaled result, and RoPE the negated half, the concatenation and both
+//! products: about 0.5 GB over Qwen2.5-0.5B's 24 layers at 512 tokens (BENCHMARKS.md). candle's
+//! fused `rms_norm` and `rope` have no backward pass of their own.
+use candle_core::{CustomOp1, DType, Tensor, D};
+use deberta::Precomputed;
+
+type CandleResult<T> = candle_core::Result<T>;
+
+/// `x / √(mean(x²) + eps) · scale` over the last dimension, computed in f32 and returned in
+/// x's dtype (as Hugging Face's RMSNorm). `scale` (f32) is frozen: only x gets a gradient.
+pub(crate) fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> CandleResult<Tensor> {
+    let value = candle_nn::ops::rms_norm(
+        &x.detach().to_dtype(DType::F32)?.contiguous()?,
+        scale,
+        eps as f32,
+    )?
+    .to_dtype(x.dtype())?;
+    if !x.track_op() {
+        return Ok(value);
+    }
+    x.apply_op1(RmsNorm {
+        value: Precomputed::new(value)?,
+        scale: scale.detach(),
+        eps,
+    })
+}
+
+struct RmsNorm {
+    value: Precomputed,
+    scale: Tensor,
+    eps: f64,
+}
+
+impl CustomOp1 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    deberta::precomputed_forward!(storage layout);
+
+    /// With r = 1/√(mean(x²) + eps) and h = dy·scale: dx = r·h − x·r³·mean(h·x).
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
+        let x32 = x.to_dtype(DType::F32)?;
+        let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+            .sqrt()?
+            .recip()?;
+        let h = grad.to_dtype(DType::F32)?.broadcast_mul(&self.scale)?;
+        let projection = (&h * &x32)?.mean_keepdim(D::Minus1)?;
+        let dx = (h.broadcast_mul(&r)? - x32.broadcast_mul(&(r.powf(3.0)? * projection)?)?)?;
+        Ok(Some(dx.to_dtype(x.dtype())?))
+    }
+}
+
+/// Rotary position embedding, Hugging Face's `rotate_half` layout, of `x`
+/// (`[batch, heads, len, head_dim]`, contiguous) by angles whose cosines and sines are
+/// `[len, head_dim / 2]`. A rotation: its backward pass is the rotation by the opposite angles.
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CandleResult<Tensor> {
+    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+    let value = candle_nn::rotary_emb::rope(&x.detach().contiguous()?, &cos, &sin)?;
+    if !x.track_op() {
+        return Ok(value);
+    }
+    x.apply_op1(Rope {
+        value: Precomputed::new(value)?,
+        cos,
+        sin,
+    })
+}
+
+struct Rope {
+    value: Precomputed,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    deberta::precomputed_forward!(storage layout);
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(candle_nn::rotary_emb::rope(
+            &grad,
+            &self.cos,
+            &self.sin.neg()?,
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+
+    fn random(shape: &[usize], seed: u64) -> Var {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let values: Vec<f32> = (0..shape.iter().product())
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+            .collect();
+        Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The value and x's gradient of an op against the composed ops, for an upstream gradient.
+    fn check(op: &Tensor, composed: &Tensor, x: &Var, upstream: &Tensor) {
+        assert!(max_difference(op, composed) < 1e-5, "values differ");
+        let grad = |y: &Tensor| {
+            (y * upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+                .get(x.as_tensor())
+                .unwrap()
+                .clone()
+        };
+        let difference = max_difference(&grad(op), &grad(composed));
+        assert!(difference < 1e-5, "gradients differ by {difference}");
+    }
+
+    #[test]
+    fn rms_norm_matches_the_composed_ops() {
+        let (x, scale) = (random(&[2, 3, 8], 1), random(&[8], 2).as_tensor().detach());
+        let upstream = random(&[2, 3, 8], 3).as_tensor().detach();
+        let x_ = x.as_tensor();
+        let composed = x_
+            .broadcast_div(
+                &(x_.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-6)
+                    .unwrap()
+                    .sqrt()
+                    .unwrap(),
+            )
+            .unwrap()
+            .broadcast_mul(&scale)
+            .unwrap();
+        check(&rms_norm(x_, &scale, 1e-6).unwrap(), &composed, &x, &upstream);
+    }
+
+    #[test]
+    fn rope_matches_rotate_half() {
+        let x = random(&[2, 3, 5, 8], 4);
+        let upstream = random(&[2, 3, 5, 8], 5).as_tensor().detach();
+        let angles = random(&[5, 4], 6).as_tensor().detach();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let x_ = x.as_tensor();
+        let (first, second) = (x_.narrow(3, 0, 4).unwrap(), x_.narrow(3, 4, 4).unwrap());
+        let rotated = Tensor::cat(&[&second.neg().unwrap(), &first], 3).unwrap();
+        let full = |t: &Tensor| Tensor::cat(&[t, t], 1).unwrap();
+        let composed = (x_.broadcast_mul(&full(&cos)).unwrap()
+            + rotated.broadcast_mul(&full(&sin)).unwrap())
+        .unwrap();
+        check(&rope(x_, &cos, &sin).unwrap(), &composed, &x, &upstream);
+    }
+}
