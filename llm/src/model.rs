@@ -187,6 +187,79 @@ enum BaseWeight {
     },
 }
 
+/// The token embedding table: as loaded, or 8 bits a weight for prediction.
+enum Embedding {
+    Dense(Tensor),
+    /// Each row as bytes q with x ≈ (q − 128)·scale, scale = the row's largest |x| / 127
+    /// (f16, one per row): half the bytes of f16 and two bytes a row. candle's Q8_0 has no row lookup, so the
+    /// looked-up rows are dequantized per batch instead.
+    Int8 {
+        rows: Tensor,
+        scales: Tensor,
+        dtype: DType,
+    },
+}
+
+/// Rows per block when quantizing the table: a block's f32 copy is the only temporary.
+const EMBEDDING_BLOCK_ROWS: usize = 4096;
+
+impl Embedding {
+    /// `[n, hidden]` rows of `ids` (`[n]`), in the table's dtype.
+    fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(table) => Ok(table.embedding(ids)?),
+            Embedding::Int8 {
+                rows,
+                scales,
+                dtype,
+            } => {
+                let q = rows.index_select(ids, 0)?.to_dtype(DType::F32)?;
+                let scale = scales.index_select(ids, 0)?.to_dtype(DType::F32)?;
+                Ok(((q - 128.0)?.broadcast_mul(&scale)?).to_dtype(*dtype)?)
+            }
+        }
+    }
+
+    fn quantize(&mut self) -> Result<()> {
+        let Embedding::Dense(table) = self else {
+            return Ok(());
+        };
+        let (vocab, _) = table.dims2()?;
+        let (mut rows, mut scales) = (Vec::new(), Vec::new());
+        for start in (0..vocab).step_by(EMBEDDING_BLOCK_ROWS) {
+            let block = table
+                .narrow(0, start, EMBEDDING_BLOCK_ROWS.min(vocab - start))?
+                .to_dtype(DType::F32)?;
+            // An all-zero row keeps scale 1 (its bytes are all 128).
+            let largest = block.abs()?.max_keepdim(1)?;
+            let scale = (largest.eq(0f64)?.to_dtype(DType::F32)? * 127.0)?.add(&largest)?;
+            // Rounded to f16 before the bytes are made, so that they are made with the scale
+            // that will multiply them.
+            let scale = (scale / 127.0)?
+                .to_dtype(DType::F16)?
+                .to_dtype(DType::F32)?;
+            let q = ((block.broadcast_div(&scale)?.round()? + 128.0)?.clamp(1f32, 255f32)?)
+                .to_dtype(DType::U8)?;
+            rows.push(q);
+            scales.push(scale.to_dtype(DType::F16)?);
+        }
+        *self = Embedding::Int8 {
+            rows: Tensor::cat(&rows, 0)?,
+            scales: Tensor::cat(&scales, 0)?,
+            dtype: table.dtype(),
+        };
+        Ok(())
+    }
+
+    fn bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        match self {
+            Embedding::Dense(table) => bytes(table),
+            Embedding::Int8 { rows, scales, .. } => bytes(rows) + bytes(scales),
+        }
+    }
+}
+
 /// A frozen base projection and, once an adapter is applied, its LoRA update.
 struct Projection {
     base: BaseWeight,
@@ -705,7 +778,7 @@ fn unshared(layer: &mut Arc<Layer>) -> Result<&mut Layer> {
 /// autocast keep them.
 pub struct DecoderClassifier {
     config: DecoderConfig,
-    embed: Tensor,
+    embed: Embedding,
     /// Shared with the layer calls of a checkpointed forward pass while it runs.
     layers: Vec<Arc<Layer>>,
     norm: RmsNorm,
@@ -770,10 +843,10 @@ impl DecoderClassifier {
         }
         .to_dtype(DType::F32)?;
         Ok(DecoderClassifier {
-            embed: model.get(
+            embed: Embedding::Dense(model.get(
                 (config.vocab_size, config.hidden_size),
                 "embed_tokens.weight",
-            )?,
+            )?),
             norm: RmsNorm::load(model.pp("norm"), &config)?,
             score: Var::from_tensor(&score)?,
             initial_score: score,
@@ -818,8 +891,9 @@ impl DecoderClassifier {
         vars
     }
 
-    /// Quantizes every projection's base weight to 8 bits (Q8_0) for prediction: about 0.53×
-    /// the bytes of f16. Needs each projection's input size to be a multiple of 32.
+    /// Quantizes the base weights to 8 bits for prediction: every projection's (Q8_0) and the
+    /// embedding table's (a byte per weight and a scale per row), about 0.53× the bytes of
+    /// f16. Needs each projection's input size to be a multiple of 32.
     pub fn quantize_base(&mut self) -> Result<()> {
         let c = &self.config;
         let inputs = [c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size];
@@ -834,7 +908,7 @@ impl DecoderClassifier {
                 layer.projection_mut(name).quantize()?;
             }
         }
-        Ok(())
+        self.embed.quantize()
     }
 
     /// Bytes of the projections' base weights as stored (dense f32, or 8-bit).
@@ -849,7 +923,7 @@ impl DecoderClassifier {
     /// Bytes of the base model as stored: embedding table and projections (norms and head
     /// are a rounding error beside them).
     pub fn weight_bytes(&self) -> usize {
-        self.embed.elem_count() * self.embed.dtype().size_in_bytes() + self.projection_bytes()
+        self.embed.bytes() + self.projection_bytes()
     }
 
     /// `(in, out)` of each projection an adapter may target.
@@ -1054,11 +1128,10 @@ impl DecoderClassifier {
         let flat_ids: Vec<u32> = input_ids.concat();
         let ids = Tensor::from_vec(flat_ids, (b, len), &self.device)?;
         let mask = Tensor::from_vec(attention_mask.concat(), (b, len), &self.device)?;
-        let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((
-            b,
-            len,
-            self.config.hidden_size,
-        ))?;
+        let mut x =
+            self.embed
+                .lookup(&ids.flatten_all()?)?
+                .reshape((b, len, self.config.hidden_size))?;
         if self.config.family == Family::Gemma2 {
             x = (x * (self.config.hidden_size as f64).sqrt())?;
         }
@@ -1088,5 +1161,45 @@ impl DecoderClassifier {
         Ok(Tensor::stack(&rows, 0)?
             .to_dtype(DType::F32)?
             .matmul(&variable(&self.score, pass.grads).t()?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each 8-bit row comes back within half a step of the original (the step is the row's
+    /// largest |x| / 127), an all-zero row exactly, in the table's dtype; half the bytes of f16.
+    #[test]
+    fn the_8_bit_embedding_table_is_within_half_a_step() {
+        let values: Vec<f32> = (0..5 * 64)
+            .map(|i| {
+                if i < 64 {
+                    0.0
+                } else {
+                    ((i * 37 % 101) as f32 - 50.0) / 7.0
+                }
+            })
+            .collect();
+        let table = Tensor::from_vec(values, (5, 64), &Device::Cpu).unwrap();
+        let half = table.to_dtype(DType::F16).unwrap();
+        let mut embedding = Embedding::Dense(half.clone());
+        embedding.quantize().unwrap();
+        assert!(embedding.bytes() * 2 <= Embedding::Dense(half).bytes() + 5 * 4);
+        let ids = Tensor::new(&[4u32, 0, 2, 4], &Device::Cpu).unwrap();
+        let rows = embedding.lookup(&ids).unwrap();
+        assert_eq!(rows.dtype(), DType::F16);
+        let rows = rows.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        let original = table.to_vec2::<f32>().unwrap();
+        for (row, &id) in rows.iter().zip(&[4usize, 0, 2, 4]) {
+            let step = original[id].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (x, y) in row.iter().zip(&original[id]) {
+                assert!(
+                    (x - y).abs() <= 0.5 * step + 1e-2 * step + 4e-3 * y.abs(),
+                    "{x} {y}"
+                );
+            }
+        }
+        assert!(rows[1].iter().all(|&x| x == 0.0));
     }
 }

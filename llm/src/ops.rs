@@ -153,7 +153,12 @@ mod tests {
             .unwrap()
             .broadcast_mul(&scale)
             .unwrap();
-        check(&rms_norm(x_, &scale, 1e-6).unwrap(), &composed, &x, &upstream);
+        check(
+            &rms_norm(x_, &scale, 1e-6).unwrap(),
+            &composed,
+            &x,
+            &upstream,
+        );
     }
 
     #[test]
