@@ -350,10 +350,11 @@ fn one_fold(
     Ok(Some(fold))
 }
 
-/// A fold's model: a DeBERTa classifier, or the LLM member with the fold's adapter.
+/// A fold's model: a DeBERTa classifier, or the LLM member with the fold's adapter (boxed:
+/// both are kilobytes of configs and handles).
 enum Member {
-    Deberta(Classifier),
-    Llm(LlmMember),
+    Deberta(Box<Classifier>),
+    Llm(Box<LlmMember>),
 }
 
 impl Member {
@@ -380,8 +381,10 @@ impl Member {
         fold: usize,
     ) -> deberta::Result<FoldResult> {
         match self {
-            Member::Deberta(c) => fit_fold(c, train.0, train.1, stopping.0, stopping.1, fold),
-            Member::Llm(m) => fit_fold(m, train.0, train.1, stopping.0, stopping.1, fold),
+            Member::Deberta(c) => {
+                fit_fold(&mut **c, train.0, train.1, stopping.0, stopping.1, fold)
+            }
+            Member::Llm(m) => fit_fold(&mut **m, train.0, train.1, stopping.0, stopping.1, fold),
         }
     }
 }
@@ -440,12 +443,12 @@ impl Models<'_> {
         match self.config {
             MemberConfig::Deberta(config) => {
                 let classifier = Classifier::load(self.model_dir()?, &self.device, config)?;
-                Ok((Member::Deberta(classifier), None))
+                Ok((Member::Deberta(Box::new(classifier)), None))
             }
             MemberConfig::Llm(config) => {
                 let (mut member, base) = self.llm_base(config)?;
                 member.start_adapter(config.training.seed.wrapping_add(fold as u64))?;
-                Ok((Member::Llm(member), Some(base)))
+                Ok((Member::Llm(Box::new(member)), Some(base)))
             }
         }
     }
@@ -476,7 +479,7 @@ impl Models<'_> {
         match self.config {
             MemberConfig::Deberta(config) => {
                 let classifier = Classifier::load(saved, &self.device, config)?;
-                Ok((Member::Deberta(classifier), None))
+                Ok((Member::Deberta(Box::new(classifier)), None))
             }
             MemberConfig::Llm(config) => {
                 let (mut member, base) = self.llm_base(config)?;
@@ -495,7 +498,7 @@ impl Models<'_> {
                     }
                 }
                 member.apply_adapter(saved)?;
-                Ok((Member::Llm(member), Some(base)))
+                Ok((Member::Llm(Box::new(member)), Some(base)))
             }
         }
     }
@@ -503,7 +506,7 @@ impl Models<'_> {
     /// Takes a fold's model back: the LLM member's base serves the next fold.
     fn give_back(&mut self, member: Member, base: Option<BaseModel>) {
         if let (Member::Llm(member), Some(base)) = (member, base) {
-            self.base = Some((member, base));
+            self.base = Some((*member, base));
         }
     }
 }
