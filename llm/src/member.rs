@@ -196,10 +196,6 @@ impl LlmMember {
         Ok((member, note))
     }
 
-    pub fn config(&self) -> &LlmConfig {
-        &self.config
-    }
-
     pub fn model(&self) -> &DecoderClassifier {
         &self.model
     }

@@ -482,20 +482,24 @@ impl Models<'_> {
                 Ok((Member::Deberta(Box::new(classifier)), None))
             }
             MemberConfig::Llm(config) => {
+                let trained = summary.base_model.as_ref().with_context(|| {
+                    format!(
+                        "{}: fold {fold} records no base model; train it again",
+                        saved.display()
+                    )
+                })?;
                 let (mut member, base) = self.llm_base(config)?;
-                if let Some(trained) = &summary.base_model {
-                    if trained.fingerprint != base.fingerprint {
-                        bail!(
-                            "{}: fold {fold}'s adapter was trained on {} (weights fingerprint \
-                             {}), and {} has other weights (fingerprint {}); predict with the \
-                             base model it was trained on",
-                            saved.display(),
-                            trained.dir.display(),
-                            trained.fingerprint,
-                            base.dir.display(),
-                            base.fingerprint
-                        );
-                    }
+                if trained.fingerprint != base.fingerprint {
+                    bail!(
+                        "{}: fold {fold}'s adapter was trained on {} (weights fingerprint {}), \
+                         and {} has other weights (fingerprint {}); predict with the base \
+                         model it was trained on",
+                        saved.display(),
+                        trained.dir.display(),
+                        trained.fingerprint,
+                        base.dir.display(),
+                        base.fingerprint
+                    );
                 }
                 member.apply_adapter(saved)?;
                 Ok((Member::Llm(Box::new(member)), Some(base)))
