@@ -54,6 +54,17 @@ pub struct ResponsePair {
     pub response_b: String,
 }
 
+impl ResponsePair {
+    /// The same battle with the answers exchanged.
+    pub fn swapped(&self) -> ResponsePair {
+        ResponsePair {
+            prompt: self.prompt.clone(),
+            response_a: self.response_b.clone(),
+            response_b: self.response_a.clone(),
+        }
+    }
+}
+
 /// One battle tokenized in both A/B orders, ready for batching.
 #[derive(Clone, Debug)]
 pub struct EncodedPair {
@@ -64,6 +75,16 @@ pub struct EncodedPair {
 }
 
 impl EncodedPair {
+    /// Tokens in its longest sequence, either order: the padded width of a batch holding it.
+    pub fn longest(&self) -> usize {
+        self.as_given
+            .iter()
+            .chain(&self.swapped)
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn view(&self, swapped: bool) -> &[Vec<u32>] {
         if swapped {
             &self.swapped

@@ -293,15 +293,7 @@ pub fn predict_logits(
     // Rows sorted by length (ties by position) to limit padding; a row's length does not
     // change when A and B are exchanged, so neither does the batching.
     let mut order: Vec<usize> = (0..encoded.len()).collect();
-    let length = |e: &EncodedPair| {
-        e.as_given
-            .iter()
-            .chain(&e.swapped)
-            .map(Vec::len)
-            .max()
-            .unwrap_or(0)
-    };
-    order.sort_by_key(|&i| (length(&encoded[i]), i));
+    order.sort_by_key(|&i| (encoded[i].longest(), i));
     let mut logits = vec![[0f32; 3]; encoded.len()];
     for rows in order.chunks(batch_size.max(1)) {
         let mut views: Vec<&[Vec<u32>]> = Vec::with_capacity(2 * rows.len());
@@ -663,8 +655,7 @@ pub fn training_memory(
     let len = train
         .iter()
         .chain(valid)
-        .flat_map(|e| &e.as_given)
-        .map(Vec::len)
+        .map(EncodedPair::longest)
         .max()
         .unwrap_or(0);
     memory::estimate(&TrainingShape {

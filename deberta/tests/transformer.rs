@@ -399,14 +399,7 @@ fn swap_averaging_mirrors_exactly_in_both_layouts() {
         };
         let classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
         let (pairs, _) = battles(7);
-        let swapped: Vec<ResponsePair> = pairs
-            .iter()
-            .map(|p| ResponsePair {
-                prompt: p.prompt.clone(),
-                response_a: p.response_b.clone(),
-                response_b: p.response_a.clone(),
-            })
-            .collect();
+        let swapped: Vec<ResponsePair> = pairs.iter().map(ResponsePair::swapped).collect();
         let forward = classifier
             .predict_logits(&classifier.encode(&pairs).unwrap())
             .unwrap();

@@ -229,14 +229,9 @@ impl LlmMember {
         pairs
             .par_iter()
             .map(|pair| {
-                let swapped = ResponsePair {
-                    prompt: pair.prompt.clone(),
-                    response_a: pair.response_b.clone(),
-                    response_b: pair.response_a.clone(),
-                };
                 Ok(EncodedPair {
                     as_given: vec![self.encoder.encode(pair, max_len)?],
-                    swapped: vec![self.encoder.encode(&swapped, max_len)?],
+                    swapped: vec![self.encoder.encode(&pair.swapped(), max_len)?],
                 })
             })
             .collect()
@@ -359,8 +354,7 @@ impl FoldModel for LlmMember {
         let len = train
             .iter()
             .chain(valid)
-            .flat_map(|e| &e.as_given)
-            .map(Vec::len)
+            .map(EncodedPair::longest)
             .max()
             .unwrap_or(0);
         let trained: usize = self

@@ -238,14 +238,7 @@ fn a_fold_trains_through_the_shared_loop_and_its_adapter_reloads() {
         "log loss {untrained} before training, {trained} after"
     );
 
-    let swapped: Vec<ResponsePair> = pairs
-        .iter()
-        .map(|p| ResponsePair {
-            prompt: p.prompt.clone(),
-            response_a: p.response_b.clone(),
-            response_b: p.response_a.clone(),
-        })
-        .collect();
+    let swapped: Vec<ResponsePair> = pairs.iter().map(ResponsePair::swapped).collect();
     let mirrored = member
         .predict_logits(&member.encode(&swapped).unwrap())
         .unwrap();
