@@ -206,6 +206,85 @@ fn gradient_checkpointing_gives_the_same_adapter_gradients() {
     }
 }
 
+/// The training graph's gradients (through `lora_linear`, the RMSNorm and RoPE nodes and the
+/// attention op) against central finite differences of the loss, for entries of every kind
+/// of adapter matrix and of the head, on the Gemma-2 fixture (soft-capping, sliding window).
+#[test]
+fn adapter_and_head_gradients_match_finite_differences() {
+    let config = small_config();
+    let (mut member, _) =
+        LlmMember::load(&fixture("tiny-llm-gemma2"), &Device::Cpu, &config).unwrap();
+    member.start_adapter(5).unwrap();
+    // B off zero, so that A has a gradient too.
+    for (name, var) in member.model().trainable() {
+        if name.ends_with("lora_B.weight") {
+            let values: Vec<f32> = (0..var.elem_count())
+                .map(|i| ((i * 7919 % 23) as f32 - 11.0) * 0.01)
+                .collect();
+            var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    let (pairs, labels) = battles(3);
+    let encoded = member.encode(&pairs).unwrap();
+    let rows: Vec<Vec<u32>> = encoded.iter().map(|e| e.as_given[0].clone()).collect();
+    let len = rows.iter().map(Vec::len).max().unwrap();
+    let ids: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|r| [r.clone(), vec![400; len - r.len()]].concat())
+        .collect();
+    let mask: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|r| [vec![1; r.len()], vec![0; len - r.len()]].concat())
+        .collect();
+    let targets: Vec<u32> = labels.iter().map(|l| l.index() as u32).collect();
+    let targets = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
+    let loss = || {
+        let logits = member
+            .model()
+            .training_logits(&ids, &mask, None, false)
+            .unwrap();
+        candle_nn::loss::cross_entropy(&logits, &targets).unwrap()
+    };
+    let grads = loss().backward().unwrap();
+    let mut checked = 0;
+    for (name, var) in member.model().trainable() {
+        let keep = name.contains("layers.0.")
+            && (name.contains("q_proj") || name.contains("down_proj"))
+            || name.contains("layers.2.self_attn.v_proj")
+            || name.ends_with("score.weight");
+        if !keep {
+            continue;
+        }
+        let grad = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap();
+        let grad = grad.to_vec1::<f32>().unwrap();
+        let original = var.as_tensor().copy().unwrap();
+        let weights = original.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let largest = (0..grad.len())
+            .max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs()))
+            .unwrap();
+        for index in [largest, grad.len() / 2] {
+            let loss_at = |delta: f32| {
+                let mut moved = weights.clone();
+                moved[index] += delta;
+                var.set(&Tensor::from_vec(moved, original.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                loss().to_scalar::<f32>().unwrap() as f64
+            };
+            let step = 1e-2f32;
+            let numeric = (loss_at(step) - loss_at(-step)) / (2.0 * step as f64);
+            var.set(&original).unwrap();
+            let analytic = grad[index] as f64;
+            assert!(
+                (numeric - analytic).abs() <= 2e-4 + 0.03 * analytic.abs(),
+                "{name}[{index}]: backprop {analytic:.6e}, finite difference {numeric:.6e}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2 * 7, "entries checked");
+}
+
 /// One fold through `deberta::fit_fold`: training lowers the log loss of rows it sees (from
 /// 1.35 to 1.11 at the time of writing: the random tiny model learns the classes' rates), the
 /// member is left at its best checkpoint, predictions are mirrored when the answers are
