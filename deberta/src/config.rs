@@ -223,8 +223,15 @@ impl TransformerConfig {
         let segments = &self.segments;
         if !(0.0..1.0).contains(&segments.prompt_share)
             || !(0.0..=1.0).contains(&segments.head_share)
+            || segments
+                .prompt_head_share
+                .is_some_and(|share| !(0.0..=1.0).contains(&share))
         {
-            return Err("segments.prompt_share must lie in [0, 1) and head_share in [0, 1]".into());
+            return Err(
+                "segments.prompt_share must lie in [0, 1), head_share and prompt_head_share in \
+                 [0, 1]"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -38,7 +38,7 @@ pub use error::{Error, Result, Setting};
 pub use memory::MemoryEstimate;
 pub use model::{DebertaConfig, Layout};
 pub use ops::{attention_probs, frozen_linear, lora_linear, DropoutRng, KeepMask, Precomputed};
-pub use tokenizer::{load_tokenizer, SegmentBudget, TextEncoder};
+pub use tokenizer::{load_tokenizer, Segment, SegmentBudget, TextEncoder};
 pub use train::{
     fit_fold, predict_logits, training_memory, AdamW, EvalPoint, FoldModel, FoldResult,
 };

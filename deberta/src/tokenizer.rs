@@ -151,6 +151,10 @@ pub struct SegmentBudget {
     pub prompt_share: f64,
     /// Share of a truncated segment kept from its start; the rest comes from its end.
     pub head_share: f64,
+    /// The same for the prompt alone where set (1: its head only, as the LMSYS winners cut
+    /// prompts); `head_share` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_head_share: Option<f64>,
 }
 
 impl Default for SegmentBudget {
@@ -158,8 +162,16 @@ impl Default for SegmentBudget {
         SegmentBudget {
             prompt_share: 0.2,
             head_share: 0.5,
+            prompt_head_share: None,
         }
     }
+}
+
+/// Which kind of segment a cut is made in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    Prompt,
+    Response,
 }
 
 impl SegmentBudget {
@@ -196,19 +208,28 @@ impl SegmentBudget {
         }
     }
 
-    /// Keeps `budget` tokens of `ids`: its head and its tail.
-    pub fn truncate(&self, ids: &[u32], budget: usize) -> Vec<u32> {
-        let (head, tail) = self.head_and_tail(ids, budget);
+    /// Keeps `budget` tokens of `ids`, a `segment`: its head and its tail.
+    pub fn truncate(&self, ids: &[u32], budget: usize, segment: Segment) -> Vec<u32> {
+        let (head, tail) = self.head_and_tail(ids, budget, segment);
         [head, tail].concat()
     }
 
     /// The head and the tail of `ids` that [`SegmentBudget::truncate`] keeps (all of `ids`
     /// and nothing where it fits), for callers that mark the cut between them.
-    pub fn head_and_tail<'a>(&self, ids: &'a [u32], budget: usize) -> (&'a [u32], &'a [u32]) {
+    pub fn head_and_tail<'a>(
+        &self,
+        ids: &'a [u32],
+        budget: usize,
+        segment: Segment,
+    ) -> (&'a [u32], &'a [u32]) {
         if ids.len() <= budget {
             return (ids, &[]);
         }
-        let head = (((budget as f64) * self.head_share).round() as usize).min(budget);
+        let share = match segment {
+            Segment::Prompt => self.prompt_head_share.unwrap_or(self.head_share),
+            Segment::Response => self.head_share,
+        };
+        let head = (((budget as f64) * share).round() as usize).min(budget);
         (&ids[..head], &ids[ids.len() - (budget - head)..])
     }
 }
@@ -309,8 +330,13 @@ impl TextEncoder {
         );
         let mut ids = Vec::with_capacity(max_len);
         ids.push(self.cls);
-        for (segment, &count) in [prompt, first, second].into_iter().zip(&counts) {
-            ids.extend(self.budget.truncate(segment, count));
+        let segments = [Segment::Prompt, Segment::Response, Segment::Response];
+        for ((ids_of, &count), segment) in [prompt, first, second]
+            .into_iter()
+            .zip(&counts)
+            .zip(segments)
+        {
+            ids.extend(self.budget.truncate(ids_of, count, segment));
             ids.push(self.sep);
         }
         ids
@@ -325,8 +351,10 @@ impl TextEncoder {
         );
         let mut ids = Vec::with_capacity(max_len);
         ids.push(self.cls);
-        for (segment, &count) in [prompt, response].into_iter().zip(&counts) {
-            ids.extend(self.budget.truncate(segment, count));
+        let segments = [Segment::Prompt, Segment::Response];
+        for ((ids_of, &count), segment) in [prompt, response].into_iter().zip(&counts).zip(segments)
+        {
+            ids.extend(self.budget.truncate(ids_of, count, segment));
             ids.push(self.sep);
         }
         ids
@@ -350,13 +378,23 @@ mod tests {
 
     #[test]
     fn truncation_keeps_head_and_tail() {
-        let budget = SegmentBudget {
+        let mut budget = SegmentBudget {
             prompt_share: 0.2,
             head_share: 0.5,
+            prompt_head_share: None,
         };
         let ids: Vec<u32> = (0..10).collect();
-        assert_eq!(budget.truncate(&ids, 4), vec![0, 1, 8, 9]);
-        assert_eq!(budget.truncate(&ids, 20), ids);
-        assert_eq!(budget.truncate(&ids, 0), Vec::<u32>::new());
+        for segment in [Segment::Prompt, Segment::Response] {
+            assert_eq!(budget.truncate(&ids, 4, segment), vec![0, 1, 8, 9]);
+            assert_eq!(budget.truncate(&ids, 20, segment), ids);
+            assert_eq!(budget.truncate(&ids, 0, segment), Vec::<u32>::new());
+        }
+        // The prompt's own share: its head alone.
+        budget.prompt_head_share = Some(1.0);
+        assert_eq!(budget.truncate(&ids, 4, Segment::Prompt), vec![0, 1, 2, 3]);
+        assert_eq!(
+            budget.truncate(&ids, 4, Segment::Response),
+            vec![0, 1, 8, 9]
+        );
     }
 }

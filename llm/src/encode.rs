@@ -1,12 +1,12 @@
 //! A battle as the LLM reads it: the prompt and both answers in a text template
 //! (`template`, with `{prompt}`, `{response_a}` and `{response_b}`), tokenized with the model's
 //! `tokenizer.json`, whose post-processor adds the special tokens. Fields longer than their
-//! share of `max_len` keep their head and tail (the DeBERTa member's `SegmentBudget`: the
+//! share of `max_len` keep their head and tail (the prompt its head alone by default) (the DeBERTa member's `SegmentBudget`: the
 //! prompt's share first, the answers split the rest alike, a short field hands its unused
 //! tokens on); the cut tokens are decoded back to text, so that the whole text is tokenized
 //! once, as the model saw text in training.
 use crate::{Error, Result};
-use deberta::{ResponsePair, SegmentBudget};
+use deberta::{ResponsePair, Segment, SegmentBudget};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
@@ -148,11 +148,14 @@ impl PairEncoder {
             available,
         );
         let mut texts: Vec<String> = Vec::with_capacity(3);
-        for ((field, ids), &count) in fields.iter().zip(&field_ids).zip(&counts) {
+        let segments = [Segment::Prompt, Segment::Response, Segment::Response];
+        for (((field, ids), &count), segment) in
+            fields.iter().zip(&field_ids).zip(&counts).zip(segments)
+        {
             texts.push(if ids.len() <= count {
                 (*field).clone()
             } else {
-                let (head, tail) = self.budget.head_and_tail(ids, count);
+                let (head, tail) = self.budget.head_and_tail(ids, count, segment);
                 format!("{}{ELISION}{}", self.text(head)?, self.text(tail)?)
             });
         }

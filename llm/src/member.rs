@@ -8,8 +8,8 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor, TensorId, Var};
 use deberta::{
-    DropoutRng, EncodedPair, FoldModel, MemoryEstimate, Precision, ResponsePair, Setting,
-    TransformerConfig,
+    DropoutRng, EncodedPair, FoldModel, MemoryEstimate, Precision, ResponsePair, SegmentBudget,
+    Setting, TransformerConfig,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,10 @@ impl Default for LlmConfig {
                 weight_decay: 0.01,
                 warmup_ratio: 0.05,
                 patience: 1,
+                segments: SegmentBudget {
+                    prompt_head_share: Some(1.0),
+                    ..SegmentBudget::default()
+                },
                 ..TransformerConfig::default()
             },
             lora: LoraSpec {

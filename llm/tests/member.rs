@@ -116,6 +116,41 @@ fn the_base_fingerprint_follows_the_weights() {
         .contains("missing model.safetensors"));
 }
 
+/// An over-long prompt keeps its head alone by default (`prompt_head_share = 1`): its end
+/// does not reach the model, its start does; with the answers' head-and-tail cut, both do.
+#[test]
+fn an_over_long_prompt_keeps_its_head() {
+    let encode = |prompt_head_share: Option<f64>, prompt: String| {
+        let mut config = small_config();
+        config.training.max_len = 160;
+        config.training.segments.prompt_head_share = prompt_head_share;
+        let (member, _) =
+            LlmMember::load(&fixture("tiny-llm-qwen2"), &Device::Cpu, &config).unwrap();
+        let pair = ResponsePair {
+            prompt,
+            response_a: "yes".into(),
+            response_b: "no".into(),
+        };
+        member.encode(&[pair]).unwrap()[0].as_given[0].clone()
+    };
+    let words = |first: &str, last: &str| format!("{first} {} {last}", "word ".repeat(200));
+    let base = words("alpha", "omega");
+    for (share, end_matters) in [(Some(1.0), false), (None, true)] {
+        let reference = encode(share, base.clone());
+        assert!(reference.len() <= 160);
+        assert_ne!(
+            encode(share, words("gamma", "omega")),
+            reference,
+            "the start"
+        );
+        assert_eq!(
+            encode(share, words("alpha", "delta")) != reference,
+            end_matters,
+            "the end, prompt_head_share {share:?}"
+        );
+    }
+}
+
 /// fold.json records the settings as JSON; the binary tells the members' apart by whether a
 /// DeBERTa config (which refuses unknown keys) reads them.
 #[test]
