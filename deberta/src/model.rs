@@ -593,6 +593,7 @@ impl Layer {
             relative,
             mask_bias,
             rng.map(|rng| (config.attention_probs_dropout_prob, rng)),
+            None,
             grads,
         )?;
         let context = probs

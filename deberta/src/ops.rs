@@ -409,16 +409,19 @@ fn scatter_relative(grad: &Tensor, index: &Tensor, span2: usize) -> CandleResult
 /// DeBERTa's disentangled attention probabilities for already scaled queries (and position
 /// queries): `dropout(softmax(q·kᵀ + c2p + p2c + mask))`, the scores' sum in the activations'
 /// dtype and the softmax in f32 (as under autocast), returned in the activations' dtype.
+/// `softcap`: Gemma-2's soft-capping of the scores before the mask, `cap·tanh(scores/cap)`.
 ///
 /// In training (`grads`) the result is one graph node that keeps the softmax output, the byte
-/// dropout mask and its inputs `q`, `k` and the position projections, as PyTorch does; the
-/// scores and every other `[B, H, L, L]` intermediate are freed at once.
+/// dropout mask, the capped scores' tanh (with `softcap`) and its inputs `q`, `k` and the
+/// position projections, as PyTorch does; the scores and every other `[B, H, L, L]`
+/// intermediate are freed at once.
 pub fn attention_probs(
     query: &Tensor,
     key: &Tensor,
     relative: Option<Relative>,
     mask_bias: &Tensor,
     dropout: Option<(f64, &DropoutRng)>,
+    softcap: Option<f64>,
     grads: bool,
 ) -> CandleResult<Tensor> {
     let dtype = query.dtype();
@@ -438,6 +441,14 @@ pub fn attention_probs(
             gathers.push(Gather::PositionToContent(relative.index.p2c.clone()));
         }
     }
+    let softcap = match softcap {
+        Some(cap) => {
+            let tanh = (scores / cap)?.tanh()?;
+            scores = (&tanh * cap)?;
+            Some(tanh)
+        }
+        None => None,
+    };
     let softmax =
         candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?.broadcast_add(mask_bias)?)?;
     drop(scores);
@@ -467,6 +478,7 @@ pub fn attention_probs(
             value: Precomputed::new(value)?,
             softmax,
             mask,
+            softcap,
             gathers,
         },
     )
@@ -484,6 +496,8 @@ struct AttentionProbs {
     /// The f32 softmax before dropout, where it differs from the node's output.
     softmax: Option<Tensor>,
     mask: Option<KeepMask>,
+    /// With soft-capping: tanh(scores / cap), whose derivative the scores' gradient takes.
+    softcap: Option<Tensor>,
     /// The relative terms present, in the order of their projections in the third input.
     gathers: Vec<Gather>,
 }
@@ -495,7 +509,8 @@ impl CustomOp3 for AttentionProbs {
 
     crate::precomputed_forward!(s1 l1, s2 l2, s3 l3);
 
-    /// Softmax: ds = y·(dy − Σⱼ dy·y). Scores: dq = ds·k, dk = dsᵀ·q, and through each
+    /// Softmax: ds = y·(dy − Σⱼ dy·y), times 1 − tanh² with soft-capping. Scores: dq = ds·k,
+    /// dk = dsᵀ·q, and through each
     /// relative term the gather's adjoint G (a scatter-add of ds):
     /// c2p adds G·pₖ to dq and gives dpₖ = Σ_b Gᵀ·q; p2c adds G·p_q to dk and dp_q = Σ_b Gᵀ·k.
     fn bwd(
@@ -513,8 +528,13 @@ impl CustomOp3 for AttentionProbs {
         }
         let y = self.softmax.as_ref().unwrap_or(output);
         let dot = (&grad_softmax * y)?.sum_keepdim(D::Minus1)?;
-        let grad_scores = (grad_softmax.broadcast_sub(&dot)? * y)?;
+        let mut grad_scores = (grad_softmax.broadcast_sub(&dot)? * y)?;
         drop(grad_softmax);
+        // cap·tanh(s/cap) has the derivative 1 − tanh².
+        if let Some(tanh) = &self.softcap {
+            let tanh = tanh.to_dtype(DType::F32)?;
+            grad_scores = (grad_scores * (1.0 - tanh.sqr()?)?)?;
+        }
         let grad_scores_low = grad_scores.to_dtype(dtype)?;
         let mut dq = grad_scores_low.matmul(key)?;
         let mut dk = grad_scores_low.t()?.matmul(query)?;
@@ -750,6 +770,7 @@ pub(crate) mod tests {
                 }),
                 &mask,
                 Some((p, &DropoutRng::replay(seed, &Device::Cpu).unwrap())),
+                None,
                 true,
             )
             .unwrap();
@@ -778,10 +799,41 @@ pub(crate) mod tests {
         let query = random(&[1, 2, 5, 3], 11);
         let key = random(&[1, 2, 5, 3], 12);
         let mask = Tensor::zeros((1, 1, 1, 5), DType::F32, &Device::Cpu).unwrap();
-        let op =
-            attention_probs(query.as_tensor(), key.as_tensor(), None, &mask, None, true).unwrap();
+        let op = attention_probs(
+            query.as_tensor(),
+            key.as_tensor(),
+            None,
+            &mask,
+            None,
+            None,
+            true,
+        )
+        .unwrap();
         let composed =
             candle_nn::ops::softmax(&query.matmul(&key.t().unwrap()).unwrap(), D::Minus1).unwrap();
+        assert_same(&op, &composed, &[&query, &key]);
+    }
+
+    /// Gemma-2's soft-capping: cap·tanh(scores/cap) before the mask, value and gradients
+    /// against the composed ops (scores large enough that the cap bends them).
+    #[test]
+    fn soft_capped_attention_probs_equal_the_composed_ones() {
+        let query = random(&[2, 2, 5, 3], 13);
+        let key = random(&[2, 2, 5, 3], 14);
+        let scaled = (query.as_tensor() * 4.0).unwrap();
+        let mask = Tensor::from_vec(
+            vec![0f32, 0., 0., 0., -1e9, 0., 0., 0., 0., 0.],
+            (2, 1, 1, 5),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let cap = 2.0;
+        let op =
+            attention_probs(&scaled, key.as_tensor(), None, &mask, None, Some(cap), true).unwrap();
+        let scores = scaled.matmul(&key.t().unwrap()).unwrap();
+        let capped = ((scores / cap).unwrap().tanh().unwrap() * cap).unwrap();
+        let composed =
+            candle_nn::ops::softmax(&capped.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
         assert_same(&op, &composed, &[&query, &key]);
     }
 

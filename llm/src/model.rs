@@ -13,7 +13,7 @@ use crate::adapter::{
 use crate::config::{DecoderConfig, Family, Llama3RopeScaling};
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Tensor, TensorId, Var, D};
+use candle_core::{DType, Device, Tensor, TensorId, Var};
 use candle_nn::{Linear, Module, VarBuilder};
 use deberta::{checkpointed, DropoutRng, ParamGrads, Recompute};
 use std::collections::HashMap;
@@ -470,32 +470,16 @@ impl Attention {
         let v = split(self.v.forward(x, pass)?, self.kv_heads)?;
         let times = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(k, times)?, repeat_kv(v, times)?);
-        let probs = match self.softcap {
-            // The DeBERTa member's attention op: softmax(q·kᵀ + mask) as one graph node that
-            // keeps q, k and the softmax, where composed ops would keep every
-            // [batch, heads, len, len] step for the backward pass. The scores are taken in f32
-            // (q and k are small beside the projections): pre-scaling q in bf16 before the
-            // product doubled the bf16 error on the fixtures.
-            None => {
-                let q = (q.to_dtype(DType::F32)? * self.scale)?;
-                deberta::attention_probs(&q, &k.to_dtype(DType::F32)?, None, mask, None, grads)?
-                    .to_dtype(v.dtype())?
-            }
-            // Gemma-2's soft-capping sits between the scores and the mask: composed ops.
-            Some(cap) => {
-                let scores = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?;
-                let scores = ((scores / cap)?.tanh()? * cap)?
-                    .to_dtype(DType::F32)?
-                    .broadcast_add(mask)?;
-                // candle's fused softmax has no backward pass: the composed one where
-                // gradients flow.
-                match grads {
-                    true => candle_nn::ops::softmax(&scores, D::Minus1)?,
-                    false => candle_nn::ops::softmax_last_dim(&scores)?,
-                }
-                .to_dtype(v.dtype())?
-            }
-        };
+        // The DeBERTa member's attention op: softmax(q·kᵀ + mask), with Gemma-2's soft-capping
+        // of the scores, as one graph node that keeps q, k, the softmax (and the capped
+        // scores' tanh), where composed ops would keep every [batch, heads, len, len] step for
+        // the backward pass. The scores are taken in f32 (q and k are small beside the
+        // projections): pre-scaling q in bf16 before the product doubled the bf16 error on the
+        // fixtures.
+        let q = (q.to_dtype(DType::F32)? * self.scale)?;
+        let k = k.to_dtype(DType::F32)?;
+        let probs = deberta::attention_probs(&q, &k, None, mask, None, self.softcap, grads)?
+            .to_dtype(v.dtype())?;
         let out =
             probs
                 .matmul(&v)?
