@@ -268,8 +268,12 @@ pub struct TransformerArgs {
     )]
     pub folds: usize,
     /// Output folder: fold-K/ per fold, then oof.csv, oof_logits.csv, submission.csv,
-    /// test_logits.csv and metrics.json once every fold is there.
-    #[arg(long, value_name = "DIR", default_value = "runs/deberta")]
+    /// test_logits.csv and metrics.json once every fold is there [default: runs/deberta, or
+    /// runs/llm when --model is a decoder LLM]
+    #[arg(long = "out", value_name = "DIR")]
+    pub out_given: Option<PathBuf>,
+    /// --out, or its default for the --model folder's member (set by the command).
+    #[arg(skip)]
     pub out: PathBuf,
     /// Where to run: cpu, or cuda:N with a binary built with `--features cuda` (compiled, but
     /// not yet run on a GPU in this project).

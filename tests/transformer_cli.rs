@@ -557,4 +557,35 @@ fn transformer_trains_the_llm_member_and_predicts_from_its_adapters() {
         !output.status.success() && stderr.contains("is a DeBERTa folder, and the folds in"),
         "{stderr}"
     );
+
+    // Without --out, an LLM run goes to runs/llm (not DeBERTa's runs/deberta).
+    let cwd = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ensemble"))
+        .current_dir(cwd.path())
+        .args([
+            "transformer",
+            "--model",
+            qwen.to_str().unwrap(),
+            "--train",
+            &train,
+        ])
+        .args([
+            "--test",
+            &test,
+            "--folds",
+            "3",
+            "--fold",
+            "0",
+            "--max-len",
+            "64",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(cwd.path().join("runs/llm/fold-0/adapter").is_dir());
+    assert!(!cwd.path().join("runs/deberta").exists());
 }

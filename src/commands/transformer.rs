@@ -231,8 +231,13 @@ fn response_pairs(battles: &[features::Battle]) -> Vec<ResponsePair> {
         .collect()
 }
 
-pub fn run(args: TransformerArgs) -> Result<()> {
+pub fn run(mut args: TransformerArgs) -> Result<()> {
     reuse_freed_host_memory();
+    args.out = match (&args.out_given, &args.model) {
+        (Some(out), _) => out.clone(),
+        (None, Some(model)) if llm::Family::of_folder(model).is_some() => "runs/llm".into(),
+        (None, _) => "runs/deberta".into(),
+    };
     let config = resolve_config(&args)?;
     if args.int8_base && !(config.is_llm() && args.predict_only) {
         bail!(
