@@ -1,11 +1,13 @@
 //! The LLM member: a decoder LLM (Gemma-2, Qwen2, Llama) as a 3-class preference classifier,
 //! read from a Hugging Face folder and run in candle.
 //!
-//! So far, each checked against Hugging Face and PEFT on tiny fixtures: the families' configs
-//! (`config`); the classifier's forward pass in f32, bf16 or f16, or with 8-bit base weights
-//! (`model`); PEFT LoRA adapters read, made, saved, and their gradients (`adapter`); the
-//! battle in a template, cut to a token budget (`encode`). Training the adapters through the
-//! DeBERTa member's loop and the `transformer` command's wiring come next (issue 21).
+//! Each part checked against Hugging Face and PEFT on tiny fixtures: the families' configs
+//! (`config`); the classifier's forward pass in f32, bf16 or f16, or with 8-bit base weights,
+//! and its base's weights fingerprint (`model`, with RMSNorm and RoPE nodes in `ops`); PEFT
+//! LoRA adapters read, made, saved, and their gradients (`adapter`); the battle in a template,
+//! cut to a token budget (`encode`). [`LlmMember`] (with [`LlmConfig`], `configs/llm.toml`) is
+//! the member as the DeBERTa member's fold loop trains it: it implements
+//! `deberta::FoldModel`, and `ensemble transformer` runs it per fold.
 mod adapter;
 mod config;
 mod encode;
