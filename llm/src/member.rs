@@ -204,14 +204,15 @@ impl LlmMember {
         &self.model
     }
 
-    /// A fresh adapter of the config's spec (B zero) and the folder's head, drawn from
-    /// `seed`, in place of any adapter the model has.
+    /// A fresh adapter of the config's spec (A drawn from `seed`, B zero) and the folder's
+    /// head, in place of any adapter the model has.
     pub fn start_adapter(&mut self, seed: u64) -> Result<()> {
         self.model.remove_adapter()?;
         self.model.add_lora(self.config.lora.clone(), seed)
     }
 
-    /// A saved adapter (and its head) in place of any the model has.
+    /// A saved adapter (and its head) in place of any the model has; its own
+    /// `adapter_config.json` says its rank and targets.
     pub fn apply_adapter(&mut self, dir: &Path) -> Result<()> {
         self.model.remove_adapter()?;
         self.model.apply_adapter(dir).map(|_| ())
