@@ -129,8 +129,9 @@ impl PairEncoder {
             .map_err(|e| Error::Invalid(format!("tokenizer: {e}")))
     }
 
-    /// The ids of one battle, at most `max_len` of them, special tokens included.
-    pub fn encode(&self, pair: &ResponsePair, max_len: usize) -> Result<Vec<u32>> {
+    /// The ids of one battle, at most `max_len` of them, special tokens included: as given
+    /// and with the answers exchanged. Each field is tokenized (and cut) once for both.
+    pub fn encode(&self, pair: &ResponsePair, max_len: usize) -> Result<[Vec<u32>; 2]> {
         let fields = [&pair.prompt, &pair.response_a, &pair.response_b];
         let field_ids = fields
             .iter()
@@ -141,28 +142,33 @@ impl PairEncoder {
         let reserve = self.overhead + 3 * (self.elision_tokens + 1);
         let available = max_len.saturating_sub(reserve);
         let answer_share = (1.0 - self.budget.prompt_share) / 2.0;
-        let lengths: Vec<usize> = field_ids.iter().map(Vec::len).collect();
-        let counts = self.budget.allocate(
-            &lengths,
-            &[self.budget.prompt_share, answer_share, answer_share],
-            available,
-        );
-        let mut texts: Vec<String> = Vec::with_capacity(3);
+        let shares = [self.budget.prompt_share, answer_share, answer_share];
         let segments = [Segment::Prompt, Segment::Response, Segment::Response];
-        for (((field, ids), &count), segment) in
-            fields.iter().zip(&field_ids).zip(&counts).zip(segments)
-        {
-            texts.push(if ids.len() <= count {
-                (*field).clone()
-            } else {
-                let (head, tail) = self.budget.head_and_tail(ids, count, segment);
-                format!("{}{ELISION}{}", self.text(head)?, self.text(tail)?)
-            });
+        // A field's text within `count` tokens: whole, or its head and tail around the mark.
+        let cut = |field: usize, count: usize| -> Result<String> {
+            let ids = &field_ids[field];
+            if ids.len() <= count {
+                return Ok(fields[field].clone());
+            }
+            let (head, tail) = self.budget.head_and_tail(ids, count, segments[field]);
+            Ok(format!("{}{ELISION}{}", self.text(head)?, self.text(tail)?))
+        };
+        let mut encoded = [Vec::new(), Vec::new()];
+        // The fields in each order: (prompt, first answer, second answer).
+        for (row, order) in encoded.iter_mut().zip([[0, 1, 2], [0, 2, 1]]) {
+            let lengths = order.map(|field| field_ids[field].len());
+            let counts = self.budget.allocate(&lengths, &shares, available);
+            let texts = [
+                cut(order[0], counts[0])?,
+                cut(order[1], counts[1])?,
+                cut(order[2], counts[2])?,
+            ];
+            let mut ids = self.ids(&self.template.fill([&texts[0], &texts[1], &texts[2]]), true)?;
+            // Rare: merges across the cuts made the text longer than reserved.
+            ids.truncate(max_len);
+            *row = ids;
         }
-        let mut ids = self.ids(&self.template.fill([&texts[0], &texts[1], &texts[2]]), true)?;
-        // Rare: merges across the cuts made the text longer than reserved.
-        ids.truncate(max_len);
-        Ok(ids)
+        Ok(encoded)
     }
 
     /// Rows padded with the pad id to the longest, on `side`, and their attention masks.

@@ -234,9 +234,10 @@ impl LlmMember {
         pairs
             .par_iter()
             .map(|pair| {
+                let [as_given, swapped] = self.encoder.encode(pair, max_len)?;
                 Ok(EncodedPair {
-                    as_given: vec![self.encoder.encode(pair, max_len)?],
-                    swapped: vec![self.encoder.encode(&pair.swapped(), max_len)?],
+                    as_given: vec![as_given],
+                    swapped: vec![swapped],
                 })
             })
             .collect()

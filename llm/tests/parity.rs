@@ -249,16 +249,26 @@ fn battles_are_tokenized_as_the_reference_and_cut_to_max_len() {
             PairEncoder::new(&dir, template.clone(), SegmentBudget::default(), pad).unwrap();
         let ids: Vec<Vec<u32>> = pairs
             .iter()
-            .map(|p| encoder.encode(p, 4096).unwrap())
+            .map(|p| encoder.encode(p, 4096).unwrap()[0].clone())
             .collect();
         assert_eq!(ids, rows(&case["ids"]), "{name}");
+        // The second order is the battle with its answers exchanged, cut or not.
+        for max_len in [4096, 40] {
+            for pair in &pairs {
+                let [_, swapped] = encoder.encode(pair, max_len).unwrap();
+                assert_eq!(
+                    swapped,
+                    encoder.encode(&pair.swapped(), max_len).unwrap()[0]
+                );
+            }
+        }
         // Padded as the reference's batches.
         let (padded, mask) = encoder.pad(&ids, Padding::Left);
         assert_eq!(padded, rows(&case["left"]["input_ids"]), "{name}");
         assert_eq!(mask, rows(&case["left"]["attention_mask"]), "{name}");
         // Cut to 40 tokens: fits, and the row still ends as the text does.
         for (pair, full) in pairs.iter().zip(&ids) {
-            let cut = encoder.encode(pair, 40).unwrap();
+            let [cut, _] = encoder.encode(pair, 40).unwrap();
             assert!(cut.len() <= 40, "{name}: {} tokens", cut.len());
             if full.len() > 40 {
                 assert_eq!(cut.last(), full.last(), "{name}: the last token is kept");
