@@ -19,7 +19,7 @@ use std::time::Instant;
 use deberta::Error;
 use deberta::{
     fit_fold, parse_device, reuse_freed_host_memory, training_memory, Classifier, DebertaConfig,
-    Device, EncodedPair, Precision, ResponsePair, TransformerConfig,
+    Device, EncodedPair, FoldRows, Precision, ResponsePair, TransformerConfig,
 };
 use ensembles::Outcome;
 
@@ -111,7 +111,8 @@ fn train(classifier: &mut Classifier, warmup: usize, batches: usize) -> Result<M
         fit(0, split)?;
     }
     let result = fit(split, held_out)?;
-    let estimate = training_memory(classifier, &encoded[split..held_out], &encoded[held_out..]);
+    let rows = FoldRows::of(&encoded[split..held_out], &encoded[held_out..]);
+    let estimate = training_memory(classifier, rows);
     Ok(Measured {
         sequences: held_out - split,
         seconds: result.train_seconds - result.eval_seconds,

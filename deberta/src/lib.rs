@@ -40,7 +40,7 @@ pub use model::{DebertaConfig, Layout};
 pub use ops::{attention_probs, frozen_linear, lora_linear, DropoutRng, KeepMask, Precomputed};
 pub use tokenizer::{load_tokenizer, Segment, SegmentBudget, TextEncoder};
 pub use train::{
-    fit_fold, predict_logits, training_memory, AdamW, EvalPoint, FoldModel, FoldResult,
+    fit_fold, predict_logits, training_memory, AdamW, EvalPoint, FoldModel, FoldResult, FoldRows,
 };
 
 use ensembles::Probs;
@@ -292,7 +292,10 @@ impl Classifier {
 
     /// Swap-averaged logits of `encoded` rows, `eval_batch_size` rows per batch (see
     /// [`train::predict_logits`]).
-    pub fn predict_logits(&self, encoded: &[EncodedPair]) -> Result<Vec<[f32; 3]>> {
+    pub fn predict_logits<P: std::borrow::Borrow<EncodedPair>>(
+        &self,
+        encoded: &[P],
+    ) -> Result<Vec<[f32; 3]>> {
         train::predict_logits(self, encoded, self.config.eval_batch_size)
     }
 

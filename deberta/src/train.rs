@@ -1,6 +1,7 @@
 //! Fine-tuning on one fold: AdamW with decoupled weight decay, warm-up then cosine or linear
 //! decay, gradient accumulation, global-norm clipping, label smoothing, staged unfreezing,
 //! A/B swap augmentation and early stopping on the held-out log loss.
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -277,29 +278,55 @@ pub trait FoldModel {
     /// A copy of the weights training changes, by name: how the best checkpoint is kept.
     fn snapshot(&self) -> Result<HashMap<String, Tensor>>;
     fn restore(&self, snapshot: &HashMap<String, Tensor>) -> Result<()>;
-    /// The estimated memory of training on `train` and picking the checkpoint on `valid`.
-    fn training_memory(&self, train: &[EncodedPair], valid: &[EncodedPair]) -> MemoryEstimate;
+    /// The estimated memory of a fold of `rows`.
+    fn training_memory(&self, rows: FoldRows) -> MemoryEstimate;
+}
+
+/// What a fold's training memory depends on of its rows.
+#[derive(Clone, Copy, Debug)]
+pub struct FoldRows {
+    /// Training rows.
+    pub train: usize,
+    /// Rows that pick the checkpoint.
+    pub valid: usize,
+    /// Tokens in the longest sequence of either: the padded width of the widest batch.
+    pub longest: usize,
+}
+
+impl FoldRows {
+    pub fn of<P: Borrow<EncodedPair>>(train: &[P], valid: &[P]) -> FoldRows {
+        FoldRows {
+            train: train.len(),
+            valid: valid.len(),
+            longest: train
+                .iter()
+                .chain(valid)
+                .map(|row| row.borrow().longest())
+                .max()
+                .unwrap_or(0),
+        }
+    }
 }
 
 /// Swap-averaged logits of `encoded` rows, `batch_size` rows (both orders each) per batch:
 /// the log of the mean of p(x) and the mirrored p(swapped x). Both orders of a row run in one
 /// batch, in an order fixed by their token ids, so exchanging A and B in the input exchanges
 /// the first two outputs exactly.
-pub fn predict_logits(
+pub fn predict_logits<P: Borrow<EncodedPair>>(
     model: &impl FoldModel,
-    encoded: &[EncodedPair],
+    encoded: &[P],
     batch_size: usize,
 ) -> Result<Vec<[f32; 3]>> {
     // Rows sorted by length (ties by position) to limit padding; a row's length does not
     // change when A and B are exchanged, so neither does the batching.
     let mut order: Vec<usize> = (0..encoded.len()).collect();
-    order.sort_by_key(|&i| (encoded[i].longest(), i));
+    order.sort_by_key(|&i| (encoded[i].borrow().longest(), i));
     let mut logits = vec![[0f32; 3]; encoded.len()];
     for rows in order.chunks(batch_size.max(1)) {
         let mut views: Vec<&[Vec<u32>]> = Vec::with_capacity(2 * rows.len());
         let mut given_first = Vec::with_capacity(rows.len());
         for &row in rows {
-            let pair = &encoded[row];
+            let pair = encoded[row].borrow();
             let first = pair.as_given <= pair.swapped;
             given_first.push(first);
             views.push(pair.view(!first));
@@ -324,12 +351,13 @@ fn to_probs(row: &[f64]) -> Probs {
 
 /// Trains `model` on the training rows, evaluating on the held-out rows after every epoch
 /// (and every `eval_every_steps`); stops after `patience` evaluations without improvement and
-/// leaves the model at its best checkpoint.
-pub fn fit_fold(
+/// leaves the model at its best checkpoint. Rows are given as they are held (`EncodedPair`s or
+/// references to them), so that a fold's rows need not be copied out of all the rows.
+pub fn fit_fold<P: Borrow<EncodedPair>>(
     model: &mut impl FoldModel,
-    train: &[EncodedPair],
+    train: &[P],
     train_labels: &[Outcome],
-    valid: &[EncodedPair],
+    valid: &[P],
     valid_labels: &[Outcome],
     fold: usize,
 ) -> Result<FoldResult> {
@@ -344,7 +372,7 @@ pub fn fit_fold(
     let started = Instant::now();
     let config = model.training_config().clone();
     if config.memory_check {
-        let estimate = model.training_memory(train, valid);
+        let estimate = model.training_memory(FoldRows::of(train, valid));
         check_memory(&estimate, free_memory(model.device())?, &config, fold)?;
     }
     let seed = config.seed.wrapping_add(fold as u64);
@@ -380,7 +408,7 @@ pub fn fit_fold(
                 let mut views = Vec::with_capacity(micro.len());
                 for &row in micro {
                     let swap = rng.random::<f64>() < config.swap_probability;
-                    views.push(train[row].view(swap));
+                    views.push(train[row].borrow().view(swap));
                     labels.push(if swap {
                         train_labels[row].swapped()
                     } else {
@@ -617,23 +645,19 @@ impl FoldModel for Classifier {
         Ok(())
     }
 
-    fn training_memory(&self, train: &[EncodedPair], valid: &[EncodedPair]) -> MemoryEstimate {
-        training_memory(self, train, valid)
+    fn training_memory(&self, rows: FoldRows) -> MemoryEstimate {
+        training_memory(self, rows)
     }
 }
 
-/// The estimated memory of training `classifier` on `train` (picking the checkpoint on `valid`)
-/// in the largest stage its steps reach; the longest sequence sets the length.
-pub fn training_memory(
-    classifier: &Classifier,
-    train: &[EncodedPair],
-    valid: &[EncodedPair],
-) -> MemoryEstimate {
+/// The estimated memory of training `classifier` on a fold of `rows` in the largest stage its
+/// steps reach; the longest sequence sets the length.
+pub fn training_memory(classifier: &Classifier, rows: FoldRows) -> MemoryEstimate {
     let config = classifier.config();
     let model = classifier.model.config();
     let layers = classifier.model.num_layers();
-    let steps = train
-        .len()
+    let steps = rows
+        .train
         .div_ceil(config.batch_size * config.grad_accumulation)
         * config.epochs;
     let stage = Stage::at(steps.saturating_sub(1), config, layers);
@@ -652,17 +676,11 @@ pub fn training_memory(
         Layout::Cross => 1,
         Layout::Siamese => 2,
     };
-    let len = train
-        .iter()
-        .chain(valid)
-        .map(EncodedPair::longest)
-        .max()
-        .unwrap_or(0);
     memory::estimate(&TrainingShape {
         // Batches hold at most the rows there are.
-        sequences: config.batch_size.min(train.len()) * views,
-        eval_sequences: 2 * config.eval_batch_size.min(valid.len()) * views,
-        len,
+        sequences: config.batch_size.min(rows.train) * views,
+        eval_sequences: 2 * config.eval_batch_size.min(rows.valid) * views,
+        len: rows.longest,
         hidden: model.hidden_size,
         intermediate: model.intermediate_size,
         heads: model.num_attention_heads,

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor, TensorId, Var};
 use deberta::{
-    DropoutRng, EncodedPair, FoldModel, MemoryEstimate, Precision, ResponsePair, SegmentBudget,
-    Setting, TransformerConfig,
+    DropoutRng, EncodedPair, FoldModel, FoldRows, MemoryEstimate, Precision, ResponsePair,
+    SegmentBudget, Setting, TransformerConfig,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -244,7 +244,10 @@ impl LlmMember {
     }
 
     /// Swap-averaged logits of `encoded` rows (both answer orders, mirrored and averaged).
-    pub fn predict_logits(&self, encoded: &[EncodedPair]) -> Result<Vec<[f32; 3]>> {
+    pub fn predict_logits<P: std::borrow::Borrow<EncodedPair>>(
+        &self,
+        encoded: &[P],
+    ) -> Result<Vec<[f32; 3]>> {
         Ok(deberta::predict_logits(
             self,
             encoded,
@@ -355,14 +358,8 @@ impl FoldModel for LlmMember {
         Ok(())
     }
 
-    fn training_memory(&self, train: &[EncodedPair], valid: &[EncodedPair]) -> MemoryEstimate {
+    fn training_memory(&self, rows: FoldRows) -> MemoryEstimate {
         let training = &self.config.training;
-        let len = train
-            .iter()
-            .chain(valid)
-            .map(EncodedPair::longest)
-            .max()
-            .unwrap_or(0);
         let trained: usize = self
             .model
             .trainable()
@@ -370,9 +367,9 @@ impl FoldModel for LlmMember {
             .map(|(_, var)| var.elem_count())
             .sum();
         estimate(&DecoderShape {
-            sequences: training.batch_size.min(train.len()),
-            eval_sequences: 2 * training.eval_batch_size.min(valid.len()),
-            len,
+            sequences: training.batch_size.min(rows.train),
+            eval_sequences: 2 * training.eval_batch_size.min(rows.valid),
+            len: rows.longest,
             model: self.model.config(),
             rank: self.config.lora.r,
             base_bytes: self.model.weight_bytes(),

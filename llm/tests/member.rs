@@ -2,7 +2,9 @@
 //! gradient checkpointing, a fold trained, saved in PEFT's format and loaded back, swap
 //! symmetry, a causal-LM folder without a head, and the memory estimate.
 use candle_core::{DType, Device, Tensor};
-use deberta::{fit_fold, DropoutRng, EncodedPair, FoldModel, ResponsePair, TransformerConfig};
+use deberta::{
+    fit_fold, DropoutRng, EncodedPair, FoldModel, FoldRows, ResponsePair, TransformerConfig,
+};
 use ensembles::Outcome;
 use llm::{DecoderClassifier, LlmConfig, LlmMember};
 use std::path::{Path, PathBuf};
@@ -434,7 +436,10 @@ fn the_memory_estimate_follows_length_and_checkpointing() {
             .iter()
             .map(|(_, v)| v.elem_count())
             .sum();
-        (member.training_memory(&encoded, &encoded), trained)
+        (
+            member.training_memory(FoldRows::of(&encoded, &encoded)),
+            trained,
+        )
     };
     let (short, trained) = estimate(false, 2);
     let (long, _) = estimate(false, 40);

@@ -371,7 +371,10 @@ impl Member {
     }
 
     /// Swap-averaged logits: both answer orders, mirrored and averaged.
-    fn predict_logits(&self, encoded: &[EncodedPair]) -> Result<Vec<[f32; 3]>> {
+    fn predict_logits<P: std::borrow::Borrow<EncodedPair>>(
+        &self,
+        encoded: &[P],
+    ) -> Result<Vec<[f32; 3]>> {
         Ok(match self {
             Member::Deberta(classifier) => classifier.predict_logits(encoded)?,
             Member::Llm(member) => member.predict_logits(encoded)?,
@@ -381,8 +384,8 @@ impl Member {
     /// Trains on the training rows, picking the checkpoint on `stopping`: the shared loop.
     fn fit(
         &mut self,
-        train: (&[EncodedPair], &[Outcome]),
-        stopping: (&[EncodedPair], &[Outcome]),
+        train: (&[&EncodedPair], &[Outcome]),
+        stopping: (&[&EncodedPair], &[Outcome]),
         fold: usize,
     ) -> deberta::Result<FoldResult> {
         match self {
@@ -561,9 +564,9 @@ fn run_fold(
     };
     let tokenizing = Instant::now();
     let (train_all, test_encoded) = battles.encoded(&member)?;
-    let pick = |rows: &[usize]| -> Vec<EncodedPair> {
-        rows.iter().map(|&r| train_all[r].clone()).collect()
-    };
+    // References into the rows tokenized once for all folds: nothing is copied per fold.
+    let pick =
+        |rows: &[usize]| -> Vec<&EncodedPair> { rows.iter().map(|&r| &train_all[r]).collect() };
     let (train_encoded, stopping_encoded) = (pick(train_rows), pick(&rows.stopping));
     let tokenize = tokenizing.elapsed().as_secs_f64();
     eprintln!(
