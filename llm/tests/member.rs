@@ -50,6 +50,22 @@ fn battles(n: usize) -> (Vec<ResponsePair>, Vec<Outcome>) {
         .unzip()
 }
 
+/// The rows as given, padded on the right with the fixtures' pad id (400), and their masks.
+fn right_padded(encoded: &[EncodedPair]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let len = encoded.iter().map(EncodedPair::longest).max().unwrap();
+    encoded
+        .iter()
+        .map(|e| {
+            let row = &e.as_given[0];
+            let fill = len - row.len();
+            (
+                [row.clone(), vec![400; fill]].concat(),
+                [vec![1; row.len()], vec![0; fill]].concat(),
+            )
+        })
+        .unzip()
+}
+
 fn log_loss(logits: &[[f32; 3]], labels: &[Outcome]) -> f64 {
     let probs: Vec<_> = logits.iter().map(deberta::probs_from_logits).collect();
     ensembles::metrics::log_loss(labels, &probs)
@@ -186,7 +202,6 @@ fn gradient_checkpointing_gives_the_same_adapter_gradients() {
                 .unwrap();
         }
     }
-    let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.as_given.as_slice()).collect();
     let labels = Tensor::new(
         labels
             .iter()
@@ -197,16 +212,7 @@ fn gradient_checkpointing_gives_the_same_adapter_gradients() {
     )
     .unwrap();
     let gradients = |checkpoint: bool| {
-        let rows: Vec<Vec<u32>> = views.iter().map(|v| v[0].clone()).collect();
-        let len = rows.iter().map(Vec::len).max().unwrap();
-        let ids: Vec<Vec<u32>> = rows
-            .iter()
-            .map(|r| [r.clone(), vec![400; len - r.len()]].concat())
-            .collect();
-        let mask: Vec<Vec<u32>> = rows
-            .iter()
-            .map(|r| [vec![1; r.len()], vec![0; len - r.len()]].concat())
-            .collect();
+        let (ids, mask) = right_padded(&encoded);
         let rng = DropoutRng::replay(5, &Device::Cpu).unwrap();
         let logits = member
             .model()
@@ -264,16 +270,7 @@ fn adapter_and_head_gradients_match_finite_differences() {
     }
     let (pairs, labels) = battles(3);
     let encoded = member.encode(&pairs).unwrap();
-    let rows: Vec<Vec<u32>> = encoded.iter().map(|e| e.as_given[0].clone()).collect();
-    let len = rows.iter().map(Vec::len).max().unwrap();
-    let ids: Vec<Vec<u32>> = rows
-        .iter()
-        .map(|r| [r.clone(), vec![400; len - r.len()]].concat())
-        .collect();
-    let mask: Vec<Vec<u32>> = rows
-        .iter()
-        .map(|r| [vec![1; r.len()], vec![0; len - r.len()]].concat())
-        .collect();
+    let (ids, mask) = right_padded(&encoded);
     let targets: Vec<u32> = labels.iter().map(|l| l.index() as u32).collect();
     let targets = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
     let loss = || {
