@@ -271,7 +271,8 @@ pub trait FoldModel {
         dropout: &DropoutRng,
     ) -> Result<Tensor>;
     /// Weight gradients that gradient-checkpointed layers found in the backward passes since
-    /// the last call (candle's gradient store cannot hold them: see `checkpoint`), by weight.
+    /// the last call (candle's gradient store cannot hold them: see [`crate::checkpointed`]),
+    /// by weight.
     fn take_checkpoint_grads(&self) -> HashMap<TensorId, Tensor>;
     /// Logits of `views` for prediction: no graph is recorded.
     fn prediction_logits(&self, views: &[&[Vec<u32>]]) -> Result<Tensor>;
