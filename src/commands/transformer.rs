@@ -644,7 +644,8 @@ fn run_fold(
             classifier.save_pretrained(&dir.join("model"))?
         }
         Member::Deberta(_) => {}
-        // An adapter is small (tens of MB for a 9B model at r 16): always kept.
+        // An adapter is small beside its base (about 0.2 GB in f32 for Gemma-2-9B at r 16 on
+        // all seven projections, against 18 GB): always kept.
         Member::Llm(member) => member.save_adapter(&dir.join("adapter"))?,
     }
     models.give_back(member, base_model);
