@@ -320,9 +320,8 @@ fn adapter_and_head_gradients_match_finite_differences() {
 }
 
 /// One fold through `deberta::fit_fold`: training lowers the log loss of rows it sees (from
-/// 1.33 to 1.11 at the final commit, printed with --nocapture: the random tiny model learns the classes'
-/// rates), the
-/// member is left at its best checkpoint, predictions are mirrored when the answers are
+/// 1.33 to 1.11, printed with --nocapture: the random tiny model learns the classes' rates),
+/// the member is left at its best checkpoint, predictions are mirrored when the answers are
 /// exchanged, and the adapter saved in PEFT's format predicts the same after a fresh load.
 #[test]
 fn a_fold_trains_through_the_shared_loop_and_its_adapter_reloads() {
