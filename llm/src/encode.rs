@@ -171,18 +171,21 @@ impl PairEncoder {
         Ok(encoded)
     }
 
-    /// Rows padded with the pad id to the longest, on `side`, and their attention masks.
-    pub fn pad(&self, rows: &[Vec<u32>], side: Padding) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
-        let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+    /// Rows padded with the pad id to the longest, on `side`, and their attention masks. Rows
+    /// are taken as held (vectors or slices), so that a batch is copied once, into its padding.
+    pub fn pad<R: AsRef<[u32]>>(
+        &self,
+        rows: &[R],
+        side: Padding,
+    ) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+        let len = rows.iter().map(|row| row.as_ref().len()).max().unwrap_or(0);
         rows.iter()
             .map(|row| {
+                let row = row.as_ref();
                 let fill = len - row.len();
                 let (pads, ones) = (vec![self.pad_id; fill], vec![1u32; row.len()]);
                 match side {
-                    Padding::Right => (
-                        [row.as_slice(), &pads].concat(),
-                        [ones, vec![0; fill]].concat(),
-                    ),
+                    Padding::Right => ([row, &pads].concat(), [ones, vec![0; fill]].concat()),
                     Padding::Left => (
                         [pads.as_slice(), row].concat(),
                         [vec![0; fill], ones].concat(),

@@ -257,7 +257,7 @@ impl LlmMember {
 
     /// The padded ids and masks of views of one sequence each.
     fn batch(&self, views: &[&[Vec<u32>]]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
-        let rows: Vec<Vec<u32>> = views.iter().map(|v| v[0].clone()).collect();
+        let rows: Vec<&[u32]> = views.iter().map(|v| v[0].as_slice()).collect();
         self.encoder.pad(&rows, self.config.padding)
     }
 }
