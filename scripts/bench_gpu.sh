@@ -33,33 +33,30 @@ root = os.path.join(sysconfig.get_paths()["purelib"], "nvidia")
 print(":".join(sorted(glob.glob(os.path.join(root, "**", "lib"), recursive=True))))')
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WHEEL_LIBS"
 
+# One measurement on both sides, same flags: a candle bench binary (--precision) and its
+# PyTorch twin (--dtype). Arguments: binary, script, precision, then the flags for both.
+pair() {
+    local bin=$1 script=$2 precision=$3
+    shift 3
+    "$bin" --device "$DEVICE" --precision "$precision" "$@"
+    "$PY" "$script" --device "$DEVICE" --dtype "$precision" "$@"
+}
+
+# shellcheck disable=SC2086 # COMMON and LLM_COMMON are lists of flags
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
     for precision in bf16 f16 f32; do
-        # shellcheck disable=SC2086 # COMMON is a list of flags
-        "$BIN" --device "$DEVICE" --precision "$precision" $COMMON
-        # shellcheck disable=SC2086
-        "$PY" scripts/bench_torch_deberta.py --device "$DEVICE" --dtype "$precision" $COMMON
+        pair "$BIN" scripts/bench_torch_deberta.py "$precision" $COMMON
     done
     # Training with gradient checkpointing, f16 (the T4 configuration).
-    # shellcheck disable=SC2086
-    "$BIN" --device "$DEVICE" --precision f16 --mode train --gradient-checkpointing $COMMON
-    # shellcheck disable=SC2086
-    "$PY" scripts/bench_torch_deberta.py --device "$DEVICE" --dtype f16 --mode train \
-        --gradient-checkpointing $COMMON
+    pair "$BIN" scripts/bench_torch_deberta.py f16 --mode train --gradient-checkpointing $COMMON
     if [ -x "$LLM_BIN" ]; then
         for precision in bf16 f16 f32; do
-            # shellcheck disable=SC2086 # LLM_COMMON is a list of flags
-            "$LLM_BIN" --device "$DEVICE" --precision "$precision" $LLM_COMMON
-            # shellcheck disable=SC2086
-            "$PY" scripts/bench_torch_llm.py --device "$DEVICE" --dtype "$precision" $LLM_COMMON
+            pair "$LLM_BIN" scripts/bench_torch_llm.py "$precision" $LLM_COMMON
         done
-        # shellcheck disable=SC2086
-        "$LLM_BIN" --device "$DEVICE" --precision bf16 --mode train --gradient-checkpointing $LLM_COMMON
-        # shellcheck disable=SC2086
-        "$PY" scripts/bench_torch_llm.py --device "$DEVICE" --dtype bf16 --mode train \
-            --gradient-checkpointing $LLM_COMMON
-        # shellcheck disable=SC2086
+        pair "$LLM_BIN" scripts/bench_torch_llm.py bf16 --mode train --gradient-checkpointing \
+            $LLM_COMMON
+        # 8-bit base weights: candle only (PEFT has no Q8_0 path to compare with).
         "$LLM_BIN" --device "$DEVICE" --precision f16 --mode infer --eight-bit $LLM_COMMON
     else
         echo "no $LLM_BIN: the LLM rows are skipped"
