@@ -594,14 +594,19 @@ pub(crate) fn fit_fold(
 ) -> Result<FoldFit> {
     let n = inputs.labels.len();
     let n_features = inputs.train.n_cols;
-    let train_set = full.subset(&augmented_rows(&rows.train, n), "")?;
-    let valid_set = full.subset(&augmented_rows(&rows.stopping, n), "")?;
+    // Subsets too are given the thread count: LightGBM takes all cores when it is unset.
+    let threads = format!("num_threads={}", params.threads());
+    let train_set = full.subset(&augmented_rows(&rows.train, n), &threads)?;
+    let valid_set = full.subset(&augmented_rows(&rows.stopping, n), &threads)?;
     let refit_set = match params.refit {
         Refit::None => None,
         _ => {
             let mut both = [rows.train.as_slice(), &rows.stopping].concat();
             both.sort_unstable();
-            Some((full.subset(&augmented_rows(&both, n), "")?, both.len()))
+            Some((
+                full.subset(&augmented_rows(&both, n), &threads)?,
+                both.len(),
+            ))
         }
     };
     let rounds = Rounds {
@@ -630,7 +635,6 @@ pub(crate) fn fit_fold(
         },
     };
     let seeds = params.seeds.max(1);
-    let threads = format!("num_threads={}", params.threads());
     for offset in 0..seeds {
         let seeded = BoosterParams {
             seed: params.seed.wrapping_add(offset as u64),

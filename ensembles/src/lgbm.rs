@@ -6,6 +6,7 @@ use crate::{Error, Result};
 use lightgbm3_sys as sys;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_void, CStr, CString};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 const DTYPE_FLOAT32: i32 = 0;
 const DTYPE_INT64: i32 = 3;
@@ -32,6 +33,19 @@ fn clean_message(message: &str) -> String {
         _ => message,
     };
     message.trim_end_matches([' ', '.']).to_owned()
+}
+
+/// LightGBM keeps its thread count in one process-wide variable, which every call given
+/// parameters sets (to `num_threads`, or to all cores when that is unset). A booster sizes its
+/// per-thread buffers from it when created and reads it again at every round, so two LightGBM
+/// jobs on different threads could run a round with more threads than the buffers hold: the
+/// lib tests crashed so (SIGSEGV) in CI. Every call given parameters therefore holds this
+/// lock, and a booster being trained holds it for its whole life.
+static LIGHTGBM: Mutex<()> = Mutex::new(());
+
+fn exclusive() -> MutexGuard<'static, ()> {
+    // The lock guards no data, so a thread that panicked holding it left nothing half-done.
+    LIGHTGBM.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn c_string(text: &str) -> Result<CString> {
@@ -128,6 +142,7 @@ impl Dataset {
         }
         let params = c_string(params)?;
         let mut handle = std::ptr::null_mut();
+        let _exclusive = exclusive();
         // SAFETY: the slices outlive the call and their lengths are passed alongside.
         check(unsafe {
             sys::LGBM_DatasetCreateFromCSR(
@@ -177,6 +192,7 @@ impl Dataset {
         let rows: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
         let params = c_string(params)?;
         let mut handle = std::ptr::null_mut();
+        let _exclusive = exclusive();
         // SAFETY: `rows` outlives the call; LightGBM copies the rows it needs.
         check(unsafe {
             sys::LGBM_DatasetGetSubset(
@@ -240,21 +256,25 @@ fn fetch_text(
     Ok(buffer)
 }
 
-/// A booster being trained; it borrows its datasets, which LightGBM reads at every round.
+/// A booster being trained; it borrows its datasets, which LightGBM reads at every round, and
+/// holds LightGBM's lock ([`LIGHTGBM`]) until it is freed.
 struct TrainingBooster<'d> {
     handle: sys::BoosterHandle,
     _data: std::marker::PhantomData<&'d Dataset>,
+    _exclusive: MutexGuard<'static, ()>,
 }
 
 impl<'d> TrainingBooster<'d> {
     fn new(train: &'d Dataset, valid: Option<&'d Dataset>, params: &str) -> Result<Self> {
         let params = c_string(params)?;
         let mut handle = std::ptr::null_mut();
+        let exclusive = exclusive();
         // SAFETY: both datasets outlive the booster (lifetime 'd).
         check(unsafe { sys::LGBM_BoosterCreate(train.handle, params.as_ptr(), &mut handle) })?;
         let booster = TrainingBooster {
             handle,
             _data: std::marker::PhantomData,
+            _exclusive: exclusive,
         };
         if let Some(valid) = valid {
             // SAFETY: both handles are live LightGBM objects; `valid` outlives the booster
@@ -311,7 +331,8 @@ impl<'d> TrainingBooster<'d> {
 
 impl Drop for TrainingBooster<'_> {
     fn drop(&mut self) {
-        // SAFETY: the handle came from LGBM_BoosterCreate and is freed once, here.
+        // SAFETY: the handle came from LGBM_BoosterCreate and is freed once, here (before the
+        // lock is released with the fields).
         unsafe { sys::LGBM_BoosterFree(self.handle) };
     }
 }
@@ -332,7 +353,8 @@ pub struct Trained {
 }
 
 /// Trains on `train`, early-stopping on `valid` (lower metric is better). `on_round` sees
-/// each round's number and validation metric.
+/// each round's number and validation metric; it runs under LightGBM's lock, so it must not
+/// call LightGBM itself.
 pub fn train(
     train: &Dataset,
     valid: &Dataset,
@@ -365,7 +387,9 @@ pub fn train(
             "no boosting round improved on nothing".into(),
         ));
     }
-    let model = Model::from_string(&booster.model_string(best_iteration)?)?;
+    let text = booster.model_string(best_iteration)?;
+    drop(booster);
+    let model = Model::from_string(&text)?;
     Ok(Trained {
         model,
         best_iteration,
@@ -388,7 +412,9 @@ pub fn train_rounds(train: &Dataset, params: &str, rounds: usize) -> Result<Mode
             break;
         }
     }
-    Model::from_string(&booster.model_string(trained)?)
+    let text = booster.model_string(trained)?;
+    drop(booster);
+    Model::from_string(&text)
 }
 
 /// A trained model, independent of the data it was trained on.
@@ -408,10 +434,12 @@ impl Model {
     pub fn from_string(text: &str) -> Result<Model> {
         let c_text = c_string(text)?;
         let (mut handle, mut iterations) = (std::ptr::null_mut(), 0);
+        let exclusive = exclusive();
         // SAFETY: a NUL-terminated model text and valid out-pointers.
         check(unsafe {
             sys::LGBM_BoosterLoadModelFromString(c_text.as_ptr(), &mut iterations, &mut handle)
         })?;
+        drop(exclusive);
         // Owned (and freed on drop) before anything else can fail.
         let mut model = Model {
             handle,
@@ -444,6 +472,7 @@ impl Model {
         if csr.n_rows() == 0 {
             return Ok(out);
         }
+        let _exclusive = exclusive();
         // SAFETY: `out` has room for n_rows × n_classes results, which is what LightGBM writes.
         check(unsafe {
             sys::LGBM_BoosterPredictForCSR(
@@ -504,6 +533,7 @@ impl Drop for Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Three separable classes on one informative feature and one noise feature.
     fn toy() -> (CsrOwned, Vec<f32>) {
@@ -518,6 +548,31 @@ mod tests {
             csr.indices.extend([0, 1]);
             csr.values
                 .extend([class as f32 * 10.0 + (i % 7) as f32, ((i * 37) % 11) as f32]);
+            csr.indptr.push(csr.indices.len() as i64);
+            labels.push(class as f32);
+        }
+        (csr, labels)
+    }
+
+    /// 2,000 rows of 40 features, some informative: enough work for LightGBM's threads.
+    fn wide() -> (CsrOwned, Vec<f32>) {
+        let mut csr = CsrOwned {
+            indptr: vec![0],
+            n_cols: 40,
+            ..Default::default()
+        };
+        let mut labels = Vec::new();
+        for i in 0..2000usize {
+            let class = i % 3;
+            for j in 0..40usize {
+                csr.indices.push(j as i32);
+                let noise = ((i * 7919 + j * 104_729) % 1000) as f32 / 100.0;
+                csr.values.push(if j % 8 == 0 {
+                    class as f32 + noise
+                } else {
+                    noise
+                });
+            }
             csr.indptr.push(csr.indices.len() as i64);
             labels.push(class as f32);
         }
@@ -638,5 +693,44 @@ mod tests {
         let full = Dataset::from_csr(csr.view(), &labels, "verbosity=-1").unwrap();
         assert!(full.subset(&[3, 1], "").is_err());
         assert!(full.subset(&[299, 300], "").is_err());
+    }
+
+    /// LightGBM keeps its thread count in a process-wide variable that every call given
+    /// parameters sets; a booster being built sizes per-thread buffers from it and then runs
+    /// parallel loops that read it again. Boosters built while another thread switched between
+    /// 1 and 8 threads crashed (SIGSEGV in `PushDataToMultiValBin`, seen with gdb): 19 runs of
+    /// this test in 20 did before every such call took [`exclusive`].
+    #[test]
+    fn training_beside_calls_with_other_thread_counts_keeps_its_own() {
+        let (csr, labels) = wide();
+        let full = Dataset::from_csr(csr.view(), &labels, "verbosity=-1 num_threads=1").unwrap();
+        let train_set = full
+            .subset(&(0..1600).collect::<Vec<_>>(), "num_threads=1")
+            .unwrap();
+        let valid_set = full
+            .subset(&(1600..2000).collect::<Vec<_>>(), "num_threads=1")
+            .unwrap();
+        let rounds = Rounds {
+            max: 3,
+            early_stopping: 3,
+        };
+        let train = || train(&train_set, &valid_set, PARAMS, rounds, |_, _| {}).unwrap();
+        let predict = |model: &Model| model.predict(csr.view(), "num_threads=1").unwrap();
+        let alone = predict(&train().model);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let other = Dataset::from_csr(csr.view(), &labels, "verbosity=-1").unwrap();
+                while !done.load(Ordering::Relaxed) {
+                    for threads in ["num_threads=8", "num_threads=1"] {
+                        other.subset(&[0, 1, 2], threads).unwrap();
+                    }
+                }
+            });
+            for _ in 0..40 {
+                assert_eq!(predict(&train().model), alone);
+            }
+            done.store(true, Ordering::Relaxed);
+        });
     }
 }
