@@ -577,7 +577,7 @@ fn transformer_trains_the_llm_member_and_predicts_from_its_adapters() {
             "--fold",
             "0",
             "--max-len",
-            "64",
+            "96",
         ])
         .output()
         .unwrap();

@@ -192,6 +192,19 @@ impl LlmMember {
             config.training.segments.clone(),
             pad_id,
         )?;
+        let (least, encoder_reserve) = (encoder.least_max_len(), encoder.reserve());
+        if config.training.max_len < least {
+            return Err(Error::Invalid(format!(
+                "max_len {} leaves a field of the battle no token: the template takes {} \
+                 tokens of {} with its special tokens and the marks of cut fields, and the \
+                 fields share the rest by segments.prompt_share ({}); raise max_len to at \
+                 least {least}, or shorten the template",
+                config.training.max_len,
+                encoder_reserve,
+                model_dir.join("tokenizer.json").display(),
+                config.training.segments.prompt_share
+            )));
+        }
         let member = LlmMember {
             model,
             encoder,

@@ -22,7 +22,7 @@ fn table(text: &str) -> toml::Table {
 /// Settings small enough for the tiny fixtures: 64 tokens, batches of 2.
 fn small_config() -> LlmConfig {
     let mut config = LlmConfig::default();
-    config.training.max_len = 64;
+    config.training.max_len = 96;
     config.training.batch_size = 2;
     config.training.eval_batch_size = 3;
     config.training.grad_accumulation = 1;
@@ -166,6 +166,50 @@ fn an_over_long_prompt_keeps_its_head() {
             end_matters,
             "the end, prompt_head_share {share:?}"
         );
+    }
+}
+
+/// A `max_len` that leaves a field no token would make every battle read alike there:
+/// refused, naming the least that fits, at which each field is read.
+#[test]
+fn a_max_len_that_leaves_a_field_no_token_is_refused() {
+    let load = |max_len: usize| {
+        let mut config = small_config();
+        config.training.max_len = max_len;
+        config.template = format!(
+            "{} {{prompt}} {{response_a}} {{response_b}}",
+            "word ".repeat(40)
+        );
+        LlmMember::load(&fixture("tiny-llm-qwen2"), &Device::Cpu, &config)
+    };
+    let error = load(16).err().unwrap().to_string();
+    assert!(
+        error.starts_with("max_len 16 leaves a field of the battle no token"),
+        "{error}"
+    );
+    let least: usize = error
+        .split("at least ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no least max_len in: {error}"));
+    assert!(load(least - 1).is_err());
+    let (member, _) = load(least).unwrap();
+    let battle = |prompt: &str, a: &str, b: &str| ResponsePair {
+        prompt: [prompt; 50].join(" "),
+        response_a: [a; 50].join(" "),
+        response_b: [b; 50].join(" "),
+    };
+    let [reference, prompt, a, b] = [
+        battle("alpha", "yes", "no"),
+        battle("omega", "yes", "no"),
+        battle("alpha", "maybe", "no"),
+        battle("alpha", "yes", "never"),
+    ]
+    .map(|pair| member.encode(&[pair]).unwrap().remove(0).as_given.remove(0));
+    assert!(reference.len() <= least);
+    for (changed, field) in [(prompt, "prompt"), (a, "response_a"), (b, "response_b")] {
+        assert_ne!(changed, reference, "{field} is not read");
     }
 }
 
@@ -320,7 +364,9 @@ fn adapter_and_head_gradients_match_finite_differences() {
 }
 
 /// One fold through `deberta::fit_fold`: training lowers the log loss of rows it sees (from
-/// 1.33 to 1.11, printed with --nocapture: the random tiny model learns the classes' rates),
+/// 1.29 to 0.84, printed with --nocapture) below ln 3, the best any constant prediction
+/// scores on these balanced battles, so it reads the answers (at `max_len` 64 the template
+/// had filled every row, and training reached 1.11, the classes' rates alone),
 /// the member is left at its best checkpoint, predictions are mirrored when the answers are
 /// exchanged, and the adapter saved in PEFT's format predicts the same after a fresh load.
 #[test]
@@ -348,7 +394,7 @@ fn a_fold_trains_through_the_shared_loop_and_its_adapter_reloads() {
     let (untrained, trained) = (log_loss(&before, &labels), log_loss(&after, &labels));
     println!("log loss of the rows trained on: {untrained:.4} before, {trained:.4} after");
     assert!(
-        trained < untrained - 0.05,
+        trained < untrained - 0.05 && trained < 3f64.ln() - 0.1,
         "log loss {untrained} before training, {trained} after"
     );
 
