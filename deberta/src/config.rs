@@ -160,7 +160,30 @@ impl TransformerConfig {
         Ok(config)
     }
 
+    /// Every check of the DeBERTa member's settings.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        self.validate_shared()?;
+        // Special tokens of the layout, then a token for each segment with a share: below
+        // that, a segment would read alike in every row.
+        let segments = &self.segments;
+        let (specials, room) = match self.layout {
+            Layout::Cross => (4, segments.least_room(&segments.battle_shares())),
+            Layout::Siamese => (3, segments.least_room(&segments.pair_shares())),
+        };
+        let least = specials + room;
+        if self.max_len < least {
+            return Err(format!(
+                "max_len {} leaves a segment of the battle no token: with {specials} special \
+                 tokens and segments.prompt_share {}, it must be at least {least}",
+                self.max_len, segments.prompt_share
+            ));
+        }
+        Ok(())
+    }
+
+    /// The checks of the keys the LLM member shares; it checks `max_len` against its own
+    /// template when it loads its tokenizer.
+    pub fn validate_shared(&self) -> std::result::Result<(), String> {
         // NaN or negative rates train to constant predictions or uphill without failing.
         let positive = [
             ("learning_rate", self.learning_rate),
@@ -188,9 +211,6 @@ impl TransformerConfig {
             if !(0.0..1.0).contains(&value) {
                 return Err(format!("{key} {value} is outside [0, 1)"));
             }
-        }
-        if self.max_len < 8 {
-            return Err(format!("max_len {} is below 8", self.max_len));
         }
         if self.batch_size == 0 || self.eval_batch_size == 0 || self.grad_accumulation == 0 {
             return Err(
@@ -271,6 +291,27 @@ mod tests {
             let config: TransformerConfig = toml::from_str(text).unwrap();
             let error = config.validate().unwrap_err();
             assert!(error.starts_with(key), "{text}: {error}");
+        }
+    }
+
+    /// The least `max_len` holds the layout's special tokens and a token of each segment.
+    #[test]
+    fn a_max_len_that_leaves_a_segment_no_token_is_refused() {
+        for (text, least) in [
+            ("", 9),
+            ("layout = \"siamese\"", 8),
+            ("[segments]\nprompt_share = 0.05\nhead_share = 0.5", 24),
+        ] {
+            let mut config: TransformerConfig = toml::from_str(text).unwrap();
+            config.max_len = least;
+            assert_eq!(config.validate(), Ok(()), "{text}");
+            config.max_len = least - 1;
+            let error = config.validate().unwrap_err();
+            assert!(
+                error.starts_with(&format!("max_len {} leaves a segment", least - 1))
+                    && error.ends_with(&format!("at least {least}")),
+                "{text}: {error}"
+            );
         }
     }
 

@@ -175,6 +175,43 @@ pub enum Segment {
 }
 
 impl SegmentBudget {
+    /// The shares of a battle's segments: the prompt's, then each answer's (the rest, halved).
+    pub fn battle_shares(&self) -> [f64; 3] {
+        let answer_share = (1.0 - self.prompt_share) / 2.0;
+        [self.prompt_share, answer_share, answer_share]
+    }
+
+    /// The shares of the siamese layout's two segments: the prompt's and its answer's.
+    pub fn pair_shares(&self) -> [f64; 2] {
+        [self.prompt_share, 1.0 - self.prompt_share]
+    }
+
+    /// The least `available` at which every segment with a share keeps a token of texts longer
+    /// than any budget ([`SegmentBudget::allocate`]); below it such a segment reads alike in
+    /// every row.
+    pub fn least_room(&self, shares: &[f64]) -> usize {
+        let long = vec![usize::MAX; shares.len()];
+        let starved = |room: usize| {
+            let counts = self.allocate(&long, shares, room);
+            counts
+                .iter()
+                .zip(shares)
+                .any(|(&count, &share)| share > 0.0 && count == 0)
+        };
+        // A segment keeps floor(room × share / total) tokens; the loop mends the rounding.
+        let total: f64 = shares.iter().sum();
+        let mut room = shares
+            .iter()
+            .filter(|&&share| share > 0.0)
+            .map(|&share| (total / share).ceil() as usize)
+            .max()
+            .unwrap_or(0);
+        while starved(room) {
+            room += 1;
+        }
+        room
+    }
+
     /// Token counts for segments of the given lengths sharing `available` tokens: each gets
     /// its share, and what a short segment leaves is handed on to the longer ones (in
     /// proportion to their shares). Equal shares and lengths give equal counts, so A and B are
@@ -322,10 +359,9 @@ impl TextEncoder {
 
     /// `[CLS] prompt [SEP] first [SEP] second [SEP]`, each segment within its budget.
     pub fn cross(&self, prompt: &[u32], first: &[u32], second: &[u32], max_len: usize) -> Vec<u32> {
-        let response_share = (1.0 - self.budget.prompt_share) / 2.0;
         let counts = self.budget.allocate(
             &[prompt.len(), first.len(), second.len()],
-            &[self.budget.prompt_share, response_share, response_share],
+            &self.budget.battle_shares(),
             max_len.saturating_sub(4),
         );
         let mut ids = Vec::with_capacity(max_len);
@@ -346,7 +382,7 @@ impl TextEncoder {
     pub fn single(&self, prompt: &[u32], response: &[u32], max_len: usize) -> Vec<u32> {
         let counts = self.budget.allocate(
             &[prompt.len(), response.len()],
-            &[self.budget.prompt_share, 1.0 - self.budget.prompt_share],
+            &self.budget.pair_shares(),
             max_len.saturating_sub(3),
         );
         let mut ids = Vec::with_capacity(max_len);
@@ -374,6 +410,37 @@ mod tests {
         assert_eq!(counts, vec![10, 20, 478]);
         let counts = budget.allocate(&[300, 300, 300], &[0.2, 0.4, 0.4], 100);
         assert_eq!(counts, vec![20, 40, 40]);
+    }
+
+    /// At the least room every segment with a share keeps a token of long texts; one token
+    /// less starves one.
+    #[test]
+    fn the_least_room_keeps_a_token_of_each_segment() {
+        let long = [usize::MAX; 3];
+        for (prompt_share, least) in [(0.2, 5), (0.3, 4), (0.5, 4), (0.01, 100), (0.6, 5)] {
+            let budget = SegmentBudget {
+                prompt_share,
+                ..SegmentBudget::default()
+            };
+            let shares = budget.battle_shares();
+            assert_eq!(
+                budget.least_room(&shares),
+                least,
+                "prompt_share {prompt_share}"
+            );
+            assert!(budget
+                .allocate(&long, &shares, least)
+                .iter()
+                .all(|&c| c > 0));
+            assert!(budget.allocate(&long, &shares, least - 1).contains(&0));
+        }
+        // A segment without a share is never owed a token.
+        let budget = SegmentBudget {
+            prompt_share: 0.0,
+            ..SegmentBudget::default()
+        };
+        assert_eq!(budget.least_room(&budget.battle_shares()), 2);
+        assert_eq!(budget.least_room(&budget.pair_shares()), 1);
     }
 
     #[test]

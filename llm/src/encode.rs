@@ -121,34 +121,11 @@ impl PairEncoder {
         self.overhead + 3 * (self.elision_tokens + 1)
     }
 
-    /// The prompt's and the answers' shares of the fields' room.
-    fn shares(&self) -> [f64; 3] {
-        let answer_share = (1.0 - self.budget.prompt_share) / 2.0;
-        [self.budget.prompt_share, answer_share, answer_share]
-    }
-
     /// The smallest `max_len` at which every field with a share keeps a token of a long
     /// battle; below it every battle would read alike in some field (all of them, when the
     /// template fills `max_len`).
     pub fn least_max_len(&self) -> usize {
-        let shares = self.shares();
-        let starved = |room: usize| {
-            let counts = self.budget.allocate(&[usize::MAX; 3], &shares, room);
-            counts
-                .iter()
-                .zip(shares)
-                .any(|(&count, share)| share > 0.0 && count == 0)
-        };
-        // A field keeps floor(room × share) tokens; the loop mends the rounding of 1 / share.
-        let mut room = shares
-            .iter()
-            .filter(|&&share| share > 0.0)
-            .map(|&share| (1.0 / share).ceil() as usize)
-            .max()
-            .unwrap_or(0);
-        while starved(room) {
-            room += 1;
-        }
+        let room = self.budget.least_room(&self.budget.battle_shares());
         self.reserve().saturating_add(room)
     }
 
@@ -175,7 +152,7 @@ impl PairEncoder {
             .map(|f| self.ids(f, false))
             .collect::<Result<Vec<_>>>()?;
         let available = max_len.saturating_sub(self.reserve());
-        let shares = self.shares();
+        let shares = self.budget.battle_shares();
         let segments = [Segment::Prompt, Segment::Response, Segment::Response];
         // A field's text within `count` tokens: whole, or its head and tail around the mark.
         let cut = |field: usize, count: usize| -> Result<String> {

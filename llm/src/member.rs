@@ -118,7 +118,7 @@ impl LlmConfig {
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
-        self.training.validate()?;
+        self.training.validate_shared()?;
         let deberta = TransformerConfig::default();
         if self.training.layout != deberta.layout
             || self.training.layer_lr_decay != deberta.layer_lr_decay
