@@ -192,7 +192,7 @@ impl LlmMember {
             config.training.segments.clone(),
             pad_id,
         )?;
-        let (least, encoder_reserve) = (encoder.least_max_len(), encoder.reserve());
+        let least = encoder.least_max_len();
         if config.training.max_len < least {
             return Err(Error::Invalid(format!(
                 "max_len {} leaves a field of the battle no token: the template takes {} \
@@ -200,7 +200,7 @@ impl LlmMember {
                  fields share the rest by segments.prompt_share ({}); raise max_len to at \
                  least {least}, or shorten the template",
                 config.training.max_len,
-                encoder_reserve,
+                encoder.reserve(),
                 model_dir.join("tokenizer.json").display(),
                 config.training.segments.prompt_share
             )));
