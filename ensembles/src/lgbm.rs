@@ -535,48 +535,46 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    /// Three separable classes on one informative feature and one noise feature.
-    fn toy() -> (CsrOwned, Vec<f32>) {
+    /// `rows` dense rows of `n_cols` features, row i of class i % 3, feature j of it
+    /// `value(i, class, j)`; the labels.
+    fn dense(
+        rows: usize,
+        n_cols: usize,
+        value: impl Fn(usize, usize, usize) -> f32,
+    ) -> (CsrOwned, Vec<f32>) {
         let mut csr = CsrOwned {
             indptr: vec![0],
-            n_cols: 2,
+            n_cols,
             ..Default::default()
         };
         let mut labels = Vec::new();
-        for i in 0..300 {
+        for i in 0..rows {
             let class = i % 3;
-            csr.indices.extend([0, 1]);
-            csr.values
-                .extend([class as f32 * 10.0 + (i % 7) as f32, ((i * 37) % 11) as f32]);
+            csr.indices.extend(0..n_cols as i32);
+            csr.values.extend((0..n_cols).map(|j| value(i, class, j)));
             csr.indptr.push(csr.indices.len() as i64);
             labels.push(class as f32);
         }
         (csr, labels)
     }
 
+    /// Three separable classes on one informative feature and one noise feature.
+    fn toy() -> (CsrOwned, Vec<f32>) {
+        dense(300, 2, |i, class, j| match j {
+            0 => class as f32 * 10.0 + (i % 7) as f32,
+            _ => ((i * 37) % 11) as f32,
+        })
+    }
+
     /// 2,000 rows of 40 features, some informative: enough work for LightGBM's threads.
     fn wide() -> (CsrOwned, Vec<f32>) {
-        let mut csr = CsrOwned {
-            indptr: vec![0],
-            n_cols: 40,
-            ..Default::default()
-        };
-        let mut labels = Vec::new();
-        for i in 0..2000usize {
-            let class = i % 3;
-            for j in 0..40usize {
-                csr.indices.push(j as i32);
-                let noise = ((i * 7919 + j * 104_729) % 1000) as f32 / 100.0;
-                csr.values.push(if j % 8 == 0 {
-                    class as f32 + noise
-                } else {
-                    noise
-                });
+        dense(2000, 40, |i, class, j| {
+            let noise = ((i * 7919 + j * 104_729) % 1000) as f32 / 100.0;
+            match j % 8 {
+                0 => class as f32 + noise,
+                _ => noise,
             }
-            csr.indptr.push(csr.indices.len() as i64);
-            labels.push(class as f32);
-        }
-        (csr, labels)
+        })
     }
 
     const PARAMS: &str = "objective=multiclass num_class=3 metric=multi_logloss verbosity=-1 \
