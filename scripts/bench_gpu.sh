@@ -12,7 +12,7 @@
 # target/release/examples/bench_transformer); LLM_BENCH_BINARY the bench_llm example, by
 # `scripts/build_cuda.sh --example bench_llm -p llm` (default target/release/examples/bench_llm;
 # its rows are skipped when it is not there). The binary opens cuBLAS and cuRAND of the major
-# version it was built with at run time (deberta/src/cuda_libraries.rs); an example binary is
+# version it was built with at run time (neural/src/cuda_libraries.rs); an example binary is
 # not inside a Python environment, so LD_LIBRARY_PATH gets the Python environment's NVIDIA
 # wheels, the ones PyTorch brings, after whatever it already holds. Writes bench_gpu.log and
 # prints a table. BENCH_ARGS adds flags to both sides, later ones win (e.g. "--batches 10");

@@ -14,7 +14,7 @@
 # missing. Nothing of CUDA is linked, so the build needs no CUDA library either: only nvcc for
 # candle's kernels. The libraries are looked for in a Python environment's NVIDIA wheels
 # (nvidia-cublas-cu12, nvidia-curand-cu12: the ones PyTorch uses) and on the system's library
-# path (deberta/src/cuda_libraries.rs).
+# path (neural/src/cuda_libraries.rs).
 #
 # Default, CUDA_MAJOR=12: one binary for NVIDIA drivers ≥ 525 (CUDA 12.0 and later) and GPUs
 # of compute capability 7.5 (T4), 8.0 (A100), 8.6 (A10, RTX 30xx), 8.9 (L4, RTX 40xx) and 9.0

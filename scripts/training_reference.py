@@ -1,4 +1,4 @@
-"""Reference figures for the optimizer and loss tests in deberta/src/train.rs, from PyTorch,
+"""Reference figures for the optimizer and loss tests in neural/src/train.rs, from PyTorch,
 printed as the Rust literals the tests hold:
 - two steps of torch.optim.AdamW (decoupled weight decay, bias correction) on a 3x2 weight;
 - torch.nn.utils.clip_grad_norm_ on two gradients (global L2 norm, max_norm 1.0);

@@ -208,7 +208,7 @@ pub struct CvArgs {
     /// K-2 folds). `held-out`: the held-out fold itself, as many notebooks do; it flatters
     /// the OOF score [config: lgbm.early_stopping_on, default inner-fold].
     #[arg(long, value_name = "inner-fold|held-out")]
-    pub early_stopping_on: Option<ensembles::folds::StoppingRows>,
+    pub early_stopping_on: Option<ensemble_core::folds::StoppingRows>,
     /// After inner-fold early stopping has chosen a fold's round count, train the fold's
     /// model again on the training and watched folds (K-1, never the held-out one).
     /// `same-rounds` keeps the count; `scaled-rounds` scales it by the ratio of training rows;
@@ -272,9 +272,6 @@ pub struct TransformerArgs {
     /// runs/llm when --model is a decoder LLM]
     #[arg(long = "out", value_name = "DIR")]
     pub out_given: Option<PathBuf>,
-    /// --out, or its default for the --model folder's member (set by the command).
-    #[arg(skip)]
-    pub out: PathBuf,
     /// Where to run: cpu, or cuda:N with a binary built with `--features cuda` (compiled, but
     /// not yet run on a GPU in this project).
     #[arg(long, default_value = "cpu")]
@@ -285,7 +282,7 @@ pub struct TransformerArgs {
     /// (a Kubernetes Indexed Job); `--fold all` trains every fold even there (see
     /// examples/slurm and examples/kubernetes).
     #[arg(long, value_name = "K|all", conflicts_with = "merge")]
-    pub fold: Option<FoldChoice>,
+    pub fold: Option<neural::run::FoldChoice>,
     /// Only assemble the fold outputs already in OUT into oof.csv and submission.csv.
     #[arg(long)]
     pub merge: bool,
@@ -301,12 +298,12 @@ pub struct TransformerArgs {
     /// folds or more). `held-out`: the held-out fold itself, which flatters the OOF score
     /// [config: early_stopping_on, default inner-fold].
     #[arg(long, value_name = "inner-fold|held-out")]
-    pub early_stopping_on: Option<ensembles::folds::StoppingRows>,
+    pub early_stopping_on: Option<ensemble_core::folds::StoppingRows>,
     /// Activations and matmuls in f32, or in bf16 (GPUs with bf16 tensor cores: A100, L4,
     /// H100) or f16 with dynamic loss scaling (T4, V100), with f32 weights, optimizer,
     /// LayerNorm and softmax (mixed precision) [config: precision, default f32].
     #[arg(long, value_name = "f32|bf16|f16")]
-    pub precision: Option<deberta::Precision>,
+    pub precision: Option<neural::Precision>,
     /// Recompute each encoder layer in the backward pass instead of keeping its activations:
     /// about half the training memory for about a quarter more time [config:
     /// gradient_checkpointing, default false].
@@ -334,29 +331,6 @@ pub struct TransformerArgs {
     /// configs/deberta.toml (DeBERTa) or configs/llm.toml (the LLM member).
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-}
-
-/// `--fold`: one fold by number, or all of them.
-#[cfg(feature = "transformer")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FoldChoice {
-    All,
-    One(usize),
-}
-
-#[cfg(feature = "transformer")]
-impl std::str::FromStr for FoldChoice {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.trim() {
-            "all" => Ok(Self::All),
-            number => number
-                .parse()
-                .map(Self::One)
-                .map_err(|_| format!("{text:?}: expected a fold number (0-based) or `all`")),
-        }
-    }
 }
 
 #[derive(Args, Debug)]

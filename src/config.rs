@@ -31,7 +31,7 @@ pub struct EncoderSettings {
 
 impl EncoderSettings {
     /// The paths a run reads through these settings, each with the key that names it: a run
-    /// folder must not hold them (`commands::RunFolder::begin`).
+    /// folder must not hold them (`ensemble_core::RunFolder::begin`).
     pub fn input_paths(&self) -> [(&'static str, Option<&Path>); 2] {
         [
             ("the encoder", self.dir.as_deref()),

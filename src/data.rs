@@ -4,8 +4,8 @@
 //! not lists) are kept and counted, never dropped. A training row whose id or labels are
 //! malformed is an error that names the file, line and id.
 use anyhow::{bail, Context, Result};
-use ensembles::stage_file::RecordLines;
-use ensembles::Outcome;
+use ensemble_core::stage_file::RecordLines;
+use ensemble_core::Outcome;
 use features::{parse_turns, Battle, TurnsIssue};
 use polars_core::prelude::*;
 use polars_io::prelude::*;
@@ -16,7 +16,7 @@ use std::io::Read;
 use std::path::Path;
 
 const TEXT_COLUMNS: [&str; 3] = ["prompt", "response_a", "response_b"];
-const LABEL_COLUMNS: [&str; 3] = ensembles::CLASS_COLUMNS;
+const LABEL_COLUMNS: [&str; 3] = ensemble_core::CLASS_COLUMNS;
 /// How many odd text fields the run summary quotes by id.
 const ISSUE_EXAMPLES: usize = 5;
 

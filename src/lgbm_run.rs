@@ -1,12 +1,19 @@
-//! What a feature-model run folder keeps for predicting later: the fitted feature state
-//! (`features.json`) and the fold models (`models/fold_K.txt`, plus `fold_K.seedS.txt` for
-//! the further seeds of `--seeds`). `cv` writes them, `predict` reads them back; both go
-//! through here.
+//! What a feature-model run folder keeps: the fitted feature state (`features.json`), the fold
+//! models (`models/fold_K.txt`, plus `fold_K.seedS.txt` for the further seeds of `--seeds`)
+//! and the report (`metrics.json`). `cv` writes them, `predict`, `compare` and `blend` read
+//! them back; all go through here, with the glue from feature tables to LightGBM's input.
+use crate::config::LgbmRunConfig;
+use crate::data::TextIssues;
+use crate::report;
 use crate::semantic::{self, EncoderRecord};
 use anyhow::{bail, Context, Result};
-use ensembles::lgbm::Model;
-use ensembles::stage_file::write_atomically;
-use features::{Extractor, ExtractorState};
+use ensemble_core::folds::SharedPrompts;
+use ensemble_core::stage_file::{self, write_atomically};
+use ensemble_core::{metrics, Outcome};
+use ensembles::cv::FoldReport;
+use ensembles::lgbm::{CsrView, Model};
+use features::{CsrMatrix, Extractor, ExtractorState, FeatureTable, Orientation};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 pub const FEATURES_FILE: &str = "features.json";
@@ -171,7 +178,7 @@ impl RecordedScores {
     }
 
     /// Held-out rows over training rows, summed over the folds: the `n_test/n_train` of the
-    /// corrected standard error (`ensembles::metrics::PairedDifference`).
+    /// corrected standard error (`ensemble_core::metrics::PairedDifference`).
     pub fn test_train_ratio(&self) -> f64 {
         let sum = |rows: fn(&RecordedFold) -> usize| -> f64 {
             self.folds.iter().map(|f| rows(f) as f64).sum()
@@ -195,4 +202,123 @@ pub fn recorded_scores(run: &Path) -> Result<RecordedScores> {
         bail!("{}: the `folds` list is empty", path.display());
     }
     Ok(scores)
+}
+
+/// Everything `metrics.json` records about a `cv` run (read back by [`recorded_scores`]).
+#[derive(Serialize)]
+pub struct RunSummary {
+    pub train: PathBuf,
+    /// None for an OOF-only run (no --test).
+    pub test: Option<PathBuf>,
+    pub train_rows: usize,
+    pub test_rows: usize,
+    pub features: usize,
+    pub folds: Vec<FoldReport>,
+    pub oof_log_loss: f64,
+    pub oof_accuracy: f64,
+    pub prior_log_loss: f64,
+    pub seconds: Timings,
+    /// With every `auto` setting replaced by the value chosen for these rows.
+    pub config: LgbmRunConfig,
+    /// The `[lgbm]` keys that were `auto`.
+    pub auto_keys: Vec<&'static str>,
+    /// Prompts that appear in more than one fold (0 with --group-by prompt).
+    pub prompts_across_folds: SharedPrompts,
+    /// The sentence encoder and what embedding cost, with --encoder.
+    pub encoder: Option<semantic::EncoderRecord>,
+    pub embedding: Option<serde_json::Value>,
+    pub train_text_issues: TextIssues,
+    pub test_text_issues: TextIssues,
+}
+
+#[derive(Serialize, Default)]
+pub struct Timings {
+    pub read: f64,
+    pub features: f64,
+    pub cv: f64,
+    /// The parts of `cv`.
+    pub cv_stages: ensembles::cv::CvTimings,
+    pub total: f64,
+}
+
+/// The log loss of predicting the class rates for every row.
+pub fn prior_log_loss(labels: &[Outcome]) -> f64 {
+    let prior = metrics::class_prior(labels);
+    metrics::log_loss(labels, &vec![prior; labels.len()])
+}
+
+/// Writes a run report (`metrics.json`, `tune.json`, `predict.json`) atomically.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    Ok(stage_file::write_atomically(path, text.as_bytes())?)
+}
+
+/// The training rows as given, then the same rows with A and B exchanged.
+pub fn augmented(table: &FeatureTable, train_rows: &[usize]) -> CsrMatrix {
+    CsrMatrix::vstack(&[
+        table.csr(train_rows, Orientation::AsGiven),
+        table.csr(train_rows, Orientation::Swapped),
+    ])
+}
+
+/// A matrix as LightGBM's CSR input borrows it.
+pub fn view(csr: &CsrMatrix) -> CsrView<'_> {
+    CsrView {
+        indptr: &csr.indptr,
+        indices: &csr.indices,
+        values: &csr.values,
+        n_cols: csr.n_cols,
+    }
+}
+
+/// Boosting rounds of a fold's models, one per seed: `53` or `53/61/48`.
+pub fn rounds(best_iterations: &[usize]) -> String {
+    let rounds: Vec<String> = best_iterations.iter().map(usize::to_string).collect();
+    rounds.join("/")
+}
+
+impl RunSummary {
+    /// The per-fold table `cv` prints.
+    pub fn table(&self) -> String {
+        let summary = self;
+        let mut rows = vec![vec![
+            "fold".to_owned(),
+            "train".into(),
+            "held out".into(),
+            "rounds".into(),
+            "log loss".into(),
+            "accuracy".into(),
+            "seconds".into(),
+        ]];
+        for f in &summary.folds {
+            rows.push(vec![
+                f.fold.to_string(),
+                f.train_rows.to_string(),
+                f.held_out_rows.to_string(),
+                rounds(&f.best_iterations),
+                format!("{:.4}", f.log_loss),
+                format!("{:.3}", f.accuracy),
+                format!("{:.1}", f.seconds),
+            ]);
+        }
+        rows.push(vec![
+            "OOF".into(),
+            String::new(),
+            summary.train_rows.to_string(),
+            String::new(),
+            format!("{:.4}", summary.oof_log_loss),
+            format!("{:.3}", summary.oof_accuracy),
+            format!("{:.1}", summary.seconds.cv),
+        ]);
+        rows.push(vec![
+            "prior".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            format!("{:.4}", summary.prior_log_loss),
+            String::new(),
+            String::new(),
+        ]);
+        report::text_table(&rows)
+    }
 }

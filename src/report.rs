@@ -1,7 +1,7 @@
 //! Reports for people: plain-text tables and the feature-importance files.
 use anyhow::{Context, Result};
+use ensemble_core::stage_file::{self, StageFile};
 use ensembles::cv::FoldImportance;
-use ensembles::stage_file::{self, StageFile};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::collections::HashMap;

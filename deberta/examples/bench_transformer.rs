@@ -17,11 +17,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use deberta::Error;
-use deberta::{
-    fit_fold, parse_device, reuse_freed_host_memory, training_memory, Classifier, DebertaConfig,
-    Device, EncodedPair, FoldRows, Precision, ResponsePair, TransformerConfig,
+use deberta::{training_memory, Classifier, DebertaConfig, ModelConfig};
+use ensemble_core::Outcome;
+use neural::{
+    fit_fold, parse_device, peak_rss_mib, reuse_freed_host_memory, Device, EncodedPair, FoldRows,
+    Precision, ResponsePair, TrainingConfig,
 };
-use ensembles::Outcome;
 
 /// The value after the last `--name`, or `default`.
 fn arg(name: &str, default: &str) -> String {
@@ -39,7 +40,7 @@ fn number(name: &str, default: usize) -> Result<usize, Error> {
         .map_err(|_| Error::Invalid(format!("{name} needs a whole number")))
 }
 
-fn base_config() -> Result<DebertaConfig, Error> {
+fn base_config() -> Result<ModelConfig, Error> {
     serde_json::from_value(serde_json::json!({
         "vocab_size": 128100, "hidden_size": 768, "num_hidden_layers": 12,
         "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu",
@@ -90,7 +91,7 @@ fn infer(
 }
 
 fn train(classifier: &mut Classifier, warmup: usize, batches: usize) -> Result<Measured, Error> {
-    let batch = classifier.config().batch_size;
+    let batch = classifier.config().training.batch_size;
     let encoded = rows(classifier, batch * (warmup + batches) + 1)?;
     let labels: Vec<Outcome> = (0..encoded.len())
         .map(|i| [Outcome::A, Outcome::B, Outcome::Tie][i % 3])
@@ -128,16 +129,19 @@ fn main() -> Result<(), Error> {
     let tiny = std::env::args().any(|a| a == "--tiny");
     let (warmup, batches) = (number("--warmup", 2)?, number("--batches", 2)?);
     let eval_sequences = number("--eval-batch", 32)?;
-    let mut config = TransformerConfig {
-        precision,
-        max_len: number("--max-len", 512)?,
-        eval_batch_size: (eval_sequences / 2).max(1),
-        batch_size: number("--train-batch", 8)?,
-        grad_accumulation: 1,
-        epochs: 1,
-        warmup_ratio: 0.0,
-        gradient_checkpointing: std::env::args().any(|a| a == "--gradient-checkpointing"),
-        ..TransformerConfig::default()
+    let mut config = DebertaConfig {
+        training: TrainingConfig {
+            precision,
+            max_len: number("--max-len", 512)?,
+            eval_batch_size: (eval_sequences / 2).max(1),
+            batch_size: number("--train-batch", 8)?,
+            grad_accumulation: 1,
+            epochs: 1,
+            warmup_ratio: 0.0,
+            gradient_checkpointing: std::env::args().any(|a| a == "--gradient-checkpointing"),
+            ..TrainingConfig::default()
+        },
+        ..DebertaConfig::default()
     };
     let head_only = std::env::args().any(|a| a == "--head-only");
     if head_only {
@@ -156,29 +160,34 @@ fn main() -> Result<(), Error> {
     );
     let run = |name: &str, batch: usize, measured: Measured| {
         let rate = measured.sequences as f64 / measured.seconds;
-        let peak = deberta::peak_rss_mib();
+        let peak = peak_rss_mib();
         println!(
             "candle {name} {precision:?} {model}: {} sequences of {} tokens (batch {batch}) in {:.3} s = {rate:.2} sequences/s, peak RSS {peak:.0} MiB{}",
-            measured.sequences, config.max_len, measured.seconds,
+            measured.sequences, config.training.max_len, measured.seconds,
             measured.estimate_mib.map_or(String::new(), |e| format!(", estimate {e:.0} MiB"))
         );
         let record = serde_json::json!({
             "framework": "candle", "device": format!("{device:?}"),
-            "dtype": arg("--precision", "f32"), "mode": name, "max_len": config.max_len,
+            "dtype": arg("--precision", "f32"), "mode": name, "max_len": config.training.max_len,
             "batch": batch, "sequences": measured.sequences, "seconds": measured.seconds,
             "sequences_per_s": rate, "peak_mib": peak, "model": model,
-            "threads": rayon::current_num_threads(), "gradient_checkpointing": config.gradient_checkpointing,
+            "threads": rayon::current_num_threads(), "gradient_checkpointing": config.training.gradient_checkpointing,
             "head_only": head_only, "estimate_mib": measured.estimate_mib,
         });
         println!("JSON {record}");
     };
     if mode == "infer" || mode == "both" {
-        let measured = infer(&classifier, config.eval_batch_size, warmup, batches)?;
-        run("infer", 2 * config.eval_batch_size, measured);
+        let measured = infer(
+            &classifier,
+            config.training.eval_batch_size,
+            warmup,
+            batches,
+        )?;
+        run("infer", 2 * config.training.eval_batch_size, measured);
     }
     if mode == "train" || mode == "both" {
         let measured = train(&mut classifier, warmup, batches)?;
-        run("train", config.batch_size, measured);
+        run("train", config.training.batch_size, measured);
     }
     Ok(())
 }

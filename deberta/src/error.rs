@@ -11,7 +11,7 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
-    /// A model folder that lacks a file the transformer needs.
+    /// A model folder that lacks a file the member needs.
     #[error("{path}: missing {what}")]
     MissingFile { path: PathBuf, what: String },
     /// A model or tokenizer file that exists but cannot be used.
@@ -21,40 +21,9 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    /// Training diverged: the loss or the gradients stopped being finite. `settings` are the
-    /// config keys to lower (none when the model diverged before any update).
-    #[error("{message}{}", lower(settings))]
-    Diverged {
-        message: String,
-        settings: Vec<Setting>,
-    },
-}
-
-/// A config key an error names, with its value and, once the caller has said, where it came
-/// from (the config file or a default).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Setting {
-    pub key: &'static str,
-    pub value: f64,
-    pub source: Option<String>,
-}
-
-impl std::fmt::Display for Setting {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "{} = {:e}", self.key, self.value)?;
-        match &self.source {
-            Some(source) => write!(f, " ({source})"),
-            None => Ok(()),
-        }
-    }
-}
-
-fn lower(settings: &[Setting]) -> String {
-    if settings.is_empty() {
-        return String::new();
-    }
-    let named: Vec<String> = settings.iter().map(Setting::to_string).collect();
-    format!("; lower {}", named.join(" or "))
+    /// From the shared training loop, prediction and settings (`neural`).
+    #[error(transparent)]
+    Training(#[from] neural::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -65,29 +34,22 @@ impl Error {
         move |cause| Error::Io { path, cause }
     }
 
-    /// Says where the settings a [`Error::Diverged`] names came from, as `source(key)`
-    /// describes it; other errors pass unchanged. The library knows the values, the caller
-    /// which file or default set them.
-    pub fn with_setting_sources(self, source: impl Fn(&str) -> String) -> Error {
-        match self {
-            Error::Diverged { message, settings } => Error::Diverged {
-                message,
-                settings: settings
-                    .into_iter()
-                    .map(|s| Setting {
-                        source: Some(source(s.key)),
-                        ..s
-                    })
-                    .collect(),
-            },
-            other => other,
-        }
-    }
-
     pub(crate) fn bad_model_file(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
         Error::BadModelFile {
             path: path.into(),
             message: message.into(),
+        }
+    }
+}
+
+/// How the shared loop and the fold-run protocol carry this member's errors: the loop's own
+/// come back as they were, the member's are boxed whole.
+impl From<Error> for neural::Error {
+    fn from(error: Error) -> neural::Error {
+        match error {
+            Error::Training(error) => error,
+            Error::Candle(error) => neural::Error::Candle(error),
+            other => neural::Error::Member(Box::new(other)),
         }
     }
 }

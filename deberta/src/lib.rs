@@ -1,25 +1,19 @@
-//! The transformer member (the `deberta` crate): a DeBERTa-v3 cross-encoder (or siamese pair) fine-tuned in candle on
-//! each fold, predicting with A/B swap averaging.
+//! The DeBERTa member: a DeBERTa-v2/v3 cross-encoder (or siamese pair) fine-tuned in candle
+//! on each fold through the shared loop (`neural`), predicting with A/B swap averaging.
 //!
-//! Public interface: [`TransformerConfig`], [`Classifier`] (load, encode, predict,
-//! save_pretrained), [`FoldModel`] (what training needs of a member's model: the LLM member
-//! implements it too), [`fit_fold`], [`predict_logits`], [`training_memory`], [`parse_device`], [`free_memory`] and
-//! [`reuse_freed_host_memory`].
+//! Public interface: [`DebertaConfig`], [`Classifier`] (load, encode, predict,
+//! save_pretrained; a `neural::FoldModel`), [`training_memory`] and [`DebertaRun`] (the
+//! member under the fold-run protocol).
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-mod checkpoint;
 mod config;
-// Compiled into the tests of every build, so that the CPU CI checks its search and messages.
-#[cfg(any(feature = "cuda", test))]
-mod cuda_libraries;
-mod device;
 mod error;
+mod member;
 mod memory;
 mod model;
 mod ops;
 mod sentencepiece;
 mod tokenizer;
-mod train;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,76 +24,22 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Deserialize;
 
-pub use candle_core::Device;
-pub use checkpoint::{checkpointed, ParamGrads, Recompute};
-pub use config::{Precision, Schedule, TransformerConfig, Unfreeze};
-pub use device::{free_memory, parse_device, peak_rss_mib, reuse_freed_host_memory};
-pub use error::{Error, Result, Setting};
-pub use memory::MemoryEstimate;
-pub use model::{DebertaConfig, Layout};
-pub use ops::{attention_probs, frozen_linear, lora_linear, DropoutRng, KeepMask, Precomputed};
-pub use tokenizer::{load_tokenizer, Segment, SegmentBudget, TextEncoder};
-pub use train::{
-    fit_fold, predict_logits, training_memory, AdamW, EvalPoint, FoldModel, FoldResult, FoldRows,
-};
+pub use config::{DebertaConfig, Unfreeze};
+pub use error::{Error, Result};
+pub use member::{training_memory, DebertaRun};
+pub use model::{Layout, ModelConfig};
+pub use tokenizer::{load_tokenizer, TextEncoder};
 
-use ensembles::Probs;
+use candle_core::Device;
 use model::{DebertaClassifier, Pass, HEAD_PREFIXES};
-
-/// The texts of one battle, each multi-turn field already joined into one string.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ResponsePair {
-    pub prompt: String,
-    pub response_a: String,
-    pub response_b: String,
-}
-
-impl ResponsePair {
-    /// The same battle with the answers exchanged.
-    pub fn swapped(&self) -> ResponsePair {
-        ResponsePair {
-            prompt: self.prompt.clone(),
-            response_a: self.response_b.clone(),
-            response_b: self.response_a.clone(),
-        }
-    }
-}
-
-/// One battle tokenized in both A/B orders, ready for batching.
-#[derive(Clone, Debug)]
-pub struct EncodedPair {
-    /// The model inputs as given (cross: one sequence; siamese: prompt+A then prompt+B).
-    pub as_given: Vec<Vec<u32>>,
-    /// The same with A and B exchanged.
-    pub swapped: Vec<Vec<u32>>,
-}
-
-impl EncodedPair {
-    /// Tokens in its longest sequence, either order: the padded width of a batch holding it.
-    pub fn longest(&self) -> usize {
-        self.as_given
-            .iter()
-            .chain(&self.swapped)
-            .map(Vec::len)
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn view(&self, swapped: bool) -> &[Vec<u32>] {
-        if swapped {
-            &self.swapped
-        } else {
-            &self.as_given
-        }
-    }
-}
+use neural::{EncodedPair, MemberConfig, ResponsePair};
 
 /// A DeBERTa classifier with its tokenizer, on one device.
 pub struct Classifier {
     model: DebertaClassifier,
     vars: VarMap,
     encoder: TextEncoder,
-    config: TransformerConfig,
+    config: DebertaConfig,
     device: Device,
     /// The `config.json` it was made from, as written there (saved again by `save_pretrained`).
     model_json: serde_json::Value,
@@ -125,12 +65,8 @@ const LABELS: [&str; 3] = ["winner_model_a", "winner_model_b", "winner_tie"];
 impl Classifier {
     /// Loads a Hugging Face DeBERTa-v2/v3 folder: `config.json`, `model.safetensors` or
     /// `pytorch_model.bin`, and `tokenizer.json` or `spm.model`. A pooler or classifier missing
-    /// from the checkpoint (a pretrained backbone) is initialized from `config.seed`.
-    pub fn load(
-        model_dir: &Path,
-        device: &Device,
-        config: &TransformerConfig,
-    ) -> Result<Classifier> {
+    /// from the checkpoint (a pretrained backbone) is initialized from `config.training.seed`.
+    pub fn load(model_dir: &Path, device: &Device, config: &DebertaConfig) -> Result<Classifier> {
         config.validate().map_err(Error::Invalid)?;
         let config_path = model_dir.join(CONFIG_FILE);
         if !config_path.is_file() {
@@ -144,7 +80,7 @@ impl Classifier {
         let model_json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad_config(e.to_string()))?;
         let model_config =
-            DebertaConfig::deserialize(&model_json).map_err(|e| bad_config(e.to_string()))?;
+            ModelConfig::deserialize(&model_json).map_err(|e| bad_config(e.to_string()))?;
         model_config.check().map_err(bad_config)?;
         // A model this tool fine-tuned has a head for its own layout only.
         if let Some(saved) = model_json.get(LAYOUT_KEY) {
@@ -156,7 +92,7 @@ impl Classifier {
                 )));
             }
         }
-        check_max_len(config.max_len, &model_config).map_err(bad_config)?;
+        check_max_len(config.training.max_len, &model_config).map_err(bad_config)?;
         let (weights_path, weights) = read_checkpoint(model_dir)?;
         check_layers(&weights, &model_config)
             .map_err(|message| Error::bad_model_file(&weights_path, message))?;
@@ -170,25 +106,34 @@ impl Classifier {
                 model_config.vocab_size
             )));
         }
-        let encoder = TextEncoder::new(tokenizer, config.segments.clone())?;
+        let encoder = TextEncoder::new(tokenizer, config.training.segments.clone())?;
 
         let init_std = model_config.initializer_range.unwrap_or(0.02);
         let source = (model_json, model_dir.to_path_buf());
         Classifier::build(&model_config, source, encoder, device, config, |vars| {
-            assign_weights(vars, &weights, &weights_path, init_std, config.seed)
+            assign_weights(
+                vars,
+                &weights,
+                &weights_path,
+                init_std,
+                config.training.seed,
+            )
         })
     }
 
     /// A model of the given shape with random weights (N(0, 0.02²), unit LayerNorms) and the
     /// tokenizer of `tokenizer_dir`: for benchmarks of sizes one has no checkpoint of.
     pub fn random(
-        model_config: &DebertaConfig,
+        model_config: &ModelConfig,
         tokenizer_dir: &Path,
         device: &Device,
-        config: &TransformerConfig,
+        config: &DebertaConfig,
     ) -> Result<Classifier> {
         model_config.check().map_err(Error::Invalid)?;
-        let encoder = TextEncoder::new(load_tokenizer(tokenizer_dir)?, config.segments.clone())?;
+        let encoder = TextEncoder::new(
+            load_tokenizer(tokenizer_dir)?,
+            config.training.segments.clone(),
+        )?;
         let model_json =
             serde_json::to_value(model_config).map_err(|e| Error::Invalid(e.to_string()))?;
         let source = (model_json, tokenizer_dir.to_path_buf());
@@ -206,16 +151,17 @@ impl Classifier {
     /// classifier: the part `load` and `random` share. `source` is the model's `config.json`
     /// and the folder of its tokenizer files.
     fn build(
-        model_config: &DebertaConfig,
+        model_config: &ModelConfig,
         (model_json, tokenizer_dir): (serde_json::Value, PathBuf),
         encoder: TextEncoder,
         device: &Device,
-        config: &TransformerConfig,
+        config: &DebertaConfig,
         set_weights: impl FnOnce(&VarMap) -> Result<()>,
     ) -> Result<Classifier> {
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
-        let model = DebertaClassifier::load(model_config, config.layout, config.precision, vb)?;
+        let model =
+            DebertaClassifier::load(model_config, config.layout, config.training.precision, vb)?;
         set_weights(&vars)?;
         Ok(Classifier {
             model,
@@ -228,7 +174,7 @@ impl Classifier {
         })
     }
 
-    pub fn config(&self) -> &TransformerConfig {
+    pub fn config(&self) -> &DebertaConfig {
         &self.config
     }
 
@@ -240,7 +186,7 @@ impl Classifier {
         &self.encoder
     }
 
-    /// Tokenizes battles into both A/B orders within `config.max_len`.
+    /// Tokenizes battles into both A/B orders within `config.training.max_len`.
     pub fn encode(&self, pairs: &[ResponsePair]) -> Result<Vec<EncodedPair>> {
         let texts: Vec<&str> = pairs
             .iter()
@@ -252,7 +198,7 @@ impl Classifier {
                 ]
             })
             .collect();
-        let max_len = self.config.max_len;
+        let max_len = self.config.training.max_len;
         let ids = self.encoder.token_ids(&texts, max_len)?;
         Ok(ids
             .chunks(3)
@@ -291,12 +237,16 @@ impl Classifier {
     }
 
     /// Swap-averaged logits of `encoded` rows, `eval_batch_size` rows per batch (see
-    /// [`train::predict_logits`]).
+    /// [`neural::predict_logits`]).
     pub fn predict_logits<P: std::borrow::Borrow<EncodedPair>>(
         &self,
         encoded: &[P],
     ) -> Result<Vec<[f32; 3]>> {
-        train::predict_logits(self, encoded, self.config.eval_batch_size)
+        Ok(neural::predict_logits(
+            self,
+            encoded,
+            self.config.training.eval_batch_size,
+        )?)
     }
 
     /// Raw logits (no swap averaging) of ready-made cross-encoder sequences, in one batch.
@@ -373,14 +323,6 @@ impl Classifier {
     }
 }
 
-/// Probabilities from swap-averaged logits (a softmax in f64).
-pub fn probs_from_logits(logits: &[f32; 3]) -> Probs {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
-    let exp = logits.map(|l| (l as f64 - max).exp());
-    let total = exp[0] + exp[1] + exp[2];
-    exp.map(|e| e / total)
-}
-
 /// Right-pads sequences into ids `[N, L]` (u32) and a mask `[N, L]` (f32).
 fn pad_batch(sequences: &[&Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Tensor)> {
     let width = sequences.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
@@ -432,7 +374,7 @@ fn read_checkpoint(model_dir: &Path) -> Result<(PathBuf, HashMap<String, Tensor>
 /// Longest sequences a model takes: absolute position embeddings end at
 /// `max_position_embeddings`; relative-only models (DeBERTa-v3) run longer sequences, up to
 /// twice that here, since their attention grows with the square of the length.
-fn check_max_len(max_len: usize, model: &DebertaConfig) -> std::result::Result<(), String> {
+fn check_max_len(max_len: usize, model: &ModelConfig) -> std::result::Result<(), String> {
     let limit = if model.position_biased_input {
         model.max_position_embeddings
     } else {
@@ -452,7 +394,7 @@ fn check_max_len(max_len: usize, model: &DebertaConfig) -> std::result::Result<(
 /// would be dropped without a word.
 fn check_layers(
     weights: &HashMap<String, Tensor>,
-    model: &DebertaConfig,
+    model: &ModelConfig,
 ) -> std::result::Result<(), String> {
     let deepest = weights
         .keys()

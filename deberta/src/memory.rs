@@ -1,7 +1,6 @@
-//! An estimate of a fold's training memory, checked against the device's free memory before
-//! training starts, so that a run too large for the machine stops with the settings to lower
-//! instead of being killed (CPU) or failing with an allocation error mid-epoch (CUDA).
-use crate::config::Precision;
+//! The DeBERTa member's estimate of a fold's training memory (`neural::MemoryEstimate`), which
+//! the shared loop checks against the device's free memory before the fold starts.
+use neural::{MemoryEstimate, Precision};
 
 /// What a fold's training memory depends on.
 #[derive(Clone, Debug)]
@@ -29,33 +28,6 @@ pub(crate) struct TrainingShape {
     pub precision: Precision,
     pub checkpoint: bool,
     pub accumulation: usize,
-}
-
-/// Estimated bytes of a fold's training, by part.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemoryEstimate {
-    /// Every weight in f32: allocated when the model loads, before the check.
-    pub weights: u64,
-    /// AdamW's two f32 moments per trained weight.
-    pub optimizer: u64,
-    /// The trained weights' f32 gradients; twice that with gradient accumulation (the running
-    /// sum and the new micro-batch's); plus one word-embedding table while its gradient is made.
-    pub gradients: u64,
-    /// The copy of every weight that the best checkpoint keeps.
-    pub checkpoint: u64,
-    /// The larger of training's and prediction's activations.
-    pub activations: u64,
-}
-
-impl MemoryEstimate {
-    pub fn total(&self) -> u64 {
-        self.weights + self.to_allocate()
-    }
-
-    /// What training allocates beyond the loaded weights: what must be free.
-    pub fn to_allocate(&self) -> u64 {
-        self.optimizer + self.gradients + self.checkpoint + self.activations
-    }
 }
 
 /// Bytes of one encoder layer's activations that a tracked forward pass keeps for the backward
@@ -112,11 +84,6 @@ pub(crate) fn estimate(shape: &TrainingShape) -> MemoryEstimate {
         checkpoint: f32_bytes(shape.params),
         activations: training.max(prediction),
     }
-}
-
-/// Gibibytes, for messages.
-pub(crate) fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 #[cfg(test)]

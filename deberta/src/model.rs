@@ -14,16 +14,15 @@ use std::sync::Arc;
 use candle_core::TensorId;
 use serde::Deserialize;
 
-use crate::checkpoint::{checkpointed, ParamGrads, Recompute};
-use crate::config::Precision;
-use crate::ops::{self, DropoutRng, Relative, RelativeIndex};
+use crate::ops::{self, Relative, RelativeIndex};
+use neural::{checkpointed, dropout, DropoutRng, ParamGrads, Precision, Recompute, ScoreTerms};
 
 type CandleResult<T> = candle_core::Result<T>;
 
 /// The fields of a Hugging Face `config.json` that the forward pass depends on, with the
 /// defaults that `DebertaV2Config` and the modelling code apply.
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
-pub struct DebertaConfig {
+pub struct ModelConfig {
     /// `deberta-v2` in Hugging Face's folders; checked only to name another family's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_type: Option<String>,
@@ -105,7 +104,7 @@ fn pos_att_type<'de, De: serde::Deserializer<'de>>(d: De) -> Result<Vec<String>,
     })
 }
 
-impl DebertaConfig {
+impl ModelConfig {
     /// What is wrong with the configuration, naming the field: values the forward pass cannot
     /// use (a LayerNorm eps ≤ 0 divides by zero on a constant row, a size of 0 makes empty
     /// tensors) and features this implementation does not run. Without it such a model loads
@@ -351,7 +350,7 @@ struct Embeddings {
 }
 
 impl Embeddings {
-    fn load(config: &DebertaConfig, vb: VarBuilder) -> CandleResult<Embeddings> {
+    fn load(config: &ModelConfig, vb: VarBuilder) -> CandleResult<Embeddings> {
         let width = config.embedding_size.unwrap_or(config.hidden_size);
         let table = |rows: usize, name: &str| -> CandleResult<Embedding> {
             let weights =
@@ -407,7 +406,7 @@ impl Embeddings {
         }
         let x = self.norm.forward(&x)?;
         let x = x.broadcast_mul(&mask.unsqueeze(2)?)?;
-        ops::dropout(&x, self.dropout, pass.dropout)
+        dropout(&x, self.dropout, pass.dropout)
     }
 }
 
@@ -421,7 +420,7 @@ impl RelativeIndexCache {
     fn get(
         &self,
         len: usize,
-        config: &DebertaConfig,
+        config: &ModelConfig,
         device: &Device,
     ) -> CandleResult<RelativeIndex> {
         let mut tables = self.0.lock().expect("relative index lock poisoned");
@@ -461,7 +460,7 @@ fn log_bucket(relative: i64, bucket_size: i64, max_position: i64) -> i64 {
 /// only), where `δ(i,j) = clamp(bucket(i−j) + S, 0, 2S−1)` and S is the attention span.
 fn relative_index(
     len: usize,
-    config: &DebertaConfig,
+    config: &ModelConfig,
     device: &Device,
 ) -> CandleResult<RelativeIndex> {
     let span = config.attention_span();
@@ -500,11 +499,11 @@ struct Layer {
     output: Dense,
     output_norm: LayerNorm,
     heads: usize,
-    config: DebertaConfig,
+    config: ModelConfig,
 }
 
 impl Layer {
-    fn load(config: &DebertaConfig, vb: VarBuilder) -> CandleResult<Layer> {
+    fn load(config: &ModelConfig, vb: VarBuilder) -> CandleResult<Layer> {
         let hidden = config.hidden_size;
         let attention = vb.pp("attention.self");
         let separate = config.relative_attention && !config.share_att_key;
@@ -569,11 +568,11 @@ impl Layer {
         let relative = match relative {
             Some((embeddings, index)) => {
                 let embeddings =
-                    ops::dropout(embeddings, config.hidden_dropout_prob, rng)?.unsqueeze(0)?;
+                    dropout(embeddings, config.hidden_dropout_prob, rng)?.unsqueeze(0)?;
                 let project = |own: &Option<Dense>, shared: &Dense| -> CandleResult<Tensor> {
                     self.split_heads(&own.as_ref().unwrap_or(shared).forward(&embeddings)?)
                 };
-                Some(Relative {
+                Some(Box::new(Relative {
                     pos_key: config
                         .c2p()
                         .then(|| project(&self.pos_key, &self.key))
@@ -582,12 +581,12 @@ impl Layer {
                         .p2c()
                         .then(|| project(&self.pos_query, &self.query)? / scale)
                         .transpose()?,
-                    index,
-                })
+                    index: index.clone(),
+                }) as Box<dyn ScoreTerms>)
             }
             None => None,
         };
-        let probs = ops::attention_probs(
+        let probs = neural::attention_probs(
             &query,
             &key,
             relative,
@@ -600,14 +599,14 @@ impl Layer {
             .matmul(&value)?
             .transpose(1, 2)?
             .reshape((batch, len, hidden))?;
-        let attended = ops::dropout(
+        let attended = dropout(
             &self.attention_out.forward(&context)?,
             config.hidden_dropout_prob,
             rng,
         )?;
         let attended = self.attention_norm.forward(&(attended + x)?)?;
         let inner = activation(&config.hidden_act, &self.intermediate.forward(&attended)?)?;
-        let out = ops::dropout(
+        let out = dropout(
             &self.output.forward(&inner)?,
             config.hidden_dropout_prob,
             rng,
@@ -672,7 +671,7 @@ pub struct Backbone {
     layers: Vec<Arc<Layer>>,
     relative: Option<Embedding>,
     relative_norm: Option<LayerNorm>,
-    config: DebertaConfig,
+    config: ModelConfig,
     /// The activations' dtype; weights stay f32 and are cast on use.
     dtype: DType,
     relative_index: RelativeIndexCache,
@@ -681,7 +680,7 @@ pub struct Backbone {
 }
 
 impl Backbone {
-    fn load(config: &DebertaConfig, dtype: DType, vb: VarBuilder) -> CandleResult<Backbone> {
+    fn load(config: &ModelConfig, dtype: DType, vb: VarBuilder) -> CandleResult<Backbone> {
         let encoder = vb.pp("encoder");
         let layers = (0..config.num_hidden_layers)
             .map(|i| Layer::load(config, encoder.pp(format!("layer.{i}"))).map(Arc::new))
@@ -784,7 +783,7 @@ pub struct DebertaClassifier {
     pooler: Dense,
     classifier: Dense,
     layout: Layout,
-    config: DebertaConfig,
+    config: ModelConfig,
 }
 
 /// The names of the weights a fine-tuning run creates when the checkpoint lacks them.
@@ -792,7 +791,7 @@ pub const HEAD_PREFIXES: [&str; 2] = ["pooler.", "classifier."];
 
 impl DebertaClassifier {
     pub fn load(
-        config: &DebertaConfig,
+        config: &ModelConfig,
         layout: Layout,
         precision: Precision,
         vb: VarBuilder,
@@ -819,7 +818,7 @@ impl DebertaClassifier {
         self.backbone.layers.len()
     }
 
-    pub fn config(&self) -> &DebertaConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
@@ -837,7 +836,7 @@ impl DebertaClassifier {
 
     fn pool(&self, hidden: &Tensor, pass: &Pass) -> CandleResult<Tensor> {
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        let first = ops::dropout(&first, self.config.pooler_dropout, pass.dropout)?;
+        let first = dropout(&first, self.config.pooler_dropout, pass.dropout)?;
         activation(
             &self.config.pooler_hidden_act,
             &self.pooler.forward(&first)?,
@@ -862,7 +861,7 @@ impl DebertaClassifier {
             .cls_dropout
             .unwrap_or(self.config.hidden_dropout_prob);
         self.classifier
-            .forward(&ops::dropout(&features, drop, pass.dropout)?)?
+            .forward(&dropout(&features, drop, pass.dropout)?)?
             .to_dtype(DType::F32)
     }
 }
@@ -873,7 +872,7 @@ mod tests {
 
     #[test]
     fn cached_relative_indices_equal_fresh_ones_for_shorter_lengths() {
-        let config: DebertaConfig = serde_json::from_value(serde_json::json!({
+        let config: ModelConfig = serde_json::from_value(serde_json::json!({
             "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
             "num_attention_heads": 2, "intermediate_size": 8, "relative_attention": true,
             "position_buckets": 4, "pos_att_type": "p2c|c2p"

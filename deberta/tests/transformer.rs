@@ -5,11 +5,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use deberta::Error;
-use deberta::{
-    fit_fold, load_tokenizer, probs_from_logits, Classifier, Layout, Precision, ResponsePair,
-    SegmentBudget, TextEncoder, TransformerConfig,
-};
-use ensembles::Outcome;
+use deberta::{load_tokenizer, Classifier, DebertaConfig, Layout, TextEncoder};
+use ensemble_core::{probs_from_logits, Outcome};
+use neural::{fit_fold, Precision, ResponsePair, SegmentBudget, TrainingConfig};
 use serde::Deserialize;
 
 fn fixtures() -> PathBuf {
@@ -141,7 +139,7 @@ fn check_logits(classifier: &Classifier, tolerance: f32) -> f32 {
 
 #[test]
 fn logits_match_hugging_face_from_safetensors() {
-    let config = TransformerConfig::default();
+    let config = DebertaConfig::default();
     check_logits(
         &Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap(),
         1e-4,
@@ -150,9 +148,12 @@ fn logits_match_hugging_face_from_safetensors() {
 
 #[test]
 fn bf16_logits_stay_near_hugging_face() {
-    let config = TransformerConfig {
-        precision: Precision::Bf16,
-        ..TransformerConfig::default()
+    let config = DebertaConfig {
+        training: TrainingConfig {
+            precision: Precision::Bf16,
+            ..TrainingConfig::default()
+        },
+        ..DebertaConfig::default()
     };
     let classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
     // bf16 rounds every matmul input to 8 significant bits (±0.4%); through the fixture's
@@ -180,7 +181,7 @@ fn logits_match_hugging_face_from_pytorch_bin() {
             fixtures().join("tiny-deberta-pytorch_model.bin"),
         ),
     ]);
-    let config = TransformerConfig::default();
+    let config = DebertaConfig::default();
     check_logits(
         &Classifier::load(dir.path(), &Device::Cpu, &config).unwrap(),
         1e-4,
@@ -191,7 +192,7 @@ fn logits_match_hugging_face_from_pytorch_bin() {
 /// what is wrong, instead of failing mid-training or dropping weights.
 #[test]
 fn inconsistent_model_folders_are_refused_at_load() {
-    let load_with = |edit: &dyn Fn(&mut serde_json::Value), config: &TransformerConfig| {
+    let load_with = |edit: &dyn Fn(&mut serde_json::Value), config: &DebertaConfig| {
         let dir = folder_with(&[
             ("config.json", model_dir().join("config.json")),
             ("model.safetensors", model_dir().join("model.safetensors")),
@@ -208,7 +209,7 @@ fn inconsistent_model_folders_are_refused_at_load() {
             Ok(_) => "loaded".to_owned(),
         }
     };
-    let default = TransformerConfig::default();
+    let default = DebertaConfig::default();
     assert_eq!(load_with(&|_| {}, &default), "loaded");
 
     let message = load_with(&|c| c["num_hidden_layers"] = 1.into(), &default);
@@ -223,9 +224,12 @@ fn inconsistent_model_folders_are_refused_at_load() {
             && message.contains("vocab_size is 100, but the tokenizer has"),
         "{message}"
     );
-    let long = TransformerConfig {
-        max_len: 100_000,
-        ..TransformerConfig::default()
+    let long = DebertaConfig {
+        training: TrainingConfig {
+            max_len: 100_000,
+            ..TrainingConfig::default()
+        },
+        ..DebertaConfig::default()
     };
     let message = load_with(&|_| {}, &long);
     assert!(
@@ -333,7 +337,7 @@ fn long_texts_are_cut_before_tokenizing_without_changing_the_sequences() {
 
 #[test]
 fn missing_files_are_named() {
-    let config = TransformerConfig::default();
+    let config = DebertaConfig::default();
     let message = |dir: &Path| match Classifier::load(dir, &Device::Cpu, &config) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("loading {} should fail", dir.display()),
@@ -392,10 +396,13 @@ fn battles(n: usize) -> (Vec<ResponsePair>, Vec<Outcome>) {
 #[test]
 fn swap_averaging_mirrors_exactly_in_both_layouts() {
     for layout in [Layout::Cross, Layout::Siamese] {
-        let config = TransformerConfig {
+        let config = DebertaConfig {
+            training: TrainingConfig {
+                eval_batch_size: 3,
+                ..TrainingConfig::default()
+            },
             layout,
-            eval_batch_size: 3,
-            ..TransformerConfig::default()
+            ..DebertaConfig::default()
         };
         let classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
         let (pairs, _) = battles(7);
@@ -428,20 +435,23 @@ fn training_lowers_the_loss_on_a_separable_task() {
 
 /// Fine-tunes the fixture briefly in `precision`; returns the last training loss.
 fn training_lowers_the_loss(precision: Precision) -> f64 {
-    let config = TransformerConfig {
-        precision,
-        // Low enough that no step of this short run overflows, so that f16 and f32 take the
-        // same steps (the overflow path has its own test).
-        loss_scale: 1024.0,
-        max_len: 32,
-        batch_size: 8,
-        grad_accumulation: 1,
-        epochs: 6,
-        learning_rate: 3e-3,
-        head_learning_rate: 3e-3,
-        warmup_ratio: 0.0,
-        patience: 6,
-        ..TransformerConfig::default()
+    let config = DebertaConfig {
+        training: TrainingConfig {
+            precision,
+            // Low enough that no step of this short run overflows, so that f16 and f32 take
+            // the same steps (the overflow path has its own test).
+            loss_scale: 1024.0,
+            max_len: 32,
+            batch_size: 8,
+            grad_accumulation: 1,
+            epochs: 6,
+            learning_rate: 3e-3,
+            head_learning_rate: 3e-3,
+            warmup_ratio: 0.0,
+            patience: 6,
+            ..TrainingConfig::default()
+        },
+        ..DebertaConfig::default()
     };
     let mut classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
     let (pairs, labels) = battles(48);
@@ -449,7 +459,7 @@ fn training_lowers_the_loss(precision: Precision) -> f64 {
     let (train, valid) = encoded.split_at(36);
     let (train_labels, valid_labels) = labels.split_at(36);
     let before: Vec<_> = classifier.predict_logits(valid).unwrap();
-    let before = ensembles::metrics::log_loss(
+    let before = ensemble_core::metrics::log_loss(
         valid_labels,
         &before.iter().map(probs_from_logits).collect::<Vec<_>>(),
     );
@@ -484,9 +494,12 @@ fn training_lowers_the_loss(precision: Precision) -> f64 {
 #[test]
 fn an_overflowing_f16_step_is_skipped_and_halves_the_loss_scale() {
     // A loss scale of 1e300 overflows f32, let alone f16: every step's gradients are infinite.
-    let config = TransformerConfig {
-        precision: Precision::F16,
-        loss_scale: 1e300,
+    let config = DebertaConfig {
+        training: TrainingConfig {
+            precision: Precision::F16,
+            loss_scale: 1e300,
+            ..one_short_epoch().training
+        },
         ..one_short_epoch()
     };
     let mut classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
@@ -524,9 +537,12 @@ fn an_overflowing_f16_step_is_skipped_and_halves_the_loss_scale() {
 
 #[test]
 fn f16_logits_stay_near_f32() {
-    let config = TransformerConfig {
-        precision: Precision::F16,
-        ..TransformerConfig::default()
+    let config = DebertaConfig {
+        training: TrainingConfig {
+            precision: Precision::F16,
+            ..TrainingConfig::default()
+        },
+        ..DebertaConfig::default()
     };
     let classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
     // Hugging Face's f32 logits, which candle's f32 matches within 1e-4 (tests above).
@@ -535,21 +551,24 @@ fn f16_logits_stay_near_f32() {
 }
 
 /// One epoch of one step at a high learning rate: enough to move every trained weight.
-fn one_short_epoch() -> TransformerConfig {
-    TransformerConfig {
-        max_len: 32,
-        batch_size: 4,
-        grad_accumulation: 1,
-        epochs: 1,
-        learning_rate: 1e-2,
-        head_learning_rate: 1e-2,
-        warmup_ratio: 0.0,
-        ..TransformerConfig::default()
+fn one_short_epoch() -> DebertaConfig {
+    DebertaConfig {
+        training: TrainingConfig {
+            max_len: 32,
+            batch_size: 4,
+            grad_accumulation: 1,
+            epochs: 1,
+            learning_rate: 1e-2,
+            head_learning_rate: 1e-2,
+            warmup_ratio: 0.0,
+            ..TrainingConfig::default()
+        },
+        ..DebertaConfig::default()
     }
 }
 
 /// Fits on 4 battles, early-stopping on 4 more; returns all 8 encoded.
-fn fit_briefly(classifier: &mut Classifier) -> Vec<deberta::EncodedPair> {
+fn fit_briefly(classifier: &mut Classifier) -> Vec<neural::EncodedPair> {
     let (pairs, labels) = battles(8);
     let encoded = classifier.encode(&pairs).unwrap();
     fit_fold(
@@ -601,9 +620,12 @@ fn frozen_layers_do_not_move() {
 
 #[test]
 fn sequences_of_1024_tokens_run() {
-    let config = TransformerConfig {
-        max_len: 1024,
-        ..TransformerConfig::default()
+    let config = DebertaConfig {
+        training: TrainingConfig {
+            max_len: 1024,
+            ..TrainingConfig::default()
+        },
+        ..DebertaConfig::default()
     };
     let classifier = Classifier::load(&model_dir(), &Device::Cpu, &config).unwrap();
     let long = "word ".repeat(2000);
@@ -639,7 +661,7 @@ fn a_saved_model_loads_back_with_the_same_predictions() {
     assert_eq!(json["ensemble_layout"], "cross");
     assert!(saved.path().join("spm.model").is_file());
     // The head fits the cross layout only, so a siamese run refuses it.
-    let siamese = TransformerConfig {
+    let siamese = DebertaConfig {
         layout: Layout::Siamese,
         ..config
     };

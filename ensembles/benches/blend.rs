@@ -1,9 +1,9 @@
 //! `--weights auto` on 10 members × 60,000 rows: the full fit (all rows) plus the nested
 //! estimate (10 refits), timed with `Instant`.
 //! Run: `cargo bench -p ensembles --bench blend` (the bench profile is the release one).
+use ensemble_core::metrics::log_loss;
+use ensemble_core::{Folds, Outcome, Probs};
 use ensembles::blend::{fit_blend, MemberMatrix, Method, Space, WeightChoice};
-use ensembles::metrics::log_loss;
-use ensembles::{Folds, Outcome, Probs};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;

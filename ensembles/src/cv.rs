@@ -3,10 +3,11 @@
 //! Every training row enters twice, as given and with A and B exchanged (label mirrored), and
 //! both copies always sit on the same side of a fold. Predictions average the model over both
 //! orientations, which makes them exactly mirror-symmetric.
-use crate::folds::{FoldRows, Folds, StoppingRows};
 use crate::lgbm::{self, CsrView, Dataset, Model, Rounds};
-use crate::outcome::swap_average;
-use crate::{metrics, Error, Outcome, Probs, Result};
+use crate::{Error, Result};
+use ensemble_core::folds::{FoldRows, Folds, StoppingRows};
+use ensemble_core::outcome::swap_average;
+use ensemble_core::{metrics, Outcome, Probs};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -1145,7 +1146,7 @@ mod tests {
         };
         let mirrored = cross_validate(&mirrored_inputs, &folds, &params(), |_| {}).unwrap();
         for (p, q) in out.test.iter().zip(&mirrored.test) {
-            assert_eq!(*p, crate::outcome::swap_probs(*q));
+            assert_eq!(*p, ensemble_core::outcome::swap_probs(*q));
         }
         assert_eq!(out.oof, mirrored.oof, "training is deterministic");
         assert!(

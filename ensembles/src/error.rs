@@ -9,13 +9,9 @@ pub enum Error {
         path: PathBuf,
         cause: std::io::Error,
     },
-    /// A stage file (folds.csv, oof.csv, submission.csv …) that does not hold what it should.
-    #[error("{path}, line {line}: {message}")]
-    BadFile {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    /// From the shared types: a stage file, folds, prediction files.
+    #[error(transparent)]
+    Core(#[from] ensemble_core::Error),
     /// A file that reads well but disagrees with the training data or another file.
     #[error("{path}: {message}")]
     Mismatch { path: PathBuf, message: String },
@@ -40,10 +36,10 @@ impl Error {
     }
 
     /// Wraps an error met while handling blend member `member`.
-    pub(crate) fn in_member(member: &str) -> impl FnOnce(Error) -> Error + '_ {
+    pub(crate) fn in_member<E: Into<Error>>(member: &str) -> impl FnOnce(E) -> Error + '_ {
         move |error| Error::Member {
             member: member.to_string(),
-            error: Box::new(error),
+            error: Box::new(error.into()),
         }
     }
 }

@@ -11,9 +11,10 @@
 //! Cost, for N candidates and K folds: N·K fits for the plain CV plus N·K·(K−1) for the
 //! inner rankings.
 use crate::cv::{augmented_dataset, fit_fold, Auto, BoosterParams, CvInputs};
-use crate::folds::{FoldRows, Folds, StoppingRows};
 use crate::lgbm::Dataset;
-use crate::{metrics, Error, Outcome, Probs, Result};
+use crate::{Error, Result};
+use ensemble_core::folds::{FoldRows, Folds, StoppingRows};
+use ensemble_core::{metrics, Outcome, Probs};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 

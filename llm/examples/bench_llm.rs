@@ -61,7 +61,7 @@ fn batch(count: usize, len: usize, vocab: usize, salt: usize) -> (Vec<Vec<u32>>,
 }
 
 fn main() -> Result<()> {
-    deberta::reuse_freed_host_memory(); // as `ensemble transformer` does
+    neural::reuse_freed_host_memory(); // as `ensemble transformer` does
     let threads = number("--threads", 0)?;
     if threads > 0 {
         rayon::ThreadPoolBuilder::new()
@@ -70,7 +70,7 @@ fn main() -> Result<()> {
     }
     let device = match arg("--device", "cpu").as_str() {
         "cpu" => Device::Cpu,
-        other => deberta::parse_device(other)?,
+        other => neural::parse_device(other)?,
     };
     let precision = arg("--precision", "f32");
     let dtype = match precision.as_str() {
@@ -119,7 +119,7 @@ fn main() -> Result<()> {
     );
     let report = |name: &str, batch_size: usize, sequences: usize, seconds: f64| {
         let rate = sequences as f64 / seconds;
-        let peak = deberta::peak_rss_mib();
+        let peak = neural::peak_rss_mib();
         println!(
             "candle {name} {precision} {shape}: {sequences} sequences of {len} tokens (batch {batch_size}) in {seconds:.3} s = {rate:.3} sequences/s, peak RSS {peak:.0} MiB"
         );
@@ -154,7 +154,7 @@ fn main() -> Result<()> {
     }
     if mode == "train" || mode == "both" {
         let size = number("--train-batch", 1)?;
-        let mut optimizer = deberta::AdamW::new(&deberta::TransformerConfig::default());
+        let mut optimizer = neural::AdamW::new(&neural::TrainingConfig::default());
         let mut step = |salt: usize| -> Result<()> {
             let (ids, mask) = batch(size, len, vocab, 1000 + salt);
             let labels: Vec<u32> = (0..size as u32).map(|i| i % 3).collect();
@@ -169,7 +169,7 @@ fn main() -> Result<()> {
                     .cloned()
                     .or_else(|| checkpointed.remove(&var.id()));
                 if let Some(grad) = grad {
-                    optimizer.step(&name, var, &grad, 1.0, 1e-4)?;
+                    optimizer.step(&name, var, &grad, (1.0, 1e-4), true)?;
                 }
             }
             Ok(())

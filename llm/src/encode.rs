@@ -6,7 +6,7 @@
 //! tokens on); the cut tokens are decoded back to text, so that the whole text is tokenized
 //! once, as the model saw text in training.
 use crate::{Error, Result};
-use deberta::{ResponsePair, Segment, SegmentBudget};
+use neural::{ResponsePair, Segment, SegmentBudget};
 use std::path::Path;
 use tokenizers::Tokenizer;
 

@@ -19,9 +19,9 @@ pub enum Error {
     Invalid(String),
     #[error("tensor computation: {0}")]
     Candle(#[from] candle_core::Error),
-    /// From the shared training loop and prediction (`deberta::fit_fold`, `predict_logits`).
+    /// From the shared training loop and prediction (`neural::fit_fold`, `predict_logits`).
     #[error(transparent)]
-    Training(#[from] deberta::Error),
+    Training(#[from] neural::Error),
 }
 
 impl Error {

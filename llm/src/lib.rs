@@ -6,8 +6,8 @@
 //! and its base's weights fingerprint (`model`, with RMSNorm and RoPE nodes in `ops`); PEFT
 //! LoRA adapters read, made, saved, and their gradients (`adapter`); the battle in a template,
 //! cut to a token budget (`encode`). [`LlmMember`] (with [`LlmConfig`], `configs/llm.toml`) is
-//! the member as the DeBERTa member's fold loop trains it: it implements
-//! `deberta::FoldModel`, and `ensemble transformer` runs it per fold.
+//! the member as the shared fold loop trains it (a `neural::FoldModel`), and [`LlmRun`] the
+//! member under the fold-run protocol that `ensemble transformer` runs.
 mod adapter;
 mod config;
 mod encode;
@@ -20,5 +20,5 @@ pub use adapter::{LoraSpec, TARGETABLE};
 pub use config::{DecoderConfig, Family, Llama3RopeScaling};
 pub use encode::{Padding, PairEncoder, Template};
 pub use error::{Error, Result};
-pub use member::{LlmConfig, LlmMember};
+pub use member::{LlmConfig, LlmMember, LlmRun};
 pub use model::{base_fingerprint, rope_inverse_frequencies, weight_files, DecoderClassifier};

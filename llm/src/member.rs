@@ -1,15 +1,16 @@
-//! The LLM member as the fold loop trains it: a decoder LLM with a LoRA adapter, its
+//! The LLM member as the shared fold loop trains it: a decoder LLM with a LoRA adapter, its
 //! tokenizer and template, and its settings (`configs/llm.toml`). It implements
-//! `deberta::FoldModel`, so that it trains through the DeBERTa member's loop (AdamW, schedule,
-//! accumulation, clipping, f16 loss scaling, swap augmentation, early stopping) and predicts
-//! with its swap averaging.
+//! `neural::FoldModel`, so that it trains through the loop both members share (AdamW,
+//! schedule, accumulation, clipping, f16 loss scaling, swap augmentation, early stopping) and
+//! predicts with its swap averaging; [`LlmRun`] is the member under the fold-run protocol.
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, TensorId, Var};
-use deberta::{
-    DropoutRng, EncodedPair, FoldModel, FoldRows, MemoryEstimate, Precision, ResponsePair,
-    SegmentBudget, Setting, TransformerConfig,
+use neural::run::{BaseModel, Member};
+use neural::{
+    DropoutRng, EncodedPair, FoldModel, FoldRows, MemberConfig, MemoryEstimate, Precision,
+    ResponsePair, SegmentBudget, Setting, TrainingConfig,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -19,28 +20,24 @@ use crate::encode::{Padding, PairEncoder, Template};
 use crate::model::DecoderClassifier;
 use crate::{Error, Result};
 
-/// The LLM member's settings: the training keys the DeBERTa member has (but its layout,
-/// layer-wise decay and staged unfreezing: the base is frozen), the adapter, the template and
-/// the padding side.
+/// The LLM member's settings: the shared training keys, the adapter, the template and the
+/// padding side.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlmConfig {
     #[serde(flatten)]
-    pub training: TransformerConfig,
+    pub training: TrainingConfig,
     pub lora: LoraSpec,
     /// The text the model reads, with `{prompt}`, `{response_a}` and `{response_b}`.
     pub template: String,
     pub padding: Padding,
 }
 
-/// DeBERTa settings that have no meaning for a frozen base with adapters.
-const DEBERTA_ONLY: [&str; 3] = ["layout", "layer_lr_decay", "unfreeze"];
-
 impl Default for LlmConfig {
     /// What the LMSYS winners trained with, scaled to a default that also runs on a CPU with
     /// the tiny example model: LoRA r 16 on every projection, learning rate 2e-4, one epoch.
     fn default() -> LlmConfig {
         LlmConfig {
-            training: TransformerConfig {
+            training: TrainingConfig {
                 max_len: 1024,
                 batch_size: 2,
                 eval_batch_size: 4,
@@ -55,7 +52,7 @@ impl Default for LlmConfig {
                     prompt_head_share: Some(1.0),
                     ..SegmentBudget::default()
                 },
-                ..TransformerConfig::default()
+                ..TrainingConfig::default()
             },
             lora: LoraSpec {
                 r: 16,
@@ -72,60 +69,21 @@ impl Default for LlmConfig {
     }
 }
 
-impl LlmConfig {
-    /// Reads a TOML file: its keys over the defaults, each unknown or DeBERTa-only key named.
-    pub fn from_toml_file(path: &Path) -> Result<LlmConfig> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        let bad = |message: String| Error::BadModelFile {
-            path: path.to_owned(),
-            message,
-        };
-        let given: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| bad(e.to_string()))?;
-        LlmConfig::from_table(given).map_err(bad)
+impl MemberConfig for LlmConfig {
+    const DEFAULTS_FILE: &'static str = "configs/llm.toml";
+
+    fn training(&self) -> &TrainingConfig {
+        &self.training
     }
 
-    /// `given` over the defaults (tables merged key by key), checked.
-    pub fn from_table(given: toml::Table) -> std::result::Result<LlmConfig, String> {
-        let mut merged =
-            toml::Table::try_from(LlmConfig::default()).expect("the defaults serialise");
-        for (key, value) in given {
-            if DEBERTA_ONLY.contains(&key.as_str()) {
-                return Err(format!(
-                    "{key} is a DeBERTa setting; the LLM member trains LoRA adapters and the \
-                     head on a frozen base (configs/llm.toml lists its keys)"
-                ));
-            }
-            match (merged.get_mut(&key), value) {
-                (None, _) => {
-                    return Err(format!(
-                        "unknown key {key} (configs/llm.toml lists the LLM member's keys)"
-                    ))
-                }
-                (Some(toml::Value::Table(into)), toml::Value::Table(from)) => into.extend(from),
-                (Some(slot), value) => *slot = value,
-            }
-        }
-        for key in DEBERTA_ONLY {
-            merged.remove(key);
-        }
-        let config: LlmConfig = toml::Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())?;
-        config.validate()?;
-        Ok(config)
+    fn training_mut(&mut self) -> &mut TrainingConfig {
+        &mut self.training
     }
 
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        self.training.validate_shared()?;
-        let deberta = TransformerConfig::default();
-        if self.training.layout != deberta.layout
-            || self.training.layer_lr_decay != deberta.layer_lr_decay
-            || self.training.unfreeze != deberta.unfreeze
-        {
-            return Err("layout, layer_lr_decay and unfreeze are DeBERTa settings".into());
-        }
+    /// Every check of the settings but `max_len`, which [`LlmMember::load`] checks against
+    /// the template once it has the tokenizer.
+    fn validate(&self) -> std::result::Result<(), String> {
+        self.training.validate()?;
         let lora = &self.lora;
         if lora.r == 0 || !(lora.alpha.is_finite() && lora.alpha > 0.0) {
             return Err(format!(
@@ -261,7 +219,7 @@ impl LlmMember {
         &self,
         encoded: &[P],
     ) -> Result<Vec<[f32; 3]>> {
-        Ok(deberta::predict_logits(
+        Ok(neural::predict_logits(
             self,
             encoded,
             self.config.training.eval_batch_size,
@@ -275,21 +233,20 @@ impl LlmMember {
     }
 }
 
-impl From<Error> for deberta::Error {
-    fn from(error: Error) -> deberta::Error {
+/// How the shared loop and the fold-run protocol carry this member's errors: the loop's own
+/// come back as they were, the member's are boxed whole.
+impl From<Error> for neural::Error {
+    fn from(error: Error) -> neural::Error {
         match error {
-            Error::Candle(e) => deberta::Error::Candle(e),
-            Error::Io { path, cause } => deberta::Error::Io { path, cause },
-            Error::MissingFile { path, what } => deberta::Error::MissingFile { path, what },
-            Error::BadModelFile { path, message } => deberta::Error::BadModelFile { path, message },
-            Error::Invalid(message) => deberta::Error::Invalid(message),
-            Error::Training(e) => e,
+            Error::Training(error) => error,
+            Error::Candle(error) => neural::Error::Candle(error),
+            other => neural::Error::Member(Box::new(other)),
         }
     }
 }
 
 impl FoldModel for LlmMember {
-    fn training_config(&self) -> &TransformerConfig {
+    fn training_config(&self) -> &TrainingConfig {
         &self.config.training
     }
 
@@ -316,6 +273,11 @@ impl FoldModel for LlmMember {
         }
     }
 
+    /// The adapter's and the head's weights all decay.
+    fn decays(&self, name: &str) -> bool {
+        !name.ends_with("bias")
+    }
+
     fn rates_to_lower(&self, _step: usize) -> Vec<Setting> {
         let training = &self.config.training;
         [
@@ -336,7 +298,7 @@ impl FoldModel for LlmMember {
         views: &[&[Vec<u32>]],
         _step: usize,
         dropout: &DropoutRng,
-    ) -> deberta::Result<Tensor> {
+    ) -> neural::Result<Tensor> {
         let (ids, mask) = self.batch(views);
         let checkpoint = self.config.training.gradient_checkpointing;
         Ok(self
@@ -348,13 +310,13 @@ impl FoldModel for LlmMember {
         self.model.take_checkpoint_grads()
     }
 
-    fn prediction_logits(&self, views: &[&[Vec<u32>]]) -> deberta::Result<Tensor> {
+    fn prediction_logits(&self, views: &[&[Vec<u32>]]) -> neural::Result<Tensor> {
         let (ids, mask) = self.batch(views);
         Ok(self.model.logits(&ids, &mask)?)
     }
 
     /// The adapter and the head: the base never changes.
-    fn snapshot(&self) -> deberta::Result<HashMap<String, Tensor>> {
+    fn snapshot(&self) -> neural::Result<HashMap<String, Tensor>> {
         self.model
             .trainable()
             .into_iter()
@@ -362,7 +324,7 @@ impl FoldModel for LlmMember {
             .collect()
     }
 
-    fn restore(&self, snapshot: &HashMap<String, Tensor>) -> deberta::Result<()> {
+    fn restore(&self, snapshot: &HashMap<String, Tensor>) -> neural::Result<()> {
         for (name, var) in self.model.trainable() {
             if let Some(saved) = snapshot.get(&name) {
                 var.set(saved)?;
@@ -452,5 +414,140 @@ fn estimate(shape: &DecoderShape) -> MemoryEstimate {
         gradients: trained * if shape.accumulation > 1 { 2 } else { 1 },
         checkpoint: trained,
         activations: training.max(prediction),
+    }
+}
+
+/// The LLM member under the fold-run protocol: the base is frozen, so it is read once (with
+/// its fingerprint) and serves every fold, each with its own adapter, which a fold always
+/// keeps in `fold-K/adapter/` (PEFT's format). `--predict-only` applies the adapters to the
+/// same base, in 8 bits with `int8_base`.
+pub struct LlmRun {
+    /// The base model folder (`--model`).
+    model_dir: Option<PathBuf>,
+    device: Device,
+    config: LlmConfig,
+    /// Hold the base's projection weights in 8 bits (prediction only).
+    int8_base: bool,
+    /// The member between folds.
+    member: Option<LlmMember>,
+    /// The base's folder and fingerprint, once read.
+    base: Option<BaseModel>,
+}
+
+impl LlmRun {
+    pub fn new(
+        model_dir: Option<PathBuf>,
+        device: Device,
+        config: LlmConfig,
+        int8_base: bool,
+    ) -> LlmRun {
+        LlmRun {
+            model_dir,
+            device,
+            config,
+            int8_base,
+            member: None,
+            base: None,
+        }
+    }
+
+    /// The member with no adapter, read on first use; 8-bit base weights with `int8_base`.
+    fn base_member(&mut self) -> Result<LlmMember> {
+        if let Some(member) = self.member.take() {
+            return Ok(member);
+        }
+        let dir = self.model_dir.clone().ok_or_else(|| {
+            Error::Invalid(
+                "--model is needed: the base model the LLM member's adapters were (or are to \
+                 be) trained on"
+                    .into(),
+            )
+        })?;
+        let (mut member, note) = LlmMember::load(&dir, &self.device, &self.config)?;
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        if !member.model().head_in_folder() {
+            eprintln!(
+                "{}: no classification head (a causal LM's folder); the head starts at random \
+                 and trains with the adapters",
+                dir.display()
+            );
+        }
+        if self.int8_base {
+            member.quantize_base()?;
+        }
+        let fingerprint = crate::base_fingerprint(&dir)?;
+        self.base = Some(BaseModel { dir, fingerprint });
+        Ok(member)
+    }
+}
+
+impl Member for LlmRun {
+    type Config = LlmConfig;
+    type Model = LlmMember;
+
+    fn config(&self) -> &LlmConfig {
+        &self.config
+    }
+
+    fn encode(model: &LlmMember, pairs: &[ResponsePair]) -> neural::Result<Vec<EncodedPair>> {
+        Ok(model.encode(pairs)?)
+    }
+
+    fn for_training(&mut self, fold: usize) -> neural::Result<LlmMember> {
+        let mut member = self.base_member()?;
+        member.start_adapter(self.config.training.seed.wrapping_add(fold as u64))?;
+        Ok(member)
+    }
+
+    fn saved(&self, fold_dir: &Path) -> (PathBuf, &'static str) {
+        (fold_dir.join("adapter"), "train the fold first")
+    }
+
+    fn for_prediction(
+        &mut self,
+        fold: usize,
+        saved: &Path,
+        recorded: Option<&BaseModel>,
+    ) -> neural::Result<LlmMember> {
+        let trained = recorded.ok_or_else(|| {
+            neural::Error::Invalid(format!(
+                "{}: fold {fold} records no base model; train it again",
+                saved.display()
+            ))
+        })?;
+        let mut member = self.base_member()?;
+        let base = self.base.as_ref().expect("set by base_member");
+        if trained.fingerprint != base.fingerprint {
+            let error = neural::Error::Invalid(format!(
+                "{}: fold {fold}'s adapter was trained on {} (weights fingerprint {}), and {} \
+                 has other weights (fingerprint {}); predict with the base model it was \
+                 trained on",
+                saved.display(),
+                trained.dir.display(),
+                trained.fingerprint,
+                base.dir.display(),
+                base.fingerprint
+            ));
+            self.member = Some(member);
+            return Err(error);
+        }
+        member.apply_adapter(saved)?;
+        Ok(member)
+    }
+
+    /// An adapter is small beside its base (about 0.2 GB in f32 for Gemma-2-9B at r 16 on all
+    /// seven projections, against 18 GB): always kept.
+    fn save(&self, model: &LlmMember, fold_dir: &Path) -> neural::Result<()> {
+        Ok(model.save_adapter(&self.saved(fold_dir).0)?)
+    }
+
+    fn base(&self) -> Option<&BaseModel> {
+        self.base.as_ref()
+    }
+
+    fn give_back(&mut self, model: LlmMember) {
+        self.member = Some(model);
     }
 }

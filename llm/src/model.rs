@@ -15,7 +15,7 @@ use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor, TensorId, Var};
 use candle_nn::{Linear, Module, VarBuilder};
-use deberta::{checkpointed, DropoutRng, ParamGrads, Recompute};
+use neural::{checkpointed, DropoutRng, ParamGrads, Recompute};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -317,7 +317,7 @@ impl Projection {
                     _ => None,
                 };
                 let (weight, bias) = (linear.weight(), linear.bias());
-                return Ok(deberta::lora_linear(
+                return Ok(neural::lora_linear(
                     x,
                     weight,
                     bias,
@@ -327,7 +327,7 @@ impl Projection {
             }
             // In training only the input's gradient is wanted of a frozen weight.
             (BaseWeight::Dense(linear), None) if grads => {
-                deberta::frozen_linear(x, linear.weight(), linear.bias())?
+                neural::frozen_linear(x, linear.weight(), linear.bias())?
             }
             (BaseWeight::Dense(linear), _) => linear.forward(x)?,
             // candle's quantized product passes no gradient to its input, so the adapters of
@@ -478,7 +478,7 @@ impl Attention {
         // fixtures.
         let q = (q.to_dtype(DType::F32)? * self.scale)?;
         let k = k.to_dtype(DType::F32)?;
-        let probs = deberta::attention_probs(&q, &k, None, mask, None, self.softcap, grads)?
+        let probs = neural::attention_probs(&q, &k, None, mask, None, self.softcap, grads)?
             .to_dtype(v.dtype())?;
         let out =
             probs
@@ -775,7 +775,7 @@ pub struct DecoderClassifier {
     lora: Option<LoraSpec>,
     dir: PathBuf,
     device: Device,
-    /// The adapter's gradients found by checkpointed layers (see `deberta::checkpointed`).
+    /// The adapter's gradients found by checkpointed layers (see `neural::checkpointed`).
     checkpoint_grads: ParamGrads,
 }
 

@@ -1,11 +1,11 @@
 //! RMSNorm and RoPE as single graph nodes with hand-written backward passes, as the DeBERTa
-//! member's ops are (`deberta::Precomputed`): the value comes from candle's fused kernels on
+//! member's ops are (`neural::Precomputed`): the value comes from candle's fused kernels on
 //! detached inputs, and the node keeps only its input. Composed, RMSNorm keeps x², the
 //! normalised x and the scaled result, and RoPE the negated half, the concatenation and both
 //! products: about 0.5 GB over Qwen2.5-0.5B's 24 layers at 512 tokens (BENCHMARKS.md). candle's
 //! fused `rms_norm` and `rope` have no backward pass of their own.
 use candle_core::{CustomOp1, DType, Tensor, D};
-use deberta::Precomputed;
+use neural::Precomputed;
 
 type CandleResult<T> = candle_core::Result<T>;
 
@@ -39,7 +39,7 @@ impl CustomOp1 for RmsNorm {
         "rms-norm"
     }
 
-    deberta::precomputed_forward!(storage layout);
+    neural::precomputed_forward!(storage layout);
 
     /// With r = 1/√(mean(x²) + eps) and h = dy·scale: dx = r·h − x·r³·mean(h·x).
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
@@ -81,7 +81,7 @@ impl CustomOp1 for Rope {
         "rope"
     }
 
-    deberta::precomputed_forward!(storage layout);
+    neural::precomputed_forward!(storage layout);
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
         let grad = grad.contiguous()?;
@@ -96,29 +96,8 @@ impl CustomOp1 for Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-    use rand::{Rng, SeedableRng};
-
-    fn random(shape: &[usize], seed: u64) -> Var {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let values: Vec<f32> = (0..shape.iter().product())
-            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
-            .collect();
-        Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap()
-    }
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use candle_core::Var;
+    use neural::testing::{max_difference, random};
 
     /// The value and x's gradient of an op against the composed ops, for an upstream gradient.
     fn check(op: &Tensor, composed: &Tensor, x: &Var, upstream: &Tensor) {

@@ -1,12 +1,10 @@
-//! The LLM member through the DeBERTa member's fold loop, on the tiny fixtures: its settings,
+//! The LLM member through the shared fold loop, on the tiny fixtures: its settings,
 //! gradient checkpointing, a fold trained, saved in PEFT's format and loaded back, swap
 //! symmetry, a causal-LM folder without a head, and the memory estimate.
 use candle_core::{DType, Device, Tensor};
-use deberta::{
-    fit_fold, DropoutRng, EncodedPair, FoldModel, FoldRows, ResponsePair, TransformerConfig,
-};
-use ensembles::Outcome;
+use ensemble_core::Outcome;
 use llm::{DecoderClassifier, LlmConfig, LlmMember};
+use neural::{fit_fold, DropoutRng, EncodedPair, FoldModel, FoldRows, MemberConfig, ResponsePair};
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
@@ -67,8 +65,11 @@ fn right_padded(encoded: &[EncodedPair]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
 }
 
 fn log_loss(logits: &[[f32; 3]], labels: &[Outcome]) -> f64 {
-    let probs: Vec<_> = logits.iter().map(deberta::probs_from_logits).collect();
-    ensembles::metrics::log_loss(labels, &probs)
+    let probs: Vec<_> = logits
+        .iter()
+        .map(ensemble_core::probs_from_logits)
+        .collect();
+    ensemble_core::metrics::log_loss(labels, &probs)
 }
 
 #[test]
@@ -92,8 +93,9 @@ fn settings_are_read_over_the_defaults_and_bad_keys_named() {
     );
 
     let error = |text: &str| LlmConfig::from_table(table(text)).unwrap_err();
-    assert!(error("layout = \"cross\"").starts_with("layout is a DeBERTa setting"));
-    assert!(error("[unfreeze]\ntop_layers = 2").starts_with("unfreeze is a DeBERTa setting"));
+    // DeBERTa's own keys are not the LLM member's.
+    assert!(error("layout = \"cross\"").starts_with("unknown key layout"));
+    assert!(error("[unfreeze]\ntop_layers = 2").starts_with("unknown key unfreeze"));
     assert!(error("lora_r = 8").starts_with("unknown key lora_r"));
     assert!(error("[lora]\nrank = 8").contains("unknown field `rank`"));
     assert!(error("template = \"{prompt} {response_a}\"").contains("{response_b} appears 0"));
@@ -213,19 +215,19 @@ fn a_max_len_that_leaves_a_field_no_token_is_refused() {
     }
 }
 
-/// fold.json records the settings as JSON; the binary tells the members' apart by whether a
-/// DeBERTa config (which refuses unknown keys) reads them.
+/// fold.json records the settings as JSON; the binary tells the members' apart by whether the
+/// LLM member's settings read them: its own do, a DeBERTa config's keys are unknown to it.
 #[test]
 fn settings_round_trip_through_json_and_are_not_a_deberta_config() {
     let config = small_config();
     let json = serde_json::to_value(&config).unwrap();
-    assert_eq!(
-        serde_json::from_value::<LlmConfig>(json.clone()).unwrap(),
-        config
-    );
-    assert!(serde_json::from_value::<TransformerConfig>(json).is_err());
-    let deberta = serde_json::to_value(TransformerConfig::default()).unwrap();
-    assert!(serde_json::from_value::<LlmConfig>(deberta).is_err());
+    assert_eq!(LlmConfig::from_value(json.clone()).unwrap(), config);
+    for key in ["layout", "layer_lr_decay", "unfreeze"] {
+        let mut deberta = json.clone();
+        deberta[key] = serde_json::json!(1);
+        let error = LlmConfig::from_value(deberta).unwrap_err();
+        assert!(error.starts_with(&format!("unknown key {key}")), "{error}");
+    }
 }
 
 /// The adapters' gradients with gradient checkpointing (each layer run again in the backward
@@ -363,7 +365,7 @@ fn adapter_and_head_gradients_match_finite_differences() {
     assert_eq!(checked, 2 * 7, "entries checked");
 }
 
-/// One fold through `deberta::fit_fold`: training lowers the log loss of rows it sees (from
+/// One fold through `neural::fit_fold`: training lowers the log loss of rows it sees (from
 /// 1.29 to 0.84, printed with --nocapture) below ln 3, the best any constant prediction
 /// scores on these balanced battles, so it reads the answers (at `max_len` 64 the template
 /// had filled every row, and training reached 1.11, the classes' rates alone),

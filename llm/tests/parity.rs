@@ -225,8 +225,8 @@ fn mismatched_adapters_are_named() {
 /// fits, keeps the start of each field and ends with the end of response_b.
 #[test]
 fn battles_are_tokenized_as_the_reference_and_cut_to_max_len() {
-    use deberta::{ResponsePair, SegmentBudget};
     use llm::{Padding, PairEncoder, Template};
+    use neural::{ResponsePair, SegmentBudget};
     let expected = expected();
     let template = Template::parse(expected["template"].as_str().unwrap()).unwrap();
     let pairs: Vec<ResponsePair> = expected["cases"]
@@ -337,19 +337,19 @@ fn lora_gradients_match_pytorch_and_peft() {
         let theirs: Vec<f32> = serde_json::from_value(figures["values"].clone()).unwrap();
         assert_close_flat(&ours, &theirs, key);
     }
-    // One step of the DeBERTa member's AdamW over every trainable variable gives torch's
+    // One step of the shared AdamW over every trainable variable gives torch's
     // AdamW (lr 1e-3, betas 0.9/0.999, eps 1e-8, weight decay 0.01).
-    let config = deberta::TransformerConfig {
+    let config = neural::TrainingConfig {
         adam_beta1: 0.9,
         adam_beta2: 0.999,
         adam_eps: 1e-8,
         weight_decay: 0.01,
         ..Default::default()
     };
-    let mut optimizer = deberta::AdamW::new(&config);
+    let mut optimizer = neural::AdamW::new(&config);
     for (name, var) in &trainable {
         let grad = grads.get(var.as_tensor()).unwrap();
-        optimizer.step(name, var, grad, 1.0, 1e-3).unwrap();
+        optimizer.step(name, var, grad, (1.0, 1e-3), true).unwrap();
     }
     for (fixture_name, key) in [
         (
@@ -426,10 +426,16 @@ fn adapters_start_neutral_and_survive_a_save_and_load() {
     )
     .unwrap();
     let grads = loss.backward().unwrap();
-    let mut optimizer = deberta::AdamW::new(&deberta::TransformerConfig::default());
+    let mut optimizer = neural::AdamW::new(&neural::TrainingConfig::default());
     for (name, var) in model.trainable() {
         optimizer
-            .step(&name, var, grads.get(var.as_tensor()).unwrap(), 1.0, 1e-2)
+            .step(
+                &name,
+                var,
+                grads.get(var.as_tensor()).unwrap(),
+                (1.0, 1e-2),
+                true,
+            )
             .unwrap();
     }
     let trained = model.logits(&ids, &mask).unwrap().to_vec2::<f32>().unwrap();

@@ -5,9 +5,9 @@ use crate::cli::CompareArgs;
 use crate::lgbm_run;
 use crate::report;
 use anyhow::{bail, Context, Result};
-use ensembles::folds::Folds;
-use ensembles::metrics::PairedDifference;
-use ensembles::stage_file::StageFile;
+use ensemble_core::folds::Folds;
+use ensemble_core::metrics::PairedDifference;
+use ensemble_core::stage_file::StageFile;
 use std::path::Path;
 
 pub fn run(args: CompareArgs) -> Result<()> {

@@ -1,61 +1,21 @@
 //! `ensemble cv`: features, then K-fold LightGBM, then the run folder.
-use super::RunFolder;
 use crate::cli::CvArgs;
 use crate::config::{self, CvSettings, FoldGroups, LgbmRunConfig};
-use crate::data::{self, TextIssues, TrainSet};
+use crate::data::{self, TrainSet};
 use crate::example;
 use crate::lgbm_run;
 use crate::report;
 use crate::semantic;
 use anyhow::{bail, Context, Result};
-use ensembles::cv::{self, Auto, CvInputs, FoldReport, Progress};
-use ensembles::folds::Folds;
-use ensembles::lgbm::CsrView;
-use ensembles::predictions::Predictions;
-use ensembles::stage_file;
-use ensembles::{metrics, Outcome};
-use features::{CsrMatrix, Extractor, FeatureTable, Orientation};
+use ensemble_core::folds::{Folds, SharedPrompts};
+use ensemble_core::metrics;
+use ensemble_core::predictions::Predictions;
+use ensemble_core::RunFolder;
+use ensembles::cv::{self, Auto, CvInputs, Progress};
+use features::{Extractor, Orientation};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// Everything `metrics.json` records about a run.
-#[derive(Serialize)]
-struct RunSummary {
-    train: PathBuf,
-    /// None for an OOF-only run (no --test).
-    test: Option<PathBuf>,
-    train_rows: usize,
-    test_rows: usize,
-    features: usize,
-    folds: Vec<FoldReport>,
-    oof_log_loss: f64,
-    oof_accuracy: f64,
-    prior_log_loss: f64,
-    seconds: Timings,
-    /// With every `auto` setting replaced by the value chosen for these rows.
-    config: LgbmRunConfig,
-    /// The `[lgbm]` keys that were `auto`.
-    auto_keys: Vec<&'static str>,
-    /// Prompts that appear in more than one fold (0 with --group-by prompt).
-    prompts_across_folds: SharedPrompts,
-    /// The sentence encoder and what embedding cost, with --encoder.
-    encoder: Option<semantic::EncoderRecord>,
-    embedding: Option<serde_json::Value>,
-    train_text_issues: TextIssues,
-    test_text_issues: TextIssues,
-}
-
-#[derive(Serialize, Default)]
-struct Timings {
-    read: f64,
-    features: f64,
-    cv: f64,
-    /// The parts of `cv`.
-    cv_stages: ensembles::cv::CvTimings,
-    total: f64,
-}
 
 fn resolve_config(args: &CvArgs) -> Result<LgbmRunConfig> {
     let mut config: LgbmRunConfig = match &args.config {
@@ -155,7 +115,7 @@ pub fn run(args: CvArgs) -> Result<()> {
     inputs.extend(config.encoder.input_paths());
     let run = RunFolder::begin(&args.out, &inputs)?;
     let (train_path, test_path) = resolve_inputs(&args, &run)?;
-    let mut timings = Timings::default();
+    let mut timings = lgbm_run::Timings::default();
 
     let bar = spinner("reading CSV files");
     let train = data::read_train(&train_path)?;
@@ -218,7 +178,7 @@ pub fn run(args: CvArgs) -> Result<()> {
     drop((battles, embeddings));
     let train_rows: Vec<usize> = (0..n_train).collect();
     let test_rows: Vec<usize> = (n_train..n_train + n_test).collect();
-    let augmented = augmented(&table, &train_rows);
+    let augmented = lgbm_run::augmented(&table, &train_rows);
     let test_as_given = table.csr(&test_rows, Orientation::AsGiven);
     let test_swapped = table.csr(&test_rows, Orientation::Swapped);
     drop(table);
@@ -234,10 +194,10 @@ pub fn run(args: CvArgs) -> Result<()> {
 
     let cv_started = Instant::now();
     let inputs = CvInputs {
-        train: view(&augmented),
+        train: lgbm_run::view(&augmented),
         labels: &labels,
-        test_as_given: view(&test_as_given),
-        test_swapped: view(&test_swapped),
+        test_as_given: lgbm_run::view(&test_as_given),
+        test_swapped: lgbm_run::view(&test_swapped),
     };
     let bar = ProgressBar::new(folds.n_folds() as u64).with_style(
         ProgressStyle::with_template("{bar:30} fold {pos}/{len} {msg} [{elapsed}]")
@@ -255,7 +215,7 @@ pub fn run(args: CvArgs) -> Result<()> {
                     "fold {}: log loss {:.4} after {} rounds",
                     report.fold,
                     report.log_loss,
-                    rounds(&report.best_iterations)
+                    lgbm_run::rounds(&report.best_iterations)
                 )
             });
         }
@@ -282,7 +242,7 @@ pub fn run(args: CvArgs) -> Result<()> {
     importance.write_svg(&out.join("importance.svg"), 30)?;
 
     timings.total = started.elapsed().as_secs_f64();
-    let summary = RunSummary {
+    let summary = lgbm_run::RunSummary {
         // Absolute, so that `ensemble blend` finds the labels from any directory.
         train: run.recorded_path(&train_path),
         test: test_path.map(|p| run.recorded_path(&p)),
@@ -291,7 +251,7 @@ pub fn run(args: CvArgs) -> Result<()> {
         features: names.len(),
         oof_log_loss: metrics::log_loss(&labels, &output.oof),
         oof_accuracy: metrics::accuracy(&labels, &output.oof),
-        prior_log_loss: prior_log_loss(&labels),
+        prior_log_loss: lgbm_run::prior_log_loss(&labels),
         folds: output.folds,
         seconds: timings,
         config,
@@ -302,9 +262,9 @@ pub fn run(args: CvArgs) -> Result<()> {
         train_text_issues: train_issues,
         test_text_issues: test_issues,
     };
-    write_json(&out.join("metrics.json"), &summary)?;
+    lgbm_run::write_json(&out.join("metrics.json"), &summary)?;
     run.commit()?;
-    println!("{}", summary_table(&summary));
+    println!("{}", summary.table());
     println!("{}", importance.table(10, None, false));
     println!("wrote {}", args.out.display());
     if summary.test.is_none() {
@@ -331,117 +291,10 @@ pub(super) fn make_folds(
             }
         },
     };
-    let shared_prompts = prompts_across_folds(&folds, battles);
-    if shared_prompts.prompts > 0 {
-        eprintln!(
-            "warning: {} prompts ({} battles) appear in more than one fold: the OOF score is \
-             flattered by prompts seen in training; --group-by prompt keeps each prompt in one \
-             fold",
-            shared_prompts.prompts, shared_prompts.battles
-        );
+    let prompts: Vec<&[String]> = battles.iter().map(|b| b.prompt.as_slice()).collect();
+    let shared_prompts = folds.prompts_across_folds(&prompts);
+    if let Some(warning) = shared_prompts.warning() {
+        eprintln!("{warning}");
     }
     Ok((folds, shared_prompts))
-}
-
-/// The training rows as given, then the same rows with A and B exchanged.
-pub(super) fn augmented(table: &FeatureTable, train_rows: &[usize]) -> CsrMatrix {
-    CsrMatrix::vstack(&[
-        table.csr(train_rows, Orientation::AsGiven),
-        table.csr(train_rows, Orientation::Swapped),
-    ])
-}
-
-pub(super) fn view(csr: &CsrMatrix) -> CsrView<'_> {
-    CsrView {
-        indptr: &csr.indptr,
-        indices: &csr.indices,
-        values: &csr.values,
-        n_cols: csr.n_cols,
-    }
-}
-
-/// Prompts whose battles sit in more than one fold, and how many battles they have.
-#[derive(Serialize, Default, Debug, PartialEq)]
-pub(super) struct SharedPrompts {
-    prompts: usize,
-    battles: usize,
-}
-
-fn prompts_across_folds(folds: &Folds, battles: &[features::Battle]) -> SharedPrompts {
-    let mut folds_of: std::collections::HashMap<&[String], (usize, usize, bool)> =
-        std::collections::HashMap::new();
-    for (row, battle) in battles.iter().enumerate() {
-        let fold = folds.fold_of(row);
-        let entry = folds_of
-            .entry(battle.prompt.as_slice())
-            .or_insert((fold, 0, false));
-        entry.1 += 1;
-        entry.2 |= entry.0 != fold;
-    }
-    let mut shared = SharedPrompts::default();
-    for (_, battles, spread) in folds_of.into_values() {
-        if spread {
-            shared.prompts += 1;
-            shared.battles += battles;
-        }
-    }
-    shared
-}
-
-fn prior_log_loss(labels: &[Outcome]) -> f64 {
-    let prior = metrics::class_prior(labels);
-    metrics::log_loss(labels, &vec![prior; labels.len()])
-}
-
-pub(super) fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    Ok(stage_file::write_atomically(path, text.as_bytes())?)
-}
-
-/// Boosting rounds of a fold's models, one per seed: `53` or `53/61/48`.
-fn rounds(best_iterations: &[usize]) -> String {
-    let rounds: Vec<String> = best_iterations.iter().map(usize::to_string).collect();
-    rounds.join("/")
-}
-
-fn summary_table(summary: &RunSummary) -> String {
-    let mut rows = vec![vec![
-        "fold".to_owned(),
-        "train".into(),
-        "held out".into(),
-        "rounds".into(),
-        "log loss".into(),
-        "accuracy".into(),
-        "seconds".into(),
-    ]];
-    for f in &summary.folds {
-        rows.push(vec![
-            f.fold.to_string(),
-            f.train_rows.to_string(),
-            f.held_out_rows.to_string(),
-            rounds(&f.best_iterations),
-            format!("{:.4}", f.log_loss),
-            format!("{:.3}", f.accuracy),
-            format!("{:.1}", f.seconds),
-        ]);
-    }
-    rows.push(vec![
-        "OOF".into(),
-        String::new(),
-        summary.train_rows.to_string(),
-        String::new(),
-        format!("{:.4}", summary.oof_log_loss),
-        format!("{:.3}", summary.oof_accuracy),
-        format!("{:.1}", summary.seconds.cv),
-    ]);
-    rows.push(vec![
-        "prior".into(),
-        String::new(),
-        String::new(),
-        String::new(),
-        format!("{:.4}", summary.prior_log_loss),
-        String::new(),
-        String::new(),
-    ]);
-    report::text_table(&rows)
 }

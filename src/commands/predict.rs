@@ -1,12 +1,12 @@
 //! `ensemble predict`: a saved feature-model run applied to a new test file.
-use super::RunFolder;
 use crate::cli::PredictArgs;
 use crate::data;
 use crate::lgbm_run::SavedRun;
 use crate::semantic;
 use anyhow::{bail, Result};
+use ensemble_core::predictions::Predictions;
+use ensemble_core::RunFolder;
 use ensembles::cv::predict_mean;
-use ensembles::predictions::Predictions;
 use features::Orientation;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -71,8 +71,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
     );
     let probs = predict_mean(
         &saved.models,
-        super::cv::view(&as_given),
-        super::cv::view(&swapped),
+        crate::lgbm_run::view(&as_given),
+        crate::lgbm_run::view(&swapped),
         args.threads,
     )?;
 
@@ -86,7 +86,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         features: saved.extractor.feature_names().len(),
         seconds: started.elapsed().as_secs_f64(),
     };
-    super::cv::write_json(&out.path().join("predict.json"), &summary)?;
+    crate::lgbm_run::write_json(&out.path().join("predict.json"), &summary)?;
     out.commit()?;
     println!(
         "predicted {n_test} battles with {} fold models in {:.1}s: wrote {}",

@@ -1,15 +1,16 @@
 //! `ensemble tune`: a seeded random search over LightGBM's main parameters, scored by nested
 //! CV, that writes the winner as a config `ensemble cv --config` reads.
-use super::cv::{augmented, make_folds, view, write_json};
-use super::RunFolder;
+use super::cv::make_folds;
 use crate::cli::TuneArgs;
 use crate::config::{self, CvSettings, LgbmRunConfig};
 use crate::data;
+use crate::lgbm_run::{augmented, view, write_json};
 use crate::report;
 use crate::semantic;
 use anyhow::{Context, Result};
+use ensemble_core::stage_file;
+use ensemble_core::RunFolder;
 use ensembles::cv::{BoosterParams, CvInputs};
-use ensembles::stage_file;
 use ensembles::tune::{self, TuneProgress};
 use features::{CsrMatrix, Extractor};
 use indicatif::{ProgressBar, ProgressStyle};

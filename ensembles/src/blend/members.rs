@@ -1,8 +1,9 @@
 //! Blend members: where their files are, reading them, and checking them against the training
 //! ids and against each other before anything is fitted.
-use crate::metrics::EPS;
-use crate::predictions::Predictions;
-use crate::{Error, Folds, Probs, Result};
+use crate::{Error, Result};
+use ensemble_core::metrics::EPS;
+use ensemble_core::predictions::Predictions;
+use ensemble_core::{Folds, Probs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -12,9 +12,10 @@ pub use members::{clip_renormalise, MemberMatrix, MemberSet, MemberSource, Share
 pub use stack::StackModel;
 pub use weighted::{Space, WeightChoice, WeightedBlend};
 
-use crate::metrics::{accuracy, log_loss};
-use crate::predictions::Predictions;
-use crate::{Error, Folds, Outcome, Probs, Result};
+use crate::{Error, Result};
+use ensemble_core::metrics::{accuracy, log_loss};
+use ensemble_core::predictions::Predictions;
+use ensemble_core::{Folds, Outcome, Probs};
 use rayon::prelude::*;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -344,11 +345,12 @@ struct SavedMember {
 /// (checked by name). Writes the submission to `out` and returns the number of rows.
 pub fn apply(saved_blend: &Path, members: &[MemberSource], out: &Path) -> Result<usize> {
     let text = std::fs::read_to_string(saved_blend).map_err(Error::io(saved_blend))?;
-    let saved: SavedBlend = serde_json::from_str(&text).map_err(|e| Error::BadFile {
-        path: saved_blend.to_owned(),
-        line: e.line(),
-        message: format!("not a blend.json of this version: {e}"),
-    })?;
+    let saved: SavedBlend =
+        serde_json::from_str(&text).map_err(|e| ensemble_core::Error::BadFile {
+            path: saved_blend.to_owned(),
+            line: e.line(),
+            message: format!("not a blend.json of this version: {e}"),
+        })?;
     let mismatch = |message: String| Error::Mismatch {
         path: saved_blend.to_owned(),
         message,

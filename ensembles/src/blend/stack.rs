@@ -1,7 +1,8 @@
 //! Stacking: a multinomial logistic regression (linfa) on the members' log-probabilities.
 use super::members::MemberMatrix;
 use super::weighted::softmax;
-use crate::{Error, Outcome, Probs, Result};
+use crate::{Error, Result};
+use ensemble_core::{Outcome, Probs};
 use linfa::prelude::*;
 use linfa_logistic::MultiLogisticRegression;
 use ndarray::{Array1, Array2};

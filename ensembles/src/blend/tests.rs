@@ -1,5 +1,5 @@
 use super::*;
-use crate::metrics::log_loss;
+use ensemble_core::metrics::log_loss;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

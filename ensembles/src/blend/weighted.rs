@@ -2,7 +2,8 @@
 //! optionally sharpened or softened by a fitted temperature.
 use super::members::MemberMatrix;
 use super::simplex::{self, Objective};
-use crate::{Error, Outcome, Probs, Result};
+use crate::{Error, Result};
+use ensemble_core::{Outcome, Probs};
 
 /// What the weights average.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -298,9 +298,80 @@ impl Folds {
     }
 }
 
+/// Prompts whose battles sit in more than one fold, and how many battles they have: what
+/// flatters an OOF score when a model memorises prompts (metrics.json records it).
+#[derive(Clone, Copy, Serialize, Default, Debug, PartialEq)]
+pub struct SharedPrompts {
+    pub prompts: usize,
+    pub battles: usize,
+}
+
+impl SharedPrompts {
+    /// The warning a run prints when some prompt spans folds.
+    pub fn warning(&self) -> Option<String> {
+        (self.prompts > 0).then(|| {
+            format!(
+                "warning: {} prompts ({} battles) appear in more than one fold: the OOF score \
+                 is flattered by prompts seen in training; --group-by prompt keeps each prompt \
+                 in one fold",
+                self.prompts, self.battles
+            )
+        })
+    }
+}
+
+impl Folds {
+    /// The prompts (one per row, compared whole) whose rows sit in more than one fold.
+    pub fn prompts_across_folds<K: std::hash::Hash + Eq>(&self, prompts: &[K]) -> SharedPrompts {
+        // Per prompt: its first fold, its rows, and whether another fold holds one of them.
+        let mut folds_of: HashMap<&K, (usize, usize, bool)> = HashMap::new();
+        for (row, prompt) in prompts.iter().enumerate() {
+            let fold = self.fold_of(row);
+            let entry = folds_of.entry(prompt).or_insert((fold, 0, false));
+            entry.1 += 1;
+            entry.2 |= entry.0 != fold;
+        }
+        let mut shared = SharedPrompts::default();
+        for (_, battles, spread) in folds_of.into_values() {
+            if spread {
+                shared.prompts += 1;
+                shared.battles += battles;
+            }
+        }
+        shared
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Prompt a spans folds 0 and 1 (2 battles), b sits in fold 0 twice, c alone in fold 1.
+    #[test]
+    fn prompts_across_folds_counts_spread_prompts_and_their_battles() {
+        let folds = Folds {
+            assignment: vec![0, 1, 0, 0, 1],
+            n_folds: 2,
+        };
+        let shared = folds.prompts_across_folds(&["a", "a", "b", "b", "c"]);
+        assert_eq!(
+            shared,
+            SharedPrompts {
+                prompts: 1,
+                battles: 2
+            }
+        );
+        assert!(shared
+            .warning()
+            .unwrap()
+            .starts_with("warning: 1 prompts (2 battles)"));
+        assert_eq!(
+            folds
+                .prompts_across_folds(&["a", "b", "c", "d", "e"])
+                .warning(),
+            None
+        );
+    }
 
     fn labels(n: usize) -> Vec<Outcome> {
         (0..n).map(|i| Outcome::ALL[(i * 7 + i / 3) % 3]).collect()

@@ -51,6 +51,15 @@ pub fn swap_average(as_given: Probs, swapped: Probs) -> Probs {
     mean.map(|p| p / total)
 }
 
+/// Probabilities from logits (a softmax in f64): how the neural members' swap-averaged logits
+/// become predictions.
+pub fn probs_from_logits(logits: &[f32; 3]) -> Probs {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
+    let exp = logits.map(|l| (l as f64 - max).exp());
+    let total = exp[0] + exp[1] + exp[2];
+    exp.map(|e| e / total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

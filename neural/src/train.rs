@@ -1,6 +1,7 @@
-//! Fine-tuning on one fold: AdamW with decoupled weight decay, warm-up then cosine or linear
-//! decay, gradient accumulation, global-norm clipping, label smoothing, staged unfreezing,
-//! A/B swap augmentation and early stopping on the held-out log loss.
+//! Fine-tuning on one fold, for any member's model ([`FoldModel`]): AdamW with decoupled
+//! weight decay, warm-up then cosine or linear decay, gradient accumulation, global-norm
+//! clipping, label smoothing, f16 loss scaling, A/B swap augmentation and early stopping on
+//! the held-out log loss; and swap-averaged prediction.
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -10,14 +11,13 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::memory::{self, gib, MemoryEstimate, TrainingShape};
-use crate::model::{Layout, Pass, HEAD_PREFIXES};
+use crate::memory::{gib, MemoryEstimate};
 use crate::ops::DropoutRng;
-use crate::{free_memory, Error, Result, Setting};
-use crate::{probs_from_logits, Classifier, EncodedPair, Precision, Schedule, TransformerConfig};
-use ensembles::metrics::log_loss;
-use ensembles::outcome::swap_average;
-use ensembles::{Outcome, Probs};
+use crate::{
+    free_memory, EncodedPair, Error, Precision, Result, Schedule, Setting, TrainingConfig,
+};
+use ensemble_core::metrics::log_loss;
+use ensemble_core::{probs_from_logits, swap_average, Outcome, Probs};
 
 /// One held-out evaluation during training.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -58,81 +58,8 @@ struct Checkpoint {
     weights: HashMap<String, Tensor>,
 }
 
-/// Which parameters a training stage updates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stage {
-    HeadOnly,
-    TopLayers(usize),
-    All,
-}
-
-impl Stage {
-    fn at(step: usize, config: &TransformerConfig, layers: usize) -> Stage {
-        let unfreeze = &config.unfreeze;
-        if step < unfreeze.head_only_steps {
-            Stage::HeadOnly
-        } else if step < unfreeze.head_only_steps + unfreeze.top_layers_steps
-            && unfreeze.top_layers < layers
-        {
-            Stage::TopLayers(unfreeze.top_layers)
-        } else {
-            Stage::All
-        }
-    }
-
-    fn first_trained_layer(self, layers: usize) -> usize {
-        match self {
-            Stage::HeadOnly => layers,
-            Stage::TopLayers(k) => layers - k,
-            Stage::All => 0,
-        }
-    }
-
-    /// Whether the weight `name` is updated in this stage.
-    fn trains(self, name: &str, layers: usize) -> bool {
-        match Part::of(name) {
-            Part::Head => true,
-            _ if self == Stage::All => true,
-            Part::Layer(i) => i >= self.first_trained_layer(layers),
-            Part::Embeddings => false,
-        }
-    }
-}
-
-/// Where a weight sits, for unfreezing and layer-wise learning rates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Part {
-    Head,
-    Layer(usize),
-    /// Word and relative embeddings and the norms around them: everything below layer 0.
-    Embeddings,
-}
-
-impl Part {
-    fn of(name: &str) -> Part {
-        if HEAD_PREFIXES.iter().any(|p| name.starts_with(p)) {
-            return Part::Head;
-        }
-        name.strip_prefix("deberta.encoder.layer.")
-            .and_then(|rest| rest.split('.').next())
-            .and_then(|i| i.parse::<usize>().ok())
-            .map_or(Part::Embeddings, Part::Layer)
-    }
-
-    /// The learning rate before the schedule: the head's own, the top layer's, and
-    /// `layer_lr_decay` per layer further down.
-    fn learning_rate(self, config: &TransformerConfig, layers: usize) -> f64 {
-        let depth = match self {
-            Part::Head => return config.head_learning_rate,
-            Part::Layer(i) => layers.saturating_sub(i + 1),
-            Part::Embeddings => layers,
-        };
-        config.learning_rate * config.layer_lr_decay.powi(depth as i32)
-    }
-}
-
 /// Learning-rate multiplier at an optimizer step: linear warm-up, then decay to zero.
-fn lr_factor(step: usize, total: usize, config: &TransformerConfig) -> f64 {
+fn lr_factor(step: usize, total: usize, config: &TrainingConfig) -> f64 {
     let warmup = (config.warmup_ratio * total as f64).round() as usize;
     if step < warmup {
         return (step + 1) as f64 / warmup as f64;
@@ -151,8 +78,8 @@ struct Moments {
 }
 
 /// AdamW (decoupled weight decay, bias-corrected moments, as torch.optim.AdamW) over named
-/// variables; moments are kept by name so that layers unfrozen later start their own. Shared
-/// with the LLM member, whose LoRA weights it updates.
+/// variables; moments are kept by name so that layers unfrozen later start their own. Which
+/// weights decay is the model's to say ([`FoldModel::decays`]).
 pub struct AdamW {
     moments: HashMap<String, Moments>,
     beta1: f64,
@@ -166,7 +93,7 @@ pub struct AdamW {
 impl AdamW {
     /// The optimizer of `config`'s `adam_beta1`, `adam_beta2`, `adam_eps` and
     /// `weight_decay`.
-    pub fn new(config: &TransformerConfig) -> AdamW {
+    pub fn new(config: &TrainingConfig) -> AdamW {
         AdamW {
             moments: HashMap::new(),
             beta1: config.adam_beta1,
@@ -180,14 +107,15 @@ impl AdamW {
     /// Updates `var` and its moments in place, a block of rows at a time: no temporary is
     /// larger than a block, where whole-tensor ops would make several copies of the
     /// 128,100 × 768 embedding table on every step.
-    /// `grad_factor` multiplies the gradient first (loss unscaling and clipping).
+    /// `grad_factor` multiplies the gradient first (loss unscaling and clipping); `decays`
+    /// says whether the weight takes the weight decay.
     pub fn step(
         &mut self,
         name: &str,
         var: &Var,
         grad: &Tensor,
-        grad_factor: f64,
-        lr: f64,
+        (grad_factor, lr): (f64, f64),
+        decays: bool,
     ) -> Result<()> {
         let state = match self.moments.get_mut(name) {
             Some(state) => state,
@@ -200,12 +128,7 @@ impl AdamW {
         state.steps += 1;
         let first_correction = 1.0 - self.beta1.powi(state.steps);
         let second_correction = 1.0 - self.beta2.powi(state.steps);
-        // Biases and LayerNorm weights are not decayed (the usual BERT recipe).
-        let decay = if name.ends_with("bias") || name.contains("LayerNorm") {
-            0.0
-        } else {
-            self.weight_decay
-        };
+        let decay = if decays { self.weight_decay } else { 0.0 };
         let weights = var.as_tensor();
         let rows = weights.dim(0)?.max(1);
         let block = (self.block_elements / (weights.elem_count() / rows).max(1)).max(1);
@@ -230,7 +153,11 @@ impl AdamW {
 const ADAMW_BLOCK_ELEMENTS: usize = 1 << 20;
 
 /// Cross-entropy with label smoothing, averaged over the rows.
-fn smoothed_cross_entropy(logits: &Tensor, labels: &[Outcome], smoothing: f64) -> Result<Tensor> {
+pub fn smoothed_cross_entropy(
+    logits: &Tensor,
+    labels: &[Outcome],
+    smoothing: f64,
+) -> Result<Tensor> {
     let off = smoothing / 3.0;
     let targets: Vec<f32> = labels
         .iter()
@@ -245,21 +172,23 @@ fn smoothed_cross_entropy(logits: &Tensor, labels: &[Outcome], smoothing: f64) -
     Ok(((log_probs * targets)?.sum_all()?.neg()? / labels.len() as f64)?)
 }
 
-/// What [`fit_fold`] needs of a member's model. The DeBERTa [`Classifier`] and the LLM member
-/// (LoRA adapters on a frozen decoder) both train through it, so that they share the
-/// optimizer, schedule, accumulation, clipping, loss scaling, swap augmentation, early
+/// What [`fit_fold`] needs of a member's model. The DeBERTa classifier (every weight) and the
+/// LLM member (LoRA adapters on a frozen decoder) both train through it, so that they share
+/// the optimizer, schedule, accumulation, clipping, loss scaling, swap augmentation, early
 /// stopping and divergence checks.
 ///
 /// Rows are [`EncodedPair`]s whose views hold one sequence (or two, for DeBERTa's siamese
 /// layout); a model's logits are `[views, 3]` in f32.
 pub trait FoldModel {
     /// The training settings.
-    fn training_config(&self) -> &TransformerConfig;
+    fn training_config(&self) -> &TrainingConfig;
     fn device(&self) -> &Device;
     /// The weights updated at optimizer step `step`, with their names, sorted by name.
     fn trained(&self, step: usize) -> Vec<(String, Var)>;
     /// The learning rate of weight `name` before the schedule's factor.
     fn learning_rate(&self, name: &str) -> f64;
+    /// Whether weight `name` takes AdamW's weight decay.
+    fn decays(&self, name: &str) -> bool;
     /// The config keys whose learning rates to lower when training diverges at `step`.
     fn rates_to_lower(&self, step: usize) -> Vec<Setting>;
     /// Logits of `views` recorded for the backward pass to the weights `trained(step)`
@@ -439,10 +368,9 @@ pub fn fit_fold<P: Borrow<EncodedPair>>(
             let applied = apply_gradients(
                 &mut optimizer,
                 &mut scaler,
-                &trained,
-                &grads,
+                (&trained, &grads),
                 config.max_grad_norm,
-                |name| model.learning_rate(name) * factor,
+                |name| (model.learning_rate(name) * factor, model.decays(name)),
                 diverged,
             )?;
             updates += usize::from(applied);
@@ -503,7 +431,7 @@ pub fn fit_fold<P: Borrow<EncodedPair>>(
 const MAX_NON_FINITE_STEPS: usize = 3;
 
 /// Applies one optimizer step's gradients (of the loss times `scaler.scale`) at each weight's
-/// `learning_rate(name)`: unscaling and clipping are one factor that the optimizer applies
+/// learning rate and decay, `rate(name)`: unscaling and clipping are one factor that the optimizer applies
 /// block by block, rather than a copy of every gradient. A step whose gradients are not finite
 /// is skipped, weights and moments untouched (in f16 the scale is also halved); without loss
 /// scaling, the [`MAX_NON_FINITE_STEPS`]th such step in a row is the error `diverged` makes.
@@ -511,10 +439,9 @@ const MAX_NON_FINITE_STEPS: usize = 3;
 fn apply_gradients(
     optimizer: &mut AdamW,
     scaler: &mut LossScaler,
-    trained: &[(String, Var)],
-    grads: &[Option<Tensor>],
+    (trained, grads): (&[(String, Var)], &[Option<Tensor>]),
     max_grad_norm: f64,
-    learning_rate: impl Fn(&str) -> f64,
+    rate: impl Fn(&str) -> (f64, bool),
     diverged: impl FnOnce(String) -> Error,
 ) -> Result<bool> {
     let scale = scaler.scale;
@@ -531,7 +458,8 @@ fn apply_gradients(
     let grad_factor = clip_factor(squares, max_grad_norm) / scale;
     for ((name, var), grad) in trained.iter().zip(grads) {
         let Some(grad) = grad else { continue };
-        optimizer.step(name, var, grad, grad_factor, learning_rate(name))?;
+        let (lr, decays) = rate(name);
+        optimizer.step(name, var, grad, (grad_factor, lr), decays)?;
     }
     Ok(true)
 }
@@ -539,7 +467,7 @@ fn apply_gradients(
 /// The error for a fold whose loss or gradients stopped being finite. Before any update the
 /// model diverges as loaded, so its folder is to blame; after, the learning rates of the
 /// weights being trained are the usual cause, and are named to be lowered.
-fn diverged(
+pub fn diverged(
     fold: usize,
     step: usize,
     problem: String,
@@ -562,153 +490,12 @@ fn diverged(
     }
 }
 
-impl FoldModel for Classifier {
-    fn training_config(&self) -> &TransformerConfig {
-        &self.config
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// The head, and the layers (and embeddings) that staged unfreezing has reached.
-    fn trained(&self, step: usize) -> Vec<(String, Var)> {
-        let layers = self.model.num_layers();
-        let stage = Stage::at(step, &self.config, layers);
-        let vars = self.vars.data().lock().expect("weights lock poisoned");
-        let mut trained: Vec<(String, Var)> = vars
-            .iter()
-            .filter(|(name, _)| stage.trains(name, layers))
-            .map(|(name, var)| (name.clone(), var.clone()))
-            .collect();
-        trained.sort_by(|a, b| a.0.cmp(&b.0));
-        trained
-    }
-
-    fn learning_rate(&self, name: &str) -> f64 {
-        Part::of(name).learning_rate(&self.config, self.model.num_layers())
-    }
-
-    fn rates_to_lower(&self, step: usize) -> Vec<Setting> {
-        let setting = |key, value| Setting {
-            key,
-            value,
-            source: None,
-        };
-        let mut settings = Vec::new();
-        if Stage::at(step, &self.config, self.model.num_layers()) != Stage::HeadOnly {
-            settings.push(setting("learning_rate", self.config.learning_rate));
-        }
-        settings.push(setting(
-            "head_learning_rate",
-            self.config.head_learning_rate,
-        ));
-        settings
-    }
-
-    fn training_logits(
-        &self,
-        views: &[&[Vec<u32>]],
-        step: usize,
-        dropout: &DropoutRng,
-    ) -> Result<Tensor> {
-        let layers = self.model.num_layers();
-        let stage = Stage::at(step, &self.config, layers);
-        let pass = Pass {
-            dropout: Some(dropout),
-            first_trained_layer: stage.first_trained_layer(layers),
-            train_embeddings: stage == Stage::All,
-            checkpoint: self.config.gradient_checkpointing,
-        };
-        self.forward_views(views, &pass)
-    }
-
-    fn take_checkpoint_grads(&self) -> HashMap<TensorId, Tensor> {
-        self.model.take_checkpoint_grads()
-    }
-
-    fn prediction_logits(&self, views: &[&[Vec<u32>]]) -> Result<Tensor> {
-        self.forward_views(views, &Pass::eval())
-    }
-
-    /// Every weight: staged unfreezing trains all of them by the end.
-    fn snapshot(&self) -> Result<HashMap<String, Tensor>> {
-        Classifier::snapshot(self)
-    }
-
-    fn restore(&self, snapshot: &HashMap<String, Tensor>) -> Result<()> {
-        let vars = self.vars.data().lock().expect("weights lock poisoned");
-        for (name, var) in vars.iter() {
-            if let Some(saved) = snapshot.get(name) {
-                var.set(saved)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn training_memory(&self, rows: FoldRows) -> MemoryEstimate {
-        training_memory(self, rows)
-    }
-}
-
-/// The estimated memory of training `classifier` on a fold of `rows` in the largest stage its
-/// steps reach; the longest sequence sets the length.
-pub fn training_memory(classifier: &Classifier, rows: FoldRows) -> MemoryEstimate {
-    let config = classifier.config();
-    let model = classifier.model.config();
-    let layers = classifier.model.num_layers();
-    let steps = rows
-        .train
-        .div_ceil(config.batch_size * config.grad_accumulation)
-        * config.epochs;
-    let stage = Stage::at(steps.saturating_sub(1), config, layers);
-    let vars = classifier
-        .vars
-        .data()
-        .lock()
-        .expect("weights lock poisoned");
-    let count = |keep: &dyn Fn(&str) -> bool| -> usize {
-        vars.iter()
-            .filter(|(name, _)| keep(name))
-            .map(|(_, var)| var.elem_count())
-            .sum()
-    };
-    let views = match classifier.model.layout() {
-        Layout::Cross => 1,
-        Layout::Siamese => 2,
-    };
-    memory::estimate(&TrainingShape {
-        // Batches hold at most the rows there are.
-        sequences: config.batch_size.min(rows.train) * views,
-        eval_sequences: 2 * config.eval_batch_size.min(rows.valid) * views,
-        len: rows.longest,
-        hidden: model.hidden_size,
-        intermediate: model.intermediate_size,
-        heads: model.num_attention_heads,
-        trained_layers: layers - stage.first_trained_layer(layers),
-        layer_params: count(&|name| Part::of(name) == Part::Layer(0)),
-        params: count(&|_| true),
-        trained_params: count(&|name| stage.trains(name, layers)),
-        trained_embedding_table: if stage == Stage::All {
-            count(&|name| name == WORD_EMBEDDINGS)
-        } else {
-            0
-        },
-        precision: config.precision,
-        checkpoint: config.gradient_checkpointing,
-        accumulation: config.grad_accumulation,
-    })
-}
-
-/// The weight whose gradient candle builds as a whole table (see [`TrainingShape`]).
-const WORD_EMBEDDINGS: &str = "deberta.embeddings.word_embeddings.weight";
-
 /// Refuses a fold whose estimated allocations exceed the free memory, in one line naming the
 /// settings that shrink them.
 fn check_memory(
     estimate: &MemoryEstimate,
     free: Option<u64>,
-    config: &TransformerConfig,
+    config: &TrainingConfig,
     fold: usize,
 ) -> Result<()> {
     let Some(free) = free.filter(|&free| estimate.to_allocate() > free) else {
@@ -766,7 +553,7 @@ fn clip_factor(squares: f64, max_norm: f64) -> f64 {
 
 /// Runs the backward pass of one micro-batch's `logits` and adds the gradients of `weight` ×
 /// its mean loss to `grads` (one entry per trained weight, in order). Returns the mean loss.
-fn accumulate_gradients(
+pub fn accumulate_gradients(
     model: &impl FoldModel,
     logits: &Tensor,
     labels: &[Outcome],
@@ -817,7 +604,7 @@ pub struct LossScaler {
 const LOSS_SCALE_GROWTH_INTERVAL: usize = 2000;
 
 impl LossScaler {
-    fn new(config: &TransformerConfig) -> LossScaler {
+    fn new(config: &TrainingConfig) -> LossScaler {
         let enabled = config.precision == Precision::F16;
         LossScaler {
             scale: if enabled { config.loss_scale } else { 1.0 },
@@ -857,151 +644,7 @@ impl LossScaler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ResponsePair;
     use candle_core::Device;
-
-    const LABELS: [Outcome; 3] = [Outcome::A, Outcome::B, Outcome::Tie];
-
-    /// The tiny fixture model, three encoded battles, and every weight by name.
-    fn tiny_batch(label_smoothing: f64) -> (Classifier, Vec<EncodedPair>, Vec<(String, Var)>) {
-        let fixture =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-deberta");
-        let config = TransformerConfig {
-            max_len: 40,
-            label_smoothing,
-            ..TransformerConfig::default()
-        };
-        let classifier = Classifier::load(&fixture, &Device::Cpu, &config).unwrap();
-        let pairs: Vec<ResponsePair> = (0..3)
-            .map(|i| ResponsePair {
-                prompt: format!("Which answer is better, number {i}?"),
-                response_a: "a longer answer with some detail ".repeat(i + 1),
-                response_b: "no".into(),
-            })
-            .collect();
-        let encoded = classifier.encode(&pairs).unwrap();
-        let mut trained: Vec<(String, Var)> = classifier
-            .vars
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(name, var)| (name.clone(), var.clone()))
-            .collect();
-        trained.sort_by(|a, b| a.0.cmp(&b.0));
-        (classifier, encoded, trained)
-    }
-
-    /// The training path with dropout off: every weight tracked, nothing checkpointed.
-    fn tracked_pass() -> Pass<'static> {
-        Pass {
-            dropout: None,
-            first_trained_layer: 0,
-            train_embeddings: true,
-            checkpoint: false,
-        }
-    }
-
-    fn gradients_of(
-        classifier: &Classifier,
-        views: &[&[Vec<u32>]],
-        labels: &[Outcome],
-        trained: &[(String, Var)],
-    ) -> Vec<Option<Tensor>> {
-        let mut grads = vec![None; trained.len()];
-        let logits = classifier.forward_views(views, &tracked_pass()).unwrap();
-        accumulate_gradients(classifier, &logits, labels, 1.0, trained, &mut grads).unwrap();
-        grads
-    }
-
-    fn loss_of(classifier: &Classifier, views: &[&[Vec<u32>]]) -> f64 {
-        let logits = classifier.forward_views(views, &tracked_pass()).unwrap();
-        smoothed_cross_entropy(&logits, &LABELS, classifier.config().label_smoothing)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64
-    }
-
-    /// Backpropagated gradients against central finite differences, for every weight tensor
-    /// of the model (its two largest-gradient entries), with label smoothing on. f32
-    /// throughout: a step of 1e-2 keeps rounding error (~1e-5) well below the tolerance.
-    #[test]
-    fn gradients_match_finite_differences_for_every_weight() {
-        let (classifier, encoded, trained) = tiny_batch(0.1);
-        let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.view(false)).collect();
-        let grads = gradients_of(&classifier, &views, &LABELS, &trained);
-        let step = 1e-2f32;
-        let mut checked = 0;
-        for ((name, var), grad) in trained.iter().zip(&grads) {
-            let grad = grad
-                .as_ref()
-                .unwrap_or_else(|| panic!("{name}: no gradient"));
-            let values = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let mut order: Vec<usize> = (0..values.len()).collect();
-            order.sort_by(|&a, &b| values[b].abs().total_cmp(&values[a].abs()));
-            let original = var.as_tensor().copy().unwrap();
-            let weights = original.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            for &index in order.iter().take(2) {
-                let loss_at = |delta: f32| {
-                    let mut moved = weights.clone();
-                    moved[index] += delta;
-                    var.set(&Tensor::from_vec(moved, original.shape(), &Device::Cpu).unwrap())
-                        .unwrap();
-                    loss_of(&classifier, &views)
-                };
-                let numeric = (loss_at(step) - loss_at(-step)) / (2.0 * step as f64);
-                var.set(&original).unwrap();
-                let analytic = values[index] as f64;
-                let error = (numeric - analytic).abs();
-                assert!(
-                    error <= 2e-4 + 0.03 * analytic.abs(),
-                    "{name}[{index}]: backprop {analytic:.6e}, finite difference {numeric:.6e}"
-                );
-                checked += 1;
-            }
-        }
-        assert!(checked >= 2 * 32, "{checked} entries checked");
-    }
-
-    /// The training path (tracked, custom backward ops) with dropout off computes the same
-    /// logits as the inference path.
-    #[test]
-    fn training_path_without_dropout_equals_the_inference_path() {
-        let (classifier, encoded, _) = tiny_batch(0.0);
-        let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.view(false)).collect();
-        let train = classifier.forward_views(&views, &tracked_pass()).unwrap();
-        let infer = classifier.forward_views(&views, &Pass::eval()).unwrap();
-        let difference = crate::ops::tests::max_difference(&train, &infer);
-        assert!(difference < 1e-5, "logits differ by {difference}");
-    }
-
-    /// Micro-batches weighted by their share of the batch add up to the batch's gradients.
-    #[test]
-    fn accumulated_micro_batches_give_the_whole_batch_gradients() {
-        let (classifier, encoded, trained) = tiny_batch(0.1);
-        let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.view(false)).collect();
-        let whole = gradients_of(&classifier, &views, &LABELS, &trained);
-        let mut accumulated = vec![None; trained.len()];
-        for (rows, weight) in [(0..2, 2.0 / 3.0), (2..3, 1.0 / 3.0)] {
-            let logits = classifier
-                .forward_views(&views[rows.clone()], &tracked_pass())
-                .unwrap();
-            accumulate_gradients(
-                &classifier,
-                &logits,
-                &LABELS[rows],
-                weight,
-                &trained,
-                &mut accumulated,
-            )
-            .unwrap();
-        }
-        for (((name, _), a), b) in trained.iter().zip(&whole).zip(&accumulated) {
-            let difference =
-                crate::ops::tests::max_difference(a.as_ref().unwrap(), b.as_ref().unwrap());
-            assert!(difference < 1e-6, "{name}: {difference}");
-        }
-    }
 
     #[test]
     fn clipping_and_label_smoothing_match_pytorch() {
@@ -1060,46 +703,6 @@ mod tests {
     }
 
     #[test]
-    fn gradient_checkpointing_gives_the_same_gradients() {
-        let (classifier, encoded, trained) = tiny_batch(0.0);
-        let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.view(false)).collect();
-        let labels = LABELS;
-        let gradients = |checkpoint: bool| {
-            // The same dropout seed: checkpointing must replay the masks exactly.
-            let rng = DropoutRng::replay(5, &Device::Cpu).unwrap();
-            let pass = Pass {
-                dropout: Some(&rng),
-                first_trained_layer: 0,
-                train_embeddings: true,
-                checkpoint,
-            };
-            let mut grads = vec![None; trained.len()];
-            let logits = classifier.forward_views(&views, &pass).unwrap();
-            accumulate_gradients(&classifier, &logits, &labels, 1.0, &trained, &mut grads).unwrap();
-            grads
-        };
-        let (stored, recomputed) = (gradients(false), gradients(true));
-        let mut layer_weights = 0;
-        for (((name, _), a), b) in trained.iter().zip(&stored).zip(&recomputed) {
-            let (Some(a), Some(b)) = (a, b) else {
-                assert!(
-                    a.is_none() && b.is_none(),
-                    "{name}: a gradient in one run only"
-                );
-                continue;
-            };
-            let difference = crate::ops::tests::max_difference(a, b);
-            assert!(
-                difference < 1e-5,
-                "{name}: gradients differ by {difference}"
-            );
-            layer_weights += usize::from(name.contains("encoder.layer."));
-        }
-        // Every weight of both encoder layers got its gradient through the checkpoints.
-        assert_eq!(layer_weights, 2 * 16, "{layer_weights}");
-    }
-
-    #[test]
     fn adamw_steps_in_place_as_pytorch_does() {
         // Two steps of torch.optim.AdamW(lr=0.01, betas=(0.9, 0.999), eps=1e-6,
         // weight_decay=0.1): scripts/training_reference.py, torch 2.15.0.
@@ -1111,9 +714,9 @@ mod tests {
             0.207_827_7,
             -0.316_090_5,
         ];
-        let config = TransformerConfig {
+        let config = TrainingConfig {
             weight_decay: 0.1,
-            ..TransformerConfig::default()
+            ..TrainingConfig::default()
         };
         let device = Device::Cpu;
         let weight =
@@ -1130,7 +733,7 @@ mod tests {
             let doubled =
                 Tensor::from_vec(grad.map(|g| 2.0 * g).to_vec(), (3, 2), &device).unwrap();
             optimizer
-                .step("w.weight", &weight, &doubled, 0.5, 0.01)
+                .step("w.weight", &weight, &doubled, (0.5, 0.01), true)
                 .unwrap();
         }
         let got = weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -1150,7 +753,7 @@ mod tests {
     /// the fold, and a finite step in between starts the count again.
     #[test]
     fn non_finite_gradients_skip_the_step_then_stop_the_fold() {
-        let config = TransformerConfig::default();
+        let config = TrainingConfig::default();
         let device = Device::Cpu;
         let weight = Var::from_vec(vec![0.5f32, -1.0, 2.0, 0.1], (2, 2), &device).unwrap();
         let trained = vec![("w.weight".to_string(), weight.clone())];
@@ -1165,10 +768,9 @@ mod tests {
             apply_gradients(
                 optimizer,
                 &mut scaler,
-                &trained,
-                &gradient(values),
+                (&trained, &gradient(values)),
                 1.0,
-                |_| 0.01,
+                |_| (0.01, true),
                 Error::Invalid,
             )
         };
@@ -1207,10 +809,10 @@ mod tests {
     /// double after `LOSS_SCALE_GROWTH_INTERVAL` clean steps in a row.
     #[test]
     fn the_loss_scale_halves_on_overflow_and_doubles_after_the_growth_interval() {
-        let config = TransformerConfig {
+        let config = TrainingConfig {
             precision: Precision::F16,
             loss_scale: 1024.0,
-            ..TransformerConfig::default()
+            ..TrainingConfig::default()
         };
         let mut scaler = LossScaler::new(&config);
         let clean = |scaler: &mut LossScaler, steps: usize| {
@@ -1234,76 +836,6 @@ mod tests {
         assert_eq!((scaler.scale, scaler.skipped_steps), (8192.0, 1));
     }
 
-    /// The backward pass stops at the lowest trained layer: with the head alone training no
-    /// encoder weight gets a gradient, with the top layer only that layer does (with and
-    /// without checkpointing).
-    #[test]
-    fn only_trained_layers_get_gradients() {
-        let (classifier, encoded, trained) = tiny_batch(0.0);
-        let views: Vec<&[Vec<u32>]> = encoded.iter().map(|e| e.view(false)).collect();
-        for (first_trained_layer, checkpoint) in [(2, false), (1, false), (1, true)] {
-            let pass = Pass {
-                dropout: None,
-                first_trained_layer,
-                train_embeddings: false,
-                checkpoint,
-            };
-            let mut grads = vec![None; trained.len()];
-            let logits = classifier.forward_views(&views, &pass).unwrap();
-            accumulate_gradients(&classifier, &logits, &LABELS, 1.0, &trained, &mut grads).unwrap();
-            for ((name, _), grad) in trained.iter().zip(&grads) {
-                let expected = match Part::of(name) {
-                    Part::Head => true,
-                    Part::Layer(i) => i >= first_trained_layer,
-                    Part::Embeddings => false,
-                };
-                assert_eq!(
-                    grad.is_some(),
-                    expected,
-                    "{name}, layers from {first_trained_layer} trained, checkpoint {checkpoint}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn a_diverged_fold_names_the_learning_rates_of_its_stage() {
-        let fixture =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-deberta");
-        let config = TransformerConfig {
-            max_len: 40,
-            learning_rate: 1e30,
-            unfreeze: crate::Unfreeze {
-                head_only_steps: 3,
-                ..Default::default()
-            },
-            ..TransformerConfig::default()
-        };
-        let classifier = Classifier::load(&fixture, &Device::Cpu, &config).unwrap();
-        let error = |updates, step| {
-            diverged(
-                0,
-                step,
-                "the training loss is NaN".into(),
-                updates,
-                &classifier,
-            )
-            .to_string()
-        };
-        assert_eq!(
-            error(2, 3),
-            "fold 0, step 3: the training loss is NaN; lower learning_rate = 1e30 or \
-             head_learning_rate = 1e-4"
-        );
-        assert_eq!(
-            error(2, 2),
-            "fold 0, step 2: the training loss is NaN; lower head_learning_rate = 1e-4"
-        );
-        assert!(error(0, 3).ends_with(
-            "before any update: the model as loaded gives it; check the model folder's weights"
-        ));
-    }
-
     #[test]
     fn too_little_free_memory_is_refused_naming_the_settings() {
         let estimate = MemoryEstimate {
@@ -1313,7 +845,7 @@ mod tests {
             checkpoint: 1 << 30,
             activations: 3 << 30,
         };
-        let config = TransformerConfig::default();
+        let config = TrainingConfig::default();
         assert!(check_memory(&estimate, Some(7 << 30), &config, 0).is_ok());
         assert!(check_memory(&estimate, None, &config, 0).is_ok());
         let error = check_memory(&estimate, Some((7 << 30) - 1), &config, 2)
@@ -1331,64 +863,18 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_zero() {
-        let config = TransformerConfig {
+        let config = TrainingConfig {
             warmup_ratio: 0.1,
-            ..TransformerConfig::default()
+            ..TrainingConfig::default()
         };
         assert!((lr_factor(0, 100, &config) - 0.1).abs() < 1e-12);
         assert!((lr_factor(9, 100, &config) - 1.0).abs() < 1e-12);
         assert!((lr_factor(10, 100, &config) - 1.0).abs() < 1e-12);
         assert!(lr_factor(99, 100, &config) < 0.01);
-        let linear = TransformerConfig {
+        let linear = TrainingConfig {
             schedule: Schedule::Linear,
             ..config
         };
         assert!((lr_factor(55, 100, &linear) - 0.5).abs() < 1e-12);
-    }
-
-    #[test]
-    fn stages_select_head_then_top_layers_then_all() {
-        let mut config = TransformerConfig::default();
-        config.unfreeze.head_only_steps = 2;
-        config.unfreeze.top_layers = 1;
-        config.unfreeze.top_layers_steps = 3;
-        assert_eq!(Stage::at(1, &config, 4), Stage::HeadOnly);
-        assert_eq!(Stage::at(2, &config, 4), Stage::TopLayers(1));
-        assert_eq!(Stage::at(5, &config, 4), Stage::All);
-        let top = Stage::TopLayers(1);
-        assert!(top.trains("classifier.weight", 4));
-        assert!(top.trains("deberta.encoder.layer.3.output.dense.weight", 4));
-        assert!(!top.trains("deberta.encoder.layer.2.output.dense.weight", 4));
-        assert!(!top.trains("deberta.embeddings.word_embeddings.weight", 4));
-        assert!(!Stage::HeadOnly.trains("deberta.encoder.layer.3.output.dense.weight", 4));
-    }
-
-    #[test]
-    fn learning_rates_decay_layer_by_layer_below_the_top() {
-        let config = TransformerConfig {
-            learning_rate: 1e-3,
-            head_learning_rate: 5e-3,
-            layer_lr_decay: 0.5,
-            ..TransformerConfig::default()
-        };
-        let lr = |name: &str| Part::of(name).learning_rate(&config, 4);
-        assert_eq!(lr("classifier.bias"), 5e-3);
-        assert_eq!(lr("pooler.dense.weight"), 5e-3);
-        assert_eq!(lr("deberta.encoder.layer.3.output.dense.weight"), 1e-3);
-        assert_eq!(
-            lr("deberta.encoder.layer.2.attention.self.query_proj.bias"),
-            5e-4
-        );
-        assert_eq!(
-            lr("deberta.encoder.layer.0.output.LayerNorm.weight"),
-            1.25e-4
-        );
-        assert_eq!(lr("deberta.embeddings.word_embeddings.weight"), 6.25e-5);
-        assert_eq!(lr("deberta.encoder.rel_embeddings.weight"), 6.25e-5);
-        let flat = TransformerConfig::default();
-        assert_eq!(
-            Part::of("deberta.embeddings.LayerNorm.bias").learning_rate(&flat, 12),
-            flat.learning_rate
-        );
     }
 }

@@ -1,0 +1,633 @@
+//! Graph nodes with hand-written backward passes that keep only what their gradient needs.
+//!
+//! candle's graph holds every op's inputs until the backward pass, and its fused softmax and
+//! LayerNorm kernels have no backward pass, so a composed attention keeps about thirteen
+//! `[B, H, L, L]` tensors per layer where PyTorch keeps two (its softmax saves only its output,
+//! its dropout a byte mask). Each op here computes its value with candle's fused kernels on
+//! detached inputs, so no intermediate is recorded, and then enters the graph as one node whose
+//! backward pass is written out below. Both directions are candle tensor ops, so the ops run
+//! on every device candle has kernels for (CPU and CUDA) with no kernels of their own.
+//!
+//! A node's value is copied once into the storage candle's custom-op interface asks for: a
+//! memcpy per op, negligible beside the matmuls around it.
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Device, Shape, Storage, Tensor, D,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+type CandleResult<T> = candle_core::Result<T>;
+
+/// A value computed outside the graph, handed over once to the node that outputs it (with
+/// [`precomputed_forward!`](crate::precomputed_forward); the LLM member's ops use it too).
+pub struct Precomputed(Mutex<Option<Tensor>>);
+
+impl Precomputed {
+    pub fn new(value: Tensor) -> CandleResult<Precomputed> {
+        // A fresh, contiguous, offset-0 tensor: its storage's first elements are its values.
+        let value = if value.is_contiguous() && value.layout().start_offset() == 0 {
+            value
+        } else {
+            value.copy()?
+        };
+        Ok(Precomputed(Mutex::new(Some(value.detach()))))
+    }
+
+    fn take(&self) -> CandleResult<Tensor> {
+        match self
+            .0
+            .lock()
+            .expect("precomputed value lock poisoned")
+            .take()
+        {
+            Some(value) => Ok(value),
+            None => bail!("a precomputed node's value was taken twice"),
+        }
+    }
+
+    pub fn cpu(&self) -> CandleResult<(CpuStorage, Shape)> {
+        let value = self.take()?;
+        let (storage, _) = value.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((s.clone(), value.shape().clone())),
+            _ => bail!("precomputed value is not on the CPU"),
+        }
+    }
+
+    pub fn cuda(&self) -> CandleResult<(CudaStorage, Shape)> {
+        let value = self.take()?;
+        let (storage, layout) = value.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, value.shape().clone())),
+            _ => bail!("precomputed value is not on a CUDA device"),
+        }
+    }
+}
+
+/// The `cpu_fwd` and `cuda_fwd` of a node whose value was computed beforehand from the same
+/// inputs (held in `self.value`, a [`Precomputed`]): the input storages are not read again.
+#[macro_export]
+macro_rules! precomputed_forward {
+    ($($storage:ident $layout:ident),+) => {
+        fn cpu_fwd(
+            &self,
+            $($storage: &candle_core::CpuStorage, $layout: &candle_core::Layout),+
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            $(let _ = ($storage, $layout);)+
+            self.value.cpu()
+        }
+
+        fn cuda_fwd(
+            &self,
+            $($storage: &candle_core::CudaStorage, $layout: &candle_core::Layout),+
+        ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+            $(let _ = ($storage, $layout);)+
+            self.value.cuda()
+        }
+    };
+}
+
+/// A projection by a frozen weight, `x · Wᵀ (+ b)`, as one graph node whose backward pass
+/// gives the input's gradient alone. candle's matmul node computes the gradients of both
+/// operands, so every frozen projection of a LoRA model would cost a weight-sized gradient
+/// (the base model once more) and a third more backward compute. The weight and bias are
+/// never given gradients.
+pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> CandleResult<Tensor> {
+    let weight = weight.detach();
+    let value = x.detach().broadcast_matmul(&weight.t()?)?;
+    let value = match bias {
+        Some(bias) => value.broadcast_add(&bias.detach())?,
+        None => value,
+    };
+    if !x.track_op() {
+        return Ok(value);
+    }
+    x.apply_op1(FrozenLinear {
+        value: Precomputed::new(value)?,
+        weight,
+    })
+}
+
+struct FrozenLinear {
+    value: Precomputed,
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    crate::precomputed_forward!(storage layout);
+
+    /// dx = dy · W (W is `[out, in]`, dy `[.., out]`).
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
+        Ok(Some(grad.broadcast_matmul(&self.weight)?))
+    }
+}
+
+/// A frozen projection with a LoRA update, `x·Wᵀ (+ b) + s·(drop(x)·Aᵀ)·Bᵀ`, as one graph node
+/// whose inputs are x, A and B (W frozen: no gradient). Composed candle ops would keep the
+/// base output, the update, its scaled copy and their sum for the backward pass, four
+/// output-sized tensors per projection (for an MLP projection, four times the layer's input);
+/// this node keeps only its inputs and the dropout mask. The update runs in f32 whatever x's
+/// dtype (as PEFT keeps adapters), and the output has x's dtype. `dropout`: the mask applied to
+/// the adapter's input (PEFT's `lora_dropout`), drawn by the caller.
+pub fn lora_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    lora: (&Tensor, &Tensor, f64),
+    dropout: Option<KeepMask>,
+) -> CandleResult<Tensor> {
+    let (a, b, scale) = lora;
+    let weight = weight.detach();
+    let base = frozen_linear(&x.detach(), &weight, bias)?;
+    let dropped = |x: &Tensor| -> CandleResult<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        match &dropout {
+            Some(mask) => mask.apply(&x),
+            None => Ok(x),
+        }
+    };
+    let down = dropped(&x.detach())?.broadcast_matmul(&a.detach().t()?)?;
+    let update = (down.broadcast_matmul(&(b.detach() * scale)?.t()?)?).to_dtype(base.dtype())?;
+    let value = (base + update)?;
+    if !(x.track_op() || a.track_op() || b.track_op()) {
+        return Ok(value);
+    }
+    x.apply_op3(
+        a,
+        b,
+        LoraLinear {
+            value: Precomputed::new(value)?,
+            weight,
+            scale,
+            dropout,
+        },
+    )
+}
+
+struct LoraLinear {
+    value: Precomputed,
+    weight: Tensor,
+    scale: f64,
+    dropout: Option<KeepMask>,
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    crate::precomputed_forward!(s1 l1, s2 l2, s3 l3);
+
+    /// With g = dy (f32, rows flattened), d = drop(x) and u = g·B:
+    /// dx = g·W + s·mask(u·A), dA = s·uᵀ·d, dB = s·gᵀ·(d·Aᵀ).
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> CandleResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let in_dim = x.dim(D::Minus1)?;
+        let out_dim = grad.dim(D::Minus1)?;
+        let g = grad.to_dtype(DType::F32)?.reshape(((), out_dim))?;
+        let mut d = x.to_dtype(DType::F32)?;
+        if let Some(mask) = &self.dropout {
+            d = mask.apply(&d)?;
+        }
+        let d = d.reshape(((), in_dim))?;
+        let u = g.matmul(b)?;
+        let mut dx_update = (u.matmul(a)? * self.scale)?.reshape(x.shape())?;
+        if let Some(mask) = &self.dropout {
+            dx_update = mask.apply(&dx_update)?;
+        }
+        let dx = (grad.broadcast_matmul(&self.weight)? + dx_update.to_dtype(x.dtype())?)?;
+        let da = (u.t()?.matmul(&d)? * self.scale)?;
+        let db = (g.t()?.matmul(&d.matmul(&a.t()?)?)? * self.scale)?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
+/// Seeded randomness for dropout in training. CPU masks come from this generator so that a run
+/// is reproducible; on a GPU the device's own (seeded) generator is used to avoid transfers.
+pub struct DropoutRng(RefCell<StdRng>);
+
+impl DropoutRng {
+    pub fn new(rng: StdRng) -> Self {
+        DropoutRng(RefCell::new(rng))
+    }
+
+    /// A seed for a generator of its own (one per encoder layer and pass).
+    pub fn fork_seed(&self) -> u64 {
+        self.0.borrow_mut().random()
+    }
+
+    /// The generator of `seed`: the same masks every time it is made again. On a GPU the
+    /// device's generator is reseeded, which makes its masks repeat too.
+    pub fn replay(seed: u64, device: &Device) -> CandleResult<DropoutRng> {
+        if !device.is_cpu() {
+            device.set_seed(seed)?;
+        }
+        Ok(DropoutRng::new(StdRng::seed_from_u64(seed)))
+    }
+
+    /// A dropout mask of `shape`, each entry dropped with probability p.
+    pub fn mask(&self, p: f64, shape: &Shape, device: &Device) -> CandleResult<KeepMask> {
+        let keep = match device {
+            Device::Cpu => {
+                let mut rng = self.0.borrow_mut();
+                let keep: Vec<u8> = (0..shape.elem_count())
+                    .map(|_| u8::from(rng.random::<f64>() >= p))
+                    .collect();
+                Tensor::from_vec(keep, shape, device)?
+            }
+            device => Tensor::rand(0f32, 1f32, shape, device)?.ge(p)?,
+        };
+        Ok(KeepMask {
+            keep,
+            scale: 1.0 / (1.0 - p),
+        })
+    }
+}
+
+/// Inverted dropout's mask: a byte per entry (1 kept, 0 dropped), kept entries scaled by
+/// 1/(1−p). The forward and backward passes both apply it.
+pub struct KeepMask {
+    pub keep: Tensor,
+    pub scale: f64,
+}
+
+impl KeepMask {
+    pub fn apply(&self, x: &Tensor) -> CandleResult<Tensor> {
+        (x * self.keep.to_dtype(x.dtype())?)? * self.scale
+    }
+}
+
+/// Inverted dropout with a byte mask: kept entries are scaled by 1/(1−p). Keeps the mask, not
+/// an f32 copy of it, for the backward pass.
+pub fn dropout(x: &Tensor, p: f64, rng: Option<&DropoutRng>) -> CandleResult<Tensor> {
+    let Some(rng) = rng else {
+        return Ok(x.clone());
+    };
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let mask = rng.mask(p, x.shape(), x.device())?;
+    let value = mask.apply(&x.detach())?;
+    if !x.track_op() {
+        return Ok(value);
+    }
+    x.apply_op1(Dropout {
+        value: Precomputed::new(value)?,
+        mask,
+    })
+}
+
+struct Dropout {
+    value: Precomputed,
+    mask: KeepMask,
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "byte-mask-dropout"
+    }
+
+    crate::precomputed_forward!(storage layout);
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
+        Ok(Some(self.mask.apply(grad)?))
+    }
+}
+
+/// Terms added to the attention scores q·kᵀ before the softmax, with trained inputs of their
+/// own (DeBERTa's relative positions). The attention node keeps them for its backward pass.
+pub trait ScoreTerms: Send + Sync + 'static {
+    /// The terms' trained inputs as one tensor (the node's third input), if any.
+    fn inputs(&self) -> CandleResult<Option<Tensor>>;
+    /// `scores` (of detached queries and keys) with the terms added.
+    fn add_to(&self, scores: Tensor, query: &Tensor, key: &Tensor) -> CandleResult<Tensor>;
+    /// The backward pass through the terms: adds their share of the queries' and keys'
+    /// gradients to `dq` and `dk` and returns the gradient of [`ScoreTerms::inputs`]; `inputs`
+    /// are the node's (query, key, the terms' inputs).
+    /// `grad_scores` is the f32 gradient of the (capped) scores.
+    fn backward(
+        &self,
+        grad_scores: &Tensor,
+        inputs: (&Tensor, &Tensor, &Tensor),
+        dq: &mut Tensor,
+        dk: &mut Tensor,
+    ) -> CandleResult<Option<Tensor>>;
+}
+
+/// Attention probabilities for already scaled queries: `dropout(softmax(q·kᵀ + terms +
+/// mask))`, the scores' sum in the activations' dtype and the softmax in f32 (as under
+/// autocast), returned in the activations' dtype. `terms`: extra score terms (DeBERTa's
+/// relative positions); `softcap`: Gemma-2's soft-capping of the scores before the mask,
+/// `cap·tanh(scores/cap)`.
+///
+/// In training (`grads`) the result is one graph node that keeps the softmax output, the byte
+/// dropout mask, the capped scores' tanh (with `softcap`) and its inputs `q`, `k` and the
+/// terms' inputs, as PyTorch does; the scores and every other `[B, H, L, L]` intermediate are
+/// freed at once.
+pub fn attention_probs(
+    query: &Tensor,
+    key: &Tensor,
+    terms: Option<Box<dyn ScoreTerms>>,
+    mask_bias: &Tensor,
+    dropout: Option<(f64, &DropoutRng)>,
+    softcap: Option<f64>,
+    grads: bool,
+) -> CandleResult<Tensor> {
+    let dtype = query.dtype();
+    let (q, k) = (query.detach(), key.detach());
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(terms) = &terms {
+        scores = terms.add_to(scores, &q, &k)?;
+    }
+    let softcap = match softcap {
+        Some(cap) => {
+            let tanh = (scores / cap)?.tanh()?;
+            scores = (&tanh * cap)?;
+            Some(tanh)
+        }
+        None => None,
+    };
+    let softmax =
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?.broadcast_add(mask_bias)?)?;
+    drop(scores);
+    let mask = match dropout {
+        Some((p, rng)) if p > 0.0 => Some(rng.mask(p, softmax.shape(), softmax.device())?),
+        _ => None,
+    };
+    let value = match &mask {
+        Some(mask) => mask.apply(&softmax)?.to_dtype(dtype)?,
+        None => softmax.to_dtype(dtype)?,
+    };
+    if !grads {
+        return Ok(value);
+    }
+    // The node has three inputs: the query stands in for terms without inputs.
+    let inputs = match &terms {
+        Some(terms) => terms.inputs()?,
+        None => None,
+    }
+    .unwrap_or_else(|| query.clone());
+    // Without dropout in f32 the node's own output is the softmax: not kept twice.
+    let softmax = (mask.is_some() || dtype != DType::F32).then_some(softmax);
+    query.apply_op3(
+        key,
+        &inputs,
+        AttentionProbs {
+            value: Precomputed::new(value)?,
+            softmax,
+            mask,
+            softcap,
+            terms,
+        },
+    )
+}
+
+struct AttentionProbs {
+    value: Precomputed,
+    /// The f32 softmax before dropout, where it differs from the node's output.
+    softmax: Option<Tensor>,
+    mask: Option<KeepMask>,
+    /// With soft-capping: tanh(scores / cap), whose derivative the scores' gradient takes.
+    softcap: Option<Tensor>,
+    terms: Option<Box<dyn ScoreTerms>>,
+}
+
+impl CustomOp3 for AttentionProbs {
+    fn name(&self) -> &'static str {
+        "attention-probs"
+    }
+
+    crate::precomputed_forward!(s1 l1, s2 l2, s3 l3);
+
+    /// Softmax: ds = y·(dy − Σⱼ dy·y), times 1 − tanh² with soft-capping. Scores: dq = ds·k,
+    /// dk = dsᵀ·q, plus the terms' shares ([`ScoreTerms::backward`]).
+    fn bwd(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        inputs: &Tensor,
+        output: &Tensor,
+        grad: &Tensor,
+    ) -> CandleResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dtype = query.dtype();
+        let mut grad_softmax = grad.to_dtype(DType::F32)?;
+        if let Some(mask) = &self.mask {
+            grad_softmax = mask.apply(&grad_softmax)?;
+        }
+        let y = self.softmax.as_ref().unwrap_or(output);
+        let dot = (&grad_softmax * y)?.sum_keepdim(D::Minus1)?;
+        let mut grad_scores = (grad_softmax.broadcast_sub(&dot)? * y)?;
+        drop(grad_softmax);
+        // cap·tanh(s/cap) has the derivative 1 − tanh².
+        if let Some(tanh) = &self.softcap {
+            let tanh = tanh.to_dtype(DType::F32)?;
+            grad_scores = (grad_scores * (1.0 - tanh.sqr()?)?)?;
+        }
+        let grad_scores_low = grad_scores.to_dtype(dtype)?;
+        let mut dq = grad_scores_low.matmul(key)?;
+        let mut dk = grad_scores_low.t()?.matmul(query)?;
+        drop(grad_scores_low);
+        let grad_inputs = match &self.terms {
+            Some(terms) => terms.backward(&grad_scores, (query, key, inputs), &mut dq, &mut dk)?,
+            None => None,
+        };
+        Ok((Some(dq), Some(dk), grad_inputs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_same, max_difference, random, TOLERANCE};
+
+    /// The frozen projection gives the composed one's value and input gradient, and no
+    /// gradient for its weight or bias.
+    #[test]
+    fn frozen_linear_gives_the_input_gradient_alone() {
+        let (x, w, b) = (random(&[2, 5, 4], 1), random(&[3, 4], 2), random(&[3], 3));
+        let upstream = random(&[2, 5, 3], 4).as_tensor().detach();
+        let composed = x
+            .as_tensor()
+            .broadcast_matmul(&w.as_tensor().detach().t().unwrap())
+            .unwrap()
+            .broadcast_add(&b.as_tensor().detach())
+            .unwrap();
+        let frozen = frozen_linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap();
+        let diff = (&composed - &frozen)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < TOLERANCE);
+        let grad_of = |y: &Tensor| {
+            let grads = (y * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            (
+                grads.get(x.as_tensor()).unwrap().clone(),
+                grads.get(w.as_tensor()).is_some() || grads.get(b.as_tensor()).is_some(),
+            )
+        };
+        let ((dx_composed, _), (dx_frozen, weight_grads)) = (grad_of(&composed), grad_of(&frozen));
+        let diff = (dx_composed - dx_frozen)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < TOLERANCE);
+        assert!(!weight_grads, "the frozen weight got a gradient");
+    }
+
+    /// The LoRA projection gives the composed ops' value and the gradients of x, A and B, with
+    /// a dropout mask on the adapter's input, and none for the frozen weight.
+    #[test]
+    fn lora_linear_matches_the_composed_ops() {
+        let (x, w, bias) = (random(&[2, 5, 4], 1), random(&[3, 4], 2), random(&[3], 3));
+        let (a, b) = (random(&[2, 4], 5), random(&[3, 2], 6));
+        let upstream = random(&[2, 5, 3], 4).as_tensor().detach();
+        let scale = 1.5;
+        let mask = || {
+            DropoutRng::replay(9, &Device::Cpu)
+                .unwrap()
+                .mask(0.3, x.shape(), &Device::Cpu)
+                .unwrap()
+        };
+        let composed = {
+            let base = x
+                .as_tensor()
+                .broadcast_matmul(&w.as_tensor().detach().t().unwrap())
+                .unwrap()
+                .broadcast_add(&bias.as_tensor().detach())
+                .unwrap();
+            let dropped = mask().apply(x.as_tensor()).unwrap();
+            let down = dropped
+                .broadcast_matmul(&a.as_tensor().t().unwrap())
+                .unwrap();
+            let up = down.broadcast_matmul(&b.as_tensor().t().unwrap()).unwrap();
+            (base + (up * scale).unwrap()).unwrap()
+        };
+        let fused = lora_linear(
+            x.as_tensor(),
+            w.as_tensor(),
+            Some(bias.as_tensor()),
+            (a.as_tensor(), b.as_tensor(), scale),
+            Some(mask()),
+        )
+        .unwrap();
+        assert!(max_difference(&composed, &fused) < TOLERANCE);
+        let grads_of = |y: &Tensor| {
+            let grads = (y * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            [&x, &a, &b].map(|v| grads.get(v.as_tensor()).unwrap().clone())
+        };
+        let (expected, ours) = (grads_of(&composed), grads_of(&fused));
+        for (name, (e, o)) in ["x", "A", "B"].iter().zip(expected.iter().zip(&ours)) {
+            let difference = max_difference(e, o);
+            assert!(difference < TOLERANCE, "d{name} differs by {difference}");
+        }
+        let grads = (&fused * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(w.as_tensor()).is_none() && grads.get(bias.as_tensor()).is_none());
+    }
+
+    #[test]
+    fn attention_probs_without_relative_terms_equal_the_plain_softmax() {
+        let query = random(&[1, 2, 5, 3], 11);
+        let key = random(&[1, 2, 5, 3], 12);
+        let mask = Tensor::zeros((1, 1, 1, 5), DType::F32, &Device::Cpu).unwrap();
+        let op = attention_probs(
+            query.as_tensor(),
+            key.as_tensor(),
+            None,
+            &mask,
+            None,
+            None,
+            true,
+        )
+        .unwrap();
+        let composed =
+            candle_nn::ops::softmax(&query.matmul(&key.t().unwrap()).unwrap(), D::Minus1).unwrap();
+        assert_same(&op, &composed, &[&query, &key]);
+    }
+
+    /// Gemma-2's soft-capping: cap·tanh(scores/cap) before the mask, value and gradients
+    /// against the composed ops (scores large enough that the cap bends them).
+    #[test]
+    fn soft_capped_attention_probs_equal_the_composed_ones() {
+        let query = random(&[2, 2, 5, 3], 13);
+        let key = random(&[2, 2, 5, 3], 14);
+        let scaled = (query.as_tensor() * 4.0).unwrap();
+        let mask = Tensor::from_vec(
+            vec![0f32, 0., 0., 0., -1e9, 0., 0., 0., 0., 0.],
+            (2, 1, 1, 5),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let cap = 2.0;
+        let op =
+            attention_probs(&scaled, key.as_tensor(), None, &mask, None, Some(cap), true).unwrap();
+        let scores = scaled.matmul(&key.t().unwrap()).unwrap();
+        let capped = ((scores / cap).unwrap().tanh().unwrap() * cap).unwrap();
+        let composed =
+            candle_nn::ops::softmax(&capped.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+        assert_same(&op, &composed, &[&query, &key]);
+    }
+
+    #[test]
+    fn dropout_keeps_a_byte_mask_and_scales_gradients_like_the_composed_one() {
+        let x = random(&[4, 50], 31);
+        let op = dropout(
+            x.as_tensor(),
+            0.25,
+            Some(&DropoutRng::replay(3, &Device::Cpu).unwrap()),
+        )
+        .unwrap();
+        let keep = DropoutRng::replay(3, &Device::Cpu)
+            .unwrap()
+            .mask(0.25, x.shape(), &Device::Cpu)
+            .unwrap()
+            .keep;
+        assert_eq!(keep.dtype(), DType::U8);
+        let kept = keep
+            .sum_all()
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            (120.0..180.0).contains(&kept),
+            "{kept} of 200 kept at p = 0.25"
+        );
+        let composed =
+            ((x.as_tensor() * keep.to_dtype(DType::F32).unwrap()).unwrap() / 0.75).unwrap();
+        assert_same(&op, &composed, &[&x]);
+    }
+}
