@@ -267,6 +267,17 @@ pub struct TransformerArgs {
         conflicts_with = "folds_file"
     )]
     pub folds: usize,
+    /// New folds keep battles with the same prompt in one fold (stratified group k-fold), as
+    /// `cv --group-by prompt` does, so that OOF scores are not flattered by prompts seen in
+    /// training (LoRA adapters memorise them). A run warns when prompts span folds
+    /// [default: none].
+    #[arg(
+        long,
+        value_enum,
+        value_name = "none|prompt",
+        conflicts_with = "folds_file"
+    )]
+    pub group_by: Option<crate::config::FoldGroups>,
     /// Output folder: fold-K/ per fold, then oof.csv, oof_logits.csv, submission.csv,
     /// test_logits.csv and metrics.json once every fold is there [default: runs/deberta, or
     /// runs/llm when --model is a decoder LLM]

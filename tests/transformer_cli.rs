@@ -363,6 +363,79 @@ fn transformer_names_what_is_wrong_with_a_model_folder() {
     }
 }
 
+/// `--group-by prompt` keeps each prompt's battles in one fold, as `cv`'s does; plain folds
+/// spread them and the run says so.
+#[test]
+fn transformer_groups_folds_by_prompt() {
+    if !common::arena_sample_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // 24 battles over 6 prompts, 4 each; prompt 5 has two turns.
+    let prompt = |i: usize| match i % 6 {
+        5 => r#"["question 5", "and a follow-up"]"#.to_string(),
+        k => format!(r#"["question {k}"]"#),
+    };
+    let mut train = String::from(
+        "id,model_a,model_b,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n",
+    );
+    for i in 0..24 {
+        let label = ["1,0,0", "0,1,0", "0,0,1"][i % 3];
+        let answer = "x ".repeat(i % 5 + 1);
+        train.push_str(&format!(
+            "{},m1,m2,\"{}\",\"[\"\"{answer}\"\"]\",\"[\"\"y\"\"]\",{label}\n",
+            100 + i,
+            prompt(i).replace('"', "\"\"")
+        ));
+    }
+    let train_path = dir.path().join("train.csv");
+    std::fs::write(&train_path, train).unwrap();
+    let [_, test, model] = sample_and_model();
+    let run = |group_by: &str| {
+        let out = dir.path().join(format!("run-{group_by}"));
+        let output = run_ok(&[
+            "transformer",
+            "--model",
+            &model,
+            "--train",
+            train_path.to_str().unwrap(),
+            "--test",
+            &test,
+            "--out",
+            out.to_str().unwrap(),
+            "--folds",
+            "3",
+            "--group-by",
+            group_by,
+            "--epochs",
+            "1",
+            "--max-len",
+            "32",
+        ]);
+        let folds: Vec<usize> = rows(&out.join("folds.csv"))
+            .iter()
+            .skip(1)
+            .map(|row| row[1].parse().unwrap())
+            .collect();
+        (String::from_utf8_lossy(&output.stderr).into_owned(), folds)
+    };
+    let (stderr, _) = run("none");
+    assert!(
+        stderr.contains("prompts (") && stderr.contains("appear in more than one fold"),
+        "{stderr}"
+    );
+    let (stderr, folds) = run("prompt");
+    assert!(!stderr.contains("more than one fold"), "{stderr}");
+    assert_eq!(folds.len(), 24);
+    for i in 0..24 {
+        assert_eq!(folds[i], folds[i % 6], "battle {i} left its prompt's fold");
+    }
+    let mut used = folds.clone();
+    used.sort();
+    used.dedup();
+    assert_eq!(used, [0, 1, 2]);
+}
+
 /// A learning rate that makes training diverge is named with the file that set it, and the
 /// other rate in use with its default.
 #[test]

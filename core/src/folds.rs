@@ -85,8 +85,11 @@ impl Folds {
         members.shuffle(&mut rng);
         members.sort_by_key(|rows| std::cmp::Reverse(rows.len()));
         // Each fold's share of each class; a group goes where the sum of squared shares grows
-        // least, which keeps every class spread evenly and the fold sizes close.
+        // least, which keeps every class spread evenly and the fold sizes close. Ties (a group
+        // whose classes no fold holds yet) go to the fold with the fewest rows: taking the
+        // first would stack groups of different classes into one fold and leave others empty.
         let mut shares = vec![[0f64; 3]; n_folds];
+        let mut sizes = vec![0usize; n_folds];
         let mut assignment = vec![0; labels.len()];
         for rows in &members {
             let mut added = [0f64; 3];
@@ -95,10 +98,15 @@ impl Folds {
             let growth = |fold: &[f64; 3]| -> f64 {
                 (0..3).map(|c| added[c] * (2.0 * fold[c] + added[c])).sum()
             };
+            let least = (0..n_folds)
+                .map(|f| growth(&shares[f]))
+                .fold(f64::INFINITY, f64::min);
             let fold = (0..n_folds)
-                .min_by(|&a, &b| growth(&shares[a]).total_cmp(&growth(&shares[b])))
-                .expect("n_folds >= 2");
+                .filter(|&f| growth(&shares[f]) <= least + 1e-12)
+                .min_by_key(|&f| sizes[f])
+                .unwrap_or(0);
             (0..3).for_each(|c| shares[fold][c] += added[c]);
+            sizes[fold] += rows.len();
             rows.iter().for_each(|&r| assignment[r] = fold);
         }
         Ok(Folds {
@@ -345,6 +353,21 @@ impl Folds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Groups of one class each (every battle of a prompt won by the same side) still fill
+    /// every fold, two groups a fold.
+    #[test]
+    fn single_class_groups_fill_every_fold() {
+        let labels: Vec<Outcome> = (0..24).map(|i| Outcome::ALL[i % 3]).collect();
+        let groups: Vec<usize> = (0..24).map(|i| i % 6).collect();
+        let folds = Folds::stratified_grouped(&labels, &groups, 3, 42).unwrap();
+        let mut sizes = [0; 3];
+        (0..24).for_each(|row| sizes[folds.fold_of(row)] += 1);
+        assert_eq!(sizes, [8, 8, 8]);
+        for row in 0..24 {
+            assert_eq!(folds.fold_of(row), folds.fold_of(row % 6));
+        }
+    }
 
     /// Prompt a spans folds 0 and 1 (2 battles), b sits in fold 0 twice, c alone in fold 1.
     #[test]

@@ -3,6 +3,7 @@
 //! reads the data and hands over to the fold-run protocol (`neural::run`), which trains or
 //! predicts each fold and merges them.
 use crate::cli::TransformerArgs;
+use crate::config::FoldGroups;
 use crate::data;
 use anyhow::{bail, Result};
 use deberta::{DebertaConfig, DebertaRun};
@@ -61,6 +62,7 @@ pub fn run(args: TransformerArgs) -> Result<()> {
         device: args.device.clone(),
         folds_file: args.folds_file.clone(),
         folds: args.folds,
+        group_by_prompt: args.group_by == Some(FoldGroups::Prompt),
         fold: args.fold,
         merge: args.merge,
         predict_only: args.predict_only,
@@ -74,7 +76,7 @@ pub fn run(args: TransformerArgs) -> Result<()> {
     };
     if llm_folder.or(recorded_llm).unwrap_or(false) {
         let config: LlmConfig = options.config.resolve(recorded)?;
-        let (train, test) = read_battles(&args, options.predict_only)?;
+        let (train, test) = read_battles(&args)?;
         let mut member = LlmRun::new(model_dir, device(&args.device)?, config, args.int8_base);
         run::run(&mut member, &options, train, test)?;
     } else {
@@ -85,7 +87,7 @@ pub fn run(args: TransformerArgs) -> Result<()> {
                  for prediction; training needs them dense)"
             );
         }
-        let (train, test) = read_battles(&args, options.predict_only)?;
+        let (train, test) = read_battles(&args)?;
         let mut member = DebertaRun {
             model_dir,
             device: device(&args.device)?,
@@ -97,16 +99,12 @@ pub fn run(args: TransformerArgs) -> Result<()> {
     Ok(())
 }
 
-/// The training and test files as the protocol takes them; the training texts are left out
-/// where only the test rows are predicted.
-fn read_battles(args: &TransformerArgs, predict_only: bool) -> Result<(TrainingRows, TestRows)> {
+/// The training and test files as the protocol takes them.
+fn read_battles(args: &TransformerArgs) -> Result<(TrainingRows, TestRows)> {
     let train = data::read_train(&args.train)?;
     let test = data::read_test(&args.test)?;
     let train = TrainingRows {
-        pairs: match predict_only {
-            true => Vec::new(),
-            false => response_pairs(&train.battles.battles),
-        },
+        pairs: response_pairs(&train.battles.battles),
         ids: train.battles.ids,
         labels: train.labels,
     };

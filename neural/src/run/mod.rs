@@ -166,6 +166,9 @@ pub struct RunOptions {
     /// folds.
     pub folds_file: Option<PathBuf>,
     pub folds: usize,
+    /// New folds keep the battles of a prompt together (stratified group k-fold), so that
+    /// adapters that memorise prompts do not flatter the OOF score.
+    pub group_by_prompt: bool,
     pub fold: Option<FoldChoice>,
     /// Only merge the folds already in `out`.
     pub merge: bool,
@@ -201,14 +204,27 @@ pub fn run<M: Member>(
     let reuses_run = options.merge || options.predict_only;
     // The run folder's own folds.csv is (re)written once a fold has trained, so that a run
     // that fails early (a bad model folder) leaves no folds.csv that looks like a run's.
+    // Prompts are compared as joined text, turn by turn.
+    let prompts: Vec<&str> = train.pairs.iter().map(|p| p.prompt.as_str()).collect();
     let (folds, write_own_folds) = match &options.folds_file {
         Some(path) => (Folds::read(path, &train.ids)?, true),
         None if reuses_run && own_folds.is_file() => (Folds::read(&own_folds, &train.ids)?, false),
+        None if options.group_by_prompt => {
+            let folds =
+                Folds::stratified_grouped(&train.labels, &prompts, options.folds, training.seed)?;
+            (folds, true)
+        }
         None => (
             Folds::stratified(&train.labels, options.folds, training.seed)?,
             true,
         ),
     };
+    if !options.merge {
+        if let Some(warning) = folds.prompts_across_folds(&prompts).warning() {
+            eprintln!("{warning}");
+        }
+    }
+    drop(prompts);
     let one_fold = if options.merge {
         None
     } else {
