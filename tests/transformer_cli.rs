@@ -436,6 +436,67 @@ fn transformer_groups_folds_by_prompt() {
     assert_eq!(used, [0, 1, 2]);
 }
 
+/// Folds trained from different model folders (here one whose config.json differs by a byte)
+/// are refused by the merge, naming both folders and their fingerprints.
+#[test]
+fn the_merge_refuses_folds_of_different_bases() {
+    if !common::arena_sample_present() {
+        return;
+    }
+    let [train, test, model] = sample_and_model();
+    let other = tempfile::tempdir().unwrap();
+    for name in ["config.json", "model.safetensors", "spm.model"] {
+        let source = Path::new(&model).join(name);
+        std::fs::copy(source, other.path().join(name)).unwrap();
+    }
+    let config = other.path().join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text + "\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().to_str().unwrap();
+    let fold = |model: &str, fold: &str| {
+        run_ok(&[
+            "transformer",
+            "--model",
+            model,
+            "--train",
+            &train,
+            "--test",
+            &test,
+            "--out",
+            out_dir,
+            "--folds",
+            "3",
+            "--max-len",
+            "64",
+            "--epochs",
+            "1",
+            "--fold",
+            fold,
+        ])
+    };
+    fold(&model, "0");
+    fold(other.path().to_str().unwrap(), "1");
+    fold(&model, "2");
+    let output = ensemble(&[
+        "transformer",
+        "--train",
+        &train,
+        "--test",
+        &test,
+        "--out",
+        out_dir,
+        "--merge",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("fold 1 was trained on {}", other.path().display()))
+            && stderr.contains(&format!("fold 0 on {model} (fingerprint xxh3-all:")),
+        "{stderr}"
+    );
+}
+
 /// A learning rate that makes training diverge is named with the file that set it, and the
 /// other rate in use with its default.
 #[test]
@@ -575,9 +636,10 @@ fn transformer_trains_the_llm_member_and_predicts_from_its_adapters() {
         assert_eq!(adapter["peft_type"], "LORA");
         assert!(dir.join("adapter/adapter_model.safetensors").is_file());
         let summary = read_json(&dir.join("fold.json"));
-        assert_eq!(
-            summary["base_model"]["fingerprint"].as_str().unwrap().len(),
-            16
+        let fingerprint = summary["base_model"]["fingerprint"].as_str().unwrap();
+        assert!(
+            fingerprint.starts_with("xxh3-all:") && fingerprint.len() == 9 + 16,
+            "{fingerprint}"
         );
     }
 
@@ -621,7 +683,7 @@ fn transformer_trains_the_llm_member_and_predicts_from_its_adapters() {
     let output = call(&with(&fixture("tiny-llm-llama"), &["--predict-only"]));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        !output.status.success() && stderr.contains("has other weights (fingerprint"),
+        !output.status.success() && stderr.contains("has other files (fingerprint"),
         "{stderr}"
     );
     let output = call(&with(Path::new(&deberta), &["--predict-only"]));

@@ -323,6 +323,23 @@ impl Classifier {
     }
 }
 
+/// The fingerprint of a DeBERTa folder (`neural::fingerprint_files`: every byte of its
+/// weights, `config.json` and tokenizer files), which each fold records of the model it was
+/// fine-tuned from, so that a merge never mixes folds of different bases.
+pub fn base_fingerprint(model_dir: &Path) -> Result<String> {
+    let weights = [SAFETENSORS_FILE, PYTORCH_FILE]
+        .iter()
+        .map(|name| model_dir.join(name))
+        .find(|path| path.is_file())
+        .ok_or_else(|| Error::MissingFile {
+            path: model_dir.to_path_buf(),
+            what: format!("the weights: neither {SAFETENSORS_FILE} nor {PYTORCH_FILE}"),
+        })?;
+    let mut files = vec![weights, model_dir.join(CONFIG_FILE)];
+    files.extend(neural::existing_files(model_dir, &TOKENIZER_FILES));
+    Ok(neural::fingerprint_files(&files)?)
+}
+
 /// Right-pads sequences into ids `[N, L]` (u32) and a mask `[N, L]` (f32).
 fn pad_batch(sequences: &[&Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Tensor)> {
     let width = sequences.iter().map(|s| s.len()).max().unwrap_or(1).max(1);

@@ -240,10 +240,29 @@ const WORD_EMBEDDINGS: &str = "deberta.embeddings.word_embeddings.weight";
 /// `fold-K/model/`, which `--predict-only` reads back.
 pub struct DebertaRun {
     /// The model folder (`--model`): needed to train.
-    pub model_dir: Option<PathBuf>,
-    pub device: Device,
-    pub config: DebertaConfig,
-    pub save_models: bool,
+    model_dir: Option<PathBuf>,
+    device: Device,
+    config: DebertaConfig,
+    save_models: bool,
+    /// The model folder's path and fingerprint, once read for training.
+    base: Option<BaseModel>,
+}
+
+impl DebertaRun {
+    pub fn new(
+        model_dir: Option<PathBuf>,
+        device: Device,
+        config: DebertaConfig,
+        save_models: bool,
+    ) -> DebertaRun {
+        DebertaRun {
+            model_dir,
+            device,
+            config,
+            save_models,
+            base: None,
+        }
+    }
 }
 
 impl Member for DebertaRun {
@@ -263,7 +282,15 @@ impl Member for DebertaRun {
             .model_dir
             .as_deref()
             .ok_or_else(|| neural::Error::Invalid("--model is needed to train".into()))?;
-        Ok(Classifier::load(dir, &self.device, &self.config)?)
+        let classifier = Classifier::load(dir, &self.device, &self.config)?;
+        if self.base.is_none() {
+            let fingerprint = crate::base_fingerprint(dir)?;
+            self.base = Some(BaseModel {
+                dir: dir.to_owned(),
+                fingerprint,
+            });
+        }
+        Ok(classifier)
     }
 
     fn saved(&self, fold_dir: &Path) -> (PathBuf, &'static str) {
@@ -287,7 +314,7 @@ impl Member for DebertaRun {
     }
 
     fn base(&self) -> Option<&BaseModel> {
-        None
+        self.base.as_ref()
     }
 
     fn give_back(&mut self, _model: Classifier) {}

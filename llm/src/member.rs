@@ -520,16 +520,26 @@ impl Member for LlmRun {
         let mut member = self.base_member()?;
         let base = self.base.as_ref().expect("set by base_member");
         if trained.fingerprint != base.fingerprint {
-            let error = neural::Error::Invalid(format!(
-                "{}: fold {fold}'s adapter was trained on {} (weights fingerprint {}), and {} \
-                 has other weights (fingerprint {}); predict with the base model it was \
+            let older = !trained.fingerprint.starts_with(neural::FINGERPRINT_SCHEME);
+            let error = neural::Error::Invalid(match older {
+                true => format!(
+                    "{}: fold {fold} records its base's fingerprint in an older form ({}), \
+                     which this version cannot compare with {}; train the fold again",
+                    saved.display(),
+                    trained.fingerprint,
+                    base.dir.display()
+                ),
+                false => format!(
+                    "{}: fold {fold}'s adapter was trained on {} (fingerprint {}), and {} \
+                 has other files (fingerprint {}); predict with the base model it was \
                  trained on",
-                saved.display(),
-                trained.dir.display(),
-                trained.fingerprint,
-                base.dir.display(),
-                base.fingerprint
-            ));
+                    saved.display(),
+                    trained.dir.display(),
+                    trained.fingerprint,
+                    base.dir.display(),
+                    base.fingerprint
+                ),
+            });
             self.member = Some(member);
             return Err(error);
         }

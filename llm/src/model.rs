@@ -68,46 +68,16 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// A fingerprint of a model folder's weights, which a fold's run records so that its adapter
-/// is never applied to another base: xxh3 of each weight file's name, size, safetensors
-/// header (names, dtypes, shapes, offsets) and 16 evenly spaced 64 KiB samples of its data.
-/// A sample rather than every byte, which for a 9B model is 18 GB read for a check; a
-/// fine-tune (full, or LoRA merged) changes the projections, which are most of the bytes, so
-/// a sample lands in changed weights.
+/// The fingerprint of a model folder (`neural::fingerprint_files`: every byte of its weight
+/// files, `config.json` and `tokenizer.json`), which a fold's run records so that its
+/// adapter is never applied to another base, nor merged with folds trained on another.
 pub fn base_fingerprint(dir: &Path) -> Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    const SAMPLES: u64 = 16;
-    const SAMPLE_BYTES: u64 = 64 << 10;
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for path in weight_files(dir)? {
-        let mut file = std::fs::File::open(&path).map_err(Error::io(&path))?;
-        let size = file.metadata().map_err(Error::io(&path))?.len();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        hasher.update(name.unwrap_or_default().as_bytes());
-        hasher.update(&size.to_le_bytes());
-        let mut chunk = vec![0u8; SAMPLE_BYTES as usize];
-        // The header (its length is the first 8 bytes), then the samples.
-        let mut length = [0u8; 8];
-        file.read_exact(&mut length).map_err(Error::io(&path))?;
-        let header = u64::from_le_bytes(length).min(size.saturating_sub(8));
-        let mut offsets = vec![(8, header)];
-        let data = 8 + header;
-        let span = size.saturating_sub(data).saturating_sub(SAMPLE_BYTES);
-        offsets.extend((0..SAMPLES).map(|k| (data + span * k / (SAMPLES - 1), SAMPLE_BYTES)));
-        for (offset, len) in offsets {
-            let len = len.min(size.saturating_sub(offset));
-            file.seek(SeekFrom::Start(offset))
-                .map_err(Error::io(&path))?;
-            let mut remaining = len;
-            while remaining > 0 {
-                let n = remaining.min(SAMPLE_BYTES) as usize;
-                file.read_exact(&mut chunk[..n]).map_err(Error::io(&path))?;
-                hasher.update(&chunk[..n]);
-                remaining -= n as u64;
-            }
-        }
-    }
-    Ok(format!("{:016x}", hasher.digest()))
+    let mut files = weight_files(dir)?;
+    files.extend(neural::existing_files(
+        dir,
+        &["config.json", "tokenizer.json"],
+    ));
+    Ok(neural::fingerprint_files(&files)?)
 }
 
 /// RMSNorm, computed in f32 as Hugging Face does: `x / sqrt(mean(x²) + eps)` times the weight,

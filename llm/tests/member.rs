@@ -113,7 +113,7 @@ fn configs_llm_toml_states_the_defaults() {
 }
 
 /// The base model's fingerprint: the same for a copy, another after one byte of the weights
-/// changes.
+/// or of the tokenizer changes.
 #[test]
 fn the_base_fingerprint_follows_the_weights() {
     let source = fixture("tiny-llm-qwen2");
@@ -125,9 +125,15 @@ fn the_base_fingerprint_follows_the_weights() {
     assert_eq!(llm::base_fingerprint(copy.path()).unwrap(), original);
     let weights = copy.path().join("model.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
-    // The last byte: the end of the data, which the last sample covers.
     *bytes.last_mut().unwrap() ^= 1;
-    std::fs::write(&weights, bytes).unwrap();
+    std::fs::write(&weights, &bytes).unwrap();
+    assert_ne!(llm::base_fingerprint(copy.path()).unwrap(), original);
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&weights, &bytes).unwrap();
+    assert_eq!(llm::base_fingerprint(copy.path()).unwrap(), original);
+    let tokenizer = copy.path().join("tokenizer.json");
+    let text = std::fs::read_to_string(&tokenizer).unwrap();
+    std::fs::write(&tokenizer, text + "\n").unwrap();
     assert_ne!(llm::base_fingerprint(copy.path()).unwrap(), original);
     let empty = tempfile::tempdir().unwrap();
     assert!(llm::base_fingerprint(empty.path())

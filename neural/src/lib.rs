@@ -18,6 +18,7 @@ mod config;
 mod cuda_libraries;
 mod device;
 mod error;
+mod fingerprint;
 mod memory;
 mod ops;
 mod pair;
@@ -30,6 +31,7 @@ pub use checkpoint::{checkpointed, ParamGrads, Recompute};
 pub use config::{MemberConfig, Precision, Schedule, TrainingConfig};
 pub use device::{free_memory, parse_device, peak_rss_mib, reuse_freed_host_memory};
 pub use error::{Error, Result, Setting};
+pub use fingerprint::{existing_files, fingerprint_files, FINGERPRINT_SCHEME};
 pub use memory::{gib, MemoryEstimate};
 pub use ops::{
     attention_probs, dropout, frozen_linear, lora_linear, DropoutRng, KeepMask, Precomputed,

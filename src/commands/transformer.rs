@@ -88,12 +88,8 @@ pub fn run(args: TransformerArgs) -> Result<()> {
             );
         }
         let (train, test) = read_battles(&args)?;
-        let mut member = DebertaRun {
-            model_dir,
-            device: device(&args.device)?,
-            config,
-            save_models: args.save_models,
-        };
+        let mut member =
+            DebertaRun::new(model_dir, device(&args.device)?, config, args.save_models);
         run::run(&mut member, &options, train, test)?;
     }
     Ok(())

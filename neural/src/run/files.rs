@@ -33,12 +33,13 @@ pub struct FoldSummary {
     /// The member's training config, which `--predict-only` checks its own against.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
-    /// The LLM member: the base model the adapter was trained on.
+    /// The model folder the fold was trained from (DeBERTa's, or the LLM member's base, to
+    /// which its adapter is applied only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model: Option<BaseModel>,
 }
 
-/// The base model of a fold that trained an adapter, which the adapter is applied to only.
+/// The model folder a fold was trained from, and its fingerprint (`crate::fingerprint_files`).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct BaseModel {
     pub dir: PathBuf,

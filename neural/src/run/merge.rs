@@ -6,7 +6,9 @@ use ensemble_core::stage_file;
 use ensemble_core::{metrics, probs_from_logits, Folds, Outcome, Predictions, Probs};
 use serde::Serialize;
 
-use super::files::{config_differences, fold_dir, read_logits, write_logits, FoldSummary};
+use super::files::{
+    config_differences, fold_dir, read_logits, write_logits, BaseModel, FoldSummary,
+};
 use super::RunOptions;
 use crate::config::MemberConfig;
 use crate::{Error, Result};
@@ -34,6 +36,8 @@ fn fold_summaries(
     config: Option<serde_json::Value>,
 ) -> Result<Vec<FoldSummary>> {
     let mut reference = config.map(|config| ("this run".to_owned(), config));
+    // The first fold that records its base; every other that does must record the same.
+    let mut first_base: Option<(usize, BaseModel)> = None;
     let (mut summaries, mut missing, mut mismatched) = (Vec::new(), Vec::new(), Vec::new());
     for fold in 0..n_folds {
         let path = fold_dir(out, fold).join("fold.json");
@@ -50,6 +54,22 @@ fn fold_summaries(
                 if !keys.is_empty() {
                     mismatched.push(format!("fold {fold} was trained with {}", keys.join(", ")));
                 }
+            }
+        }
+        if let Some(base) = &summary.base_model {
+            match &first_base {
+                None => first_base = Some((fold, base.clone())),
+                Some((first, seen)) if seen.fingerprint != base.fingerprint => {
+                    mismatched.push(format!(
+                        "fold {fold} was trained on {} (fingerprint {}), fold {first} on {} \
+                         (fingerprint {})",
+                        base.dir.display(),
+                        base.fingerprint,
+                        seen.dir.display(),
+                        seen.fingerprint
+                    ))
+                }
+                Some(_) => {}
             }
         }
         summaries.push(summary);
