@@ -88,18 +88,44 @@ fn transformer_runs_folds_and_merges_on_the_arena_sample() {
         std::fs::read_to_string(&test_logits).unwrap(),
         trained_logits
     );
-    // Predicting with another precision than training is refused, naming the key.
-    let mismatch = [
+    // Predicting in another precision than training (f32 for a bf16 fold, as on a GPU without
+    // bf16) works, says so, and moves the logits slightly.
+    let other_precision = [
         ["transformer"].as_slice(),
         &data,
         &["--precision", "f32", "--predict-only", "--fold", "1"],
     ]
     .concat();
+    let output = run_ok(&other_precision);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("trained in \"bf16\", predicting in \"f32\""),
+        "{stderr}"
+    );
+    let values = |text: &str| -> Vec<f32> {
+        text.lines()
+            .skip(1)
+            .flat_map(|l| l.split(',').skip(1).map(|v| v.parse::<f32>().unwrap()))
+            .collect()
+    };
+    let moved = values(&trained_logits)
+        .iter()
+        .zip(values(&std::fs::read_to_string(&test_logits).unwrap()))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        moved < 0.1,
+        "f32 prediction of a bf16 fold moved by {moved}"
+    );
+    // A key that changes what the model reads is refused, naming it.
+    let mut mismatch = predict.clone();
+    let max_len = mismatch.iter().position(|a| *a == "128").unwrap();
+    mismatch[max_len] = "64";
     let output = ensemble(&mismatch);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success()
-            && stderr.contains("fold.json: the model was trained with precision = \"bf16\""),
+            && stderr.contains("fold.json: the model was trained with max_len = 128"),
         "{stderr}"
     );
     // Fold 0 kept no model, so it cannot predict.

@@ -15,6 +15,7 @@ mod error;
 mod member;
 mod model;
 mod ops;
+mod safetensors_reader;
 
 pub use adapter::{LoraSpec, TARGETABLE};
 pub use config::{DecoderConfig, Family, Llama3RopeScaling};

@@ -127,8 +127,31 @@ impl LlmMember {
         device: &Device,
         config: &LlmConfig,
     ) -> Result<(LlmMember, Option<String>)> {
+        LlmMember::load_with(model_dir, device, config, false)
+    }
+
+    /// Loads the member as [`LlmMember::load`] does, with the base weights in 8 bits for
+    /// prediction, quantized as they are read ([`DecoderClassifier::load_8_bit`]).
+    pub fn load_8_bit(
+        model_dir: &Path,
+        device: &Device,
+        config: &LlmConfig,
+    ) -> Result<(LlmMember, Option<String>)> {
+        LlmMember::load_with(model_dir, device, config, true)
+    }
+
+    fn load_with(
+        model_dir: &Path,
+        device: &Device,
+        config: &LlmConfig,
+        eight_bit: bool,
+    ) -> Result<(LlmMember, Option<String>)> {
         config.validate().map_err(Error::Invalid)?;
-        let model = DecoderClassifier::load(model_dir, device, config.training.precision.dtype())?;
+        let dtype = config.training.precision.dtype();
+        let model = match eight_bit {
+            true => DecoderClassifier::load_8_bit(model_dir, device, dtype)?,
+            false => DecoderClassifier::load(model_dir, device, dtype)?,
+        };
         let (pad_id, from_eos) =
             model
                 .config()
@@ -191,11 +214,6 @@ impl LlmMember {
 
     pub fn save_adapter(&self, dir: &Path) -> Result<()> {
         self.model.save_adapter(dir)
-    }
-
-    /// The base weights in 8 bits for prediction (see [`DecoderClassifier::quantize_base`]).
-    pub fn quantize_base(&mut self) -> Result<()> {
-        self.model.quantize_base()
     }
 
     /// Each battle in the template, in both answer orders, within `max_len` tokens (rows
@@ -463,7 +481,10 @@ impl LlmRun {
                     .into(),
             )
         })?;
-        let (mut member, note) = LlmMember::load(&dir, &self.device, &self.config)?;
+        let (member, note) = match self.int8_base {
+            true => LlmMember::load_8_bit(&dir, &self.device, &self.config)?,
+            false => LlmMember::load(&dir, &self.device, &self.config)?,
+        };
         if let Some(note) = note {
             eprintln!("{note}");
         }
@@ -473,9 +494,6 @@ impl LlmRun {
                  and trains with the adapters",
                 dir.display()
             );
-        }
-        if self.int8_base {
-            member.quantize_base()?;
         }
         let fingerprint = crate::base_fingerprint(&dir)?;
         self.base = Some(BaseModel { dir, fingerprint });

@@ -11,6 +11,7 @@ use crate::adapter::{
     lora_key, Adapter, LoraSpec, LoraWeights, ProjectionShapes, SCORE_KEY, TARGETABLE,
 };
 use crate::config::{DecoderConfig, Family, Llama3RopeScaling};
+use crate::safetensors_reader::SafetensorsReader;
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor, TensorId, Var};
@@ -195,11 +196,25 @@ impl Embedding {
             return Ok(());
         };
         let (vocab, _) = table.dims2()?;
+        *self = Embedding::quantized(vocab, table.dtype(), table.device(), |start, rows| {
+            Ok(table.narrow(0, start, rows)?)
+        })?;
+        Ok(())
+    }
+
+    /// The 8-bit table of `vocab` rows made block by block: `block(start, rows)` gives rows
+    /// `start..start + rows` in `dtype` (on any device), so that no more than a block is ever
+    /// held dense; the table goes to `device`.
+    fn quantized(
+        vocab: usize,
+        dtype: DType,
+        device: &Device,
+        block: impl Fn(usize, usize) -> Result<Tensor>,
+    ) -> Result<Embedding> {
         let (mut rows, mut scales) = (Vec::new(), Vec::new());
         for start in (0..vocab).step_by(EMBEDDING_BLOCK_ROWS) {
-            let block = table
-                .narrow(0, start, EMBEDDING_BLOCK_ROWS.min(vocab - start))?
-                .to_dtype(DType::F32)?;
+            let block =
+                block(start, EMBEDDING_BLOCK_ROWS.min(vocab - start))?.to_dtype(DType::F32)?;
             // An all-zero row keeps scale 1 (its bytes are all 128).
             let largest = block.abs()?.max_keepdim(1)?;
             let scale = (largest.eq(0f64)?.to_dtype(DType::F32)? * 127.0)?.add(&largest)?;
@@ -210,15 +225,14 @@ impl Embedding {
                 .to_dtype(DType::F32)?;
             let q = ((block.broadcast_div(&scale)?.round()? + 128.0)?.clamp(1f32, 255f32)?)
                 .to_dtype(DType::U8)?;
-            rows.push(q);
-            scales.push(scale.to_dtype(DType::F16)?);
+            rows.push(q.to_device(device)?);
+            scales.push(scale.to_dtype(DType::F16)?.to_device(device)?);
         }
-        *self = Embedding::Int8 {
+        Ok(Embedding::Int8 {
             rows: Tensor::cat(&rows, 0)?,
             scales: Tensor::cat(&scales, 0)?,
-            dtype: table.dtype(),
-        };
-        Ok(())
+            dtype,
+        })
     }
 
     fn bytes(&self) -> usize {
@@ -237,11 +251,22 @@ struct Projection {
 }
 
 impl Projection {
-    fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Projection> {
-        Ok(Projection {
+    /// The projection of `vb`'s weights; with `eight_bit` quantized at once, so that the
+    /// dense weight lives only while this projection is read.
+    fn load(
+        vb: VarBuilder,
+        (in_dim, out_dim): (usize, usize),
+        bias: bool,
+        eight_bit: bool,
+    ) -> Result<Projection> {
+        let mut projection = Projection {
             base: BaseWeight::Dense(linear(vb, in_dim, out_dim, bias)?),
             lora: None,
-        })
+        };
+        if eight_bit {
+            projection.quantize()?;
+        }
+        Ok(projection)
     }
 
     /// Replaces a dense base weight by its Q8_0 quantization.
@@ -403,13 +428,15 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, c: &DecoderConfig) -> Result<Attention> {
+    fn load(vb: VarBuilder, c: &DecoderConfig, eight_bit: bool) -> Result<Attention> {
         let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let hidden = c.hidden_size;
+        let load = |name: &str, dims, bias| Projection::load(vb.pp(name), dims, bias, eight_bit);
         Ok(Attention {
-            q: Projection::load(vb.pp("q_proj"), c.hidden_size, q_dim, c.qkv_bias)?,
-            k: Projection::load(vb.pp("k_proj"), c.hidden_size, kv_dim, c.qkv_bias)?,
-            v: Projection::load(vb.pp("v_proj"), c.hidden_size, kv_dim, c.qkv_bias)?,
-            o: Projection::load(vb.pp("o_proj"), q_dim, c.hidden_size, c.o_bias)?,
+            q: load("q_proj", (hidden, q_dim), c.qkv_bias)?,
+            k: load("k_proj", (hidden, kv_dim), c.qkv_bias)?,
+            v: load("v_proj", (hidden, kv_dim), c.qkv_bias)?,
+            o: load("o_proj", (q_dim, hidden), c.o_bias)?,
             heads: c.num_heads,
             kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
@@ -467,21 +494,13 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(vb: VarBuilder, c: &DecoderConfig) -> Result<Mlp> {
+    fn load(vb: VarBuilder, c: &DecoderConfig, eight_bit: bool) -> Result<Mlp> {
+        let (hidden, inter) = (c.hidden_size, c.intermediate_size);
+        let load = |name: &str, dims| Projection::load(vb.pp(name), dims, false, eight_bit);
         Ok(Mlp {
-            gate: Projection::load(
-                vb.pp("gate_proj"),
-                c.hidden_size,
-                c.intermediate_size,
-                false,
-            )?,
-            up: Projection::load(vb.pp("up_proj"), c.hidden_size, c.intermediate_size, false)?,
-            down: Projection::load(
-                vb.pp("down_proj"),
-                c.intermediate_size,
-                c.hidden_size,
-                false,
-            )?,
+            gate: load("gate_proj", (hidden, inter))?,
+            up: load("up_proj", (hidden, inter))?,
+            down: load("down_proj", (inter, hidden))?,
             family: c.family,
         })
     }
@@ -510,7 +529,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(vb: VarBuilder, c: &DecoderConfig, index: usize) -> Result<Layer> {
+    fn load(vb: VarBuilder, c: &DecoderConfig, index: usize, eight_bit: bool) -> Result<Layer> {
         let gemma_norms = match c.family {
             Family::Gemma2 => Some((
                 RmsNorm::load(vb.pp("pre_feedforward_layernorm"), c)?,
@@ -519,8 +538,8 @@ impl Layer {
             _ => None,
         };
         Ok(Layer {
-            attention: Attention::load(vb.pp("self_attn"), c)?,
-            mlp: Mlp::load(vb.pp("mlp"), c)?,
+            attention: Attention::load(vb.pp("self_attn"), c, eight_bit)?,
+            mlp: Mlp::load(vb.pp("mlp"), c, eight_bit)?,
             input_norm: RmsNorm::load(vb.pp("input_layernorm"), c)?,
             post_attention_norm: RmsNorm::load(vb.pp("post_attention_layernorm"), c)?,
             gemma_norms,
@@ -727,6 +746,40 @@ fn unshared(layer: &mut Arc<Layer>) -> Result<&mut Layer> {
         .ok_or_else(|| Error::Invalid("a layer cannot change while a forward pass holds it".into()))
 }
 
+/// Refuses a model whose projections Q8_0 cannot hold (inputs in blocks of 32).
+fn check_8_bit(c: &DecoderConfig) -> Result<()> {
+    let inputs = [c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size];
+    match inputs.iter().find(|n| !n.is_multiple_of(32)) {
+        Some(bad) => Err(Error::Invalid(format!(
+            "8-bit weights need projection inputs that are multiples of 32; this model has {bad}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The embedding table of the weight files in 8 bits, read a block of rows at a time: each
+/// block converted to `dtype` (as a dense load would) and quantized, so that no more than a
+/// block is ever dense.
+fn embedding_8_bit(
+    reader: &SafetensorsReader,
+    config: &DecoderConfig,
+    dtype: DType,
+    device: &Device,
+) -> Result<Embedding> {
+    const NAME: &str = "model.embed_tokens.weight";
+    let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+    let shape = reader.shape(NAME)?;
+    if shape != [vocab, hidden] {
+        return Err(Error::Invalid(format!(
+            "{NAME} has shape {shape:?}; config.json's vocab_size and hidden_size make \
+             [{vocab}, {hidden}]"
+        )));
+    }
+    Embedding::quantized(vocab, dtype, device, |start, rows| {
+        Ok(reader.rows(NAME, start, rows)?.to_dtype(dtype)?)
+    })
+}
+
 /// A decoder LLM with its classification head: the frozen base in the precision it was loaded
 /// in (f32, bf16 or f16), norms, softmax, the adapter and the head in f32, as PEFT and
 /// autocast keep them.
@@ -753,6 +806,24 @@ impl DecoderClassifier {
     /// Loads a Hugging Face folder (`config.json`, `model.safetensors` or shards) saved by
     /// `*ForSequenceClassification`, whose `score` head is kept; the base weights in `dtype`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<DecoderClassifier> {
+        DecoderClassifier::load_folder(dir, device, dtype, false)
+    }
+
+    /// Loads a folder as [`DecoderClassifier::load`] does, with the base weights in 8 bits
+    /// (see [`DecoderClassifier::quantize_base`]) quantized while they are read: each layer's
+    /// projections as the layer is read, the embedding table a block of rows at a time from
+    /// the memory-mapped files, so that the dense base is never held (on the device or the
+    /// host). The values are those of loading in `dtype` and quantizing afterwards.
+    pub fn load_8_bit(dir: &Path, device: &Device, dtype: DType) -> Result<DecoderClassifier> {
+        DecoderClassifier::load_folder(dir, device, dtype, true)
+    }
+
+    fn load_folder(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        eight_bit: bool,
+    ) -> Result<DecoderClassifier> {
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
             return Err(Error::MissingFile {
@@ -762,10 +833,19 @@ impl DecoderClassifier {
         }
         let config = DecoderConfig::from_file(&config_path)?;
         let files = weight_files(dir)?;
-        // SAFETY: the files are memory-mapped read-only; candle copies each tensor out of the
-        // mapping when it is loaded, and the member does not write model files while it runs.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
-        DecoderClassifier::build(config, vb, dir)
+        if !eight_bit {
+            // SAFETY: the files are memory-mapped read-only; candle copies each tensor out of
+            // the mapping when it is loaded, and the member does not write model files while
+            // it runs.
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
+            return DecoderClassifier::build(config, vb, dir, None);
+        }
+        check_8_bit(&config)?;
+        // Read, not mapped: a mapping keeps the dense bytes it touched resident.
+        let reader = SafetensorsReader::open(&files)?;
+        let embed = embedding_8_bit(&reader, &config, dtype, device)?;
+        let vb = VarBuilder::from_backend(Box::new(reader), dtype, device.clone());
+        DecoderClassifier::build(config, vb, dir, Some(embed))
     }
 
     /// A model of `config`'s shape with random weights (normal, std 0.02, as Hugging Face
@@ -778,14 +858,22 @@ impl DecoderClassifier {
     ) -> Result<DecoderClassifier> {
         let backend = RandomWeights::new(seed);
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
-        DecoderClassifier::build(config, vb, Path::new("random"))
+        DecoderClassifier::build(config, vb, Path::new("random"), None)
     }
 
-    fn build(config: DecoderConfig, vb: VarBuilder, dir: &Path) -> Result<DecoderClassifier> {
+    /// The model of `vb`'s weights; with `embed_8_bit` (the table read in 8 bits) the base is
+    /// 8-bit: each projection is quantized as soon as it is read.
+    fn build(
+        config: DecoderConfig,
+        vb: VarBuilder,
+        dir: &Path,
+        embed_8_bit: Option<Embedding>,
+    ) -> Result<DecoderClassifier> {
         let labels = config.num_labels.unwrap_or(3);
         let model = vb.pp("model");
+        let eight_bit = embed_8_bit.is_some();
         let layers = (0..config.num_layers)
-            .map(|i| Layer::load(model.pp("layers").pp(i), &config, i).map(Arc::new))
+            .map(|i| Layer::load(model.pp("layers").pp(i), &config, i, eight_bit).map(Arc::new))
             .collect::<Result<_>>()?;
         // A causal LM's folder (the usual download) has no head: it starts as transformers
         // starts it, normal with deviation 0.02, from a fixed seed.
@@ -796,11 +884,15 @@ impl DecoderClassifier {
             false => RandomWeights::new(HEAD_SEED).draw(head_shape.into(), vb.device())?,
         }
         .to_dtype(DType::F32)?;
-        Ok(DecoderClassifier {
-            embed: Embedding::Dense(model.get(
+        let embed = match embed_8_bit {
+            Some(embed) => embed,
+            None => Embedding::Dense(model.get(
                 (config.vocab_size, config.hidden_size),
                 "embed_tokens.weight",
             )?),
+        };
+        Ok(DecoderClassifier {
+            embed,
             norm: RmsNorm::load(model.pp("norm"), &config)?,
             score: Var::from_tensor(&score)?,
             initial_score: score,
@@ -849,13 +941,7 @@ impl DecoderClassifier {
     /// embedding table's (a byte per weight and a scale per row), about 0.53× the bytes of
     /// f16. Needs each projection's input size to be a multiple of 32.
     pub fn quantize_base(&mut self) -> Result<()> {
-        let c = &self.config;
-        let inputs = [c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size];
-        if let Some(bad) = inputs.iter().find(|n| !n.is_multiple_of(32)) {
-            return Err(Error::Invalid(format!(
-                "8-bit weights need projection inputs that are multiples of 32; this model has {bad}"
-            )));
-        }
+        check_8_bit(&self.config)?;
         for layer in &mut self.layers {
             let layer = unshared(layer)?;
             for (name, _) in TARGETABLE {

@@ -500,3 +500,41 @@ fn the_memory_estimate_follows_length_and_checkpointing() {
     assert!(long.activations > short.activations);
     assert!(long_checkpointed.activations < long.activations);
 }
+
+/// The 8-bit base read block by block from the files is the 8-bit base quantized after a
+/// dense load, bit for bit, in every family and both loading precisions, at the same bytes.
+#[test]
+fn eight_bit_weights_quantized_as_read_equal_those_quantized_after_loading() {
+    let ids = vec![vec![5u32, 17, 300, 42, 9, 1], vec![7u32, 250, 3, 0, 0, 0]];
+    let mask = vec![vec![1u32; 6], vec![1, 1, 1, 0, 0, 0]];
+    for family in ["tiny-llm-gemma2", "tiny-llm-qwen2", "tiny-llm-llama"] {
+        for dtype in [DType::F32, DType::BF16] {
+            let read =
+                DecoderClassifier::load_8_bit(&fixture(family), &Device::Cpu, dtype).unwrap();
+            let mut after = DecoderClassifier::load(&fixture(family), &Device::Cpu, dtype).unwrap();
+            after.quantize_base().unwrap();
+            assert_eq!(
+                read.weight_bytes(),
+                after.weight_bytes(),
+                "{family} {dtype:?}"
+            );
+            let logits = |model: &DecoderClassifier| -> Vec<u32> {
+                let values = model.logits(&ids, &mask).unwrap();
+                let values = values.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+                values
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            assert_eq!(logits(&read), logits(&after), "{family} {dtype:?}");
+            let dense = DecoderClassifier::load(&fixture(family), &Device::Cpu, dtype).unwrap();
+            assert_ne!(
+                logits(&read),
+                logits(&dense),
+                "{family} {dtype:?}: not quantized?"
+            );
+        }
+    }
+}

@@ -105,20 +105,17 @@ impl ConfigSources {
         self.file.is_some() || self.overrides.any()
     }
 
-    /// The training config: the file and the flags over the member's defaults. A run given
-    /// none takes `recorded` (the config its folds were trained with, for `--merge` and
-    /// `--predict-only`), so that a notebook that only predicts need not restate it.
+    /// The training config: the flags over the config file, or over `recorded` (the config
+    /// the folds were trained with, for `--merge` and `--predict-only`), or over the member's
+    /// defaults; so that a notebook that only predicts need not restate it, and can change
+    /// what it may change (`--precision`).
     pub fn resolve<C: MemberConfig>(&self, recorded: Option<serde_json::Value>) -> Result<C> {
-        if !self.given() {
-            if let Some(recorded) = recorded {
-                return C::from_value(recorded).map_err(|message| {
-                    Error::Invalid(format!("the folds' recorded training config: {message}"))
-                });
-            }
-        }
-        let mut config = match &self.file {
-            Some(path) => C::from_toml_file(path)?,
-            None => C::default(),
+        let mut config = match (&self.file, recorded) {
+            (Some(path), _) => C::from_toml_file(path)?,
+            (None, Some(recorded)) => C::from_value(recorded).map_err(|message| {
+                Error::Invalid(format!("the folds' recorded training config: {message}"))
+            })?,
+            (None, None) => C::default(),
         };
         let overrides = &self.overrides;
         let training = config.training_mut();
@@ -481,15 +478,11 @@ fn predict_fold<M: Member>(
     Ok(())
 }
 
-/// The config keys that change what a trained model predicts (each member has some of them).
-const INFERENCE_KEYS: [&str; 6] = [
-    "layout",
-    "precision",
-    "max_len",
-    "segments",
-    "template",
-    "padding",
-];
+/// The config keys that change what a trained model reads (each member has some of them).
+/// The precision may differ: a bf16-trained run predicts in f16 or f32 on a GPU without bf16
+/// (a T4), which moves the logits slightly (BENCHMARKS.md, "Prediction in another
+/// precision").
+const INFERENCE_KEYS: [&str; 5] = ["layout", "max_len", "segments", "template", "padding"];
 
 /// Refuses to predict with a config that differs from the training config `fold_json`
 /// recorded in a key that changes the predictions, naming the key and both values. Returns
@@ -513,6 +506,14 @@ fn check_training_config<C: MemberConfig>(fold_json: &Path, config: &C) -> Resul
         )));
     }
     let asked = serde_json::to_value(config).map_err(|e| Error::Invalid(e.to_string()))?;
+    if trained["precision"] != asked["precision"] {
+        eprintln!(
+            "{}: trained in {}, predicting in {}: the logits move slightly",
+            fold_json.display(),
+            trained["precision"],
+            asked["precision"]
+        );
+    }
     for key in INFERENCE_KEYS {
         if trained[key] != asked[key] {
             return Err(Error::Invalid(format!(
