@@ -363,12 +363,36 @@ fn transformer_names_what_is_wrong_with_a_model_folder() {
         let source = root().join("tests/fixtures/tiny-llm-qwen2").join(name);
         std::fs::copy(source, qwen.path().join(name)).unwrap();
     }
-    for (model, expected) in [
-        (empty.path(), "config.json: missing the model configuration"),
-        (qwen.path(), "missing tokenizer.json"),
+    // A model type neither member reads, given with the LLM member's config: named as the
+    // folder's, not as a config file the wrong member could not parse.
+    let gemma3 = tempfile::tempdir().unwrap();
+    std::fs::write(
+        gemma3.path().join("config.json"),
+        r#"{"model_type": "gemma3"}"#,
+    )
+    .unwrap();
+    let llm_config = root().join("configs/llm.toml");
+    let qwen_fixture = root().join("tests/fixtures/tiny-llm-qwen2");
+    for (model, flags, expected) in [
+        (
+            empty.path(),
+            &[][..],
+            "config.json: missing the model configuration",
+        ),
+        (qwen.path(), &[], "missing tokenizer.json"),
+        (
+            gemma3.path(),
+            &["--config", llm_config.to_str().unwrap()],
+            "config.json: model_type \"gemma3\" is not one `transformer` trains",
+        ),
+        (
+            qwen_fixture.as_path(),
+            &["--max-len", "50"],
+            "max_len 50 (set by --max-len) leaves a field of the battle no token",
+        ),
     ] {
         let out = tempfile::tempdir().unwrap();
-        let output = ensemble(&[
+        let mut args = vec![
             "transformer",
             "--model",
             model.to_str().unwrap(),
@@ -380,7 +404,9 @@ fn transformer_names_what_is_wrong_with_a_model_folder() {
             out.path().to_str().unwrap(),
             "--folds",
             "2",
-        ]);
+        ];
+        args.extend(flags);
+        let output = ensemble(&args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             !output.status.success() && stderr.contains(expected),

@@ -22,19 +22,6 @@ impl Family {
             _ => None,
         }
     }
-
-    /// The family of the model in `dir`, if its config.json names one the member reads: how
-    /// `transformer` picks the member. None for any other folder (or none readable), which
-    /// the DeBERTa member then reads or explains.
-    pub fn of_folder(dir: &Path) -> Option<Family> {
-        #[derive(Deserialize)]
-        struct ModelType {
-            model_type: Option<String>,
-        }
-        let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-        let raw: ModelType = serde_json::from_str(&text).ok()?;
-        Family::from_model_type(raw.model_type.as_deref()?)
-    }
 }
 
 /// Llama-3's RoPE frequency scaling (`rope_scaling.rope_type = "llama3"`).
@@ -103,11 +90,27 @@ struct RawConfig {
     layer_types: Option<Vec<String>>,
     #[serde(default)]
     use_sliding_window: bool,
-    attn_logit_softcapping: Option<f64>,
+    /// Absent (`None`) or null (`Some(None)`): transformers' Gemma2Config tells them apart.
+    #[serde(default, deserialize_with = "present")]
+    attn_logit_softcapping: Option<Option<f64>>,
     query_pre_attn_scalar: Option<f64>,
     pad_token_id: Option<u32>,
     eos_token_id: Option<serde_json::Value>,
     id2label: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// transformers' `Gemma2Config` defaults, for keys a config.json leaves out.
+const GEMMA2_DEFAULT_HEAD_DIM: usize = 256;
+const GEMMA2_DEFAULT_QUERY_PRE_ATTN_SCALAR: f64 = 256.0;
+const GEMMA2_DEFAULT_SLIDING_WINDOW: usize = 4096;
+const GEMMA2_DEFAULT_ATTN_LOGIT_SOFTCAPPING: f64 = 50.0;
+
+/// A key present in the JSON, as `Some(value)` (`Some(None)` for null); absent keys are
+/// `None` through `#[serde(default)]`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(deserializer).map(Some)
 }
 
 impl DecoderConfig {
@@ -161,9 +164,13 @@ impl DecoderConfig {
                 raw.num_attention_heads
             ));
         }
-        let head_dim = raw
-            .head_dim
-            .unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        // Keys config.json leaves out take transformers' defaults: Gemma2Config's own (head_dim
+        // 256, query_pre_attn_scalar 256, sliding_window 4096, attn_logit_softcapping 50),
+        // and hidden_size / heads for the others' head_dim.
+        let head_dim = raw.head_dim.unwrap_or(match family {
+            Family::Gemma2 => GEMMA2_DEFAULT_HEAD_DIM,
+            Family::Qwen2 | Family::Llama => raw.hidden_size / raw.num_attention_heads,
+        });
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(format!(
                 "head_dim = {head_dim}: RoPE needs an even head size"
@@ -172,7 +179,7 @@ impl DecoderConfig {
         let (rope_theta, rope_scaling) = rope(&raw)?;
         let (sliding_layers, sliding_window) = match family {
             Family::Gemma2 => {
-                let window = raw.sliding_window.ok_or("gemma2 without sliding_window")?;
+                let window = raw.sliding_window.unwrap_or(GEMMA2_DEFAULT_SLIDING_WINDOW);
                 let layers = match &raw.layer_types {
                     Some(types) if types.len() != raw.num_hidden_layers => {
                         return Err(format!(
@@ -200,7 +207,9 @@ impl DecoderConfig {
             _ => (vec![false; raw.num_hidden_layers], 0),
         };
         let attention_scale = match family {
-            Family::Gemma2 => raw.query_pre_attn_scalar.unwrap_or(head_dim as f64),
+            Family::Gemma2 => raw
+                .query_pre_attn_scalar
+                .unwrap_or(GEMMA2_DEFAULT_QUERY_PRE_ATTN_SCALAR),
             _ => head_dim as f64,
         }
         .powf(-0.5);
@@ -227,7 +236,9 @@ impl DecoderConfig {
             sliding_layers,
             sliding_window,
             attn_logit_softcapping: match family {
-                Family::Gemma2 => raw.attn_logit_softcapping,
+                Family::Gemma2 => raw
+                    .attn_logit_softcapping
+                    .unwrap_or(Some(GEMMA2_DEFAULT_ATTN_LOGIT_SOFTCAPPING)),
                 _ => None,
             },
             attention_scale,
@@ -331,7 +342,9 @@ mod tests {
 
     #[test]
     fn families_differ_where_hugging_face_differs() {
-        let gemma = parse(base("gemma2")).unwrap();
+        let mut gemma = base("gemma2");
+        gemma["head_dim"] = serde_json::json!(4);
+        let gemma = parse(gemma).unwrap();
         assert_eq!(gemma.sliding_layers, [true, false, true]);
         assert_eq!(gemma.attention_scale, 0.25);
         assert_eq!(gemma.head_dim, 4);
@@ -341,6 +354,25 @@ mod tests {
         assert_eq!(qwen.sliding_layers, [false; 3]);
         assert_eq!(qwen.attention_scale, 0.5);
         assert_eq!(qwen.rope_theta, 10_000.0);
+    }
+
+    /// Gemma-2 keys config.json leaves out take Gemma2Config's defaults, as transformers
+    /// reads them; a null soft-capping turns it off.
+    #[test]
+    fn gemma2_keys_left_out_take_transformers_defaults() {
+        let mut gemma = base("gemma2");
+        let fields = gemma.as_object_mut().unwrap();
+        fields.remove("sliding_window");
+        fields.remove("query_pre_attn_scalar");
+        let config = parse(gemma.clone()).unwrap();
+        assert_eq!(config.head_dim, 256);
+        assert_eq!(config.attention_scale, 1.0 / 16.0);
+        assert_eq!(config.sliding_window, 4096);
+        assert_eq!(config.attn_logit_softcapping, Some(50.0));
+        gemma["attn_logit_softcapping"] = serde_json::Value::Null;
+        assert_eq!(parse(gemma).unwrap().attn_logit_softcapping, None);
+        // Qwen2 and Llama: hidden_size / heads, as before.
+        assert_eq!(parse(base("llama")).unwrap().head_dim, 4);
     }
 
     #[test]

@@ -47,6 +47,13 @@ impl Template {
             at = start + FIELDS[field].len();
         }
         pieces.push(text[at..].to_owned());
+        // A misspelt placeholder (`{response_c}`) would reach the model as literal text.
+        if let Some(unknown) = pieces.iter().find_map(|piece| placeholder_in(piece)) {
+            return Err(Error::Invalid(format!(
+                "template: {unknown} is not a placeholder (the placeholders are {{prompt}}, \
+                 {{response_a}} and {{response_b}})"
+            )));
+        }
         Ok(Template { pieces, order })
     }
 
@@ -59,6 +66,18 @@ impl Template {
         }
         text
     }
+}
+
+/// The first `{name}` in `text` whose name is an identifier: what a placeholder looks like.
+fn placeholder_in(text: &str) -> Option<&str> {
+    text.match_indices('{').find_map(|(start, _)| {
+        let rest = &text[start + 1..];
+        let end = rest.find('}')?;
+        let name = &rest[..end];
+        let identifier = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        identifier.then(|| &text[start..start + end + 2])
+    })
 }
 
 /// Padding side of a batch.

@@ -127,7 +127,7 @@ impl LlmMember {
         device: &Device,
         config: &LlmConfig,
     ) -> Result<(LlmMember, Option<String>)> {
-        LlmMember::load_with(model_dir, device, config, false)
+        LlmMember::load_with(model_dir, device, config, false, None)
     }
 
     /// Loads the member as [`LlmMember::load`] does, with the base weights in 8 bits for
@@ -137,14 +137,17 @@ impl LlmMember {
         device: &Device,
         config: &LlmConfig,
     ) -> Result<(LlmMember, Option<String>)> {
-        LlmMember::load_with(model_dir, device, config, true)
+        LlmMember::load_with(model_dir, device, config, true, None)
     }
 
+    /// `max_len_source`: where `max_len` was set (a flag, a config file), for the refusal of
+    /// one too small.
     fn load_with(
         model_dir: &Path,
         device: &Device,
         config: &LlmConfig,
         eight_bit: bool,
+        max_len_source: Option<&str>,
     ) -> Result<(LlmMember, Option<String>)> {
         config.validate().map_err(Error::Invalid)?;
         let dtype = config.training.precision.dtype();
@@ -175,9 +178,10 @@ impl LlmMember {
         )?;
         let least = encoder.least_max_len();
         if config.training.max_len < least {
+            let source = max_len_source.map_or(String::new(), |source| format!(" ({source})"));
             return Err(Error::Invalid(format!(
-                "max_len {} leaves a field of the battle no token: the template takes {} \
-                 tokens of {} with its special tokens and the marks of cut fields, and the \
+                "max_len {}{source} leaves a field of the battle no token: the template takes \
+                 {} tokens of {} with its special tokens and the marks of cut fields, and the \
                  fields share the rest by segments.prompt_share ({}); raise max_len to at \
                  least {least}, or shorten the template",
                 config.training.max_len,
@@ -446,6 +450,8 @@ pub struct LlmRun {
     config: LlmConfig,
     /// Hold the base's projection weights in 8 bits (prediction only).
     int8_base: bool,
+    /// Where `max_len` was set, named if it is too small for the template.
+    max_len_source: String,
     /// The member between folds.
     member: Option<LlmMember>,
     /// The base's folder and fingerprint, once read.
@@ -464,8 +470,18 @@ impl LlmRun {
             device,
             config,
             int8_base,
+            max_len_source: "the config's".into(),
             member: None,
             base: None,
+        }
+    }
+
+    /// Says where the config's `max_len` was set (a flag, a config file), for the refusal of
+    /// one too small for the template.
+    pub fn with_max_len_source(self, max_len_source: String) -> LlmRun {
+        LlmRun {
+            max_len_source,
+            ..self
         }
     }
 
@@ -481,10 +497,13 @@ impl LlmRun {
                     .into(),
             )
         })?;
-        let (member, note) = match self.int8_base {
-            true => LlmMember::load_8_bit(&dir, &self.device, &self.config)?,
-            false => LlmMember::load(&dir, &self.device, &self.config)?,
-        };
+        let (member, note) = LlmMember::load_with(
+            &dir,
+            &self.device,
+            &self.config,
+            self.int8_base,
+            Some(&self.max_len_source),
+        )?;
         if let Some(note) = note {
             eprintln!("{note}");
         }

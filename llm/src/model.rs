@@ -746,6 +746,9 @@ fn unshared(layer: &mut Arc<Layer>) -> Result<&mut Layer> {
         .ok_or_else(|| Error::Invalid("a layer cannot change while a forward pass holds it".into()))
 }
 
+/// The classes of the head: A wins, B wins, tie.
+const CLASSES: usize = 3;
+
 /// Refuses a model whose projections Q8_0 cannot hold (inputs in blocks of 32).
 fn check_8_bit(c: &DecoderConfig) -> Result<()> {
     let inputs = [c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size];
@@ -833,19 +836,31 @@ impl DecoderClassifier {
         }
         let config = DecoderConfig::from_file(&config_path)?;
         let files = weight_files(dir)?;
+        // A tensor missing or of another shape than config.json implies: name the weights.
+        let weights = match files.as_slice() {
+            [one] => one.clone(),
+            _ => dir.join("model.safetensors.index.json"),
+        };
+        let in_weights = |error: Error| match error {
+            Error::Candle(e) => Error::BadModelFile {
+                path: weights.clone(),
+                message: format!("{e} (config.json gives the shapes)"),
+            },
+            other => other,
+        };
         if !eight_bit {
             // SAFETY: the files are memory-mapped read-only; candle copies each tensor out of
             // the mapping when it is loaded, and the member does not write model files while
             // it runs.
             let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
-            return DecoderClassifier::build(config, vb, dir, None);
+            return DecoderClassifier::build(config, vb, dir, None).map_err(in_weights);
         }
         check_8_bit(&config)?;
         // Read, not mapped: a mapping keeps the dense bytes it touched resident.
         let reader = SafetensorsReader::open(&files)?;
-        let embed = embedding_8_bit(&reader, &config, dtype, device)?;
+        let embed = embedding_8_bit(&reader, &config, dtype, device).map_err(in_weights)?;
         let vb = VarBuilder::from_backend(Box::new(reader), dtype, device.clone());
-        DecoderClassifier::build(config, vb, dir, Some(embed))
+        DecoderClassifier::build(config, vb, dir, Some(embed)).map_err(in_weights)
     }
 
     /// A model of `config`'s shape with random weights (normal, std 0.02, as Hugging Face
@@ -869,7 +884,6 @@ impl DecoderClassifier {
         dir: &Path,
         embed_8_bit: Option<Embedding>,
     ) -> Result<DecoderClassifier> {
-        let labels = config.num_labels.unwrap_or(3);
         let model = vb.pp("model");
         let eight_bit = embed_8_bit.is_some();
         let layers = (0..config.num_layers)
@@ -878,7 +892,19 @@ impl DecoderClassifier {
         // A causal LM's folder (the usual download) has no head: it starts as transformers
         // starts it, normal with deviation 0.02, from a fixed seed.
         let head_in_folder = vb.contains_tensor("score.weight");
-        let head_shape = (labels, config.hidden_size);
+        if let Some(classes) = config
+            .num_labels
+            .filter(|&n| head_in_folder && n != CLASSES)
+        {
+            return Err(Error::BadModelFile {
+                path: dir.join("config.json"),
+                message: format!(
+                    "id2label names {classes} classes for its score head; the member predicts \
+                     {CLASSES} (A wins, B wins, tie): a head trained for another task"
+                ),
+            });
+        }
+        let head_shape = (CLASSES, config.hidden_size);
         let score = match head_in_folder {
             true => vb.get(head_shape, "score.weight")?,
             false => RandomWeights::new(HEAD_SEED).draw(head_shape.into(), vb.device())?,
@@ -997,6 +1023,18 @@ impl DecoderClassifier {
         let shapes = self.projection_shapes();
         let head = self.score.as_tensor().dims2()?;
         let adapter = Adapter::load(dir, self.config.num_layers, &shapes, head, &self.device)?;
+        // Without a head of its own the adapter would predict through the one drawn at random
+        // for a folder that has none.
+        if adapter.score.is_none() && !self.head_in_folder {
+            return Err(Error::BadModelFile {
+                path: dir.to_owned(),
+                message: format!(
+                    "the adapter has no score head, and the base {} has none either; save the \
+                     head with the adapter (PEFT's modules_to_save = [\"score\"])",
+                    self.dir.display()
+                ),
+            });
+        }
         for ((layer, name), weights) in adapter.weights {
             unshared(&mut self.layers[layer])?
                 .projection_mut(&name)

@@ -99,6 +99,17 @@ fn settings_are_read_over_the_defaults_and_bad_keys_named() {
     assert!(error("lora_r = 8").starts_with("unknown key lora_r"));
     assert!(error("[lora]\nrank = 8").contains("unknown field `rank`"));
     assert!(error("template = \"{prompt} {response_a}\"").contains("{response_b} appears 0"));
+    assert!(
+        error("template = \"{prompt} {response_a} {response_b} {response_c}\"")
+            .starts_with("template: {response_c} is not a placeholder")
+    );
+    assert!(
+        error("template = \"{Prompt}: {prompt} {response_a} {response_b}\"")
+            .contains("{Prompt} is not a placeholder")
+    );
+    // Braces that are no placeholder stay text.
+    let braces = "template = \"{prompt} {response_a} {response_b} {\\\"json\\\": 1} {} {1}\"";
+    assert!(LlmConfig::from_table(table(braces)).is_ok(), "{braces}");
     assert!(error("[lora]\ntarget_modules = [\"lm_head\"]").contains("target_modules"));
     assert!(error("[lora]\ndropout = 1.0").contains("dropout 1 must be in [0, 1)"));
 }
@@ -537,4 +548,72 @@ fn eight_bit_weights_quantized_as_read_equal_those_quantized_after_loading() {
             );
         }
     }
+}
+
+/// What a folder or adapter cannot be used for is refused naming the file: a head of another
+/// task (id2label of 2 classes), a missing tensor, and an adapter without a head on a base
+/// without one (its head would be random).
+#[test]
+fn unusable_folders_and_adapters_are_refused_naming_the_file() {
+    let source = fixture("tiny-llm-qwen2");
+    let config = small_config();
+    let copy = |edit: &dyn Fn(&Path)| {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(source.join(name), dir.path().join(name)).unwrap();
+        }
+        edit(dir.path());
+        dir
+    };
+    let error = |dir: &Path| match LlmMember::load(dir, &Device::Cpu, &config) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    };
+
+    let two_classes = copy(&|dir| {
+        let path = dir.join("config.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json["id2label"] = serde_json::json!({"0": "NEGATIVE", "1": "POSITIVE"});
+        std::fs::write(&path, json.to_string()).unwrap();
+    });
+    let message = error(two_classes.path());
+    assert!(
+        message.contains("config.json: id2label names 2 classes"),
+        "{message}"
+    );
+
+    let without = |name: &'static str| {
+        move |dir: &Path| {
+            let path = dir.join("model.safetensors");
+            let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+            assert!(tensors.remove(name).is_some(), "{name}");
+            candle_core::safetensors::save(&tensors, &path).unwrap();
+        }
+    };
+    let missing = copy(&without("model.layers.1.mlp.up_proj.weight"));
+    let message = error(missing.path());
+    assert!(
+        message.contains("model.safetensors: ") && message.contains("model.layers.1.mlp.up_proj"),
+        "{message}"
+    );
+
+    // A headless base with an adapter saved without its head.
+    let headless = copy(&without("score.weight"));
+    let (mut member, _) = LlmMember::load(headless.path(), &Device::Cpu, &config).unwrap();
+    member.start_adapter(1).unwrap();
+    let adapter = tempfile::tempdir().unwrap();
+    member.save_adapter(adapter.path()).unwrap();
+    let weights = adapter.path().join("adapter_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    tensors.retain(|name, _| !name.ends_with("score.weight"));
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let message = member
+        .apply_adapter(adapter.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("the adapter has no score head, and the base"),
+        "{message}"
+    );
 }

@@ -10,14 +10,11 @@ use deberta::{DebertaConfig, DebertaRun};
 use llm::{LlmConfig, LlmRun};
 use neural::run::{self, ConfigSources, RunOptions, TestRows, TrainingOverrides, TrainingRows};
 use neural::{parse_device, reuse_freed_host_memory, Device, MemberConfig, ResponsePair};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub fn run(args: TransformerArgs) -> Result<()> {
     reuse_freed_host_memory();
-    let llm_folder = args
-        .model
-        .as_deref()
-        .map(|dir| llm::Family::of_folder(dir).is_some());
+    let llm_folder = args.model.as_deref().map(is_llm_folder).transpose()?;
     let out = match (&args.out_given, llm_folder) {
         (Some(out), _) => out.clone(),
         (None, Some(true)) => "runs/llm".into(),
@@ -75,9 +72,16 @@ pub fn run(args: TransformerArgs) -> Result<()> {
         false => parse_device(spec),
     };
     if llm_folder.or(recorded_llm).unwrap_or(false) {
+        let max_len_source = match (&options.config.file, &recorded, args.max_len) {
+            (None, Some(_), None) => "as the folds were trained".to_owned(),
+            _ => options
+                .config
+                .source_of(LlmConfig::DEFAULTS_FILE, "max_len"),
+        };
         let config: LlmConfig = options.config.resolve(recorded)?;
         let (train, test) = read_battles(&args)?;
-        let mut member = LlmRun::new(model_dir, device(&args.device)?, config, args.int8_base);
+        let mut member = LlmRun::new(model_dir, device(&args.device)?, config, args.int8_base)
+            .with_max_len_source(max_len_source);
         run::run(&mut member, &options, train, test)?;
     } else {
         let config: DebertaConfig = options.config.resolve(recorded)?;
@@ -93,6 +97,31 @@ pub fn run(args: TransformerArgs) -> Result<()> {
         run::run(&mut member, &options, train, test)?;
     }
     Ok(())
+}
+
+/// Whether a model folder's `config.json` names a decoder LLM (gemma2, qwen2, llama: the LLM
+/// member) rather than DeBERTa-v2/v3; any other `model_type` is refused here, before a config
+/// file is read as the wrong member's. A folder without a readable `config.json` or a
+/// `model_type` goes to DeBERTa's loader, which names what is missing.
+fn is_llm_folder(dir: &Path) -> Result<bool> {
+    let path = dir.join("config.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => bail!("{}: cannot read: {e}", path.display()),
+    };
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a JSON config: {e}", path.display()))?;
+    match json.get("model_type").and_then(|kind| kind.as_str()) {
+        None => Ok(false),
+        Some(kind) if kind.starts_with("deberta") => Ok(false),
+        Some(kind) if llm::Family::from_model_type(kind).is_some() => Ok(true),
+        Some(kind) => bail!(
+            "{}: model_type {kind:?} is not one `transformer` trains: DeBERTa-v2/v3 \
+             (deberta-v2) or a decoder LLM (gemma2, qwen2, llama)",
+            path.display()
+        ),
+    }
 }
 
 /// The training and test files as the protocol takes them.

@@ -126,18 +126,59 @@ impl ConfigSources {
             .unwrap_or(training.early_stopping_on);
         training.precision = overrides.precision.unwrap_or(training.precision);
         training.gradient_checkpointing |= overrides.gradient_checkpointing;
-        config.validate().map_err(Error::Invalid)?;
+        // A refused value is named with where it came from, when the message starts with its
+        // key (as every check's does).
+        config.validate().map_err(|message| {
+            let first = message.split_whitespace().next().unwrap_or_default();
+            let key = first.trim_end_matches([':', ',']);
+            let known = serde_json::to_value(&config)
+                .ok()
+                .and_then(|json| key.split('.').try_fold(json, |v, k| v.get(k).cloned()))
+                .is_some();
+            match known {
+                true => Error::Invalid(format!(
+                    "{message} ({})",
+                    self.source_of(C::DEFAULTS_FILE, key)
+                )),
+                false => Error::Invalid(message),
+            }
+        })?;
         Ok(config)
     }
 
-    /// Where the training setting `key` came from, for errors that name it: the config file
-    /// when it sets the key, else the default, which `defaults` (the member's file) states.
-    fn source_of(&self, defaults: &str, key: &str) -> String {
+    /// Where the setting `key` (dotted for a key of a table: `segments.prompt_share`) came
+    /// from, for errors that name it: its flag, the config file when it sets the key, else
+    /// the default, which `defaults` (the member's file) states.
+    pub fn source_of(&self, defaults: &str, key: &str) -> String {
+        let o = &self.overrides;
+        let flag = match key {
+            "max_len" => o.max_len.map(|_| "--max-len"),
+            "epochs" => o.epochs.map(|_| "--epochs"),
+            "early_stopping_on" => o.early_stopping_on.map(|_| "--early-stopping-on"),
+            "precision" => o.precision.map(|_| "--precision"),
+            "gradient_checkpointing" => o
+                .gradient_checkpointing
+                .then_some("--gradient-checkpointing"),
+            _ => None,
+        };
+        if let Some(flag) = flag {
+            return format!("set by {flag}");
+        }
         let sets_key = |path: &Path| {
-            std::fs::read_to_string(path)
+            let Some(table) = std::fs::read_to_string(path)
                 .ok()
                 .and_then(|text| text.parse::<toml::Table>().ok())
-                .is_some_and(|table| table.contains_key(key))
+            else {
+                return false;
+            };
+            let mut value = &toml::Value::Table(table);
+            for part in key.split('.') {
+                match value.get(part) {
+                    Some(inner) => value = inner,
+                    None => return false,
+                }
+            }
+            true
         };
         match self.file.as_deref() {
             Some(path) if sets_key(path) => format!("set in {}", path.display()),
