@@ -163,7 +163,10 @@ impl PairEncoder {
     }
 
     /// The ids of one battle, at most `max_len` of them, special tokens included: as given
-    /// and with the answers exchanged. Each field is tokenized (and cut) once for both.
+    /// and with the answers exchanged. Each field is tokenized and cut once for both orders
+    /// (the answers' shares are equal, so a field gets the same count in either place). The
+    /// template's own text is never cut: where merges across a cut make a row longer than
+    /// `max_len`, the field with the most tokens gives up the excess and is cut again.
     pub fn encode(&self, pair: &ResponsePair, max_len: usize) -> Result<[Vec<u32>; 2]> {
         let fields = [&pair.prompt, &pair.response_a, &pair.response_b];
         let field_ids = fields
@@ -171,33 +174,59 @@ impl PairEncoder {
             .map(|f| self.ids(f, false))
             .collect::<Result<Vec<_>>>()?;
         let available = max_len.saturating_sub(self.reserve());
-        let shares = self.budget.battle_shares();
+        let lengths = [0, 1, 2].map(|field| field_ids[field].len());
+        let mut counts = self
+            .budget
+            .allocate(&lengths, &self.budget.battle_shares(), available);
         let segments = [Segment::Prompt, Segment::Response, Segment::Response];
-        // A field's text within `count` tokens: whole, or its head and tail around the mark.
         let cut = |field: usize, count: usize| -> Result<String> {
-            let ids = &field_ids[field];
-            if ids.len() <= count {
-                return Ok(fields[field].clone());
-            }
-            let (head, tail) = self.budget.head_and_tail(ids, count, segments[field]);
-            Ok(format!("{}{ELISION}{}", self.text(head)?, self.text(tail)?))
+            self.cut(fields[field], &field_ids[field], count, segments[field])
         };
-        let mut encoded = [Vec::new(), Vec::new()];
-        // The fields in each order: (prompt, first answer, second answer).
-        for (row, order) in encoded.iter_mut().zip([[0, 1, 2], [0, 2, 1]]) {
-            let lengths = order.map(|field| field_ids[field].len());
-            let counts = self.budget.allocate(&lengths, &shares, available);
-            let texts = [
-                cut(order[0], counts[0])?,
-                cut(order[1], counts[1])?,
-                cut(order[2], counts[2])?,
-            ];
-            let mut ids = self.ids(&self.template.fill([&texts[0], &texts[1], &texts[2]]), true)?;
-            // Rare: merges across the cuts made the text longer than reserved.
-            ids.truncate(max_len);
-            *row = ids;
+        let mut texts = [cut(0, counts[0])?, cut(1, counts[1])?, cut(2, counts[2])?];
+        loop {
+            // The fields in each order: (prompt, first answer, second answer).
+            let rows = [[0, 1, 2], [0, 2, 1]]
+                .map(|order| self.ids(&self.template.fill(order.map(|f| texts[f].as_str())), true));
+            let [as_given, swapped] = rows;
+            let (as_given, swapped) = (as_given?, swapped?);
+            let excess = as_given.len().max(swapped.len()).saturating_sub(max_len);
+            if excess == 0 {
+                return Ok([as_given, swapped]);
+            }
+            // The longest field (the first of equals, the same in both orders) shrinks.
+            let field = (0..3).rev().max_by_key(|&f| counts[f]).unwrap_or(0);
+            if counts[field] == 0 {
+                return Err(Error::Invalid(format!(
+                    "the template alone takes more than max_len {max_len} tokens"
+                )));
+            }
+            counts[field] = counts[field].saturating_sub(excess);
+            texts[field] = cut(field, counts[field])?;
         }
-        Ok(encoded)
+    }
+
+    /// A field's text within `count` tokens: whole, or its head and tail around the elision
+    /// mark, each ending on a whole character: a cut inside a character's bytes would decode
+    /// to U+FFFD, which takes up to three tokens of its own.
+    fn cut(&self, text: &str, ids: &[u32], count: usize, segment: Segment) -> Result<String> {
+        if ids.len() <= count {
+            return Ok(text.to_owned());
+        }
+        let (mut head, mut tail) = self.budget.head_and_tail(ids, count, segment);
+        let mut head_text = self.text(head)?;
+        let mut tail_text = self.text(tail)?;
+        // A field with U+FFFD of its own (a broken escape) is cut as it comes.
+        if !text.contains(char::REPLACEMENT_CHARACTER) {
+            while head_text.ends_with(char::REPLACEMENT_CHARACTER) {
+                head = &head[..head.len() - 1];
+                head_text = self.text(head)?;
+            }
+            while tail_text.starts_with(char::REPLACEMENT_CHARACTER) {
+                tail = &tail[1..];
+                tail_text = self.text(tail)?;
+            }
+        }
+        Ok(format!("{head_text}{ELISION}{tail_text}"))
     }
 
     /// Rows padded with the pad id to the longest, on `side`, and their attention masks. Rows

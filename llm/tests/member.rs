@@ -617,3 +617,58 @@ fn unusable_folders_and_adapters_are_refused_naming_the_file() {
         "{message}"
     );
 }
+
+/// Over-long CJK and emoji fields (many byte tokens per character, merges across every cut)
+/// at 20 tokens above the least `max_len`: every row of every family, in both answer orders,
+/// fits `max_len` and ends with the template's own text, never a piece of an answer.
+#[test]
+fn the_template_survives_every_cut() {
+    let texts = [
+        "这是一个很长的中文回答，包含许多不同的汉字和标点符号。".repeat(12),
+        "😀🎉🚀 emoji ✨🔥 mixed with ASCII 👍🏽 and 🇯🇵 flags ".repeat(10),
+        "日本語のテキストと한국어 텍스트가 섞여 있습니다…".repeat(15),
+    ];
+    for family in ["tiny-llm-gemma2", "tiny-llm-qwen2", "tiny-llm-llama"] {
+        let mut config = small_config();
+        config.training.max_len = 1000;
+        let (member, _) = LlmMember::load(&fixture(family), &Device::Cpu, &config).unwrap();
+        let least = match LlmMember::load(&fixture(family), &Device::Cpu, &{
+            let mut small = config.clone();
+            small.training.max_len = 1;
+            small
+        }) {
+            Ok(_) => panic!("max_len 1 loaded"),
+            Err(e) => {
+                let message = e.to_string();
+                let at_least = message.split("at least ").nth(1).unwrap();
+                at_least
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            }
+        };
+        config.training.max_len = least + 20;
+        let (member_short, _) = LlmMember::load(&fixture(family), &Device::Cpu, &config).unwrap();
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(fixture(family).join("tokenizer.json")).unwrap();
+        let ending = "# Which response is better?";
+        for (i, prompt) in texts.iter().enumerate() {
+            let pair = ResponsePair {
+                prompt: prompt.clone(),
+                response_a: texts[(i + 1) % 3].clone(),
+                response_b: texts[(i + 2) % 3].clone(),
+            };
+            let encoded = &member_short.encode(&[pair.clone()]).unwrap()[0];
+            for row in [&encoded.as_given[0], &encoded.swapped[0]] {
+                assert!(row.len() <= least + 20, "{family}: {} tokens", row.len());
+                let text = tokenizer.decode(row, true).unwrap();
+                assert!(text.trim_end().ends_with(ending), "{family}: …{text}");
+            }
+            // Long enough for everything, nothing is cut.
+            let whole = &member.encode(&[pair]).unwrap()[0];
+            assert!(whole.as_given[0].len() > least + 20, "{family}");
+        }
+    }
+}
