@@ -6,6 +6,7 @@
 #   scripts/build_cuda.sh --example bench_transformer -p deberta   # other cargo targets
 #   BUILD_WITH=maturin scripts/build_cuda.sh --out dist            # the CUDA wheel (package.sh)
 #   CUDA_MAJOR=13 scripts/build_cuda.sh         # CUDA 13.0, one architecture (see below)
+#   scripts/build_cuda.sh --locked --bin ensemble  # Cargo.lock as it is (see below)
 #
 # The binary opens the NVIDIA driver, cuBLAS and cuRAND at run time, when a command first uses
 # a GPU (cudarc's dynamic loading; candle-core is patched for it: see
@@ -43,7 +44,11 @@
 #
 # All patched crates are copies in the target directory used through
 # `cargo --config patch.crates-io…`: Cargo.toml stays as it is, and Cargo.lock, which the
-# patches rewrite, is put back afterwards.
+# patches rewrite, is put back afterwards. With --locked among the arguments, Cargo.lock must
+# be complete as it is (checked by `cargo metadata --locked` before the patches), so that the
+# patches change only the patched crates' entries; `cargo build` then runs with --locked on
+# the lock so rewritten (maturin does not get it: its own `cargo metadata` would see
+# --locked without the patches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,24 +56,43 @@ CUDA_MAJOR=${CUDA_MAJOR:-12}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BUILD_WITH=${BUILD_WITH:-cargo}
 PATCH_CONFIG=()
+LOCKED=()
+for arg in "$@"; do
+    if [ "$arg" = --locked ]; then LOCKED=(--locked); fi
+done
 mkdir -p "$TARGET_DIR"
 
 site_packages() {
     "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
 }
 
-# Manifest path of a dependency of the cuda build.
+# Manifest path of a dependency of the cuda build; exits the script if cargo metadata fails
+# or does not list it.
 manifest_of() {
-    cargo metadata --format-version 1 --features cuda | python3 -c '
+    local metadata manifest
+    metadata=$(cargo metadata --format-version 1 --features cuda "${LOCKED[@]}") || {
+        echo "cargo metadata failed (see above)" >&2
+        exit 1
+    }
+    manifest=$(printf '%s' "$metadata" | python3 -c '
 import json, sys
-print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == sys.argv[1]))' "$1"
+print(next((p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == sys.argv[1]), ""))' "$1") || {
+        echo "could not read cargo metadata's output" >&2
+        exit 1
+    }
+    [ -n "$manifest" ] || {
+        echo "cargo metadata lists no package $1" >&2
+        exit 1
+    }
+    echo "$manifest"
 }
 
 # A copy of crate $1 from crates.io with scripts/$1-<version>-$2.patch applied, in the target
 # directory (made again when the patch changes), used in place of the crates.io crate.
 use_patched() {
-    local src version patch copy stamp
-    src=$(dirname "$(manifest_of "$1")")
+    local manifest src version patch copy stamp
+    manifest=$(manifest_of "$1")
+    src=$(dirname "$manifest")
     version=$(basename "$src" | sed "s/^$1-//")
     patch="scripts/$1-$version-$2.patch"
     [ -f "$patch" ] || {
@@ -115,7 +139,8 @@ case "$CUDA_MAJOR" in
         if [ -e "$a/libcudart_static.a" ]; then
             mkdir -p "$TARGET_DIR/cuda-static"
             ln -sf "$(realpath "$a/libcudart_static.a")" "$TARGET_DIR/cuda-static/"
-            export CANDLE_KERNELS_CUDART_STATIC_DIR="$(realpath "$TARGET_DIR/cuda-static")"
+            CANDLE_KERNELS_CUDART_STATIC_DIR=$(realpath "$TARGET_DIR/cuda-static")
+            export CANDLE_KERNELS_CUDART_STATIC_DIR
             break
         fi
     done
@@ -166,14 +191,26 @@ export ENSEMBLE_CUDA_BUILD="CUDA $CUDA_MAJOR (API $((CUDARC_CUDA_VERSION / 1000)
 cp Cargo.lock "$TARGET_DIR/Cargo.lock.before-cuda"
 trap 'cp "$TARGET_DIR/Cargo.lock.before-cuda" Cargo.lock' EXIT
 
+# The arguments other than --locked (which was applied to `cargo metadata` above).
+ARGS=()
+for arg in "$@"; do
+    if [ "$arg" != --locked ]; then ARGS+=("$arg"); fi
+done
+
 "$NVCC" --version | tail -n 2
 case "$BUILD_WITH" in
 cargo)
-    [ $# -gt 0 ] || set -- --bin ensemble
-    cargo build --release --features cuda "${PATCH_CONFIG[@]}" "$@"
+    [ ${#ARGS[@]} -gt 0 ] || ARGS=(--bin ensemble)
+    if [ ${#LOCKED[@]} -gt 0 ]; then
+        # Writes the patched crates' entries into Cargo.lock, which --locked holds the build to.
+        cargo metadata --format-version 1 --features cuda "${PATCH_CONFIG[@]}" >/dev/null
+    fi
+    cargo build --release --features cuda "${PATCH_CONFIG[@]}" "${LOCKED[@]}" "${ARGS[@]}"
     ;;
 maturin)
-    maturin build --release --features cuda "${PATCH_CONFIG[@]}" "$@"
+    # Not given --locked: maturin passes it to its own `cargo metadata`, but not the --config
+    # patches, and that would refuse the lock the patches need. Cargo.lock was checked above.
+    maturin build --release --features cuda "${PATCH_CONFIG[@]}" "${ARGS[@]}"
     ;;
 *)
     echo "BUILD_WITH must be cargo or maturin" >&2

@@ -22,7 +22,10 @@
 # root, shared by both wheels. maturin checks the manylinux_2_31 policy; this script checks
 # the highest GLIBC_ version and the binary's DT_NEEDED again.
 #
-# Needs root (debootstrap, chroot, mount), Debian's package mirror and PyPI.
+# Needs root (debootstrap, chroot, mount), Debian's package mirror and PyPI. The root's bind
+# mounts (/dev, the Rust toolchain, the cargo cache) are undone on exit; those a killed run
+# left are undone by the next run before anything else, and the root is never removed while
+# anything is mounted under it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -52,6 +55,39 @@ mkdir -p "$repo/.tools"
 exec 9>"$repo/.tools/package.lock"
 flock -n 9 || fail "another scripts/package.sh is running (.tools/package.lock)"
 [ "$(uname -m)" = x86_64 ] || fail "builds x86_64 wheels on an x86_64 machine only"
+
+# The mount points at or under $1 (a canonical path), deepest first. /proc/self/mounts writes
+# a space, tab, newline and backslash in a path as an octal escape, which printf %b decodes.
+mounts_under() {
+    local point
+    while read -r _ point _; do
+        point=$(printf '%b' "$point")
+        if [[ $point == "$1" || $point == "$1"/* ]]; then echo "$point"; fi
+    done </proc/self/mounts | sort -r
+}
+# Unmounts what is mounted under $1: with the lock held, only a killed run's bind mounts can be
+# there (lazily if busy: detached from the tree at once either way).
+unmount_under() {
+    local dir point
+    [ -d "$1" ] || return 0
+    dir=$(realpath "$1")
+    while IFS= read -r point; do
+        say "unmounting $point (left by an earlier run that did not finish)"
+        umount "$point" 2>/dev/null || umount --lazy "$point" || true
+    done < <(mounts_under "$dir")
+}
+# rm -rf $1, refused while anything is mounted under it: rm would go on into the mounted host
+# folders (/dev, ~/.rustup, ~/.cargo).
+remove_tree() {
+    local dir left
+    [ -e "$1" ] || return 0
+    unmount_under "$1"
+    dir=$(realpath "$1")
+    left=$(mounts_under "$dir")
+    [ -z "$left" ] || fail "not removing $dir: still mounted under it: $(echo "$left" | tr '\n' ' ')"
+    rm -rf --one-file-system "$dir"
+}
+unmount_under "$root"
 rust_home=${RUSTUP_HOME:-$HOME/.rustup}
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 [ -d "$rust_home/toolchains" ] || fail "no rustup toolchain in $rust_home"
@@ -63,7 +99,7 @@ fi
 
 if [ ! -f "$root/.complete" ]; then
     say "making a Debian 11 build root in $root (once; a few minutes)"
-    rm -rf "$root"
+    remove_tree "$root"
     debootstrap --variant=minbase \
         --include=build-essential,ca-certificates,python3-pip,libclang-dev \
         bullseye "$root" "$mirror" >/dev/null ||
@@ -93,7 +129,9 @@ fi
 
 mounts=()
 cleanup() {
-    for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}" 2>/dev/null || true; done
+    for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
+        umount "${mounts[$i]}" 2>/dev/null || umount --lazy "${mounts[$i]}" 2>/dev/null || true
+    done
 }
 trap cleanup EXIT
 bind() { # host path, path inside the root
@@ -129,7 +167,7 @@ if $cuda; then
         "$root/build/pyproject.toml"
     grep -q "^version = \"$wheel_version\"" "$root/build/pyproject.toml" ||
         fail "could not set the CUDA wheel's version in pyproject.toml"
-    build='BUILD_WITH=maturin scripts/build_cuda.sh --compatibility manylinux_2_31 --out dist'
+    build='BUILD_WITH=maturin scripts/build_cuda.sh --locked --compatibility manylinux_2_31 --out dist'
 else
     wheel_version=$version
     build='maturin build --release --locked --compatibility manylinux_2_31 --out dist'

@@ -2,17 +2,39 @@
 //!
 //! The CUDA build opens the NVIDIA driver, cuBLAS and cuRAND at run time (cudarc's dynamic
 //! loading; scripts/build_cuda.sh), so that it starts without them. cudarc itself would look
-//! only on the system's library path and panic when a library is missing. This module looks
-//! where `pip` puts NVIDIA's libraries too (the `nvidia-cublas-cu12` and `nvidia-curand-cu12`
-//! wheels the CUDA wheel depends on, PyTorch's own), opens each by path, and names what is
-//! missing in one line. Once a library is open, cudarc's lookup by soname finds it (with the
-//! patch scripts/cudarc-0.19.10-sonames-first.patch).
+//! only on the system's library path and panic when a library is missing. This module opens
+//! each library by path from the NVIDIA wheels (`nvidia-cublas-cu12`, `nvidia-curand-cu12`)
+//! that pip installed beside the CUDA wheel, and names what is missing in one line. Once a
+//! library is open, cudarc's lookup by soname finds it (with the patch
+//! scripts/cudarc-0.19.10-sonames-first.patch).
 //!
-//! Written by hand: no crate looks in Python environments for NVIDIA's wheels. PyTorch does
-//! the same in Python (`torch/__init__.py`, `_preload_cuda_deps`: `nvidia/<lib>/lib` under
-//! each site-packages folder).
-use std::ffi::{CStr, CString, OsString};
+//! Each library is opened from the first of these places that has it:
+//! 1. The `nvidia/*/lib` folders (sorted) of the Python environment this binary is installed
+//!    in. From the binary's own path (`current_exe`, symlinks resolved), with `UP` two folders
+//!    above it, the candidates are `UP` itself (maturin's `site-packages/<name>.scripts/`),
+//!    then `UP/{lib,lib64}/python3*/{site,dist}-packages`, sorted (`PREFIX/bin/`: a venv,
+//!    conda, `~/.local/bin` of `pip install --user`, `/usr/local/bin`). A candidate counts only
+//!    if it is named `site-packages` or `dist-packages` and holds this project's
+//!    `<name>-<version>.dist-info` (`[project] name` of the pyproject.toml it was built from,
+//!    compared as pip normalizes names).
+//! 2. The system's loader, by soname alone: `LD_LIBRARY_PATH`, `/etc/ld.so.cache`, the
+//!    default folders.
+//!
+//! In step 1, a folder is used only if it and each folder from the site-packages folder down
+//! to it has an absolute path and is writable by its owner alone (`mode & 0o022 == 0`); the
+//! others are passed over, and named if a library is then missing. A library file there that
+//! is group- or world-writable is refused. No environment variable is read here:
+//! `$VIRTUAL_ENV` and `$CONDA_PREFIX` name the active environment, not necessarily the one
+//! holding this binary, which its own location gives. (PyTorch reaches its NVIDIA wheels
+//! through `$ORIGIN`-relative RPATHs; a binary with no CUDA library in `DT_NEEDED` cannot.)
+use std::ffi::{CStr, CString};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+/// The pyproject.toml the binary was built from: its `[project] name` is the distribution
+/// whose `.dist-info` marks the binary's Python environment (scripts/package.sh builds the
+/// CUDA wheel from a copy that names its own distribution).
+const PYPROJECT: &str = include_str!("../../pyproject.toml");
 
 /// The CUDA major version the binary's bindings were built for (`CUDARC_CUDA_VERSION`, set by
 /// scripts/build_cuda.sh, e.g. 12000); 12 where it was not set.
@@ -56,47 +78,123 @@ fn needed_libraries(major: u32) -> Vec<Needed> {
     ]
 }
 
-/// The `nvidia/*/lib` folders of the Python environments this binary may be installed in, in
-/// the order they are searched:
-/// - the site-packages folder that holds the binary (a wheel installs the binary into
-///   `site-packages/ensemble.scripts/`),
-/// - `lib*/python3*/{site,dist}-packages` under the binary's prefix (`PREFIX/bin/ensemble`),
-///   `$VIRTUAL_ENV` and `$CONDA_PREFIX`.
-pub fn wheel_library_dirs(
-    exe: Option<&Path>,
-    env: impl Fn(&str) -> Option<OsString>,
-) -> Vec<PathBuf> {
-    let prefix_of_exe = exe.and_then(Path::parent).and_then(Path::parent);
-    let mut site_dirs: Vec<PathBuf> = prefix_of_exe.map(Path::to_path_buf).into_iter().collect();
-    let prefixes = prefix_of_exe.map(Path::to_path_buf).into_iter().chain(
-        ["VIRTUAL_ENV", "CONDA_PREFIX"]
-            .iter()
-            .filter_map(|v| env(v).map(PathBuf::from)),
-    );
-    for prefix in prefixes {
-        for lib in ["lib", "lib64"] {
-            for python in sorted_entries(&prefix.join(lib)) {
-                let is_python = python
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("python3"));
-                if is_python {
-                    site_dirs
-                        .extend(["site-packages", "dist-packages"].map(|site| python.join(site)));
-                }
+/// `[project] name` of a pyproject.toml.
+fn project_name(pyproject: &str) -> Option<String> {
+    let table: toml::Table = pyproject.parse().ok()?;
+    Some(table.get("project")?.get("name")?.as_str()?.to_owned())
+}
+
+/// A distribution name as pip compares it (PEP 503): lower case, each run of `-`, `_` and `.`
+/// one `_`.
+fn normalized(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '-' | '_' | '.' if out.ends_with('_') => {}
+            '-' | '_' | '.' => out.push('_'),
+            c => out.extend(c.to_lowercase()),
+        }
+    }
+    out
+}
+
+/// Whether `dir` is trusted: an absolute path to a folder or file that is neither group- nor
+/// world-writable (symlinks followed).
+fn owner_only(dir: &Path) -> bool {
+    dir.is_absolute() && std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o022 == 0)
+}
+
+/// Whether `site` is a `site-packages` or `dist-packages` folder holding `distribution`'s
+/// `<name>-<version>.dist-info` folder.
+fn holds_distribution(site: &Path, distribution: &str) -> bool {
+    let is_site = site
+        .file_name()
+        .is_some_and(|n| n == "site-packages" || n == "dist-packages");
+    let wanted = normalized(distribution);
+    is_site
+        && sorted_entries(site).iter().any(|entry| {
+            let name = entry.file_name().map(|n| n.to_string_lossy().into_owned());
+            name.as_deref()
+                .and_then(|n| n.strip_suffix(".dist-info"))
+                .and_then(|stem| stem.split_once('-'))
+                .is_some_and(|(n, _)| normalized(n) == wanted)
+                && entry.is_dir()
+        })
+}
+
+/// Where step 1 of the search (module doc) looks, and what it passed over.
+#[derive(Debug, Default, PartialEq)]
+pub struct WheelDirs {
+    /// The `nvidia/*/lib` folders to look in, in order.
+    pub dirs: Vec<PathBuf>,
+    /// Folders passed over: group- or world-writable, or below such a folder.
+    pub untrusted: Vec<PathBuf>,
+}
+
+/// Step 1 of the search (module doc) for a binary at `exe` (absolute, symlinks resolved; a
+/// relative path finds nothing) shipped in the Python distribution `distribution`.
+pub fn wheel_library_dirs(exe: Option<&Path>, distribution: &str) -> WheelDirs {
+    let mut found = WheelDirs::default();
+    let Some(up) = exe
+        .filter(|e| e.is_absolute())
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+    else {
+        return found;
+    };
+    let mut candidates = vec![up.to_path_buf()];
+    for lib in ["lib", "lib64"] {
+        for python in sorted_entries(&up.join(lib)) {
+            let is_python = python
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("python3"));
+            if is_python {
+                candidates.extend(["site-packages", "dist-packages"].map(|s| python.join(s)));
             }
         }
     }
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for site in site_dirs {
-        for package in sorted_entries(&site.join("nvidia")) {
+    // A venv's lib64 is a symlink to lib: each folder once.
+    let mut sites: Vec<PathBuf> = Vec::new();
+    for site in candidates.iter().filter_map(|c| c.canonicalize().ok()) {
+        if !sites.contains(&site) && holds_distribution(&site, distribution) {
+            sites.push(site);
+        }
+    }
+    for site in sites {
+        if !owner_only(&site) {
+            found.untrusted.push(site);
+            continue;
+        }
+        let nvidia = site.join("nvidia");
+        if !nvidia.is_dir() {
+            continue;
+        }
+        if !owner_only(&nvidia) {
+            found.untrusted.push(nvidia);
+            continue;
+        }
+        for package in sorted_entries(&nvidia) {
             let lib = package.join("lib");
-            if lib.is_dir() && !dirs.contains(&lib) {
-                dirs.push(lib);
+            if !lib.is_dir() || found.dirs.contains(&lib) {
+                continue;
+            }
+            match owner_only(&package) && owner_only(&lib) {
+                true => found.dirs.push(lib),
+                false => found.untrusted.push(lib),
             }
         }
     }
-    dirs
+    found
+}
+
+/// Step 1 of the search (module doc) for this process.
+fn wheel_library_dirs_of_this_binary() -> WheelDirs {
+    let exe = std::env::current_exe().and_then(std::fs::canonicalize).ok();
+    match project_name(PYPROJECT) {
+        Some(name) => wheel_library_dirs(exe.as_deref(), &name),
+        None => WheelDirs::default(),
+    }
 }
 
 /// The entries of `dir`, sorted; none where it cannot be read.
@@ -149,6 +247,13 @@ fn open_library(needed: &Needed, dirs: &[PathBuf]) -> Result<(), Failure> {
         .map(|d| d.join(&needed.soname))
         .find(|p| p.is_file())
     {
+        if !owner_only(&path) {
+            return Err(Failure::Broken(format!(
+                "{} ({}) is group- or world-writable: not loaded",
+                path.display(),
+                needed.what
+            )));
+        }
         return open(&path.to_string_lossy()).map_err(|e| {
             Failure::Broken(format!(
                 "{} ({}) is there but does not load: {e}",
@@ -160,23 +265,31 @@ fn open_library(needed: &Needed, dirs: &[PathBuf]) -> Result<(), Failure> {
     open(&needed.soname).map_err(|_| Failure::NotFound)
 }
 
-/// One line for the libraries that were not found: their names, where they were looked for,
-/// and the pip packages that bring them.
-fn not_found_message(missing: &[&Needed], dirs: &[PathBuf]) -> String {
+/// One line for the libraries that were not found: their names, where they were looked for
+/// (and the folders passed over), and the pip packages that bring them.
+fn not_found_message(missing: &[&Needed], wheels: &WheelDirs) -> String {
     let names: Vec<String> = missing
         .iter()
         .map(|n| format!("{} ({})", n.soname, n.what))
         .collect();
     let mut packages: Vec<&str> = missing.iter().map(|n| n.package.as_str()).collect();
     packages.dedup();
-    let looked = if dirs.is_empty() {
-        "no NVIDIA wheels in a Python environment around this binary".to_owned()
-    } else {
+    let list = |dirs: &[PathBuf]| {
         dirs.iter()
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let mut looked = match wheels.dirs.is_empty() {
+        true => "no NVIDIA wheels in the Python environment of this binary".to_owned(),
+        false => list(&wheels.dirs),
+    };
+    if !wheels.untrusted.is_empty() {
+        looked += &format!(
+            " (passed over as group- or world-writable: {})",
+            list(&wheels.untrusted)
+        );
+    }
     format!(
         "{} not found (looked in: {looked}, then the system's library path: LD_LIBRARY_PATH, \
          ld.so.cache): `pip install {}`, or install CUDA {}'s libraries",
@@ -192,19 +305,18 @@ pub fn load() -> Result<(), String> {
     static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     LOADED
         .get_or_init(|| {
-            let exe = std::env::current_exe().ok();
-            let dirs = wheel_library_dirs(exe.as_deref(), |v| std::env::var_os(v));
+            let wheels = wheel_library_dirs_of_this_binary();
             let libraries = needed_libraries(cuda_major());
             let (mut not_found, mut missing) = (Vec::new(), Vec::new());
             for needed in &libraries {
-                match open_library(needed, &dirs) {
+                match open_library(needed, &wheels.dirs) {
                     Ok(()) => {}
                     Err(Failure::NotFound) => not_found.push(needed),
                     Err(Failure::Broken(message)) => missing.push(message),
                 }
             }
             if !not_found.is_empty() {
-                missing.insert(0, not_found_message(&not_found, &dirs));
+                missing.insert(0, not_found_message(&not_found, &wheels));
             }
             if let Err(e) = open("libcuda.so.1") {
                 missing.push(format!(
@@ -224,54 +336,256 @@ pub fn load() -> Result<(), String> {
 mod tests {
     use super::*;
 
-    /// A Python prefix with `lib/python3.11/site-packages/nvidia/{cublas,curand}/lib`.
-    fn fake_prefix(root: &Path, site: &str) -> PathBuf {
-        for package in ["cublas", "curand"] {
-            let lib = root
-                .join("lib/python3.11")
-                .join(site)
-                .join("nvidia")
-                .join(package)
-                .join("lib");
-            std::fs::create_dir_all(&lib).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Sets the permission bits of `path`.
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// `root/relative`, made with each missing folder `rwxr-xr-x`, whatever the umask.
+    fn mkdirs(root: &Path, relative: &str) -> PathBuf {
+        assert!(Path::new(relative).is_relative(), "{relative}");
+        let mut dir = root.to_path_buf();
+        for part in Path::new(relative).components() {
+            dir.push(part);
+            if !dir.is_dir() {
+                std::fs::create_dir(&dir).unwrap();
+                chmod(&dir, 0o755);
+            }
         }
-        root.to_path_buf()
+        dir
+    }
+
+    /// A Python environment under `root`: `site` (relative; empty for `root` itself) with
+    /// `nvidia/{cublas,curand}/lib` and, if given, a folder `dist_info`. Returns the site
+    /// folder.
+    fn fake_site(root: &Path, site: &str, dist_info: Option<&str>) -> PathBuf {
+        let site = mkdirs(root, site);
+        for package in ["cublas", "curand"] {
+            mkdirs(&site, &format!("nvidia/{package}/lib"));
+        }
+        if let Some(dist_info) = dist_info {
+            mkdirs(&site, dist_info);
+        }
+        site
+    }
+
+    /// A temporary folder, by its canonical path (the search resolves symlinks).
+    fn temp_root() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        (tmp, root)
+    }
+
+    /// The two library folders of a fake site.
+    fn libs(site: &Path) -> Vec<PathBuf> {
+        vec![
+            site.join("nvidia/cublas/lib"),
+            site.join("nvidia/curand/lib"),
+        ]
     }
 
     #[test]
-    fn finds_the_wheels_of_the_binarys_own_environment_then_the_virtualenvs() {
-        let tmp = tempfile::tempdir().unwrap();
-        // pip's layout for a maturin `bin` wheel: site-packages/ensemble.scripts/ensemble.
-        let venv = fake_prefix(&tmp.path().join("venv"), "site-packages");
-        let site = venv.join("lib/python3.11/site-packages");
-        std::fs::create_dir_all(site.join("ensemble.scripts")).unwrap();
-        // Debian's and Kaggle's system Python: dist-packages.
-        let conda = fake_prefix(&tmp.path().join("conda"), "dist-packages");
-        let env = |name: &str| match name {
-            "CONDA_PREFIX" => Some(conda.clone().into_os_string()),
-            _ => None,
+    fn finds_the_wheels_of_the_environment_that_holds_the_binary_and_its_dist_info() {
+        let (_tmp, root) = temp_root();
+        let found = |exe: &Path, distribution: &str| wheel_library_dirs(Some(exe), distribution);
+        // A venv (lib64 a symlink to lib, as `python -m venv` makes it). maturin's `bin` wheel
+        // with bundled libraries: site-packages/ensemble.scripts/ensemble; without:
+        // PREFIX/bin/ensemble.
+        let site = fake_site(
+            &root,
+            "venv/lib/python3.11/site-packages",
+            Some("ensemble-0.1.0.dist-info"),
+        );
+        std::os::unix::fs::symlink("lib", root.join("venv/lib64")).unwrap();
+        let expected = WheelDirs {
+            dirs: libs(&site),
+            untrusted: vec![],
         };
-        let dirs = wheel_library_dirs(Some(&site.join("ensemble.scripts/ensemble")), env);
-        let conda_site = conda.join("lib/python3.11/dist-packages");
         assert_eq!(
-            dirs,
-            [
-                site.join("nvidia/cublas/lib"),
-                site.join("nvidia/curand/lib"),
-                conda_site.join("nvidia/cublas/lib"),
-                conda_site.join("nvidia/curand/lib"),
-            ]
+            found(&site.join("ensemble.scripts/ensemble"), "ensemble"),
+            expected
         );
-        // A binary in PREFIX/bin (a venv's bin/, /usr/local/bin) finds its prefix's wheels.
-        let dirs = wheel_library_dirs(Some(&venv.join("bin/ensemble")), |_| None);
+        assert_eq!(found(&root.join("venv/bin/ensemble"), "ensemble"), expected);
+        // `pip install --user`: ~/.local/bin and ~/.local/lib/python3.X/site-packages; the name
+        // compared as pip normalizes it (case, `-` and `_`), a local version label allowed.
+        let user = fake_site(
+            &root,
+            "home/.local/lib/python3.12/site-packages",
+            Some("Ensemble_Arena-0.1.0+cuda12.dist-info"),
+        );
         assert_eq!(
-            dirs,
-            [
-                site.join("nvidia/cublas/lib"),
-                site.join("nvidia/curand/lib")
-            ]
+            found(&root.join("home/.local/bin/ensemble"), "ensemble-arena").dirs,
+            libs(&user)
         );
-        assert!(wheel_library_dirs(None, |_| None).is_empty());
+        // Debian's and Kaggle's system Python: /usr/local/bin, dist-packages.
+        let system = fake_site(
+            &root,
+            "usr/local/lib/python3.11/dist-packages",
+            Some("ensemble-0.1.0.dist-info"),
+        );
+        assert_eq!(
+            found(&root.join("usr/local/bin/ensemble"), "ensemble").dirs,
+            libs(&system)
+        );
+    }
+
+    #[test]
+    fn an_environment_without_the_dist_info_is_ignored() {
+        let (_tmp, root) = temp_root();
+        let nothing = WheelDirs::default();
+        // Unzipped to ROOT/ensemble.scripts/ensemble: ROOT/nvidia is not a site-packages.
+        assert_eq!(fake_site(&root, "", None), root);
+        assert!(root.join("nvidia/cublas/lib").is_dir());
+        let unzipped = root.join("ensemble.scripts/ensemble");
+        assert_eq!(wheel_library_dirs(Some(&unzipped), "ensemble"), nothing);
+        // A site-packages without this project's dist-info: none, another project's (a longer
+        // name, the same name as a file), or it is not named site-packages.
+        for (site, dist_info) in [
+            ("a/lib/python3.11/site-packages", None),
+            (
+                "b/lib/python3.11/site-packages",
+                Some("ensemble_extra-0.1.0.dist-info"),
+            ),
+            (
+                "c/lib/python3.11/site-packages",
+                Some("ensembles-0.1.0.dist-info"),
+            ),
+            (
+                "d/lib/python3.11/packages",
+                Some("ensemble-0.1.0.dist-info"),
+            ),
+        ] {
+            let site = fake_site(&root, site, dist_info);
+            std::fs::write(site.join("ensemble-0.1.0.dist-info.txt"), "").unwrap();
+            let prefix = site.ancestors().nth(3).unwrap();
+            for exe in [
+                prefix.join("bin/ensemble"),
+                site.join("ensemble.scripts/ensemble"),
+            ] {
+                assert_eq!(
+                    wheel_library_dirs(Some(&exe), "ensemble"),
+                    nothing,
+                    "{exe:?}"
+                );
+            }
+        }
+        let file_only = fake_site(&root, "e/lib/python3.11/site-packages", None);
+        std::fs::write(file_only.join("ensemble-0.1.0.dist-info"), "").unwrap();
+        let exe = root.join("e/bin/ensemble");
+        assert_eq!(wheel_library_dirs(Some(&exe), "ensemble"), nothing);
+        // No binary path, an empty one, a relative one.
+        assert_eq!(wheel_library_dirs(None, "ensemble"), nothing);
+        for exe in ["", "ensemble", "venv/bin/ensemble"] {
+            assert_eq!(
+                wheel_library_dirs(Some(Path::new(exe)), "ensemble"),
+                nothing
+            );
+        }
+    }
+
+    #[test]
+    fn group_or_world_writable_folders_are_passed_over() {
+        let (_tmp, root) = temp_root();
+        let site = |name: &str| {
+            fake_site(
+                &root,
+                &format!("{name}/lib/python3.11/site-packages"),
+                Some("ensemble-0.1.0.dist-info"),
+            )
+        };
+        let found =
+            |name: &str| wheel_library_dirs(Some(&root.join(name).join("bin/x")), "ensemble");
+        // The site-packages folder world-writable: nothing under it.
+        let world = site("world");
+        chmod(&world, 0o777);
+        assert_eq!(
+            found("world"),
+            WheelDirs {
+                dirs: vec![],
+                untrusted: vec![world],
+            }
+        );
+        // The nvidia folder writable by others (not by the group).
+        let nvidia = site("nvidia");
+        chmod(&nvidia.join("nvidia"), 0o757);
+        assert_eq!(found("nvidia").untrusted, [nvidia.join("nvidia")]);
+        // One library folder group-writable, one wheel's folder world-writable: the other
+        // library folder is still searched.
+        let group = site("group");
+        chmod(&group.join("nvidia/cublas/lib"), 0o775);
+        assert_eq!(
+            found("group"),
+            WheelDirs {
+                dirs: vec![group.join("nvidia/curand/lib")],
+                untrusted: vec![group.join("nvidia/cublas/lib")],
+            }
+        );
+        let package = site("package");
+        chmod(&package.join("nvidia/curand"), 0o777);
+        assert_eq!(
+            found("package"),
+            WheelDirs {
+                dirs: vec![package.join("nvidia/cublas/lib")],
+                untrusted: vec![package.join("nvidia/curand/lib")],
+            }
+        );
+    }
+
+    /// Prints step 1 of the search for this test binary, when run by
+    /// `the_active_environments_variables_are_not_read` (which sets NEURAL_TEST_PRINT_SEARCH on
+    /// that child process only); does nothing otherwise.
+    #[test]
+    fn print_the_search_of_this_binary() {
+        if std::env::var_os("NEURAL_TEST_PRINT_SEARCH").is_some() {
+            println!("search: {:?}", wheel_library_dirs_of_this_binary());
+        }
+    }
+
+    #[test]
+    fn the_active_environments_variables_are_not_read() {
+        let (_tmp, root) = temp_root();
+        let name = project_name(PYPROJECT).unwrap();
+        let dist_info = format!("{}-0.1.0.dist-info", normalized(&name));
+        fake_site(&root, "venv/lib/python3.11/site-packages", Some(&dist_info));
+        // This test binary, run again for the test above alone, with the variables set on the
+        // child only: absolute, empty and relative (to its working directory) values.
+        let venv = root.join("venv").into_os_string();
+        for (virtual_env, conda_prefix) in [(venv.clone(), venv), ("venv".into(), "".into())] {
+            let output = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "cuda_libraries::tests::print_the_search_of_this_binary",
+                ])
+                .args(["--nocapture", "--test-threads", "1"])
+                .current_dir(&root)
+                .env("NEURAL_TEST_PRINT_SEARCH", "1")
+                .env("VIRTUAL_ENV", virtual_env)
+                .env("CONDA_PREFIX", conda_prefix)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success() && stdout.contains("search: WheelDirs"),
+                "{stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(!stdout.contains("nvidia"), "{stdout}");
+        }
+    }
+
+    #[test]
+    fn the_distribution_is_the_pyprojects_name_compared_as_pip_compares_names() {
+        assert!(project_name(PYPROJECT).is_some_and(|n| !n.is_empty()));
+        let pyproject =
+            "[tool.other]\nname = \"no\"\n[project]\nversion = \"1\"\nname = \"A.b-c\"\n";
+        assert_eq!(project_name(pyproject).as_deref(), Some("A.b-c"));
+        assert_eq!(project_name("[tool.maturin]\nname = \"x\"\n"), None);
+        assert_eq!(
+            normalized("Ensemble.Arena--CUDA12_x"),
+            "ensemble_arena_cuda12_x"
+        );
     }
 
     #[test]
@@ -289,13 +603,29 @@ mod tests {
         );
         let dirs = [tmp.path().to_path_buf()];
         assert_eq!(open_library(&a, &dirs), Err(Failure::NotFound));
-        let message = not_found_message(&[&a, &b, &c], &dirs);
+        let passed_over = tmp.path().join("writable");
+        let wheels = WheelDirs {
+            dirs: dirs.to_vec(),
+            untrusted: vec![passed_over.clone()],
+        };
+        let message = not_found_message(&[&a, &b, &c], &wheels);
         assert!(
             message.starts_with(
                 "libensemble-test-absent.so.12 (cuBLAS), libensemble-test-absent-lt.so.12 \
                  (cuBLAS), libensemble-test-absent-rand.so.10 (cuBLAS) not found (looked in: "
             ) && message.contains(&tmp.path().display().to_string())
+                && message.contains(&format!(
+                    "(passed over as group- or world-writable: {}), then the system's",
+                    passed_over.display()
+                ))
                 && message.contains("`pip install nvidia-cublas-cu12 nvidia-curand-cu12`"),
+            "{message}"
+        );
+        let message = not_found_message(&[&a], &WheelDirs::default());
+        assert!(
+            message.contains(
+                "(looked in: no NVIDIA wheels in the Python environment of this binary, then"
+            ),
             "{message}"
         );
     }
@@ -317,18 +647,34 @@ mod tests {
             eprintln!("skipped: no libz.so.1 at a known path");
             return;
         };
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::copy(zlib, tmp.path().join("libensemble-test.so.12")).unwrap();
+        let (_tmp, root) = temp_root();
+        let library = root.join("libensemble-test.so.12");
+        std::fs::copy(zlib, &library).unwrap();
+        chmod(&library, 0o644);
         let needed = Needed {
             soname: "libensemble-test.so.12".into(),
             what: "cuBLAS",
             package: "nvidia-cublas-cu12".into(),
         };
-        open_library(&needed, &[tmp.path().to_path_buf()]).unwrap();
+        open_library(&needed, std::slice::from_ref(&root)).unwrap();
+        // A library file that others may write is refused, not loaded.
+        let (_writable, writable) = temp_root();
+        std::fs::copy(zlib, writable.join("libensemble-test.so.12")).unwrap();
+        chmod(&writable.join("libensemble-test.so.12"), 0o664);
+        match open_library(&needed, &[writable]) {
+            Err(Failure::Broken(error)) => {
+                assert!(
+                    error.ends_with("is group- or world-writable: not loaded"),
+                    "{error}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
         // A file that is not a library is named with the loader's reason.
-        let other = tempfile::tempdir().unwrap();
-        std::fs::write(other.path().join("libensemble-test.so.12"), b"not ELF").unwrap();
-        match open_library(&needed, &[other.path().to_path_buf()]) {
+        let (_other, other) = temp_root();
+        std::fs::write(other.join("libensemble-test.so.12"), b"not ELF").unwrap();
+        chmod(&other.join("libensemble-test.so.12"), 0o644);
+        match open_library(&needed, &[other]) {
             Err(Failure::Broken(error)) => {
                 assert!(error.contains("is there but does not load"), "{error}")
             }

@@ -7,10 +7,16 @@ use std::process::{Command, Output};
 
 /// Runs the binary. Tests run side by side on few cores: `cv` and `tune` get one thread, and OpenMP
 /// (inside LightGBM) sleeps instead of spinning while it waits, or oversubscribed cores make
-/// each boosting round many times slower.
+/// each boosting round many times slower. A scheduler's array index (which picks the fold of
+/// `transformer` without `--fold`) is not passed on, so the tests pass inside a Slurm array
+/// task or a Kubernetes Indexed Job; the test of that choice sets it on its own command.
 pub fn ensemble(args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ensemble"));
-    command.args(args).env("OMP_WAIT_POLICY", "PASSIVE");
+    command
+        .args(args)
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX");
     if matches!(args.first(), Some(&"cv" | &"tune")) {
         command.args(["--threads", "1"]);
     }
@@ -78,4 +84,26 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         }
     }
     files
+}
+
+/// A train.csv of `battles` battles over `prompts` prompts (battle i asks prompt i % prompts;
+/// the last prompt has two turns), labels cycling A, B, tie, for tests of grouped folds.
+pub fn battles_over_prompts(battles: usize, prompts: usize) -> String {
+    let prompt = |i: usize| match i % prompts {
+        k if k == prompts - 1 => format!(r#"["question {k}", "and a follow-up"]"#),
+        k => format!(r#"["question {k}"]"#),
+    };
+    let mut train = String::from(
+        "id,model_a,model_b,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n",
+    );
+    for i in 0..battles {
+        let label = ["1,0,0", "0,1,0", "0,0,1"][i % 3];
+        let answer = "x ".repeat(i % 5 + 1);
+        train.push_str(&format!(
+            "{},m1,m2,\"{}\",\"[\"\"{answer}\"\"]\",\"[\"\"y\"\"]\",{label}\n",
+            100 + i,
+            prompt(i).replace('"', "\"\"")
+        ));
+    }
+    train
 }
