@@ -330,12 +330,15 @@ pub struct TransformerArgs {
     /// Do not train: predict --test with the fold models an earlier --save-models run left in
     /// OUT/fold-K/model/, or the LLM member's OUT/fold-K/adapter/ on the --model base (all
     /// folds, or --fold K), then merge as usual: for a new test file, e.g. a Kaggle
-    /// notebook's hidden one. Use the precision and max length of training.
+    /// notebook's hidden one. The settings are the folds' unless given; the max length and
+    /// template must be training's, the precision may differ (f16 or f32 for a bf16-trained
+    /// run on a GPU without bf16, which moves the logits slightly).
     #[arg(long, conflicts_with_all = ["merge", "save_models"])]
     pub predict_only: bool,
-    /// LLM member with --predict-only: hold the base's projection weights in 8 bits (Q8_0,
-    /// about 0.53× the bytes of f16), so that a 9B model's adapters predict on a 16 GB GPU;
-    /// moves the log loss slightly (README).
+    /// LLM member with --predict-only: the base's weights in 8 bits (Q8_0 projections, an
+    /// 8-bit embedding table; about 0.54× the bytes of f16), quantized as they are read, so
+    /// that the dense base is never held (peak memory 0.60× the bf16 weights on Gemma-2-2B's
+    /// shape, measured on the CPU: BENCHMARKS.md); moves the logits slightly (README).
     #[arg(long, requires = "predict_only")]
     pub int8_base: bool,
     /// TOML training config; flags override it. The defaults are those of

@@ -176,22 +176,7 @@ fn grouped_folds_hold_out_each_prompt_whole() {
     let dir = temp_dir("grouped");
     let out = dir.join("run");
     // 48 battles over 8 prompts, 6 each; prompt 7 has two turns.
-    let prompt = |i: usize| match i % 8 {
-        7 => r#"["question 7", "and a follow-up"]"#.to_string(),
-        k => format!(r#"["question {k}"]"#),
-    };
-    let mut train = String::from(
-        "id,model_a,model_b,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n",
-    );
-    for i in 0..48 {
-        let label = ["1,0,0", "0,1,0", "0,0,1"][i % 3];
-        let answer = "x ".repeat(i % 5 + 1);
-        train.push_str(&format!(
-            "{},m1,m2,\"{}\",\"[\"\"{answer}\"\"]\",\"[\"\"y\"\"]\",{label}\n",
-            100 + i,
-            prompt(i).replace('"', "\"\"")
-        ));
-    }
+    let train = common::battles_over_prompts(48, 8);
     std::fs::write(dir.join("train.csv"), train).unwrap();
     let run = |group_by: &str| {
         let output = run_ok(&[

@@ -424,22 +424,7 @@ fn transformer_groups_folds_by_prompt() {
     }
     let dir = tempfile::tempdir().unwrap();
     // 24 battles over 6 prompts, 4 each; prompt 5 has two turns.
-    let prompt = |i: usize| match i % 6 {
-        5 => r#"["question 5", "and a follow-up"]"#.to_string(),
-        k => format!(r#"["question {k}"]"#),
-    };
-    let mut train = String::from(
-        "id,model_a,model_b,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n",
-    );
-    for i in 0..24 {
-        let label = ["1,0,0", "0,1,0", "0,0,1"][i % 3];
-        let answer = "x ".repeat(i % 5 + 1);
-        train.push_str(&format!(
-            "{},m1,m2,\"{}\",\"[\"\"{answer}\"\"]\",\"[\"\"y\"\"]\",{label}\n",
-            100 + i,
-            prompt(i).replace('"', "\"\"")
-        ));
-    }
+    let train = common::battles_over_prompts(24, 6);
     let train_path = dir.path().join("train.csv");
     std::fs::write(&train_path, train).unwrap();
     let [_, test, model] = sample_and_model();

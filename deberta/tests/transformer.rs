@@ -521,16 +521,7 @@ fn an_overflowing_f16_step_is_skipped_and_halves_the_loss_scale() {
     assert_eq!(scaler.scale, 1e300 / 4.0);
     let after = classifier.snapshot().unwrap();
     for (name, weight) in &before {
-        let moved = (weight - &after[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let moved = neural::testing::max_difference(weight, &after[name]);
         assert_eq!(moved, 0.0, "{name} moved in a skipped step");
     }
 }

@@ -660,7 +660,7 @@ fn the_template_survives_every_cut() {
                 response_a: texts[(i + 1) % 3].clone(),
                 response_b: texts[(i + 2) % 3].clone(),
             };
-            let encoded = &member_short.encode(&[pair.clone()]).unwrap()[0];
+            let encoded = &member_short.encode(std::slice::from_ref(&pair)).unwrap()[0];
             for row in [&encoded.as_given[0], &encoded.swapped[0]] {
                 assert!(row.len() <= least + 20, "{family}: {} tokens", row.len());
                 let text = tokenizer.decode(row, true).unwrap();
