@@ -10,7 +10,7 @@
 //!
 //! infer: logits of --eval-batch sequences per batch, no gradients. train: one optimizer step
 //! per batch of --train-batch sequences: forward, cross-entropy, backward to the adapter and
-//! the head only, AdamW (the DeBERTa member's). --eight-bit: Q8_0 base weights (inference
+//! the head only, AdamW (the shared loop's, `neural::AdamW`). --eight-bit: Q8_0 base weights (inference
 //! only). Memory is the process's peak RSS. Ends with a line `JSON {...}` per measurement.
 //! `--gradient-checkpointing` (train): each layer keeps its input only and runs again in the
 //! backward pass, as transformers' non-reentrant checkpointing does.

@@ -1,10 +1,12 @@
 //! A battle as the LLM reads it: the prompt and both answers in a text template
 //! (`template`, with `{prompt}`, `{response_a}` and `{response_b}`), tokenized with the model's
 //! `tokenizer.json`, whose post-processor adds the special tokens. Fields longer than their
-//! share of `max_len` keep their head and tail (the prompt its head alone by default) (the DeBERTa member's `SegmentBudget`: the
-//! prompt's share first, the answers split the rest alike, a short field hands its unused
-//! tokens on); the cut tokens are decoded back to text, so that the whole text is tokenized
-//! once, as the model saw text in training.
+//! share of `max_len` keep their head and tail (the prompt its head alone by default), by the
+//! budget both members share (`neural::SegmentBudget`: the prompt's share first, the answers
+//! split the rest alike, a short field hands its unused tokens on); the cut tokens are decoded
+//! back to text at whole characters, so that the whole text is tokenized once, as the model
+//! saw text in training, and a row that still overflows gives up tokens of its longest field,
+//! never of the template.
 use crate::{Error, Result};
 use neural::{ResponsePair, Segment, SegmentBudget};
 use std::path::Path;

@@ -485,10 +485,11 @@ impl LlmRun {
         }
     }
 
-    /// The member with no adapter, read on first use; 8-bit base weights with `int8_base`.
-    fn base_member(&mut self) -> Result<LlmMember> {
-        if let Some(member) = self.member.take() {
-            return Ok(member);
+    /// The member with no adapter, read on first use (8-bit base weights with `int8_base`),
+    /// and its base's record.
+    fn base_member(&mut self) -> Result<(LlmMember, BaseModel)> {
+        if let (Some(member), Some(base)) = (self.member.take(), &self.base) {
+            return Ok((member, base.clone()));
         }
         let dir = self.model_dir.clone().ok_or_else(|| {
             Error::Invalid(
@@ -515,8 +516,9 @@ impl LlmRun {
             );
         }
         let fingerprint = crate::base_fingerprint(&dir)?;
-        self.base = Some(BaseModel { dir, fingerprint });
-        Ok(member)
+        let base = BaseModel { dir, fingerprint };
+        self.base = Some(base.clone());
+        Ok((member, base))
     }
 }
 
@@ -533,7 +535,7 @@ impl Member for LlmRun {
     }
 
     fn for_training(&mut self, fold: usize) -> neural::Result<LlmMember> {
-        let mut member = self.base_member()?;
+        let (mut member, _) = self.base_member()?;
         member.start_adapter(self.config.training.seed.wrapping_add(fold as u64))?;
         Ok(member)
     }
@@ -554,8 +556,7 @@ impl Member for LlmRun {
                 saved.display()
             ))
         })?;
-        let mut member = self.base_member()?;
-        let base = self.base.as_ref().expect("set by base_member");
+        let (mut member, base) = self.base_member()?;
         if trained.fingerprint != base.fingerprint {
             let older = !trained.fingerprint.starts_with(neural::FINGERPRINT_SCHEME);
             let error = neural::Error::Invalid(match older {

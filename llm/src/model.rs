@@ -467,7 +467,7 @@ impl Attention {
         let v = split(self.v.forward(x, pass)?, self.kv_heads)?;
         let times = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(k, times)?, repeat_kv(v, times)?);
-        // The DeBERTa member's attention op: softmax(q·kᵀ + mask), with Gemma-2's soft-capping
+        // The shared attention op (`neural::attention_probs`): softmax(q·kᵀ + mask), with Gemma-2's soft-capping
         // of the scores, as one graph node that keeps q, k, the softmax (and the capped
         // scores' tanh), where composed ops would keep every [batch, heads, len, len] step for
         // the backward pass. The scores are taken in f32 (q and k are small beside the
