@@ -21,6 +21,15 @@ fn sample_and_model() -> [String; 3] {
     .map(|p| p.to_str().unwrap().to_owned())
 }
 
+/// A temporary folder holding copies of `names` from the model folder `source`.
+fn copy_of(source: &Path, names: &[&str]) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for name in names {
+        std::fs::copy(source.join(name), copy.path().join(name)).unwrap();
+    }
+    copy
+}
+
 fn rows(path: &Path) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(path).unwrap();
     text.lines()
@@ -358,11 +367,10 @@ fn transformer_names_what_is_wrong_with_a_model_folder() {
     }
     let [train, test, _] = sample_and_model();
     let empty = tempfile::tempdir().unwrap();
-    let qwen = tempfile::tempdir().unwrap();
-    for name in ["config.json", "model.safetensors"] {
-        let source = root().join("tests/fixtures/tiny-llm-qwen2").join(name);
-        std::fs::copy(source, qwen.path().join(name)).unwrap();
-    }
+    let qwen = copy_of(
+        &root().join("tests/fixtures/tiny-llm-qwen2"),
+        &["config.json", "model.safetensors"],
+    );
     // A model type neither member reads, given with the LLM member's config: named as the
     // folder's, not as a config file the wrong member could not parse.
     let gemma3 = tempfile::tempdir().unwrap();
@@ -481,11 +489,10 @@ fn the_merge_refuses_folds_of_different_bases() {
         return;
     }
     let [train, test, model] = sample_and_model();
-    let other = tempfile::tempdir().unwrap();
-    for name in ["config.json", "model.safetensors", "spm.model"] {
-        let source = Path::new(&model).join(name);
-        std::fs::copy(source, other.path().join(name)).unwrap();
-    }
+    let other = copy_of(
+        Path::new(&model),
+        &["config.json", "model.safetensors", "spm.model"],
+    );
     let config = other.path().join("config.json");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text + "\n").unwrap();

@@ -8,7 +8,12 @@
 //! through /proc/self/clear_refs), which adds what glibc keeps of freed blocks.
 //!
 //!     cargo run --release -p llm --example bench_llm_memory -- --model /tmp/qwen-4l \
-//!         [--max-len 1024] [--batch 2] [--precision f32|bf16] [--gradient-checkpointing]
+//!         [--max-len 1024] [--batch 2] [--precision f32|bf16] [--gradient-checkpointing] \
+//!         [--phases]
+//!
+//! `--phases` first prints what one training step holds after its forward pass and at its
+//! peak in the backward pass; the fold's peak RSS is then that step's too (the allocated
+//! peak is reset before the fold and stays the fold's own).
 //!
 //! Ends with a line `JSON {...}`.
 use candle_core::Device;
@@ -82,17 +87,6 @@ fn arg(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_string())
 }
 
-/// Resident memory now, in MiB (`VmRSS`).
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn main() -> Result<()> {
     neural::reuse_freed_host_memory(); // as `ensemble transformer` does
     let model = PathBuf::from(arg("--model", ""));
@@ -138,7 +132,10 @@ fn main() -> Result<()> {
         let forward_peak = PEAK.load(Ordering::Relaxed) - start;
         let loss = candle_nn::loss::cross_entropy(
             &logits,
-            &candle_core::Tensor::new(&[0u32, 1][..batch.min(2)], &Device::Cpu)?,
+            &candle_core::Tensor::new(
+                (0..batch as u32).map(|i| i % 3).collect::<Vec<_>>(),
+                &Device::Cpu,
+            )?,
         )?;
         let grads = loss.backward()?;
         let backward_peak = PEAK.load(Ordering::Relaxed) - start;
@@ -150,7 +147,7 @@ fn main() -> Result<()> {
             mib(backward_peak as u64)
         );
     }
-    let before = rss_mib();
+    let before = neural::rss_mib();
     let live_before = LIVE.load(Ordering::Relaxed);
     PEAK.store(live_before, Ordering::Relaxed);
     // Resets VmHWM to the current RSS (Linux ≥ 4.0), so the peak read after is the fold's.

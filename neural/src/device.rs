@@ -98,11 +98,21 @@ pub fn free_memory(device: &Device) -> Result<Option<u64>> {
 /// The process's peak resident memory so far (`VmHWM` of `/proc/self/status`) in MiB; NaN
 /// where the system does not say. The benchmarks' memory figure.
 pub fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// The process's resident memory now (`VmRSS`), in MiB; NaN where the system does not say.
+pub fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// A `/proc/self/status` field given in kB, in MiB.
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })

@@ -236,33 +236,28 @@ pub fn run<M: Member>(
     train: TrainingRows,
     test: TestRows,
 ) -> Result<()> {
-    let training = member.config().training().clone();
+    let seed = member.config().training().seed;
     let own_folds = options.out.join("folds.csv");
     // Steps that reuse a run's folds read them from that run when not given them.
     let reuses_run = options.merge || options.predict_only;
-    // The run folder's own folds.csv is (re)written once a fold has trained, so that a run
-    // that fails early (a bad model folder) leaves no folds.csv that looks like a run's.
     // Prompts are compared as joined text, turn by turn.
     let prompts: Vec<&str> = train.pairs.iter().map(|p| p.prompt.as_str()).collect();
+    // The run folder's own folds.csv is (re)written once a fold has trained, so that a run
+    // that fails early (a bad model folder) leaves no folds.csv that looks like a run's.
     let (folds, write_own_folds) = match &options.folds_file {
         Some(path) => (Folds::read(path, &train.ids)?, true),
         None if reuses_run && own_folds.is_file() => (Folds::read(&own_folds, &train.ids)?, false),
         None if options.group_by_prompt => {
-            let folds =
-                Folds::stratified_grouped(&train.labels, &prompts, options.folds, training.seed)?;
+            let folds = Folds::stratified_grouped(&train.labels, &prompts, options.folds, seed)?;
             (folds, true)
         }
-        None => (
-            Folds::stratified(&train.labels, options.folds, training.seed)?,
-            true,
-        ),
+        None => (Folds::stratified(&train.labels, options.folds, seed)?, true),
     };
     if !options.merge {
         if let Some(warning) = folds.prompts_across_folds(&prompts).warning() {
             eprintln!("{warning}");
         }
     }
-    drop(prompts);
     let one_fold = if options.merge {
         None
     } else {
