@@ -513,6 +513,21 @@ def build_lora(base_model, qwen_family):
     ids = torch.tensor(result["right"]["input_ids"])
     mask = torch.tensor(result["right"]["attention_mask"])
     labels = torch.tensor(LORA_LABELS)
+    # Mixed precision: the same loss and gradients under torch.autocast (f32 parameters, the
+    # linear layers in bf16 or f16), from the same parameters, before the f32 step below.
+    autocast = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("f16", torch.float16)):
+        peft_model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype):
+            half_logits = peft_model(input_ids=ids, attention_mask=mask).logits
+        half_loss = torch.nn.functional.cross_entropy(half_logits.float(), labels)
+        half_loss.backward()
+        autocast[name] = {
+            "loss": half_loss.item(),
+            "grads": {k: tensor_figures(params[n].grad) for k, n in tracked.items()},
+        }
+        print(f"lora loss under autocast {name} {half_loss.item():.9e}", file=sys.stderr)
+    peft_model.zero_grad(set_to_none=True)
     out = peft_model(input_ids=ids, attention_mask=mask, labels=labels)
     loss = torch.nn.functional.cross_entropy(out.logits, labels, label_smoothing=0.0)
     assert abs(loss.item() - out.loss.item()) < 1e-6
@@ -550,6 +565,12 @@ def build_lora(base_model, qwen_family):
             "params_before": {k: tensor_figures(v) for k, v in before.items()},
             "grads": {k: tensor_figures(v) for k, v in grads.items()},
             "params_after": {k: tensor_figures(v) for k, v in after.items()},
+            "autocast": {
+                "how": "the same batch, labels and parameters under torch.autocast('cpu', dtype) (PEFT's "
+                "lora_A/lora_B and every nn.Linear in that dtype, RMSNorm and the eager softmax in float32 as "
+                "transformers writes them), logits cast to float32 for the mean cross-entropy",
+                **autocast,
+            },
         },
     }
 

@@ -282,12 +282,26 @@ fn battles_are_tokenized_as_the_reference_and_cut_to_max_len() {
 /// adapted model on the right-padded batch, and the gradients of layer 0's q_proj LoRA A and B
 /// and of the head, within 1e-4 relative to their size. Only the adapter and the head are
 /// variables: the base weights get no gradient.
-#[test]
-fn lora_gradients_match_pytorch_and_peft() {
-    let expected = expected();
-    let case = &expected["lora"];
-    let training = &case["training"];
-    let model = lora_adapted(case, DType::F32);
+/// The fixture's tracked gradients: its name for each, and the variable's.
+const TRACKED: [(&str, &str); 3] = [
+    (
+        "layer0_q_proj_lora_A",
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+    ),
+    (
+        "layer0_q_proj_lora_B",
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+    ),
+    ("score", "base_model.model.score.weight"),
+];
+
+/// The adapted model in `dtype`, its mean cross-entropy on the fixture's right-padded batch
+/// and labels, and that loss's gradients.
+fn training_step(
+    case: &serde_json::Value,
+    dtype: DType,
+) -> (DecoderClassifier, f64, candle_core::backprop::GradStore) {
+    let model = lora_adapted(case, dtype);
     let batch = &case["right"];
     let logits = model
         .training_logits(
@@ -297,45 +311,63 @@ fn lora_gradients_match_pytorch_and_peft() {
             false,
         )
         .unwrap();
-    let labels: Vec<u32> = serde_json::from_value(training["labels"].clone()).unwrap();
+    let labels: Vec<u32> = serde_json::from_value(case["training"]["labels"].clone()).unwrap();
     let labels = candle_core::Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
     let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
-    let theirs = training["loss"].as_f64().unwrap();
-    assert!((loss.to_scalar::<f32>().unwrap() as f64 - theirs).abs() < 1e-5);
     let grads = loss.backward().unwrap();
+    (model, loss.to_scalar::<f32>().unwrap() as f64, grads)
+}
+
+/// The variable named `key` among the model's trainable ones.
+fn variable<'a>(
+    trainable: &'a [(String, &'a candle_core::Var)],
+    key: &str,
+) -> &'a candle_core::Var {
+    trainable
+        .iter()
+        .find(|(name, _)| name == key)
+        .unwrap_or_else(|| panic!("no variable {key}"))
+        .1
+}
+
+/// `grads`' value for the variable `key`, flattened.
+fn gradient(
+    trainable: &[(String, &candle_core::Var)],
+    grads: &candle_core::backprop::GradStore,
+    key: &str,
+) -> Vec<f32> {
+    grads
+        .get(variable(trainable, key).as_tensor())
+        .unwrap_or_else(|| panic!("no gradient for {key}"))
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+fn figures(value: &serde_json::Value) -> Vec<f32> {
+    serde_json::from_value(value["values"].clone()).unwrap()
+}
+
+#[test]
+fn lora_gradients_match_pytorch_and_peft() {
+    let expected = expected();
+    let case = &expected["lora"];
+    let training = &case["training"];
+    let (model, loss, grads) = training_step(case, DType::F32);
+    assert!((loss - training["loss"].as_f64().unwrap()).abs() < 1e-5);
     let trainable = model.trainable();
     // 2 layers × 7 projections × (A, B), and the head.
     assert_eq!(trainable.len(), 29);
-    let var = |key: &str| {
-        trainable
-            .iter()
-            .find(|(name, _)| name == key)
-            .unwrap_or_else(|| panic!("no variable {key}"))
-            .1
-    };
-    for (fixture_name, key) in [
-        (
-            "layer0_q_proj_lora_A",
-            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
-        ),
-        (
-            "layer0_q_proj_lora_B",
-            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
-        ),
-        ("score", "base_model.model.score.weight"),
-    ] {
-        let ours = grads
-            .get(var(key).as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {key}"))
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let figures = &training["grads"][fixture_name];
-        let shape: Vec<usize> = serde_json::from_value(figures["shape"].clone()).unwrap();
-        assert_eq!(var(key).as_tensor().dims(), shape, "{key}");
-        let theirs: Vec<f32> = serde_json::from_value(figures["values"].clone()).unwrap();
-        assert_close_flat(&ours, &theirs, key);
+    for (fixture_name, key) in TRACKED {
+        let figures_of = &training["grads"][fixture_name];
+        let shape: Vec<usize> = serde_json::from_value(figures_of["shape"].clone()).unwrap();
+        assert_eq!(variable(&trainable, key).as_tensor().dims(), shape, "{key}");
+        assert_close_flat(
+            &gradient(&trainable, &grads, key),
+            &figures(figures_of),
+            key,
+        );
     }
     // One step of the shared AdamW over every trainable variable gives torch's
     // AdamW (lr 1e-3, betas 0.9/0.999, eps 1e-8, weight decay 0.01).
@@ -351,27 +383,72 @@ fn lora_gradients_match_pytorch_and_peft() {
         let grad = grads.get(var.as_tensor()).unwrap();
         optimizer.step(name, var, grad, (1.0, 1e-3), true).unwrap();
     }
-    for (fixture_name, key) in [
-        (
-            "layer0_q_proj_lora_A",
-            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
-        ),
-        (
-            "layer0_q_proj_lora_B",
-            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
-        ),
-        ("score", "base_model.model.score.weight"),
-    ] {
-        let ours = var(key)
+    for (fixture_name, key) in TRACKED {
+        let ours = variable(&trainable, key)
             .as_tensor()
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let theirs: Vec<f32> =
-            serde_json::from_value(training["params_after"][fixture_name]["values"].clone())
-                .unwrap();
+        let theirs = figures(&training["params_after"][fixture_name]);
         assert_close_flat(&ours, &theirs, &format!("{key} after one AdamW step"));
+    }
+}
+
+/// Trained in bf16 and f16 (the base cast, the adapters, norms, softmax and head in f32), the
+/// loss and the adapter's and head's gradients stay as close to the f32 ones as PyTorch + PEFT's
+/// under `torch.autocast` (which also runs the adapters and the head in half precision). On
+/// these tiny random models half precision moves the loss by up to 0.06 (autocast bf16), so the
+/// test compares each one's error from f32, relative to the f32 gradient's largest magnitude:
+/// a wrong scale, sign or dtype path in a backward pass shows as an error far above theirs.
+#[test]
+fn half_precision_gradients_err_as_much_as_autocast() {
+    let expected = expected();
+    let case = &expected["lora"];
+    let training = &case["training"];
+    let exact_loss = training["loss"].as_f64().unwrap();
+    for (dtype, name) in [(DType::BF16, "bf16"), (DType::F16, "f16")] {
+        let reference = &training["autocast"][name];
+        let (model, loss, grads) = training_step(case, dtype);
+        let their_loss = reference["loss"].as_f64().unwrap();
+        println!(
+            "{name} loss: ours {:.2e} from f32, autocast {:.2e}",
+            (loss - exact_loss).abs(),
+            (their_loss - exact_loss).abs()
+        );
+        assert!(
+            (loss - exact_loss).abs() <= 2.0 * (their_loss - exact_loss).abs() + 1e-3,
+            "{name}: loss {loss} against f32 {exact_loss} and autocast {their_loss}"
+        );
+        let trainable = model.trainable();
+        for (fixture_name, key) in TRACKED {
+            let exact = figures(&training["grads"][fixture_name]);
+            let theirs = figures(&reference["grads"][fixture_name]);
+            let ours = gradient(&trainable, &grads, key);
+            let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let error = |values: &[f32]| {
+                values
+                    .iter()
+                    .zip(&exact)
+                    .fold(0f32, |m, (v, e)| m.max((v - e).abs()))
+                    / scale
+            };
+            let apart = ours
+                .iter()
+                .zip(&theirs)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+                / scale;
+            println!(
+                "{name} {fixture_name}: ours {:.2e} from f32, autocast {:.2e}, the two apart \
+                 {apart:.2e} (of the largest |gradient| {scale:.2e})",
+                error(&ours),
+                error(&theirs)
+            );
+            assert!(
+                error(&ours) <= 2.0 * error(&theirs) + 1e-2,
+                "{name} {key}: {ours:?} against f32 {exact:?} and autocast {theirs:?}"
+            );
+        }
     }
 }
 
