@@ -11,6 +11,12 @@ attention; sequences of --max-len token ids with an all-ones attention mask:
   * train: one step per batch of --train-batch sequences: forward, cross-entropy, backward,
     torch.optim.AdamW over the trainable parameters (the adapter and the head), zero_grad.
 
+  * predict: --rows rows whose lengths spread over --min-len..=--max-len (as the candle
+    bench spreads them), each row in both answer orders (two sequences), sorted by length and
+    run --eval-batch rows (2 × --eval-batch sequences) per batch, right-padded to the batch's
+    longest with the attention mask (as a transformers notebook predicts); --layers sets
+    num_hidden_layers (the candle side reads a folder of that many layers).
+
 --dtype f32|bf16|f16 casts the frozen base; PEFT keeps the adapter in float32 (its
 autocast_adapter_dtype default), as the candle side does. --gradient-checkpointing turns on
 transformers' per-layer checkpointing. Memory is the process's peak RSS (CPU) or
@@ -63,7 +69,10 @@ def main():
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(SHAPES))
     p.add_argument("--dtype", default="f32", choices=sorted(DTYPES))
-    p.add_argument("--mode", default="both", choices=["infer", "train", "both"])
+    p.add_argument("--mode", default="both", choices=["infer", "train", "both", "predict"])
+    p.add_argument("--layers", type=int, default=0, help="num_hidden_layers (default: the shape's)")
+    p.add_argument("--rows", type=int, default=8)
+    p.add_argument("--min-len", type=int, default=200)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--train-batch", type=int, default=1)
@@ -76,7 +85,10 @@ def main():
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(1)
-    config = Qwen2Config(num_labels=3, **SHAPES[args.shape])
+    shape = dict(SHAPES[args.shape])
+    if args.layers:
+        shape["num_hidden_layers"] = args.layers
+    config = Qwen2Config(num_labels=3, **shape)
     model = Qwen2ForSequenceClassification(config).to(DTYPES[args.dtype])
     model.config._attn_implementation = "eager"
     if args.gradient_checkpointing:
@@ -106,6 +118,9 @@ def main():
             torch.cuda.synchronize(device)
 
     vocab = config.vocab_size
+    if args.mode == "predict":
+        predict(model, args, device, sync)
+        return
     if args.mode in ("infer", "both"):
         model.eval()
         size = args.eval_batch
@@ -141,6 +156,46 @@ def main():
             step(args.warmup + salt)
         sync()
         report("train", size, size * args.batches, time.perf_counter() - started)
+
+
+def predict(model, args, device, sync):
+    """Rows of mixed lengths, both orders each, sorted and batched by --eval-batch rows."""
+    span = args.max_len - args.min_len + 1
+    lengths = [args.min_len + (i * 7919) % span for i in range(args.rows)]
+    pad = model.config.pad_token_id
+
+    def sequences(i):
+        return [[3 + (i * 7919 + t * 104729 + salt) % 300 for t in range(lengths[i])]
+                for salt in (0, 7)]
+
+    def run(rows):
+        seqs = [s for i in rows for s in sequences(i)]
+        width = max(len(s) for s in seqs)
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+        model(input_ids=ids, attention_mask=mask).logits.float().cpu()
+
+    model.eval()
+    order = sorted(range(args.rows), key=lambda i: (lengths[i], i))
+    with torch.inference_mode():
+        run(order[:1])
+        sync()
+        started = time.perf_counter()
+        for k in range(0, len(order), args.eval_batch):
+            run(order[k:k + args.eval_batch])
+        sync()
+        seconds = time.perf_counter() - started
+    count = 2 * args.rows
+    tokens = 2 * sum(lengths)
+    rate, peak = count / seconds, peak_mib(device)
+    print(f"torch predict {args.dtype}: {count} sequences of {args.min_len}..={args.max_len} tokens "
+          f"({tokens} in all) in {seconds:.3f} s = {rate:.3f} sequences/s, peak {peak:.0f} MiB")
+    print("JSON " + json.dumps({
+        "framework": "torch", "torch_version": torch.__version__, "device": str(device),
+        "dtype": args.dtype, "mode": "predict", "layers": model.config.num_hidden_layers,
+        "rows": args.rows, "min_len": args.min_len, "max_len": args.max_len,
+        "eval_batch": args.eval_batch, "sequences": count, "tokens": tokens, "seconds": seconds,
+        "sequences_per_s": rate, "peak_mib": peak, "threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":

@@ -236,7 +236,7 @@ impl Classifier {
         Ok(self.model.forward(&ids, &mask, pass)?)
     }
 
-    /// Swap-averaged logits of `encoded` rows, `eval_batch_size` rows per batch (see
+    /// Swap-averaged logits of `encoded` rows, batched by tokens (see
     /// [`neural::predict_logits`]).
     pub fn predict_logits<P: std::borrow::Borrow<EncodedPair>>(
         &self,
@@ -245,7 +245,7 @@ impl Classifier {
         Ok(neural::predict_logits(
             self,
             encoded,
-            self.config.training.eval_batch_size,
+            self.config.training.prediction_tokens(),
         )?)
     }
 

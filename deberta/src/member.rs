@@ -212,7 +212,7 @@ pub fn training_memory(classifier: &Classifier, rows: FoldRows) -> MemoryEstimat
     memory::estimate(&TrainingShape {
         // Batches hold at most the rows there are.
         sequences: training.batch_size.min(rows.train) * views,
-        eval_sequences: 2 * training.eval_batch_size.min(rows.valid) * views,
+        eval_sequences: 2 * rows.prediction_rows(training) * views,
         len: rows.longest,
         hidden: model.hidden_size,
         intermediate: model.intermediate_size,

@@ -47,6 +47,8 @@ impl CustomOp3 for LayerNorm {
         _: &Tensor,
         grad: &Tensor,
     ) -> CandleResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Detached, as `neural::ops` says why: dw would keep x̂ alive to the end of the pass.
+        let (x, weight) = (&x.detach(), &weight.detach());
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let inverse_deviation = (centred.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
             .sqrt()?

@@ -4,9 +4,17 @@
 //! PyTorch + PEFT the same way, with the same flags.
 //!
 //!     cargo run --release -p llm --example bench_llm -- [--device cpu|cuda:0] [--threads N] \
-//!         [--shape qwen2.5-0.5b|tiny] [--precision f32|bf16|f16] [--mode infer|train|both] \
+//!         [--shape qwen2.5-0.5b|tiny] [--precision f32|bf16|f16] [--mode infer|train|both|predict] \
 //!         [--lora-r 16] [--max-len 512] [--train-batch 1] [--eval-batch 1] \
 //!         [--warmup 1] [--batches 2] [--eight-bit] [--gradient-checkpointing]
+//!
+//! predict: the member's own prediction path (`LlmMember::predict_logits`) over --rows rows
+//! of a model folder (`--model`, e.g. from `scripts/make_random_llm.py`), their lengths spread
+//! over --min-len..=--max-len, each row in both answer orders, batched by tokens
+//! (--eval-batch rows of --max-len per batch, sorted by length):
+//!
+//!     cargo run --release -p llm --example bench_llm -- --mode predict --model /tmp/qwen05-4l \
+//!         --rows 8 --min-len 200 --max-len 2000 --eval-batch 4
 //!
 //! infer: logits of --eval-batch sequences per batch, no gradients. train: one optimizer step
 //! per batch of --train-batch sequences: forward, cross-entropy, backward to the adapter and
@@ -60,6 +68,63 @@ fn batch(count: usize, len: usize, vocab: usize, salt: usize) -> (Vec<Vec<u32>>,
     (ids, vec![vec![1; len]; count])
 }
 
+/// Row `i`'s length in `min..=max`, spread as `scripts/bench_torch_llm.py` spreads them.
+fn row_length(i: usize, min: usize, max: usize) -> usize {
+    min + (i * 7919) % (max - min + 1)
+}
+
+/// `--mode predict`: the member's prediction of rows of mixed lengths, timed after one
+/// warm-up pass over the first row.
+fn predict(model_dir: &str, device: &Device, precision: &str) -> Result<()> {
+    let (rows, min, max) = (
+        number("--rows", 8)?,
+        number("--min-len", 200)?,
+        number("--max-len", 2000)?,
+    );
+    if min == 0 || min > max {
+        return Err("--min-len must be positive and at most --max-len".into());
+    }
+    let mut config = llm::LlmConfig::default();
+    config.training.max_len = max;
+    config.training.eval_batch_size = number("--eval-batch", 4)?;
+    config.training.precision = precision.parse()?;
+    let (mut member, _) = llm::LlmMember::load(std::path::Path::new(model_dir), device, &config)?;
+    member.start_adapter(2)?;
+    let pairs: Vec<neural::EncodedPair> = (0..rows)
+        .map(|i| {
+            let ids = |salt: usize| {
+                (0..row_length(i, min, max))
+                    .map(|t| (3 + (i * 7919 + t * 104_729 + salt) % 300) as u32)
+                    .collect()
+            };
+            neural::EncodedPair {
+                as_given: vec![ids(0)],
+                swapped: vec![ids(7)],
+            }
+        })
+        .collect();
+    member.predict_logits(&pairs[..1])?;
+    let started = Instant::now();
+    member.predict_logits(&pairs)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let sequences = 2 * rows;
+    let tokens: usize = pairs.iter().map(|p| 2 * p.longest()).sum();
+    let (rate, peak) = (sequences as f64 / seconds, neural::peak_rss_mib());
+    println!(
+        "candle predict {precision} {model_dir}: {sequences} sequences of {min}..={max} tokens \
+         ({tokens} in all) in {seconds:.3} s = {rate:.3} sequences/s, peak RSS {peak:.0} MiB"
+    );
+    let record = serde_json::json!({
+        "framework": "candle", "device": format!("{device:?}"), "dtype": precision,
+        "mode": "predict", "model": model_dir, "rows": rows, "min_len": min, "max_len": max,
+        "eval_batch": config.training.eval_batch_size, "sequences": sequences,
+        "tokens": tokens, "seconds": seconds, "sequences_per_s": rate, "peak_mib": peak,
+        "threads": rayon::current_num_threads(),
+    });
+    println!("JSON {record}");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     neural::reuse_freed_host_memory(); // as `ensemble transformer` does
     let threads = number("--threads", 0)?;
@@ -72,6 +137,13 @@ fn main() -> Result<()> {
         "cpu" => Device::Cpu,
         other => neural::parse_device(other)?,
     };
+    if arg("--mode", "both") == "predict" {
+        let model_dir = arg("--model", "");
+        if model_dir.is_empty() {
+            return Err("--mode predict needs --model DIR".into());
+        }
+        return predict(&model_dir, &device, &arg("--precision", "f32"));
+    }
     let precision = arg("--precision", "f32");
     let dtype = match precision.as_str() {
         "f32" => DType::F32,

@@ -1,80 +1,31 @@
 //! The LLM member's training-memory estimate beside the memory a fold really takes: loads a
 //! model folder (e.g. a random one of a real shape, `scripts/make_random_llm.py`), then trains
-//! one optimizer step on `--batch` rows of `--max-len` tokens and evaluates `--batch` rows in
-//! both answer orders through `neural::fit_fold`, as a fold does. Measured two ways, each
+//! one optimizer step on `--batch` rows of `--max-len` tokens and evaluates max(`--batch`,
+//! `--eval-batch`) rows in both answer orders through `neural::fit_fold`, as a fold does. Measured two ways, each
 //! above what was held after loading, against the estimate's `to_allocate` (what must be
 //! free): the peak of the bytes allocated and not yet freed (a counting allocator: what a
 //! device must hold, the estimate's own measure) and the peak resident memory (reset first
 //! through /proc/self/clear_refs), which adds what glibc keeps of freed blocks.
 //!
 //!     cargo run --release -p llm --example bench_llm_memory -- --model /tmp/qwen-4l \
-//!         [--max-len 1024] [--batch 2] [--precision f32|bf16] [--gradient-checkpointing] \
-//!         [--phases]
+//!         [--max-len 1024] [--batch 2] [--eval-batch 2] [--precision f32|bf16] \
+//!         [--gradient-checkpointing] [--phases]
 //!
 //! `--phases` first prints what one training step holds after its forward pass and at its
-//! peak in the backward pass; the fold's peak RSS is then that step's too (the allocated
+//! peak in the backward pass, and the peak of predicting the held-out rows (2 × max(--batch,
+//! --eval-batch), each in both orders); the fold's peak RSS is then that step's too (the allocated
 //! peak is reset before the fold and stays the fold's own).
 //!
 //! Ends with a line `JSON {...}`.
 use candle_core::Device;
 use ensemble_core::Outcome;
 use llm::{LlmConfig, LlmMember};
+use neural::testing::CountingAllocator;
 use neural::{fit_fold, EncodedPair, FoldModel, FoldRows};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// The system allocator, counting the bytes allocated and not freed, and their peak.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn allocated(bytes: usize) {
-    let now = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-// SAFETY: every call is passed to the system allocator unchanged; only counters are updated
-// beside it, and a block is counted only when the system allocator returned one.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc` is the system allocator's.
-        let block = unsafe { System.alloc(layout) };
-        if !block.is_null() {
-            allocated(layout.size());
-        }
-        block
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let block = unsafe { System.alloc_zeroed(layout) };
-        if !block.is_null() {
-            allocated(layout.size());
-        }
-        block
-    }
-
-    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `block` came from this allocator, that is the system's, with `layout`.
-        unsafe { System.dealloc(block, layout) }
-    }
-
-    unsafe fn realloc(&self, block: *mut u8, layout: Layout, size: usize) -> *mut u8 {
-        // SAFETY: as for `dealloc`; the new size is the caller's, valid for `realloc`.
-        let moved = unsafe { System.realloc(block, layout, size) };
-        if !moved.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            allocated(size);
-        }
-        moved
-    }
-}
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -92,11 +43,12 @@ fn main() -> Result<()> {
     let model = PathBuf::from(arg("--model", ""));
     let len: usize = arg("--max-len", "1024").parse()?;
     let batch: usize = arg("--batch", "2").parse()?;
+    let eval_batch: usize = arg("--eval-batch", &batch.to_string()).parse()?;
     let mut config = LlmConfig::default();
     let training = &mut config.training;
     training.max_len = len;
     training.batch_size = batch;
-    training.eval_batch_size = batch;
+    training.eval_batch_size = eval_batch;
     training.grad_accumulation = 1;
     training.epochs = 1;
     training.precision = arg("--precision", "f32").parse()?;
@@ -117,19 +69,18 @@ fn main() -> Result<()> {
         }
     };
     let train: Vec<EncodedPair> = (0..batch).map(row).collect();
-    let valid: Vec<EncodedPair> = (batch..2 * batch).map(row).collect();
+    let valid: Vec<EncodedPair> = (batch..2 * batch.max(eval_batch)).map(row).collect();
     let labels = |n: usize| (0..n).map(|i| Outcome::ALL[i % 3]).collect::<Vec<_>>();
     let estimate = member.training_memory(FoldRows::of(&train, &valid));
     let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
     if std::env::args().any(|a| a == "--phases") {
         // Where the fold's peak comes from: a training forward pass alone, then its backward.
-        let start = LIVE.load(Ordering::Relaxed);
-        PEAK.store(start, Ordering::Relaxed);
+        let start = CountingAllocator::reset_peak();
         let views: Vec<&[Vec<u32>]> = train.iter().map(|r| r.view(false)).collect();
         let rng = neural::DropoutRng::replay(1, &Device::Cpu)?;
         let logits = member.training_logits(&views, 0, &rng)?;
-        let forward = LIVE.load(Ordering::Relaxed) - start;
-        let forward_peak = PEAK.load(Ordering::Relaxed) - start;
+        let forward = CountingAllocator::live() - start;
+        let forward_peak = CountingAllocator::peak() - start;
         let loss = candle_nn::loss::cross_entropy(
             &logits,
             &candle_core::Tensor::new(
@@ -138,18 +89,22 @@ fn main() -> Result<()> {
             )?,
         )?;
         let grads = loss.backward()?;
-        let backward_peak = PEAK.load(Ordering::Relaxed) - start;
+        let backward_peak = CountingAllocator::peak() - start;
         drop((grads, loss, logits));
+        let start = CountingAllocator::reset_peak();
+        member.predict_logits(&valid)?;
+        let prediction_peak = CountingAllocator::peak() - start;
         println!(
-            "phases: after forward {:.0} MiB held (peak {:.0}), peak in backward {:.0} MiB",
+            "phases: after forward {:.0} MiB held (peak {:.0}), peak in backward {:.0} MiB, \
+             peak in prediction {:.0} MiB",
             mib(forward as u64),
             mib(forward_peak as u64),
-            mib(backward_peak as u64)
+            mib(backward_peak as u64),
+            mib(prediction_peak as u64)
         );
     }
     let before = neural::rss_mib();
-    let live_before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(live_before, Ordering::Relaxed);
+    let live_before = CountingAllocator::reset_peak();
     // Resets VmHWM to the current RSS (Linux ≥ 4.0), so the peak read after is the fold's.
     std::fs::write("/proc/self/clear_refs", "5")?;
     fit_fold(
@@ -157,11 +112,11 @@ fn main() -> Result<()> {
         &train,
         &labels(batch),
         &valid,
-        &labels(batch),
+        &labels(valid.len()),
         0,
     )?;
     let rss = neural::peak_rss_mib() - before;
-    let live = mib((PEAK.load(Ordering::Relaxed) - live_before) as u64);
+    let live = mib((CountingAllocator::peak() - live_before) as u64);
     let estimated = mib(estimate.to_allocate());
     println!(
         "{}: {len} tokens, batch {batch}, {:?}{}: estimate {estimated:.0} MiB to allocate \
@@ -178,7 +133,7 @@ fn main() -> Result<()> {
         estimated / live,
     );
     let record = serde_json::json!({
-        "model": model, "max_len": len, "batch": batch,
+        "model": model, "max_len": len, "batch": batch, "eval_batch": eval_batch,
         "precision": config.training.precision,
         "gradient_checkpointing": config.training.gradient_checkpointing,
         "estimate_mib": estimated, "activations_mib": mib(estimate.activations),

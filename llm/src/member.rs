@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::{LoraSpec, SCORE_KEY, TARGETABLE};
 use crate::encode::{Padding, PairEncoder, Template};
 use crate::model::DecoderClassifier;
+use crate::Family;
 use crate::{Error, Result};
 
 /// The LLM member's settings: the shared training keys, the adapter, the template and the
@@ -236,7 +237,8 @@ impl LlmMember {
             .collect()
     }
 
-    /// Swap-averaged logits of `encoded` rows (both answer orders, mirrored and averaged).
+    /// Swap-averaged logits of `encoded` rows (both answer orders, mirrored and averaged),
+    /// batched by tokens (see [`neural::predict_logits`]).
     pub fn predict_logits<P: std::borrow::Borrow<EncodedPair>>(
         &self,
         encoded: &[P],
@@ -244,7 +246,7 @@ impl LlmMember {
         Ok(neural::predict_logits(
             self,
             encoded,
-            self.config.training.eval_batch_size,
+            self.config.training.prediction_tokens(),
         )?)
     }
 
@@ -363,12 +365,27 @@ impl FoldModel for LlmMember {
             .iter()
             .map(|(_, var)| var.elem_count())
             .sum();
+        let c = self.model.config();
+        let lora = &self.config.lora;
+        // Each adapted projection keeps a byte mask of its input for dropout.
+        let masked_inputs = match lora.dropout > 0.0 {
+            true => lora
+                .target_modules
+                .iter()
+                .map(|module| match module.as_str() {
+                    "o_proj" => c.num_heads * c.head_dim,
+                    "down_proj" => c.intermediate_size,
+                    _ => c.hidden_size,
+                })
+                .sum(),
+            false => 0,
+        };
         estimate(&DecoderShape {
             sequences: training.batch_size.min(rows.train),
-            eval_sequences: 2 * training.eval_batch_size.min(rows.valid),
+            eval_sequences: 2 * rows.prediction_rows(training),
             len: rows.longest,
-            model: self.model.config(),
-            rank: self.config.lora.r,
+            model: c,
+            masked_inputs,
             base_bytes: self.model.weight_bytes(),
             trained,
             precision: training.precision,
@@ -384,7 +401,8 @@ struct DecoderShape<'a> {
     eval_sequences: usize,
     len: usize,
     model: &'a crate::DecoderConfig,
-    rank: usize,
+    /// The summed input widths of the adapted projections, where LoRA dropout is on.
+    masked_inputs: usize,
     base_bytes: usize,
     trained: usize,
     precision: Precision,
@@ -392,43 +410,123 @@ struct DecoderShape<'a> {
     accumulation: usize,
 }
 
-/// Bytes one decoder layer keeps for the backward pass at `sequences` × `len` tokens (T) and
-/// b bytes per activation, counted from `model.rs`: the two norms' f32 outputs and their
-/// inputs (4·T·hidden·4), q, k, v after RoPE and the attention context (T·(2·q + 3·kv)·b),
-/// the f32 scores' softmax (sequences·heads·len²·4), the MLP's gate, activation, up and
-/// product (4·T·intermediate·b), and per adapted projection its f32 input copy and the
-/// rank-sized product (T·(in + r)·4, taken as 7 projections of `hidden` inputs).
-fn layer_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
-    let c = shape.model;
-    let b = shape.precision.dtype().size_in_bytes() as u64;
-    let tokens = (sequences * shape.len) as u64;
-    let (hidden, inter) = (c.hidden_size as u64, c.intermediate_size as u64);
-    let (q, kv) = (
-        (c.num_heads * c.head_dim) as u64,
-        (c.num_kv_heads * c.head_dim) as u64,
-    );
-    let attention = (sequences * c.num_heads * shape.len * shape.len) as u64;
-    tokens * hidden * 16
-        + tokens * (2 * q + 3 * kv) * b
-        + attention * 4
-        + 4 * tokens * inter * b
-        + 7 * tokens * (hidden + shape.rank as u64) * 4
+/// Widths and sizes of one layer's activations at `sequences` rows of `shape.len` tokens.
+struct LayerActivations {
+    tokens: u64,
+    /// Bytes per activation (the precision's).
+    b: u64,
+    hidden: u64,
+    intermediate: u64,
+    /// Query width (heads × head_dim) and key/value width.
+    q: u64,
+    kv: u64,
+    /// Entries of the attention scores, `[sequences, heads, len, len]`.
+    scores: u64,
 }
 
-/// The estimate: every layer's kept activations (with checkpointing its input alone, plus a
-/// recomputed layer as working space), AdamW's moments, gradients and the best checkpoint of
-/// the adapter and head; prediction's one layer at a time at its batch.
+impl LayerActivations {
+    fn of(shape: &DecoderShape, sequences: usize) -> LayerActivations {
+        let c = shape.model;
+        LayerActivations {
+            tokens: (sequences * shape.len) as u64,
+            b: shape.precision.dtype().size_in_bytes() as u64,
+            hidden: c.hidden_size as u64,
+            intermediate: c.intermediate_size as u64,
+            q: (c.num_heads * c.head_dim) as u64,
+            kv: (c.num_kv_heads * c.head_dim) as u64,
+            scores: (sequences * c.num_heads * shape.len * shape.len) as u64,
+        }
+    }
+}
+
+/// Bytes one decoder layer keeps for the backward pass, counted node by node from `model.rs`
+/// and the ops (each node keeps its inputs; BENCHMARKS.md has the count against the
+/// allocator, within 3%). Per token, in the activations' dtype: the hidden-sized norm
+/// outputs, sublayer outputs and residual sums (6; Gemma-2's two extra norms make 8); q and
+/// k as projected, made contiguous and rotated, v as projected and made contiguous; grouped
+/// keys and values repeated to every head; the context and its reshaped copy; the gated MLP's
+/// gate, up and product. In f32: the scaled queries, and in half precision the f32 copies of
+/// q and k besides. A byte per masked adapter input. Per attention score: the probabilities
+/// in the activations' dtype, the f32 softmax besides them in half precision, and Gemma-2's
+/// f32 tanh of the capped scores.
+fn kept_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
+    let a = LayerActivations::of(shape, sequences);
+    let c = shape.model;
+    let half = a.b != 4;
+    let residual_stream = if c.family == Family::Gemma2 { 8 } else { 6 };
+    let repeated = if c.num_heads != c.num_kv_heads {
+        2 * a.q
+    } else {
+        0
+    };
+    let per_token = (residual_stream * a.hidden
+        + 3 * (a.q + a.kv)
+        + 2 * a.kv
+        + repeated
+        + 2 * a.q
+        + 3 * a.intermediate)
+        * a.b
+        + a.q * 4
+        + if half { 2 * a.q * 4 } else { 0 }
+        + shape.masked_inputs as u64;
+    let per_score = a.b
+        + if half { 4 } else { 0 }
+        + if c.attn_logit_softcapping.is_some() {
+            4
+        } else {
+            0
+        };
+    a.tokens * per_token + a.scores * per_score
+}
+
+/// The peak of one layer's forward pass in prediction, where nothing is kept: the residual
+/// stream, its norm and the sublayer's output, beside the larger of the attention (q, k and v
+/// with their copies, the f32 q and k, and two f32 score-sized steps at a time) and the MLP
+/// (gate, up, activation and product).
+fn prediction_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
+    let a = LayerActivations::of(shape, sequences);
+    let attention =
+        a.tokens * (2 * (a.q + 2 * a.kv) * a.b + 2 * a.q * a.b + 2 * a.q * 4) + 2 * a.scores * 4;
+    let mlp = a.tokens * 4 * a.intermediate * a.b;
+    a.tokens * 3 * a.hidden * a.b + attention.max(mlp)
+}
+
+/// The backward pass's working memory on top of what the layers keep: candle holds every
+/// kept activation to the end of the pass, so the peak is at the node whose backward pass
+/// needs the most at once. In the attention that is about 5.5 f32 score-sized tensors (the
+/// probabilities' gradient as candle's matmul leaves it, with its zeros and history, then the
+/// softmax's steps), one more with soft-capping; in the MLP about 8.5 f32 tensors of
+/// `tokens × intermediate` (the down projection's f32 steps, the pending gradient, the
+/// activation's derivative). Measured on the tiny fixtures and at Qwen2.5-0.5B's and
+/// Gemma-2-2B's shapes (BENCHMARKS.md).
+fn backward_working_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
+    let a = LayerActivations::of(shape, sequences);
+    let score_steps = if shape.model.attn_logit_softcapping.is_some() {
+        6.5
+    } else {
+        5.5
+    };
+    let attention = score_steps * (a.scores * 4) as f64;
+    let mlp = 8.5 * (a.tokens * a.intermediate * 4) as f64;
+    attention.max(mlp) as u64
+}
+
+/// The estimate: every layer's kept activations (with checkpointing each layer's input, and
+/// one layer recomputed) and the backward pass's working memory; or prediction's one layer
+/// at a time at its batch, whichever is larger; AdamW's moments, gradients and the best
+/// checkpoint of the adapter and head.
 fn estimate(shape: &DecoderShape) -> MemoryEstimate {
     let b = shape.precision.dtype().size_in_bytes() as u64;
     let layers = shape.model.num_layers as u64;
     let tokens = (shape.sequences * shape.len) as u64;
     let hidden = shape.model.hidden_size as u64;
-    let layer = layer_bytes(shape, shape.sequences);
+    let layer = kept_bytes(shape, shape.sequences);
+    let working = backward_working_bytes(shape, shape.sequences);
     let training = match shape.checkpoint {
-        true => layers * tokens * hidden * b + 2 * layer,
-        false => layers * layer + layer,
+        true => layers * tokens * hidden * b + layer + working,
+        false => layers * layer + working,
     };
-    let prediction = 2 * layer_bytes(shape, shape.eval_sequences);
+    let prediction = prediction_bytes(shape, shape.eval_sequences);
     let trained = 4 * shape.trained as u64;
     MemoryEstimate {
         weights: shape.base_bytes as u64,

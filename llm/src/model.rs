@@ -11,6 +11,7 @@ use crate::adapter::{
     lora_key, Adapter, LoraSpec, LoraWeights, ProjectionShapes, SCORE_KEY, TARGETABLE,
 };
 use crate::config::{DecoderConfig, Family, Llama3RopeScaling};
+use crate::ops::{gated_product, Activation};
 use crate::safetensors_reader::SafetensorsReader;
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -506,14 +507,16 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
-        let gate = self.gate.forward(x, pass)?;
-        let gate = match self.family {
-            // gelu_pytorch_tanh: candle's gelu is the tanh approximation.
-            Family::Gemma2 => gate.gelu()?,
-            Family::Qwen2 | Family::Llama => gate.silu()?,
+        let activation = match self.family {
+            Family::Gemma2 => Activation::GeluTanh,
+            Family::Qwen2 | Family::Llama => Activation::Silu,
         };
-        self.down
-            .forward(&(gate * self.up.forward(x, pass)?)?, pass)
+        let gated = gated_product(
+            &self.gate.forward(x, pass)?,
+            &self.up.forward(x, pass)?,
+            activation,
+        )?;
+        self.down.forward(&gated, pass)
     }
 }
 
@@ -582,10 +585,9 @@ impl Layer {
         masks: &Masks,
         pass: &Pass,
     ) -> Result<Tensor> {
-        let mask = if self.sliding {
-            &masks.sliding
-        } else {
-            &masks.full
+        let mask = match (&masks.sliding, self.sliding) {
+            (Some(sliding), true) => sliding,
+            _ => &masks.full,
         };
         let attended =
             self.attention
@@ -609,23 +611,21 @@ impl Layer {
 }
 
 /// The additive attention masks of a padded batch, `[batch, 1, len, len]`: causal, padding
-/// keys hidden; `sliding` also hides keys `window` or more tokens back.
+/// keys hidden; `sliding` also hides keys `window` or more tokens back, made only where a
+/// layer slides and the batch is longer than the window (elsewhere it equals `full`).
 #[derive(Clone)]
 struct Masks {
     full: Tensor,
-    sliding: Tensor,
+    sliding: Option<Tensor>,
 }
 
 impl Masks {
-    fn new(attention_mask: &Tensor, window: usize) -> Result<Masks> {
+    fn new(attention_mask: &Tensor, window: Option<usize>) -> Result<Masks> {
         let (b, len) = attention_mask.dims2()?;
         let device = attention_mask.device();
         let position = Tensor::arange(0u32, len as u32, device)?.to_dtype(DType::F32)?;
         let (query, key) = (position.reshape((len, 1))?, position.reshape((1, len))?);
         let causal = key.broadcast_le(&query)?.to_dtype(DType::F32)?;
-        let in_window = key
-            .broadcast_gt(&(query - window as f64)?)?
-            .to_dtype(DType::F32)?;
         let keys = attention_mask
             .to_dtype(DType::F32)?
             .reshape((b, 1, 1, len))?;
@@ -634,8 +634,17 @@ impl Masks {
         let additive = |allowed: Tensor| -> Result<Tensor> {
             Ok(((allowed.broadcast_mul(&keys)? - 1.0)? * f64::from(f32::MAX))?)
         };
+        let sliding = match window {
+            Some(window) if window < len => {
+                let in_window = key
+                    .broadcast_gt(&(query - window as f64)?)?
+                    .to_dtype(DType::F32)?;
+                Some(additive((&causal * in_window)?.reshape((1, 1, len, len))?)?)
+            }
+            _ => None,
+        };
         Ok(Masks {
-            sliding: additive((&causal * in_window)?.reshape((1, 1, len, len))?)?,
+            sliding,
             full: additive(causal.reshape((1, 1, len, len))?)?,
         })
     }
@@ -1214,7 +1223,12 @@ impl DecoderClassifier {
             x = (x * (self.config.hidden_size as f64).sqrt())?;
         }
         let (cos, sin) = rope_tables(&self.config, len, &self.device)?;
-        let masks = Masks::new(&mask, self.config.sliding_window)?;
+        let window = self
+            .config
+            .sliding_layers
+            .contains(&true)
+            .then_some(self.config.sliding_window);
+        let masks = Masks::new(&mask, window)?;
         for layer in &self.layers {
             // Each layer draws its dropout masks from a generator of its own, so that a
             // checkpointed layer draws the same masks again in the backward pass.
@@ -1230,13 +1244,14 @@ impl DecoderClassifier {
                 false => call.forward(&x, pass.grads)?,
             };
         }
-        let x = self.norm.forward(&x)?;
         let rows = last
             .iter()
             .enumerate()
             .map(|(row, &position)| x.get(row)?.get(position))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&rows, 0)?
+        // The final norm works token by token: only the pooled tokens need it.
+        let pooled = self.norm.forward(&Tensor::stack(&rows, 0)?)?;
+        Ok(pooled
             .to_dtype(DType::F32)?
             .matmul(&variable(&self.score, pass.grads).t()?)?)
     }

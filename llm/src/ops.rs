@@ -1,10 +1,11 @@
-//! RMSNorm and RoPE as single graph nodes with hand-written backward passes, as the DeBERTa
+//! RMSNorm, RoPE and the gated MLP's product as single graph nodes with hand-written backward passes, as the DeBERTa
 //! member's ops are (`neural::Precomputed`): the value comes from candle's fused kernels on
 //! detached inputs, and the node keeps only its input. Composed, RMSNorm keeps x², the
 //! normalised x and the scaled result, and RoPE the negated half, the concatenation and both
 //! products: about 0.5 GB over Qwen2.5-0.5B's 24 layers at 512 tokens (BENCHMARKS.md). candle's
-//! fused `rms_norm` and `rope` have no backward pass of their own.
-use candle_core::{CustomOp1, DType, Tensor, D};
+//! fused `rms_norm` and `rope` have no backward pass of their own. Each backward pass works on
+//! detached inputs, as `neural::ops` says why.
+use candle_core::{CustomOp1, CustomOp2, DType, Tensor, D};
 use neural::Precomputed;
 
 type CandleResult<T> = candle_core::Result<T>;
@@ -43,6 +44,7 @@ impl CustomOp1 for RmsNorm {
 
     /// With r = 1/√(mean(x²) + eps) and h = dy·scale: dx = r·h − x·r³·mean(h·x).
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
+        let x = &x.detach();
         let x32 = x.to_dtype(DType::F32)?;
         let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
             .sqrt()?
@@ -93,6 +95,93 @@ impl CustomOp1 for Rope {
     }
 }
 
+/// The gated MLP's activation: SiLU (Qwen2, Llama) or GELU's tanh approximation (Gemma-2's
+/// `gelu_pytorch_tanh`, which is candle's `gelu`).
+#[derive(Clone, Copy)]
+pub(crate) enum Activation {
+    Silu,
+    GeluTanh,
+}
+
+impl Activation {
+    fn apply(self, x: &Tensor) -> CandleResult<Tensor> {
+        match self {
+            Activation::Silu => x.silu(),
+            Activation::GeluTanh => x.gelu(),
+        }
+    }
+
+    /// The derivative at x, with candle's own formulas (its backward pass of `silu` and `gelu`).
+    fn derivative(self, x: &Tensor) -> CandleResult<Tensor> {
+        match self {
+            // σ(x)·(1 + x·(1 − σ(x)))
+            Activation::Silu => {
+                let sigmoid = (x.neg()?.exp()? + 1.0)?.recip()?;
+                &sigmoid * ((x * (1.0 - &sigmoid)?)? + 1.0)?
+            }
+            // With t = tanh(√(2/π)·(x + 0.044715·x³)):
+            // 0.5·(1 + t) + √(2/π)·(0.5·x + 0.134145·x³)·(1 − t²)
+            Activation::GeluTanh => {
+                let cube = x.powf(3.0)?;
+                let tanh = ((0.0356774 * &cube)? + (0.797885 * x)?)?.tanh()?;
+                ((0.5 * &tanh)?
+                    + ((0.0535161 * cube)? + (0.398942 * x)?)? * (1.0 - tanh.sqr()?)?)?
+                    + 0.5
+            }
+        }
+    }
+}
+
+/// The gated MLP's `act(gate) · up` as one node that keeps gate and up. Composed, candle keeps
+/// the activation's output beside them, and its backward pass records the derivative's four to
+/// eight gate-sized steps on the tracked gate, which the pending gradient then holds until the
+/// gate's node is reached: with Gemma-2's GELU that was the largest part of the backward pass's
+/// working memory (BENCHMARKS.md).
+pub(crate) fn gated_product(
+    gate: &Tensor,
+    up: &Tensor,
+    activation: Activation,
+) -> CandleResult<Tensor> {
+    let value = (activation.apply(&gate.detach())? * up.detach())?;
+    if !(gate.track_op() || up.track_op()) {
+        return Ok(value);
+    }
+    gate.apply_op2(
+        up,
+        GatedProduct {
+            value: Precomputed::new(value)?,
+            activation,
+        },
+    )
+}
+
+struct GatedProduct {
+    value: Precomputed,
+    activation: Activation,
+}
+
+impl CustomOp2 for GatedProduct {
+    fn name(&self) -> &'static str {
+        "gated-product"
+    }
+
+    neural::precomputed_forward!(s1 l1, s2 l2);
+
+    /// d_up = dy·act(gate), d_gate = dy·up·act'(gate).
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> CandleResult<(Option<Tensor>, Option<Tensor>)> {
+        let (gate, up) = (&gate.detach(), &up.detach());
+        let d_up = (grad * self.activation.apply(gate)?)?;
+        let d_gate = ((grad * up)? * self.activation.derivative(gate)?)?;
+        Ok((Some(d_gate), Some(d_up)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +227,37 @@ mod tests {
             &x,
             &upstream,
         );
+    }
+
+    /// The value and both inputs' gradients against candle's composed activation and product.
+    #[test]
+    fn gated_product_matches_the_composed_ops() {
+        let (gate, up) = (random(&[2, 3, 8], 7), random(&[2, 3, 8], 8));
+        let upstream = random(&[2, 3, 8], 9).as_tensor().detach();
+        for activation in [Activation::Silu, Activation::GeluTanh] {
+            let (g, u) = (gate.as_tensor(), up.as_tensor());
+            let composed = match activation {
+                Activation::Silu => g.silu().unwrap(),
+                Activation::GeluTanh => g.gelu().unwrap(),
+            }
+            .mul(u)
+            .unwrap();
+            let fused = gated_product(g, u, activation).unwrap();
+            assert!(max_difference(&fused, &composed) < 1e-6, "values differ");
+            let grads = |y: &Tensor| {
+                let store = (y * &upstream)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                [g, u].map(|x| store.get(x).unwrap().clone())
+            };
+            for (ours, theirs) in grads(&fused).iter().zip(grads(&composed).iter()) {
+                let difference = max_difference(ours, theirs);
+                assert!(difference < 1e-5, "gradients differ by {difference}");
+            }
+        }
     }
 
     #[test]

@@ -64,7 +64,9 @@ pub struct TrainingConfig {
     pub max_len: usize,
     /// Rows per micro-batch in training.
     pub batch_size: usize,
-    /// Rows per batch in prediction (each row runs in both A/B orders).
+    /// Rows of `max_len` tokens per batch in prediction (each row runs in both A/B orders):
+    /// batches are made by tokens ([`TrainingConfig::prediction_tokens`]), so shorter rows go
+    /// more to a batch.
     pub eval_batch_size: usize,
     /// Micro-batches per optimizer step.
     pub grad_accumulation: usize,
@@ -137,6 +139,14 @@ impl Default for TrainingConfig {
 }
 
 impl TrainingConfig {
+    /// The tokens a prediction batch may hold, padding included: `eval_batch_size` rows of
+    /// `max_len`. A batch of shorter rows holds more of them, and none needs more memory than
+    /// `eval_batch_size` rows of `max_len` (its attention, rows × length², is at most
+    /// this × `max_len` too), which the members' memory estimates count.
+    pub fn prediction_tokens(&self) -> usize {
+        self.eval_batch_size * self.max_len
+    }
+
     /// The checks of the shared keys; each member checks `max_len` against its own layout or
     /// template.
     pub fn validate(&self) -> std::result::Result<(), String> {

@@ -8,6 +8,12 @@
 //! backward pass is written out below. Both directions are candle tensor ops, so the ops run
 //! on every device candle has kernels for (CPU and CUDA) with no kernels of their own.
 //!
+//! Each backward pass below works on detached inputs. candle records the ops of a backward pass
+//! that reads tracked tensors, and a variable's gradient stays in its store to the end of the
+//! pass: a LoRA gradient computed from the node's input as given kept the projection's f32
+//! output gradient and input alive for the whole pass, which doubled the training peak of
+//! Qwen2.5-0.5B's shape (BENCHMARKS.md).
+//!
 //! A node's value is copied once into the storage candle's custom-op interface asks for: a
 //! memcpy per op, negligible beside the matmuls around it.
 use std::cell::RefCell;
@@ -196,6 +202,7 @@ impl CustomOp3 for LoraLinear {
         _y: &Tensor,
         grad: &Tensor,
     ) -> CandleResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, a, b) = (&x.detach(), &a.detach(), &b.detach());
         let in_dim = x.dim(D::Minus1)?;
         let out_dim = grad.dim(D::Minus1)?;
         let g = grad.to_dtype(DType::F32)?.reshape(((), out_dim))?;
@@ -357,13 +364,16 @@ pub fn attention_probs(
         Some(cap) => {
             let tanh = (scores / cap)?.tanh()?;
             scores = (&tanh * cap)?;
-            Some(tanh)
+            // Kept for the backward pass only.
+            grads.then_some(tanh)
         }
         None => None,
     };
-    let softmax =
-        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?.broadcast_add(mask_bias)?)?;
+    // Each [B, H, L, L] step is dropped as soon as the next exists: two at a time.
+    let masked = scores.to_dtype(DType::F32)?.broadcast_add(mask_bias)?;
     drop(scores);
+    let softmax = candle_nn::ops::softmax_last_dim(&masked)?;
+    drop(masked);
     let mask = match dropout {
         Some((p, rng)) if p > 0.0 => Some(rng.mask(p, softmax.shape(), softmax.device())?),
         _ => None,
@@ -423,6 +433,12 @@ impl CustomOp3 for AttentionProbs {
         output: &Tensor,
         grad: &Tensor,
     ) -> CandleResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (query, key, inputs, output) = (
+            &query.detach(),
+            &key.detach(),
+            &inputs.detach(),
+            &output.detach(),
+        );
         let dtype = query.dtype();
         let mut grad_softmax = grad.to_dtype(DType::F32)?;
         if let Some(mask) = &self.mask {

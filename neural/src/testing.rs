@@ -1,4 +1,8 @@
-//! Helpers for tests of graph ops against composed candle ops, shared by the members' tests.
+//! Helpers for tests of graph ops against composed candle ops, shared by the members' tests,
+//! and an allocator that counts what a step allocates.
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use candle_core::{Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -58,5 +62,76 @@ pub fn assert_same(op: &Tensor, composed: &Tensor, inputs: &[&Var]) {
             max_difference(b, &b.zeros_like().unwrap()) > 1e-3,
             "input {i}: no gradient"
         );
+    }
+}
+
+/// The system allocator, counting the bytes allocated and not yet freed, and their peak: a
+/// test's or bench's `#[global_allocator]`, to measure what a step allocates (what a device
+/// must hold, the memory estimates' own measure), as `llm/tests/memory.rs` and
+/// `bench_llm_memory` do.
+pub struct CountingAllocator;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+impl CountingAllocator {
+    /// Bytes allocated and not freed now.
+    pub fn live() -> usize {
+        LIVE.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new peak at what is live now, and returns that.
+    pub fn reset_peak() -> usize {
+        let now = LIVE.load(Ordering::Relaxed);
+        PEAK.store(now, Ordering::Relaxed);
+        now
+    }
+
+    /// The most bytes live at once since the last [`CountingAllocator::reset_peak`].
+    pub fn peak() -> usize {
+        PEAK.load(Ordering::Relaxed)
+    }
+}
+
+fn allocated(bytes: usize) {
+    let now = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+// SAFETY: every call is passed to the system allocator unchanged; only counters are updated
+// beside it, and a block is counted only when the system allocator returned one.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is the system allocator's.
+        let block = unsafe { System.alloc(layout) };
+        if !block.is_null() {
+            allocated(layout.size());
+        }
+        block
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let block = unsafe { System.alloc_zeroed(layout) };
+        if !block.is_null() {
+            allocated(layout.size());
+        }
+        block
+    }
+
+    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `block` came from this allocator, that is the system's, with `layout`.
+        unsafe { System.dealloc(block, layout) }
+    }
+
+    unsafe fn realloc(&self, block: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+        // SAFETY: as for `dealloc`; the new size is the caller's, valid for `realloc`.
+        let moved = unsafe { System.realloc(block, layout, size) };
+        if !moved.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            allocated(size);
+        }
+        moved
     }
 }

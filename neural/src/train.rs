@@ -236,23 +236,38 @@ impl FoldRows {
                 .unwrap_or(0),
         }
     }
+
+    /// The most held-out rows one prediction batch takes at the longest row's width: the
+    /// token budget's worth ([`predict_logits`]). Shorter rows share a batch more, but its
+    /// tokens stay within the budget and its attention within this many rows at this width.
+    pub fn prediction_rows(&self, config: &TrainingConfig) -> usize {
+        (config.prediction_tokens() / self.longest.max(1)).clamp(1, self.valid.max(1))
+    }
 }
 
-/// Swap-averaged logits of `encoded` rows, `batch_size` rows (both orders each) per batch:
-/// the log of the mean of p(x) and the mirrored p(swapped x). Both orders of a row run in one
-/// batch, in an order fixed by their token ids, so exchanging A and B in the input exchanges
-/// the first two outputs exactly.
+/// Swap-averaged logits of `encoded` rows: the log of the mean of p(x) and the mirrored
+/// p(swapped x). Rows are sorted by length and batched by tokens, not rows
+/// ([`token_batches`]): a batch holds at most `token_budget` tokens once padded to its longest
+/// row ([`TrainingConfig::prediction_tokens`]), so short rows share a batch and a long one
+/// gets it alone, as the LMSYS winners predicted. Both orders of a row run in one batch, in an
+/// order fixed by their token ids, so exchanging A and B in the input exchanges the first two
+/// outputs exactly.
 pub fn predict_logits<P: Borrow<EncodedPair>>(
     model: &impl FoldModel,
     encoded: &[P],
-    batch_size: usize,
+    token_budget: usize,
 ) -> Result<Vec<[f32; 3]>> {
     // Rows sorted by length (ties by position) to limit padding; a row's length does not
     // change when A and B are exchanged, so neither does the batching.
     let mut order: Vec<usize> = (0..encoded.len()).collect();
     order.sort_by_key(|&i| (encoded[i].borrow().longest(), i));
+    let lengths: Vec<usize> = order
+        .iter()
+        .map(|&i| encoded[i].borrow().longest())
+        .collect();
     let mut logits = vec![[0f32; 3]; encoded.len()];
-    for rows in order.chunks(batch_size.max(1)) {
+    for range in token_batches(&lengths, token_budget) {
+        let rows = &order[range];
         let mut views: Vec<&[Vec<u32>]> = Vec::with_capacity(2 * rows.len());
         let mut given_first = Vec::with_capacity(rows.len());
         for &row in rows {
@@ -273,6 +288,23 @@ pub fn predict_logits<P: Borrow<EncodedPair>>(
         }
     }
     Ok(logits)
+}
+
+/// Consecutive runs of rows whose `lengths` are sorted ascending, each run as long as its
+/// rows, padded to its last (longest) one, fit in `budget` tokens; a row longer than the
+/// budget makes a run of its own. Every row is in exactly one run, in order.
+fn token_batches(lengths: &[usize], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < lengths.len() {
+        let mut end = start + 1;
+        while end < lengths.len() && (end + 1 - start) * lengths[end] <= budget {
+            end += 1;
+        }
+        runs.push(start..end);
+        start = end;
+    }
+    runs
 }
 
 fn to_probs(row: &[f64]) -> Probs {
@@ -380,7 +412,7 @@ pub fn fit_fold<P: Borrow<EncodedPair>>(
                 config.eval_every_steps > 0 && step.is_multiple_of(config.eval_every_steps);
             if epoch_end || scheduled {
                 let evaluating = Instant::now();
-                let valid_logits = predict_logits(model, valid, config.eval_batch_size)?;
+                let valid_logits = predict_logits(model, valid, config.prediction_tokens())?;
                 let probs: Vec<_> = valid_logits.iter().map(probs_from_logits).collect();
                 let valid_log_loss = log_loss(valid_labels, &probs);
                 history.push(EvalPoint {
@@ -876,5 +908,30 @@ mod tests {
             ..config
         };
         assert!((lr_factor(55, 100, &linear) - 0.5).abs() < 1e-12);
+    }
+    /// Sorted rows go to runs that fit the budget once padded; a row over it goes alone.
+    #[test]
+    fn token_batches_fill_the_budget_in_order() {
+        let runs = token_batches(&[3, 5, 5, 9, 20, 20], 16);
+        assert_eq!(runs, [0..3, 3..4, 4..5, 5..6]);
+        let whole = token_batches(&[4, 4, 4, 4], 16);
+        assert_eq!((whole.len(), whole[0].clone()), (1, 0..4));
+        assert_eq!(token_batches(&[], 16), Vec::<std::ops::Range<usize>>::new());
+        // Every row exactly once, and no run over the budget unless it is one row.
+        let lengths: Vec<usize> = (0..200).map(|i| 1 + (i * i) % 97).collect::<Vec<_>>();
+        let mut sorted = lengths.clone();
+        sorted.sort();
+        let runs = token_batches(&sorted, 300);
+        assert_eq!(runs.first().unwrap().start, 0);
+        assert_eq!(runs.last().unwrap().end, sorted.len());
+        for pair in runs.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        for run in &runs {
+            assert!(
+                run.len() == 1 || run.len() * sorted[run.end - 1] <= 300,
+                "{run:?}"
+            );
+        }
     }
 }

@@ -420,7 +420,7 @@ fn run_fold<M: Member>(
     .map_err(|e| {
         e.with_setting_sources(|key| options.config.source_of(M::Config::DEFAULTS_FILE, key))
     })?;
-    let batch = training.eval_batch_size;
+    let batch = training.prediction_tokens();
     // The held-out fold is predicted only now, by the checkpoint the other fold picked
     // (with `held-out` stopping, the fold was the one watched and is predicted already).
     let held_out_logits = if rows.stopping_fold == fold {
@@ -498,7 +498,7 @@ fn predict_fold<M: Member>(
     let summary = check_training_config(&dir.join("fold.json"), member.config())?;
     let started = Instant::now();
     let model = member.for_prediction(fold, &saved, summary.base_model.as_ref())?;
-    let batch = member.config().training().eval_batch_size;
+    let batch = member.config().training().prediction_tokens();
     let logits = predict_logits(&model, &battles.encoded::<M>(&model)?.1, batch)?;
     files::write_logits(
         &dir.join("test_logits.csv"),
