@@ -2,7 +2,7 @@
 //! built with the `cuda` feature).
 use candle_core::Device;
 
-use crate::{Error, Result};
+use crate::{Error, Precision, Result};
 
 /// Makes glibc keep freed memory for reuse instead of returning it to the kernel. candle
 /// allocates a fresh buffer for every CPU tensor, and glibc maps buffers over 128 KiB from the
@@ -51,7 +51,8 @@ fn open_cuda(spec: &str, _ordinal: usize) -> Result<Device> {
 }
 
 /// Opens GPU `ordinal` after checking, each with a one-line error, that the CUDA libraries
-/// and the driver load (crate::cuda_libraries) and that the driver sees that GPU.
+/// and the driver load (crate::cuda_libraries), that the driver sees that GPU, and that the
+/// kernels run on it (compute capability 7.0 or newer).
 #[cfg(feature = "cuda")]
 fn open_cuda(spec: &str, ordinal: usize) -> Result<Device> {
     use candle_core::cuda_backend::cudarc::driver::CudaContext;
@@ -70,7 +71,70 @@ fn open_cuda(spec: &str, ordinal: usize) -> Result<Device> {
             n => format!("the NVIDIA driver sees {n} GPUs: cuda:0 to cuda:{}", n - 1),
         }));
     }
-    Device::new_cuda(ordinal).map_err(|e| fail(e.to_string()))
+    let device = Device::new_cuda(ordinal).map_err(|e| fail(e.to_string()))?;
+    if let Some((name, capability)) = gpu(&device)? {
+        if let Some(why) = gpu_refusal(&name, capability, None) {
+            return Err(fail(why));
+        }
+    }
+    Ok(device)
+}
+
+/// The GPU's name and compute capability; None on the CPU.
+#[cfg(feature = "cuda")]
+fn gpu(device: &Device) -> Result<Option<(String, (i32, i32))>> {
+    let Device::Cuda(cuda) = device else {
+        return Ok(None);
+    };
+    let context = cuda.cuda_stream().context().clone();
+    let asked = |e: candle_core::cuda_backend::cudarc::driver::DriverError| {
+        Error::Invalid(format!("the CUDA driver's description of the GPU: {e}"))
+    };
+    let name = context.name().map_err(asked)?;
+    let capability = context.compute_capability().map_err(asked)?;
+    Ok(Some((name, capability)))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu(_device: &Device) -> Result<Option<(String, (i32, i32))>> {
+    Ok(None)
+}
+
+/// The oldest GPUs the CUDA build's kernels run on (Volta; its PTX is compute_70,
+/// scripts/build_cuda.sh): on a P100 (6.0) the first kernel launch would fail.
+const OLDEST_CAPABILITY: (i32, i32) = (7, 0);
+/// bf16 arithmetic arrives with Ampere (candle compiles its bf16 kernels for ≥ 8.0 only).
+const BF16_CAPABILITY: (i32, i32) = (8, 0);
+
+/// Why the GPU `name` of compute `capability` cannot run this build's kernels, or `precision`,
+/// in one line; None where it can.
+fn gpu_refusal(name: &str, capability: (i32, i32), precision: Option<Precision>) -> Option<String> {
+    let (major, minor) = capability;
+    if capability < OLDEST_CAPABILITY {
+        return Some(format!(
+            "{name} has compute capability {major}.{minor}; the CUDA kernels need 7.0 or newer \
+             (Volta, T4, A100, H100): use --device cpu"
+        ));
+    }
+    if precision == Some(Precision::Bf16) && capability < BF16_CAPABILITY {
+        return Some(format!(
+            "{name} has compute capability {major}.{minor}, without bf16 (8.0 or newer: A100, \
+             H100): set --precision f16 (with loss scaling) or f32"
+        ));
+    }
+    None
+}
+
+/// Refuses, in one line, a `precision` the device cannot run (bf16 below compute capability
+/// 8.0, as on a T4); the CPU runs every precision.
+pub fn check_precision(device: &Device, precision: Precision) -> Result<()> {
+    match gpu(device)? {
+        Some((name, capability)) => match gpu_refusal(&name, capability, Some(precision)) {
+            Some(why) => Err(Error::Invalid(format!("device {device:?}: {why}"))),
+            None => Ok(()),
+        },
+        None => Ok(()),
+    }
 }
 
 /// Bytes free for new tensors on `device`, where it can say: on the CPU `MemAvailable` of
@@ -142,5 +206,30 @@ mod tests {
         let meminfo = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2048 kB\n";
         assert_eq!(mem_available(meminfo), Some(2 << 20));
         assert_eq!(mem_available("MemTotal: 5 kB\n"), None);
+    }
+
+    /// A P100 is refused whatever the precision, a T4 for bf16 only, naming the flag; an A100
+    /// runs all three.
+    #[test]
+    fn gpus_are_refused_below_their_kernels_and_bf16() {
+        let p100 = gpu_refusal("Tesla P100-PCIE-16GB", (6, 0), Some(Precision::F32)).unwrap();
+        assert!(
+            p100.contains("Tesla P100-PCIE-16GB has compute capability 6.0"),
+            "{p100}"
+        );
+        assert!(gpu_refusal("Tesla P100", (6, 1), None).is_some());
+        let t4 = gpu_refusal("Tesla T4", (7, 5), Some(Precision::Bf16)).unwrap();
+        assert!(t4.contains("7.5") && t4.contains("--precision f16"), "{t4}");
+        assert_eq!(gpu_refusal("Tesla T4", (7, 5), Some(Precision::F16)), None);
+        assert_eq!(gpu_refusal("Tesla T4", (7, 5), None), None);
+        assert_eq!(
+            gpu_refusal("Tesla V100", (7, 0), Some(Precision::F32)),
+            None
+        );
+        for precision in [Precision::F32, Precision::Bf16, Precision::F16] {
+            assert_eq!(gpu_refusal("NVIDIA A100", (8, 0), Some(precision)), None);
+        }
+        // The CPU runs every precision.
+        assert!(check_precision(&Device::Cpu, Precision::Bf16).is_ok());
     }
 }

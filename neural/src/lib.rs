@@ -29,7 +29,9 @@ mod train;
 
 pub use checkpoint::{checkpointed, ParamGrads, Recompute};
 pub use config::{MemberConfig, Precision, Schedule, TrainingConfig};
-pub use device::{free_memory, parse_device, peak_rss_mib, reuse_freed_host_memory, rss_mib};
+pub use device::{
+    check_precision, free_memory, parse_device, peak_rss_mib, reuse_freed_host_memory, rss_mib,
+};
 pub use error::{Error, Result, Setting};
 pub use fingerprint::{existing_files, fingerprint_files, FINGERPRINT_SCHEME};
 pub use memory::{gib, MemoryEstimate};

@@ -9,7 +9,10 @@ use anyhow::{bail, Result};
 use deberta::{DebertaConfig, DebertaRun};
 use llm::{LlmConfig, LlmRun};
 use neural::run::{self, ConfigSources, RunOptions, TestRows, TrainingOverrides, TrainingRows};
-use neural::{parse_device, reuse_freed_host_memory, Device, MemberConfig, ResponsePair};
+use neural::{
+    check_precision, parse_device, reuse_freed_host_memory, Device, MemberConfig, Precision,
+    ResponsePair,
+};
 use std::path::{Path, PathBuf};
 
 pub fn run(args: TransformerArgs) -> Result<()> {
@@ -66,10 +69,15 @@ pub fn run(args: TransformerArgs) -> Result<()> {
         config: sources,
     };
     let model_dir: Option<PathBuf> = args.model.clone();
-    // A merge runs no model: its device is not opened.
-    let device = |spec: &str| match args.merge {
-        true => Ok(Device::Cpu),
-        false => parse_device(spec),
+    // A merge runs no model: its device is not opened. A GPU that cannot run the precision
+    // (bf16 below compute capability 8.0) is refused before any work.
+    let device = |precision: Precision| -> Result<Device> {
+        if args.merge {
+            return Ok(Device::Cpu);
+        }
+        let device = parse_device(&args.device)?;
+        check_precision(&device, precision)?;
+        Ok(device)
     };
     if llm_folder.or(recorded_llm).unwrap_or(false) {
         let max_len_source = match (&options.config.file, &recorded, args.max_len) {
@@ -80,7 +88,8 @@ pub fn run(args: TransformerArgs) -> Result<()> {
         };
         let config: LlmConfig = options.config.resolve(recorded)?;
         let (train, test) = read_battles(&args)?;
-        let mut member = LlmRun::new(model_dir, device(&args.device)?, config, args.int8_base)
+        let device = device(config.training.precision)?;
+        let mut member = LlmRun::new(model_dir, device, config, args.int8_base)
             .with_max_len_source(max_len_source);
         run::run(&mut member, &options, train, test)?;
     } else {
@@ -92,8 +101,12 @@ pub fn run(args: TransformerArgs) -> Result<()> {
             );
         }
         let (train, test) = read_battles(&args)?;
-        let mut member =
-            DebertaRun::new(model_dir, device(&args.device)?, config, args.save_models);
+        let mut member = DebertaRun::new(
+            model_dir,
+            device(config.training.precision)?,
+            config,
+            args.save_models,
+        );
         run::run(&mut member, &options, train, test)?;
     }
     Ok(())
