@@ -9,9 +9,9 @@
 //!
 //!     cargo run --release -p llm --example bench_llm_memory -- --model /tmp/qwen-4l \
 //!         [--max-len 1024] [--batch 2] [--eval-batch 2] [--precision f32|bf16] \
-//!         [--gradient-checkpointing] [--phases]
+//!         [--gradient-checkpointing] [--phases] [--estimate-only]
 //!
-//! `--phases` first prints what one training step holds after its forward pass and at its
+//! `--estimate-only` prints the estimate and stops. `--phases` first prints what one training step holds after its forward pass and at its
 //! peak in the backward pass, and the peak of predicting the held-out rows (2 × max(--batch,
 //! --eval-batch), each in both orders); the fold's peak RSS is then that step's too (the allocated
 //! peak is reset before the fold and stays the fold's own).
@@ -73,6 +73,13 @@ fn main() -> Result<()> {
     let labels = |n: usize| (0..n).map(|i| Outcome::ALL[i % 3]).collect::<Vec<_>>();
     let estimate = member.training_memory(FoldRows::of(&train, &valid));
     let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+    if std::env::args().any(|a| a == "--estimate-only") {
+        println!(
+            "estimate {:.0} MiB to allocate",
+            mib(estimate.to_allocate())
+        );
+        return Ok(());
+    }
     if std::env::args().any(|a| a == "--phases") {
         // Where the fold's peak comes from: a training forward pass alone, then its backward.
         let start = CountingAllocator::reset_peak();

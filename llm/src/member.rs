@@ -480,15 +480,22 @@ fn kept_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
 }
 
 /// The peak of one layer's forward pass in prediction, where nothing is kept: the residual
-/// stream, its norm and the sublayer's output, beside the larger of the attention (q, k and v
-/// with their copies, the f32 q and k, and two f32 score-sized steps at a time) and the MLP
-/// (gate, up, activation and product).
+/// stream, its norm and the sublayer's output (one more with Gemma-2's post-norms), beside the
+/// larger of the attention (q, k and v with their copies, the f32 q and k, and two f32
+/// score-sized steps at a time) and the MLP at its up projection (the gate, the frozen
+/// product, the adapter's f32 update and, in half precision, its cast, and their sum).
 fn prediction_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
     let a = LayerActivations::of(shape, sequences);
+    let half = a.b != 4;
     let attention =
         a.tokens * (2 * (a.q + 2 * a.kv) * a.b + 2 * a.q * a.b + 2 * a.q * 4) + 2 * a.scores * 4;
-    let mlp = a.tokens * 4 * a.intermediate * a.b;
-    a.tokens * 3 * a.hidden * a.b + attention.max(mlp)
+    let mlp = a.tokens * a.intermediate * (3 * a.b + 4 + if half { a.b } else { 0 });
+    let residual_stream = if shape.model.family == Family::Gemma2 {
+        4
+    } else {
+        3
+    };
+    a.tokens * residual_stream * a.hidden * a.b + attention.max(mlp)
 }
 
 /// The backward pass's working memory on top of what the layers keep: candle holds every
