@@ -284,7 +284,8 @@ pub struct TransformerArgs {
     #[arg(long = "out", value_name = "DIR")]
     pub out_given: Option<PathBuf>,
     /// Where to run: cpu, or cuda:N with a binary built with `--features cuda` (compiled, but
-    /// not yet run on a GPU in this project).
+    /// not yet run on a GPU in this project). GPUs below compute capability 7.0 (P100) are
+    /// refused, and bf16 below 8.0 (T4, V100).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Train only fold K (0-based) and write OUT/fold-K/, e.g. one fold per GPU; run again
@@ -315,8 +316,8 @@ pub struct TransformerArgs {
     /// LayerNorm and softmax (mixed precision) [config: precision, default f32].
     #[arg(long, value_name = "f32|bf16|f16")]
     pub precision: Option<neural::Precision>,
-    /// Recompute each encoder layer in the backward pass instead of keeping its activations:
-    /// about half the training memory for about a quarter more time [config:
+    /// Recompute each layer in the backward pass instead of keeping its activations: about
+    /// half DeBERTa's training memory for about a quarter more time (CPU, 512 tokens) [config:
     /// gradient_checkpointing, default false].
     #[arg(long)]
     pub gradient_checkpointing: bool,
