@@ -500,21 +500,23 @@ fn prediction_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
 
 /// The backward pass's working memory on top of what the layers keep: candle holds every
 /// kept activation to the end of the pass, so the peak is at the node whose backward pass
-/// needs the most at once. In the attention that is about 5.5 f32 score-sized tensors (the
-/// probabilities' gradient as candle's matmul leaves it, with its zeros and history, then the
-/// softmax's steps), one more with soft-capping; in the MLP about 8.5 f32 tensors of
-/// `tokens × intermediate` (the down projection's f32 steps, the pending gradient, the
-/// activation's derivative). Measured on the tiny fixtures and at Qwen2.5-0.5B's and
-/// Gemma-2-2B's shapes (BENCHMARKS.md).
+/// needs the most at once. In the attention that is about 3.75 f32 and 1.75 activation-dtype
+/// score-sized tensors (the probabilities' gradient as candle's matmul leaves it, with its
+/// zeros and history, then the softmax's f32 steps), one f32 more with soft-capping; in the
+/// MLP about 2.5 f32 and 6 activation-dtype tensors of `tokens × intermediate` (the down
+/// projection's f32 steps, the pending gradients, the activation's derivative). Fitted to the
+/// allocator on the tiny fixtures and at Qwen2.5-0.5B's and Gemma-2-2B's shapes, f32 and bf16
+/// (BENCHMARKS.md).
 fn backward_working_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
     let a = LayerActivations::of(shape, sequences);
-    let score_steps = if shape.model.attn_logit_softcapping.is_some() {
-        6.5
+    let b = a.b as f64;
+    let f32_score_steps = if shape.model.attn_logit_softcapping.is_some() {
+        4.75
     } else {
-        5.5
+        3.75
     };
-    let attention = score_steps * (a.scores * 4) as f64;
-    let mlp = 8.5 * (a.tokens * a.intermediate * 4) as f64;
+    let attention = (f32_score_steps * 4.0 + 1.75 * b) * a.scores as f64;
+    let mlp = (2.5 * 4.0 + 6.0 * b) * (a.tokens * a.intermediate) as f64;
     attention.max(mlp) as u64
 }
 
