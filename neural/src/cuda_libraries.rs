@@ -11,12 +11,14 @@
 //! Each library is opened from the first of these places that has it:
 //! 1. The `nvidia/*/lib` folders (sorted) of the Python environment this binary is installed
 //!    in. From the binary's own path (`current_exe`, symlinks resolved), with `UP` two folders
-//!    above it, the candidates are `UP` itself (maturin's `site-packages/<name>.scripts/`),
-//!    then `UP/{lib,lib64}/python3*/{site,dist}-packages`, sorted (`PREFIX/bin/`: a venv,
-//!    conda, `~/.local/bin` of `pip install --user`, `/usr/local/bin`). A candidate counts only
-//!    if it is named `site-packages` or `dist-packages` and holds this project's
-//!    `<name>-<version>.dist-info` (`[project] name` of the pyproject.toml it was built from,
-//!    compared as pip normalizes names).
+//!    above it, the candidates are `UP` itself (`site-packages/<name>.scripts/`, where maturin
+//!    puts the binary of a wheel that bundles libraries; scripts/package.sh's do not), then
+//!    `UP/{lib,lib64}/python3*/{site,dist}-packages`, sorted (`PREFIX/bin/`: a venv, conda,
+//!    `~/.local/bin` of `pip install --user`, `/usr/local/bin`). A candidate counts only if it
+//!    is named `site-packages` or `dist-packages` and holds this project's
+//!    `<name>-<version>.dist-info` (`[project] name` of the pyproject.toml it was built from:
+//!    `arena-ensemble`, or `arena-ensemble-cuda12` for the CUDA wheel, whose copy of the file
+//!    scripts/package.sh renames; compared as pip normalizes names).
 //! 2. The system's loader, by soname alone: `LD_LIBRARY_PATH`, `/etc/ld.so.cache`, the
 //!    default folders.
 //!
@@ -419,6 +421,15 @@ mod tests {
             found(&root.join("home/.local/bin/ensemble"), "ensemble-arena").dirs,
             libs(&user)
         );
+        // The CUDA wheel's distribution is found by its own name, not by the CPU wheel's.
+        let cuda = fake_site(
+            &root,
+            "cuda/lib/python3.10/site-packages",
+            Some("arena_ensemble_cuda12-0.1.0.dist-info"),
+        );
+        let cuda_exe = root.join("cuda/bin/ensemble");
+        assert_eq!(found(&cuda_exe, "arena-ensemble-cuda12").dirs, libs(&cuda));
+        assert_eq!(found(&cuda_exe, "arena-ensemble"), WheelDirs::default());
         // Debian's and Kaggle's system Python: /usr/local/bin, dist-packages.
         let system = fake_site(
             &root,

@@ -45,8 +45,8 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 #[cfg(not(feature = "cuda"))]
 fn open_cuda(spec: &str, _ordinal: usize) -> Result<Device> {
     Err(Error::Invalid(format!(
-        "device {spec}: this binary was built without CUDA; install the CUDA wheel \
-         (scripts/package.sh --cuda) or build with scripts/build_cuda.sh"
+        "device {spec}: this binary was built without CUDA; install the CUDA wheel, \
+         arena-ensemble-cuda12 (scripts/package.sh --cuda), or build with scripts/build_cuda.sh"
     )))
 }
 
