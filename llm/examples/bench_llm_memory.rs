@@ -20,7 +20,7 @@
 use candle_core::Device;
 use ensemble_core::Outcome;
 use llm::{LlmConfig, LlmMember};
-use neural::testing::CountingAllocator;
+use neural::testing::{synthetic_pair, CountingAllocator};
 use neural::{fit_fold, EncodedPair, FoldModel, FoldRows};
 use std::path::PathBuf;
 
@@ -56,18 +56,7 @@ fn main() -> Result<()> {
     training.memory_check = false;
     let (mut member, _) = LlmMember::load(&model, &Device::Cpu, &config)?;
     member.start_adapter(1)?;
-    // Rows of exactly `len` tokens (ids the tiny tokenizers have), in both orders.
-    let row = |salt: usize| -> EncodedPair {
-        let ids = |shift: usize| {
-            (0..len)
-                .map(|t| (3 + (t * 31 + salt + shift) % 300) as u32)
-                .collect()
-        };
-        EncodedPair {
-            as_given: vec![ids(0)],
-            swapped: vec![ids(7)],
-        }
-    };
+    let row = |salt: usize| synthetic_pair(len, salt);
     let train: Vec<EncodedPair> = (0..batch).map(row).collect();
     let valid: Vec<EncodedPair> = (batch..2 * batch.max(eval_batch)).map(row).collect();
     let labels = |n: usize| (0..n).map(|i| Outcome::ALL[i % 3]).collect::<Vec<_>>();

@@ -6,7 +6,7 @@
 use candle_core::Device;
 use ensemble_core::Outcome;
 use llm::{LlmConfig, LlmMember};
-use neural::testing::CountingAllocator;
+use neural::testing::{synthetic_pair, CountingAllocator};
 use neural::{fit_fold, EncodedPair, FoldModel, FoldRows, Precision};
 use std::path::Path;
 
@@ -31,17 +31,7 @@ fn ratio(fixture: &str, precision: Precision, checkpoint: bool) -> f64 {
         .join(fixture);
     let (mut member, _) = LlmMember::load(&dir, &Device::Cpu, &config).unwrap();
     member.start_adapter(1).unwrap();
-    let row = |salt: usize| {
-        let ids = |shift: usize| {
-            (0..len)
-                .map(|t| (3 + (t * 31 + salt + shift) % 300) as u32)
-                .collect()
-        };
-        EncodedPair {
-            as_given: vec![ids(0)],
-            swapped: vec![ids(7)],
-        }
-    };
+    let row = |salt: usize| synthetic_pair(len, salt);
     let train: Vec<EncodedPair> = (0..2).map(row).collect();
     let valid: Vec<EncodedPair> = (2..4).map(row).collect();
     let labels = [Outcome::A, Outcome::B];

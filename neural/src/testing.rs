@@ -4,8 +4,25 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{Device, Tensor, Var};
+
+use crate::EncodedPair;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// A row of exactly `len` tokens in both answer orders, ids 3..303 (which every tiny
+/// tokenizer and real vocabulary has), varied by `salt`: for measuring a fold's memory on
+/// rows of a chosen length.
+pub fn synthetic_pair(len: usize, salt: usize) -> EncodedPair {
+    let ids = |shift: usize| {
+        (0..len)
+            .map(|t| (3 + (t * 31 + salt + shift) % 300) as u32)
+            .collect()
+    };
+    EncodedPair {
+        as_given: vec![ids(0)],
+        swapped: vec![ids(7)],
+    }
+}
 
 /// The largest difference an op and its composed version may show, in values or gradients.
 pub const TOLERANCE: f32 = 1e-5;
