@@ -125,12 +125,13 @@ fn gpu_refusal(name: &str, capability: (i32, i32), precision: Option<Precision>)
     None
 }
 
-/// Refuses, in one line, a `precision` the device cannot run (bf16 below compute capability
-/// 8.0, as on a T4); the CPU runs every precision.
-pub fn check_precision(device: &Device, precision: Precision) -> Result<()> {
+/// Refuses, in one line, a `precision` the device opened from `spec` (`cuda:0`, as the user
+/// wrote it: candle's device names a counter, not the GPU) cannot run: bf16 below compute
+/// capability 8.0, as on a T4. The CPU runs every precision.
+pub fn check_precision(spec: &str, device: &Device, precision: Precision) -> Result<()> {
     match gpu(device)? {
         Some((name, capability)) => match gpu_refusal(&name, capability, Some(precision)) {
-            Some(why) => Err(Error::Invalid(format!("device {device:?}: {why}"))),
+            Some(why) => Err(Error::Invalid(format!("device {spec}: {why}"))),
             None => Ok(()),
         },
         None => Ok(()),
@@ -230,6 +231,6 @@ mod tests {
             assert_eq!(gpu_refusal("NVIDIA A100", (8, 0), Some(precision)), None);
         }
         // The CPU runs every precision.
-        assert!(check_precision(&Device::Cpu, Precision::Bf16).is_ok());
+        assert!(check_precision("cpu", &Device::Cpu, Precision::Bf16).is_ok());
     }
 }

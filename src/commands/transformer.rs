@@ -76,7 +76,7 @@ pub fn run(args: TransformerArgs) -> Result<()> {
             return Ok(Device::Cpu);
         }
         let device = parse_device(&args.device)?;
-        check_precision(&device, precision)?;
+        check_precision(&args.device, &device, precision)?;
         Ok(device)
     };
     if llm_folder.or(recorded_llm).unwrap_or(false) {
