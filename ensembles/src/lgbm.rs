@@ -693,6 +693,56 @@ mod tests {
         assert!(full.subset(&[299, 300], "").is_err());
     }
 
+    /// Row-wise and column-wise histograms grow the same trees under a column and row sample
+    /// on mostly-zero columns (as the TF-IDF ones), which LightGBM keeps in a multi-value bin
+    /// row-wise: `BoosterParams` forces column-wise for speed alone.
+    #[test]
+    fn row_and_column_wise_histograms_grow_the_same_trees() {
+        let (csr, labels) = dense(2000, 60, |i, class, j| {
+            let present = (i * 31 + j * 17) % 10 == 0;
+            let signal = if j % 6 == class { 2.0 } else { 1.0 };
+            if present {
+                signal + ((i * 7 + j) % 5) as f32 / 10.0
+            } else {
+                0.0
+            }
+        });
+        let full = Dataset::from_csr(csr.view(), &labels, "verbosity=-1 num_threads=1").unwrap();
+        let train_set = full
+            .subset(&(0..1600).collect::<Vec<_>>(), "num_threads=1")
+            .unwrap();
+        let valid_set = full
+            .subset(&(1600..2000).collect::<Vec<_>>(), "num_threads=1")
+            .unwrap();
+        let rounds = Rounds {
+            max: 30,
+            early_stopping: 30,
+        };
+        let predict = |layout: &str| {
+            let params = format!(
+                "{PARAMS} feature_fraction=0.5 bagging_fraction=0.5 bagging_freq=1 {layout}"
+            );
+            let trained = train(&train_set, &valid_set, &params, rounds, |_, _| {}).unwrap();
+            (
+                trained.best_iteration,
+                trained.model.predict(csr.view(), "num_threads=1").unwrap(),
+            )
+        };
+        let (row_rounds, row_wise) = predict("force_row_wise=true");
+        let (col_rounds, col_wise) = predict("force_col_wise=true");
+        assert!(
+            row_rounds > 5,
+            "the fixture learns: best round {row_rounds}"
+        );
+        assert_eq!(row_rounds, col_rounds);
+        let largest = row_wise
+            .iter()
+            .zip(&col_wise)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(largest < 1e-12, "predictions differ by {largest}");
+    }
+
     /// LightGBM keeps its thread count in a process-wide variable that every call given
     /// parameters sets; a booster being built sizes per-thread buffers from it and then runs
     /// parallel loops that read it again. Boosters built while another thread switched between
