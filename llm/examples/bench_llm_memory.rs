@@ -1,20 +1,22 @@
 //! The LLM member's training-memory estimate beside the memory a fold really takes: loads a
 //! model folder (e.g. a random one of a real shape, `scripts/make_random_llm.py`), then trains
 //! one optimizer step on `--batch` rows of `--max-len` tokens and evaluates max(`--batch`,
-//! `--eval-batch`) rows in both answer orders through `neural::fit_fold`, as a fold does. Measured two ways, each
-//! above what was held after loading, against the estimate's `to_allocate` (what must be
-//! free): the peak of the bytes allocated and not yet freed (a counting allocator: what a
-//! device must hold, the estimate's own measure) and the peak resident memory (reset first
-//! through /proc/self/clear_refs), which adds what glibc keeps of freed blocks.
+//! `--eval-batch`) rows in both answer orders through `neural::fit_fold`, as a fold does.
+//! Measured two ways, each above what was held after loading, against the estimate's
+//! `to_allocate` (what must be free): the peak of the bytes allocated and not yet freed (a
+//! counting allocator: what a device must hold, the estimate's own measure) and the peak
+//! resident memory (reset first through /proc/self/clear_refs), which adds what glibc keeps of
+//! freed blocks.
 //!
 //!     cargo run --release -p llm --example bench_llm_memory -- --model /tmp/qwen-4l \
 //!         [--max-len 1024] [--batch 2] [--eval-batch 2] [--precision f32|bf16] \
 //!         [--gradient-checkpointing] [--phases] [--estimate-only]
 //!
-//! `--estimate-only` prints the estimate and stops. `--phases` first prints what one training step holds after its forward pass and at its
-//! peak in the backward pass, and the peak of predicting the held-out rows (2 × max(--batch,
-//! --eval-batch), each in both orders); the fold's peak RSS is then that step's too (the allocated
-//! peak is reset before the fold and stays the fold's own).
+//! `--estimate-only` prints the estimate and stops. `--phases` first prints what one training
+//! step holds after its forward pass and at its peak in the backward pass, and the peak of
+//! predicting the held-out rows (2 × max(--batch, --eval-batch), each in both orders); the
+//! fold's peak RSS is then that step's too (the allocated peak is reset before the fold and
+//! stays the fold's own).
 //!
 //! Ends with a line `JSON {...}`.
 use candle_core::Device;
