@@ -16,10 +16,13 @@
 #
 # `pip install` puts the binary itself on PATH (PREFIX/bin/ensemble: a venv, conda, `--user`),
 # and unzipped it is `<dist>-<v>.data/scripts/ensemble`. For that, the binary needs no library
-# outside the manylinux policy: libgomp (LightGBM's OpenMP) is linked statically, from gcc's
-# libgomp.a (`-lgomp` finds it first, in a folder that holds only it), and maturin runs with
-# `--auditwheel check`, which fails the build where a library would have to be bundled
-# (bundling is what made maturin put the binary in site-packages behind a Python launcher).
+# outside the manylinux policy: LightGBM is compiled from source and linked in (the
+# `static-lightgbm` feature; a plain `cargo build` links PyPI's lib_lightgbm.so instead), and
+# its bindings are checked to be lightgbm-capi's committed ones, byte for byte. libgomp
+# (LightGBM's OpenMP) is linked statically, from gcc's libgomp.a (`-lgomp` finds it first, in
+# a folder that holds only it), and maturin runs with `--auditwheel check`, which fails the
+# build where a library would have to be bundled (bundling is what made maturin put the binary
+# in site-packages behind a Python launcher).
 # Each wheel is then installed with no index and run (scripts/check_wheel.sh).
 #
 # A binary takes the glibc symbol versions of the machine it is linked on, so the build runs
@@ -174,7 +177,7 @@ project_name() {
 }
 name=$(project_name pyproject.toml) ||
     fail "could not read [project] name from pyproject.toml (needs python3 >= 3.11)"
-options='--locked --compatibility manylinux_2_31 --auditwheel check --out dist'
+options='--locked --features static-lightgbm --compatibility manylinux_2_31 --auditwheel check --out dist'
 if $cuda; then
     dist="$name-cuda12"
     # The copy's name and dependencies; the binary built from it takes the name as its own
@@ -209,6 +212,18 @@ chroot "$root" /usr/bin/env -i HOME=/root PATH=/opt/py/bin:/opt/cargo/bin:/usr/b
     export RUSTFLAGS="-L native=/opt/gomp-static"
     cd /build
     '"$build"'
+    # lightgbm-capi links the prebuilt library with bindings committed from lightgbm3-sys: the
+    # ones this build generated must still be those.
+    checked=0
+    for generated in target/release/build/lightgbm3-sys-*/out/bindings.rs; do
+        [ -f "$generated" ] || continue
+        cmp "$generated" lightgbm-capi/src/bindings.rs || {
+            echo "package: error: lightgbm3-sys generated $generated, not lightgbm-capi/src/bindings.rs" >&2
+            exit 1
+        }
+        checked=$((checked + 1))
+    done
+    [ "$checked" -gt 0 ] || { echo "package: error: no bindings.rs of lightgbm3-sys to check" >&2; exit 1; }
 '
 
 # Wheel file names spell the distribution with `_` for `-`.

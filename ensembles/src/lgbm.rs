@@ -1,9 +1,10 @@
-//! A small safe layer over LightGBM's C API (`lightgbm3-sys`). The `lightgbm3` crate's safe
-//! API keeps its handles private and has no CSR input or dataset subsets, both of which the
-//! CV needs: the sparse TF-IDF part goes in without densifying, and the binned dataset is
-//! built once and subset per fold instead of re-binned ten times.
+//! A small safe layer over LightGBM's C API (lightgbm3-sys's bindings, through
+//! `lightgbm-capi`). The `lightgbm3` crate's safe API keeps its handles private and has no CSR
+//! input or dataset subsets, both of which the CV needs: the sparse TF-IDF part goes in
+//! without densifying, and the binned dataset is built once and subset per fold instead of
+//! re-binned ten times.
 use crate::{Error, Result};
-use lightgbm3_sys as sys;
+use lightgbm_capi as sys;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_void, CStr, CString};
 use std::sync::{Mutex, MutexGuard, PoisonError};
