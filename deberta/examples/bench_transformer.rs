@@ -20,8 +20,8 @@ use deberta::Error;
 use deberta::{training_memory, Classifier, DebertaConfig, ModelConfig};
 use ensemble_core::Outcome;
 use neural::{
-    fit_fold, parse_device, peak_rss_mib, reuse_freed_host_memory, Device, EncodedPair, FoldRows,
-    Precision, ResponsePair, TrainingConfig,
+    fit_fold, on_compute_thread, parse_device, peak_rss_mib, reuse_freed_host_memory, Device,
+    EncodedPair, FoldRows, Precision, ResponsePair, TrainingConfig,
 };
 
 /// The value after the last `--name`, or `default`.
@@ -123,6 +123,11 @@ fn train(classifier: &mut Classifier, warmup: usize, batches: usize) -> Result<M
 
 fn main() -> Result<(), Error> {
     reuse_freed_host_memory(); // as `ensemble transformer` does
+                               // On the thread the fold loop runs its folds on (`neural::run`).
+    on_compute_thread(&arg("--device", "cpu"), measure)
+}
+
+fn measure() -> Result<(), Error> {
     let device: Device = parse_device(&arg("--device", "cpu"))?;
     let precision: Precision = arg("--precision", "f32").parse().map_err(Error::Invalid)?;
     let mode = arg("--mode", "both");

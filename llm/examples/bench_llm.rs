@@ -26,7 +26,7 @@ use candle_core::{DType, Device, Tensor};
 use llm::{DecoderClassifier, DecoderConfig, LoraSpec, TARGETABLE};
 use std::time::Instant;
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Qwen2.5-0.5B's config.json, less what the forward pass does not read.
 const QWEN25_05B: &str = r#"{
@@ -133,6 +133,11 @@ fn main() -> Result<()> {
             .num_threads(threads)
             .build_global()?;
     }
+    // On the thread the fold loop runs its folds on (`neural::run`).
+    neural::on_compute_thread(&arg("--device", "cpu"), measure)
+}
+
+fn measure() -> Result<()> {
     let device = match arg("--device", "cpu").as_str() {
         "cpu" => Device::Cpu,
         other => neural::parse_device(other)?,

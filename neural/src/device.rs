@@ -9,22 +9,50 @@ use crate::{Error, Precision, Result};
 /// kernel and unmaps them when freed, so every op paid page faults on new zeroed pages: with
 /// this, base-size CPU inference ran 1.3× faster (BENCHMARKS.md). Process-wide, so only the
 /// transformer's entry points call it; LightGBM's CV is left on the defaults.
+///
+/// It also keeps every thread on glibc's main arena. The thresholds hold there, but a thread
+/// off the main thread (the rayon worker that `on_compute_thread` runs CPU folds on) would get
+/// an arena of its own, made of 64 MiB heaps that glibc shrinks when memory is freed: DeBERTa's
+/// CPU inference ran 15% slower on such a thread, and as fast as on the main thread with one
+/// arena.
 pub fn reuse_freed_host_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; it is safe to call at any time.
+    // SAFETY: mallopt only changes allocator settings; it is safe to call at any time.
     unsafe {
         // 32 MiB is the largest mmap threshold glibc accepts on 64-bit targets.
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
+}
+
+/// Runs `work` for a run on the device `spec` names, on the thread where candle runs it
+/// fastest, and returns its result. For the CPU that is a thread of rayon's global pool, the
+/// calling thread waiting: candle's CPU matmuls (gemm) split their work over that pool, and
+/// from a thread outside it each of the thousands of matmuls of a training step is handed to a
+/// worker while the caller sleeps; from a worker, the matmul starts in place and the other
+/// workers join in. Both benches ran faster so on 2 cores (BENCHMARKS.md). rayon's `scope`
+/// runs its closure on a pool thread when called from outside the pool (rayon-core's
+/// `in_worker`); `cpu_work_runs_on_a_pool_thread` checks it. A GPU run stays on the calling
+/// thread, where its CUDA context was made: the pool would gain it nothing.
+pub fn on_compute_thread<R: Send>(spec: &str, work: impl FnOnce() -> R + Send) -> R {
+    match names_cpu(spec) {
+        true => rayon::scope(|_| work()),
+        false => work(),
+    }
+}
+
+/// Whether a `--device` spec names the CPU, as `parse_device` reads it.
+fn names_cpu(spec: &str) -> bool {
+    spec.trim().eq_ignore_ascii_case("cpu")
 }
 
 /// Parses `cpu`, `cuda` or `cuda:N` and opens the device.
 pub fn parse_device(spec: &str) -> Result<Device> {
-    let spec = spec.trim().to_ascii_lowercase();
-    if spec == "cpu" {
+    if names_cpu(spec) {
         return Ok(Device::Cpu);
     }
+    let spec = spec.trim().to_ascii_lowercase();
     let ordinal = match spec.strip_prefix("cuda") {
         Some("") => 0,
         Some(rest) => rest
@@ -194,6 +222,25 @@ fn mem_available(meminfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_work_runs_on_a_pool_thread() {
+        // A test thread is outside every pool; CPU work must move into the global one.
+        assert_eq!(rayon::current_thread_index(), None);
+        let caller = std::thread::current().id();
+        let here = || (rayon::current_thread_index(), std::thread::current().id());
+        let (index, thread) = on_compute_thread(" CPU ", here);
+        assert!(index.is_some(), "the work ran outside rayon's pool");
+        assert_ne!(thread, caller);
+        // From a pool thread it runs in place.
+        let nested = on_compute_thread("cpu", || {
+            let outer = std::thread::current().id();
+            on_compute_thread("cpu", || std::thread::current().id()) == outer
+        });
+        assert!(nested);
+        // A GPU spec keeps the caller's thread (no device is opened).
+        assert_eq!(on_compute_thread("cuda:0", here), (None, caller));
+    }
 
     #[test]
     fn parses_cpu_and_rejects_nonsense() {

@@ -30,7 +30,8 @@ mod train;
 pub use checkpoint::{checkpointed, ParamGrads, Recompute};
 pub use config::{MemberConfig, Precision, Schedule, TrainingConfig};
 pub use device::{
-    check_precision, free_memory, parse_device, peak_rss_mib, reuse_freed_host_memory, rss_mib,
+    check_precision, free_memory, on_compute_thread, parse_device, peak_rss_mib,
+    reuse_freed_host_memory, rss_mib,
 };
 pub use error::{Error, Result, Setting};
 pub use fingerprint::{existing_files, fingerprint_files, FINGERPRINT_SCHEME};

@@ -17,7 +17,7 @@ pub use files::{fold_dir, recorded_config, BaseModel, FoldSeconds, FoldSummary};
 
 use crate::config::MemberConfig;
 use crate::train::{fit_fold, predict_logits, FoldModel, FoldResult};
-use crate::{EncodedPair, Error, Precision, ResponsePair, Result};
+use crate::{on_compute_thread, EncodedPair, Error, Precision, ResponsePair, Result};
 
 /// A neural member as the protocol drives it: where each fold's model comes from, what a fold
 /// keeps to predict again later, and how battles are tokenized.
@@ -230,7 +230,7 @@ pub struct TestRows {
 
 /// Runs the folds this process is to run (all, one, or none with `merge`), then merges once
 /// all are there.
-pub fn run<M: Member>(
+pub fn run<M: Member + Send>(
     member: &mut M,
     options: &RunOptions,
     train: TrainingRows,
@@ -284,12 +284,17 @@ pub fn run<M: Member>(
             labels: &train.labels,
             test_ids: &test.ids,
         };
-        for fold in to_run {
-            match options.predict_only {
-                true => predict_fold(member, options, fold, &data, &mut battles)?,
-                false => run_fold(member, options, &folds, fold, &data, &mut battles)?,
+        let run_folds = || -> Result<()> {
+            for fold in to_run {
+                match options.predict_only {
+                    true => predict_fold(member, options, fold, &data, &mut battles)?,
+                    false => run_fold(member, options, &folds, fold, &data, &mut battles)?,
+                }
             }
-        }
+            Ok(())
+        };
+        // On the CPU, on a rayon pool thread, where candle's matmuls start in place.
+        on_compute_thread(&options.device, run_folds)?;
     }
     if write_own_folds {
         std::fs::create_dir_all(&options.out).map_err(Error::io(&options.out))?;
