@@ -2,8 +2,9 @@
 //! output, and the relative-position terms of its disentangled attention, which enter the
 //! shared attention node ([`neural::attention_probs`]) as [`ScoreTerms`]. Why hand-written
 //! backward passes: see `neural::ops`.
-use candle_core::{CustomOp3, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 use neural::{Precomputed, ScoreTerms};
+use rayon::prelude::*;
 
 type CandleResult<T> = candle_core::Result<T>;
 
@@ -162,9 +163,81 @@ fn relative_scores(x: &Tensor, pos: &Tensor, index: &Tensor) -> CandleResult<Ten
     let (batch, heads, len, _) = x.dims4()?;
     let all = x.matmul(&broadcast_batch(pos, batch)?.t()?)?; // [B, H, L, 2S]
     let span2 = all.dim(3)?;
-    all.reshape((batch * heads, len * span2))?
-        .index_select(index, 1)?
+    select_columns(&all.reshape((batch * heads, len * span2))?, index)?
         .reshape((batch, heads, len, len))
+}
+
+/// `out[r, t] = src[r, index[t]]`: candle's `index_select` along dimension 1. On the CPU that
+/// copies one element per `memcpy` call (its slices are one element wide here), 15% of
+/// base-size inference (BENCHMARKS.md), so an untracked CPU tensor (the attention node's
+/// forward pass, on detached inputs) takes `SelectColumns`, a plain loop over the rows in
+/// parallel, which has no backward pass. A tracked tensor and CUDA keep `index_select`.
+fn select_columns(src: &Tensor, index: &Tensor) -> CandleResult<Tensor> {
+    match src.device().is_cpu() && !src.track_op() {
+        true => src
+            .contiguous()?
+            .apply_op2_no_bwd(&index.contiguous()?, &SelectColumns),
+        false => src.index_select(index, 1),
+    }
+}
+
+/// [`select_columns`] on the CPU: `src` `[rows, width]`, `index` u32 columns, both contiguous.
+struct SelectColumns;
+
+impl CustomOp2 for SelectColumns {
+    fn name(&self) -> &'static str {
+        "select-columns"
+    }
+
+    fn cpu_fwd(
+        &self,
+        src: &CpuStorage,
+        src_layout: &Layout,
+        index: &CpuStorage,
+        index_layout: &Layout,
+    ) -> CandleResult<(CpuStorage, Shape)> {
+        let (rows, width) = src_layout.shape().dims2()?;
+        let index = match (index, index_layout.contiguous_offsets()) {
+            (CpuStorage::U32(index), Some((start, end))) => &index[start..end],
+            _ => candle_core::bail!("select-columns takes a contiguous u32 index"),
+        };
+        if let Some(column) = index.iter().find(|&&column| column as usize >= width) {
+            candle_core::bail!("select-columns: column {column} of a {width}-column tensor");
+        }
+        let Some((start, end)) = src_layout.contiguous_offsets() else {
+            candle_core::bail!("select-columns takes a contiguous tensor");
+        };
+        let selected = match src {
+            CpuStorage::F32(values) => CpuStorage::F32(select(&values[start..end], width, index)),
+            CpuStorage::F16(values) => CpuStorage::F16(select(&values[start..end], width, index)),
+            CpuStorage::BF16(values) => CpuStorage::BF16(select(&values[start..end], width, index)),
+            CpuStorage::F64(values) => CpuStorage::F64(select(&values[start..end], width, index)),
+            _ => candle_core::bail!("select-columns takes a float tensor"),
+        };
+        Ok((selected, Shape::from((rows, index.len()))))
+    }
+}
+
+/// The selected columns of each `width`-wide row of `src`, rows in parallel. Every column in
+/// `index` is below `width` (checked by the caller).
+fn select<T: Copy + Send + Sync>(src: &[T], width: usize, index: &[u32]) -> Vec<T> {
+    let rows = src.len() / width.max(1);
+    let mut selected: Vec<T> = Vec::with_capacity(rows * index.len());
+    if index.is_empty() {
+        return selected;
+    }
+    selected.spare_capacity_mut()[..rows * index.len()]
+        .par_chunks_mut(index.len())
+        .zip(src.par_chunks(width))
+        .for_each(|(out, row)| {
+            for (slot, &column) in out.iter_mut().zip(index) {
+                slot.write(row[column as usize]);
+            }
+        });
+    // SAFETY: the rows × index.len() slots are the chunks above, one per row of src, and
+    // each slot of each chunk was written.
+    unsafe { selected.set_len(rows * index.len()) };
+    selected
 }
 
 fn broadcast_batch(pos: &Tensor, batch: usize) -> CandleResult<Tensor> {
@@ -206,6 +279,40 @@ mod tests {
             c2p: Tensor::from_vec(c2p, len * len, &Device::Cpu).unwrap(),
             p2c: Tensor::from_vec(p2c, len * len, &Device::Cpu).unwrap(),
         }
+    }
+
+    /// The CPU node gives `index_select`'s values exactly, in f32 and bf16, and refuses a
+    /// column past the row's end; a tracked tensor keeps its gradient.
+    #[test]
+    fn select_columns_equals_index_select() {
+        let tracked = random(&[5, 40], 11);
+        let src = tracked.as_tensor().detach();
+        let mut rng = StdRng::seed_from_u64(12);
+        let columns: Vec<u32> = (0..300).map(|_| rng.random_range(0..40)).collect();
+        let index = Tensor::new(columns.as_slice(), &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let src = src.to_dtype(dtype).unwrap();
+            let ours = select_columns(&src, &index).unwrap();
+            let theirs = src.index_select(&index, 1).unwrap();
+            assert_eq!(ours.dims(), &[5, 300]);
+            let [ours, theirs] =
+                [ours, theirs].map(|t| t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap());
+            assert_eq!(ours, theirs, "{dtype:?}");
+        }
+        // Column c's gradient counts its picks, in every row.
+        let grads = select_columns(tracked.as_tensor(), &index)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let grad = grads.get(tracked.as_tensor()).expect("a gradient");
+        let picks = columns.iter().filter(|&&c| c == columns[0]).count() as f32;
+        let first = grad.get(4).unwrap().get(columns[0] as usize).unwrap();
+        assert_eq!(first.to_scalar::<f32>().unwrap(), picks);
+        let past_the_end = Tensor::new(&[3u32, 40], &Device::Cpu).unwrap();
+        let error = select_columns(&src, &past_the_end).unwrap_err().to_string();
+        assert!(error.contains("column 40 of a 40-column tensor"), "{error}");
     }
 
     #[test]
