@@ -2,6 +2,7 @@
 //! output, and the relative-position terms of its disentangled attention, which enter the
 //! shared attention node ([`neural::attention_probs`]) as [`ScoreTerms`]. Why hand-written
 //! backward passes: see `neural::ops`.
+use candle_core::cpu_backend::Map1;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType, D};
 use neural::{Precomputed, ScoreTerms};
 use rayon::prelude::*;
@@ -198,40 +199,39 @@ impl CustomOp2 for SelectColumns {
     ) -> CandleResult<(CpuStorage, Shape)> {
         let (rows, width) = src_layout.shape().dims2()?;
         let index = columns(index, index_layout, width)?;
-        let Some((start, end)) = src_layout.contiguous_offsets() else {
-            candle_core::bail!("select-columns takes a contiguous tensor");
-        };
-        let selected = match src {
-            CpuStorage::F32(values) => CpuStorage::F32(select(&values[start..end], width, index)),
-            CpuStorage::F16(values) => CpuStorage::F16(select(&values[start..end], width, index)),
-            CpuStorage::BF16(values) => CpuStorage::BF16(select(&values[start..end], width, index)),
-            CpuStorage::F64(values) => CpuStorage::F64(select(&values[start..end], width, index)),
-            _ => candle_core::bail!("select-columns takes a float tensor"),
-        };
+        let selected = Gather { index, width }.map(src, src_layout)?;
         Ok((selected, Shape::from((rows, index.len()))))
     }
 }
 
-/// The selected columns of each `width`-wide row of `src`, rows in parallel. Every column in
-/// `index` is below `width` (checked by the caller).
-fn select<T: Copy + Send + Sync>(src: &[T], width: usize, index: &[u32]) -> Vec<T> {
-    let rows = src.len() / width.max(1);
-    let mut selected: Vec<T> = Vec::with_capacity(rows * index.len());
-    if index.is_empty() {
-        return selected;
+/// The selected columns of each `width`-wide row, rows in parallel; every column is below
+/// `width` ([`columns`]).
+struct Gather<'a> {
+    index: &'a [u32],
+    width: usize,
+}
+
+impl Map1 for Gather<'_> {
+    fn f<T: WithDType>(&self, src: &[T], layout: &Layout) -> CandleResult<Vec<T>> {
+        let (src, index) = (contiguous(src, layout)?, self.index);
+        let rows = layout.dims()[0];
+        let mut selected: Vec<T> = Vec::with_capacity(rows * index.len());
+        if index.is_empty() {
+            return Ok(selected);
+        }
+        selected.spare_capacity_mut()[..rows * index.len()]
+            .par_chunks_mut(index.len())
+            .zip(src.par_chunks(self.width))
+            .for_each(|(out, row)| {
+                for (slot, &column) in out.iter_mut().zip(index) {
+                    slot.write(row[column as usize]);
+                }
+            });
+        // SAFETY: the rows × index.len() slots are the chunks above, one per row of src, and
+        // each slot of each chunk was written.
+        unsafe { selected.set_len(rows * index.len()) };
+        Ok(selected)
     }
-    selected.spare_capacity_mut()[..rows * index.len()]
-        .par_chunks_mut(index.len())
-        .zip(src.par_chunks(width))
-        .for_each(|(out, row)| {
-            for (slot, &column) in out.iter_mut().zip(index) {
-                slot.write(row[column as usize]);
-            }
-        });
-    // SAFETY: the rows × index.len() slots are the chunks above, one per row of src, and
-    // each slot of each chunk was written.
-    unsafe { selected.set_len(rows * index.len()) };
-    selected
 }
 
 fn broadcast_batch(pos: &Tensor, batch: usize) -> CandleResult<Tensor> {
@@ -294,38 +294,43 @@ impl CustomOp2 for AddAtColumns {
                 index.len()
             );
         }
-        let Some((start, end)) = src_layout.contiguous_offsets() else {
-            candle_core::bail!("add-at-columns takes a contiguous tensor");
-        };
-        let summed = match src {
-            CpuStorage::F32(values) => CpuStorage::F32(add_at(&values[start..end], width, index)),
-            CpuStorage::F16(values) => CpuStorage::F16(add_at(&values[start..end], width, index)),
-            CpuStorage::BF16(values) => CpuStorage::BF16(add_at(&values[start..end], width, index)),
-            CpuStorage::F64(values) => CpuStorage::F64(add_at(&values[start..end], width, index)),
-            _ => candle_core::bail!("add-at-columns takes a float tensor"),
-        };
+        let summed = Scatter { index, width }.map(src, src_layout)?;
         Ok((summed, Shape::from((rows, width))))
     }
 }
 
-/// Each row of `src` (`index.len()` wide) summed into a zeroed `width`-wide row at its
-/// columns, in index order, rows in parallel. Every column is below `width` (checked by the
-/// caller).
-fn add_at<T: WithDType>(src: &[T], width: usize, index: &[u32]) -> Vec<T> {
-    let rows = src.len() / index.len().max(1);
-    let mut summed = vec![T::zero(); rows * width];
-    if index.is_empty() || width == 0 {
-        return summed;
+/// Each row (`index.len()` wide) summed into a zeroed `width`-wide row at its columns, in
+/// index order, rows in parallel; every column is below `width` ([`columns`]).
+struct Scatter<'a> {
+    index: &'a [u32],
+    width: usize,
+}
+
+impl Map1 for Scatter<'_> {
+    fn f<T: WithDType>(&self, src: &[T], layout: &Layout) -> CandleResult<Vec<T>> {
+        let (src, index, width) = (contiguous(src, layout)?, self.index, self.width);
+        let mut summed = vec![T::zero(); layout.dims()[0] * width];
+        if index.is_empty() || width == 0 {
+            return Ok(summed);
+        }
+        summed
+            .par_chunks_mut(width)
+            .zip(src.par_chunks(index.len()))
+            .for_each(|(out, row)| {
+                for (&value, &column) in row.iter().zip(index) {
+                    out[column as usize] += value;
+                }
+            });
+        Ok(summed)
     }
-    summed
-        .par_chunks_mut(width)
-        .zip(src.par_chunks(index.len()))
-        .for_each(|(out, row)| {
-            for (&value, &column) in row.iter().zip(index) {
-                out[column as usize] += value;
-            }
-        });
-    summed
+}
+
+/// A contiguous tensor's elements.
+fn contiguous<'a, T>(values: &'a [T], layout: &Layout) -> CandleResult<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&values[start..end]),
+        None => candle_core::bail!("the column gather and scatter take contiguous tensors"),
+    }
 }
 
 /// A contiguous u32 index's columns, each checked to be below `width`.
@@ -410,6 +415,11 @@ mod tests {
         let picks = columns.iter().filter(|&&c| c == columns[0]).count() as f32;
         let first = grad.get(4).unwrap().get(columns[0] as usize).unwrap();
         assert_eq!(first.to_scalar::<f32>().unwrap(), picks);
+        // No columns picked: every row of the adjoint stays zero.
+        let none = Tensor::new(&[] as &[u32], &Device::Cpu).unwrap();
+        let nothing = Tensor::zeros((5, 0), DType::F32, &Device::Cpu).unwrap();
+        let zeros = add_at_columns(&nothing, &none, 40).unwrap();
+        assert_eq!(zeros.to_vec2::<f32>().unwrap(), vec![vec![0f32; 40]; 5]);
         let past_the_end = Tensor::new(&[3u32, 40], &Device::Cpu).unwrap();
         let error = select_columns(&src, &past_the_end).unwrap_err().to_string();
         assert!(error.contains("column 40 of a 40-column tensor"), "{error}");
