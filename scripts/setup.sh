@@ -16,7 +16,8 @@ root=$(pwd)
 tools="$root/.tools/py"
 config="$root/.cargo/config.toml"
 marker="# Written by scripts/setup.sh"
-lightgbm_version=4.7.0 # the release lightgbm-capi's bindings come from
+# The release lightgbm-capi's bindings come from, as its build script checks it.
+lightgbm_version=$(sed -n 's/^const LIGHTGBM_VERSION: &str = "\(.*\)";$/\1/p' lightgbm-capi/build.rs)
 
 static=false
 case "${1:-}" in
@@ -35,6 +36,7 @@ fail() {
 }
 
 command -v cargo >/dev/null || fail "no cargo on PATH: install Rust from https://rustup.rs"
+[ -n "$lightgbm_version" ] || fail "no LIGHTGBM_VERSION in lightgbm-capi/build.rs"
 command -v c++ >/dev/null ||
     fail "no C++ compiler (c++) on PATH: on Debian/Ubuntu, apt-get install build-essential"
 

@@ -122,8 +122,9 @@ fn train(classifier: &mut Classifier, warmup: usize, batches: usize) -> Result<M
 }
 
 fn main() -> Result<(), Error> {
-    reuse_freed_host_memory(); // as `ensemble transformer` does
-                               // On the thread the fold loop runs its folds on (`neural::run`).
+    // As `ensemble transformer` does: its allocator settings, and the thread the fold loop
+    // runs its folds on (`neural::run`).
+    reuse_freed_host_memory();
     on_compute_thread(&arg("--device", "cpu"), measure)
 }
 

@@ -29,9 +29,9 @@ pub fn reuse_freed_host_memory() {
 /// Runs `work` for a run on the device `spec` names, on the thread where candle runs it
 /// fastest, and returns its result. For the CPU that is a thread of rayon's global pool, the
 /// calling thread waiting: candle's CPU matmuls (gemm) split their work over that pool, and
-/// from a thread outside it each of the thousands of matmuls of a training step is handed to a
-/// worker while the caller sleeps; from a worker, the matmul starts in place and the other
-/// workers join in. The LLM bench ran 8–24% faster so on 2 cores, DeBERTa's within noise
+/// from a thread outside it each of gemm's parallel sections (several per matmul, thousands
+/// per training step) is handed to a worker while the caller sleeps; from a worker, the
+/// section starts in place and the other workers join in. The LLM bench ran 8–24% faster so on 2 cores, DeBERTa's within noise
 /// (BENCHMARKS.md). rayon's `scope` runs its closure on a pool thread when called from outside
 /// the pool (rayon-core's `in_worker`); `cpu_work_runs_on_a_pool_thread` checks it. A GPU run
 /// stays on the calling thread, where its CUDA context was made: the pool would gain it nothing.
