@@ -13,6 +13,7 @@
 
 mod checkpoint;
 mod config;
+mod cpu_matmul;
 // Compiled into the tests of every build, so that the CPU CI checks its search and messages.
 #[cfg(any(feature = "cuda", test))]
 mod cuda_libraries;

@@ -26,11 +26,19 @@ use candle_core::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::cpu_matmul::{self, CpuValue};
+
 type CandleResult<T> = candle_core::Result<T>;
 
 /// A value computed outside the graph, handed over once to the node that outputs it (with
 /// [`precomputed_forward!`](crate::precomputed_forward); the LLM member's ops use it too).
-pub struct Precomputed(Mutex<Option<Tensor>>);
+pub struct Precomputed(Mutex<Option<NodeValue>>);
+
+enum NodeValue {
+    Tensor(Tensor),
+    /// A buffer written for the node (`cpu_matmul`), handed over without a copy.
+    Cpu(CpuValue),
+}
 
 impl Precomputed {
     pub fn new(value: Tensor) -> CandleResult<Precomputed> {
@@ -40,10 +48,16 @@ impl Precomputed {
         } else {
             value.copy()?
         };
-        Ok(Precomputed(Mutex::new(Some(value.detach()))))
+        Ok(Precomputed(Mutex::new(Some(NodeValue::Tensor(
+            value.detach(),
+        )))))
     }
 
-    fn take(&self) -> CandleResult<Tensor> {
+    fn from_cpu(value: CpuValue) -> Precomputed {
+        Precomputed(Mutex::new(Some(NodeValue::Cpu(value))))
+    }
+
+    fn take(&self) -> CandleResult<NodeValue> {
         match self
             .0
             .lock()
@@ -55,8 +69,20 @@ impl Precomputed {
         }
     }
 
+    /// The value as a tensor, for a caller that makes no node of it.
+    fn tensor(self) -> CandleResult<Tensor> {
+        match self.take()? {
+            NodeValue::Tensor(value) => Ok(value),
+            NodeValue::Cpu(value) => value.into_tensor(),
+        }
+    }
+
     pub fn cpu(&self) -> CandleResult<(CpuStorage, Shape)> {
-        let value = self.take()?;
+        let value = match self.take()? {
+            NodeValue::Cpu(value) => return Ok((CpuStorage::F32(value.data), value.shape)),
+            NodeValue::Tensor(value) => value,
+        };
+        // candle has no way to move a storage out of a tensor: one copy.
         let (storage, _) = value.storage_and_layout();
         match &*storage {
             Storage::Cpu(s) => Ok((s.clone(), value.shape().clone())),
@@ -65,7 +91,9 @@ impl Precomputed {
     }
 
     pub fn cuda(&self) -> CandleResult<(CudaStorage, Shape)> {
-        let value = self.take()?;
+        let NodeValue::Tensor(value) = self.take()? else {
+            bail!("precomputed value is not on a CUDA device");
+        };
         let (storage, layout) = value.storage_and_layout();
         match &*storage {
             Storage::Cuda(s) => Ok((s.try_clone(layout)?, value.shape().clone())),
@@ -104,18 +132,24 @@ macro_rules! precomputed_forward {
 /// never given gradients.
 pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> CandleResult<Tensor> {
     let weight = weight.detach();
-    let value = x.detach().broadcast_matmul(&weight.t()?)?;
-    let value = match bias {
-        Some(bias) => value.broadcast_add(&bias.detach())?,
-        None => value,
+    let value = match cpu_matmul::projection(x, &weight, bias, None) {
+        Some(value) => Precomputed::from_cpu(value),
+        None => {
+            let value = x.detach().broadcast_matmul(&weight.t()?)?;
+            let value = match bias {
+                Some(bias) => value.broadcast_add(&bias.detach())?,
+                None => value,
+            };
+            if !x.track_op() {
+                return Ok(value);
+            }
+            Precomputed::new(value)?
+        }
     };
     if !x.track_op() {
-        return Ok(value);
+        return value.tensor();
     }
-    x.apply_op1(FrozenLinear {
-        value: Precomputed::new(value)?,
-        weight,
-    })
+    x.apply_op1(FrozenLinear { value, weight })
 }
 
 struct FrozenLinear {
@@ -132,7 +166,12 @@ impl CustomOp1 for FrozenLinear {
 
     /// dx = dy · W (W is `[out, in]`, dy `[.., out]`).
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> CandleResult<Option<Tensor>> {
-        Ok(Some(grad.broadcast_matmul(&self.weight)?))
+        Ok(Some(
+            match cpu_matmul::input_gradient(grad, &self.weight, None) {
+                Some(dx) => dx.into_tensor()?,
+                None => grad.broadcast_matmul(&self.weight)?,
+            },
+        ))
     }
 }
 
@@ -152,7 +191,6 @@ pub fn lora_linear(
 ) -> CandleResult<Tensor> {
     let (a, b, scale) = lora;
     let weight = weight.detach();
-    let base = frozen_linear(&x.detach(), &weight, bias)?;
     let dropped = |x: &Tensor| -> CandleResult<Tensor> {
         let x = x.to_dtype(DType::F32)?;
         match &dropout {
@@ -161,16 +199,23 @@ pub fn lora_linear(
         }
     };
     let down = dropped(&x.detach())?.broadcast_matmul(&a.detach().t()?)?;
-    let update = (down.broadcast_matmul(&(b.detach() * scale)?.t()?)?).to_dtype(base.dtype())?;
-    let value = (base + update)?;
+    let value = match cpu_matmul::projection(x, &weight, bias, Some((&down, &b.detach(), scale))) {
+        Some(value) => Precomputed::from_cpu(value),
+        None => {
+            let base = frozen_linear(&x.detach(), &weight, bias)?;
+            let update =
+                (down.broadcast_matmul(&(b.detach() * scale)?.t()?)?).to_dtype(base.dtype())?;
+            Precomputed::new((base + update)?)?
+        }
+    };
     if !(x.track_op() || a.track_op() || b.track_op()) {
-        return Ok(value);
+        return value.tensor();
     }
     x.apply_op3(
         a,
         b,
         LoraLinear {
-            value: Precomputed::new(value)?,
+            value,
             weight,
             scale,
             dropout,
@@ -212,11 +257,21 @@ impl CustomOp3 for LoraLinear {
         }
         let d = d.reshape(((), in_dim))?;
         let u = g.matmul(b)?;
-        let mut dx_update = (u.matmul(a)? * self.scale)?.reshape(x.shape())?;
-        if let Some(mask) = &self.dropout {
-            dx_update = mask.apply(&dx_update)?;
-        }
-        let dx = (grad.broadcast_matmul(&self.weight)? + dx_update.to_dtype(x.dtype())?)?;
+        // Without dropout the update's share adds into the product's buffer on the CPU.
+        let dx = match &self.dropout {
+            None => cpu_matmul::input_gradient(grad, &self.weight, Some((&u, a, self.scale))),
+            Some(_) => None,
+        };
+        let dx = match dx {
+            Some(dx) => dx.into_tensor()?,
+            None => {
+                let mut dx_update = (u.matmul(a)? * self.scale)?.reshape(x.shape())?;
+                if let Some(mask) = &self.dropout {
+                    dx_update = mask.apply(&dx_update)?;
+                }
+                (grad.broadcast_matmul(&self.weight)? + dx_update.to_dtype(x.dtype())?)?
+            }
+        };
         let da = (u.t()?.matmul(&d)? * self.scale)?;
         let db = (g.t()?.matmul(&d.matmul(&a.t()?)?)? * self.scale)?;
         Ok((Some(dx), Some(da), Some(db)))
@@ -514,18 +569,25 @@ mod tests {
     }
 
     /// The LoRA projection gives the composed ops' value and the gradients of x, A and B, with
-    /// a dropout mask on the adapter's input, and none for the frozen weight.
+    /// and without a dropout mask on the adapter's input, and none for the frozen weight.
     #[test]
     fn lora_linear_matches_the_composed_ops() {
+        lora_linear_matches_the_composed_ops_with(Some(0.3));
+        lora_linear_matches_the_composed_ops_with(None);
+    }
+
+    fn lora_linear_matches_the_composed_ops_with(dropout: Option<f64>) {
         let (x, w, bias) = (random(&[2, 5, 4], 1), random(&[3, 4], 2), random(&[3], 3));
         let (a, b) = (random(&[2, 4], 5), random(&[3, 2], 6));
         let upstream = random(&[2, 5, 3], 4).as_tensor().detach();
         let scale = 1.5;
         let mask = || {
-            DropoutRng::replay(9, &Device::Cpu)
-                .unwrap()
-                .mask(0.3, x.shape(), &Device::Cpu)
-                .unwrap()
+            dropout.map(|p| {
+                DropoutRng::replay(9, &Device::Cpu)
+                    .unwrap()
+                    .mask(p, x.shape(), &Device::Cpu)
+                    .unwrap()
+            })
         };
         let composed = {
             let base = x
@@ -534,7 +596,10 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&bias.as_tensor().detach())
                 .unwrap();
-            let dropped = mask().apply(x.as_tensor()).unwrap();
+            let dropped = match mask() {
+                Some(mask) => mask.apply(x.as_tensor()).unwrap(),
+                None => x.as_tensor().clone(),
+            };
             let down = dropped
                 .broadcast_matmul(&a.as_tensor().t().unwrap())
                 .unwrap();
@@ -546,7 +611,7 @@ mod tests {
             w.as_tensor(),
             Some(bias.as_tensor()),
             (a.as_tensor(), b.as_tensor(), scale),
-            Some(mask()),
+            mask(),
         )
         .unwrap();
         assert!(max_difference(&composed, &fused) < TOLERANCE);

@@ -1,0 +1,291 @@
+//! The frozen projections' products on the CPU in f32, written by gemm straight into their
+//! output buffer.
+//!
+//! candle's CPU matmul zeroes its output before gemm overwrites it, and a value built from
+//! candle ops is copied once more into the storage a custom op's forward pass returns. A LoRA
+//! projection with a bias took six passes over its output that way (zeroes, product, bias,
+//! the update's zeroes and sum, the copy) where gemm needs one: it writes a buffer it is told
+//! not to read, and adds into one it is told to read (`dst := α·dst + β·lhs·rhs`). gemm is the
+//! library candle's CPU matmul calls; only the calls are here, for contiguous f32 operands.
+//! Anything else (other dtypes, strided views, CUDA) is `None`, and the caller takes candle's
+//! ops.
+use candle_core::{CpuStorage, Layout, Shape, Storage, Tensor};
+use gemm::Parallelism;
+
+/// An output computed here, in the layout candle gives a contiguous tensor of `shape`.
+pub(crate) struct CpuValue {
+    pub data: Vec<f32>,
+    pub shape: Shape,
+}
+
+impl CpuValue {
+    pub fn into_tensor(self) -> candle_core::Result<Tensor> {
+        Tensor::from_vec(self.data, self.shape, &candle_core::Device::Cpu)
+    }
+}
+
+/// A matrix inside an f32 buffer: element (i, j) at `offset + i·row_stride + j·col_stride`.
+#[derive(Clone, Copy)]
+struct Matrix<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Matrix<'a> {
+    /// A contiguous f32 CPU tensor as a row-major matrix of `cols` columns (its last dimension),
+    /// its leading dimensions flattened into the rows.
+    fn of(storage: &'a Storage, layout: &Layout, cols: usize) -> Option<Matrix<'a>> {
+        let Storage::Cpu(CpuStorage::F32(data)) = storage else {
+            return None;
+        };
+        if layout.dims().last() != Some(&cols) {
+            return None;
+        }
+        let (start, end) = layout.contiguous_offsets()?;
+        let rows = (end - start).checked_div(cols)?;
+        (rows * cols == end - start && end <= data.len()).then_some(Matrix {
+            data,
+            offset: start,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        })
+    }
+
+    fn t(self) -> Matrix<'a> {
+        Matrix {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Whether every element (i, j) lies inside `data`.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
+    }
+}
+
+/// `dst := α·dst + β·lhs·rhs` for a contiguous row-major `dst` of `lhs.rows × rhs.cols`; dst is
+/// not read when `read_dst` is false (gemm then takes α = 0 and writes every element).
+///
+/// # Safety
+/// `dst` is valid for writes of `lhs.rows · rhs.cols` f32 values, and for reads of them when
+/// `read_dst`; it overlaps neither operand.
+unsafe fn gemm_into(dst: *mut f32, read_dst: bool, lhs: Matrix, rhs: Matrix, beta: f32) {
+    assert!(lhs.cols == rhs.rows && lhs.in_bounds() && rhs.in_bounds());
+    let threads = rayon::current_num_threads();
+    let parallelism = match threads {
+        1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    };
+    // SAFETY: both operands lie inside their buffers (asserted above, so every offset gemm forms
+    // from these strides is in bounds), and the caller vouches for dst.
+    unsafe {
+        gemm::gemm(
+            lhs.rows,
+            rhs.cols,
+            lhs.cols,
+            dst,
+            1,
+            rhs.cols as isize,
+            read_dst,
+            lhs.data.as_ptr().add(lhs.offset),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr().add(rhs.offset),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// `lhs·rhs` into a new buffer, which gemm writes without it being zeroed first.
+fn product(lhs: Matrix, rhs: Matrix) -> Vec<f32> {
+    let len = lhs.rows * rhs.cols;
+    let mut dst = Vec::with_capacity(len);
+    // SAFETY: dst has room for len values and is a fresh allocation, so it overlaps neither
+    // operand; with read_dst false gemm reads none of it and writes all of it (it sets α to 0,
+    // writes zeros when the inner dimension is 0, and its kernels store without loading
+    // when α is 0), so all len values are initialised before set_len.
+    unsafe {
+        gemm_into(dst.as_mut_ptr(), false, lhs, rhs, 1.0);
+        dst.set_len(len);
+    }
+    dst
+}
+
+/// `dst += beta·lhs·rhs`.
+fn add_product(dst: &mut [f32], lhs: Matrix, rhs: Matrix, beta: f32) {
+    assert_eq!(dst.len(), lhs.rows * rhs.cols);
+    // SAFETY: dst is an initialised exclusive slice of exactly the product's size, so it is
+    // valid for reads and writes and overlaps neither (shared) operand.
+    unsafe { gemm_into(dst.as_mut_ptr(), true, lhs, rhs, beta) }
+}
+
+/// `x·Wᵀ (+ bias) (+ scale·down·Bᵀ)` for x `[.., in]`, W `[out, in]`, bias `[out]`, and a LoRA
+/// update's `down = drop(x)·Aᵀ` `[.., r]` and B `[out, r]`; `None` where the operands are not
+/// contiguous f32 CPU tensors of those shapes.
+pub(crate) fn projection(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    update: Option<(&Tensor, &Tensor, f64)>,
+) -> Option<CpuValue> {
+    let &[out_dim, in_dim] = weight.dims() else {
+        return None;
+    };
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let (w_storage, w_layout) = weight.storage_and_layout();
+    let x_matrix = Matrix::of(&x_storage, x_layout, in_dim)?;
+    let weight_t = Matrix::of(&w_storage, w_layout, in_dim)?.t();
+    let mut data = match bias {
+        Some(bias) => {
+            let (b_storage, b_layout) = bias.storage_and_layout();
+            let bias = Matrix::of(&b_storage, b_layout, out_dim)?;
+            if bias.rows != 1 {
+                return None;
+            }
+            let row = &bias.data[bias.offset..bias.offset + out_dim];
+            let mut data = row.repeat(x_matrix.rows);
+            add_product(&mut data, x_matrix, weight_t, 1.0);
+            data
+        }
+        None => product(x_matrix, weight_t),
+    };
+    if let Some((down, b, scale)) = update {
+        let rank = b.dim(1).ok()?;
+        let (d_storage, d_layout) = down.storage_and_layout();
+        let (b_storage, b_layout) = b.storage_and_layout();
+        let down = Matrix::of(&d_storage, d_layout, rank)?;
+        let b_t = Matrix::of(&b_storage, b_layout, rank)?.t();
+        if down.rows != x_matrix.rows || b_t.cols != out_dim {
+            return None;
+        }
+        add_product(&mut data, down, b_t, scale as f32);
+    }
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut()? = out_dim;
+    Some(CpuValue {
+        data,
+        shape: dims.into(),
+    })
+}
+
+/// The projection's input gradient, `dy·W (+ scale·u·A)` for dy `[.., out]`, W `[out, in]`,
+/// and a LoRA update's `u = dy·B` `[.., r]` and A `[r, in]`; `None` as for [`projection`].
+pub(crate) fn input_gradient(
+    grad: &Tensor,
+    weight: &Tensor,
+    update: Option<(&Tensor, &Tensor, f64)>,
+) -> Option<CpuValue> {
+    let &[out_dim, in_dim] = weight.dims() else {
+        return None;
+    };
+    let (g_storage, g_layout) = grad.storage_and_layout();
+    let (w_storage, w_layout) = weight.storage_and_layout();
+    let g = Matrix::of(&g_storage, g_layout, out_dim)?;
+    let mut data = product(g, Matrix::of(&w_storage, w_layout, in_dim)?);
+    if let Some((u, a, scale)) = update {
+        let rank = a.dim(0).ok()?;
+        let (u_storage, u_layout) = u.storage_and_layout();
+        let (a_storage, a_layout) = a.storage_and_layout();
+        let u = Matrix::of(&u_storage, u_layout, rank)?;
+        let a = Matrix::of(&a_storage, a_layout, in_dim)?;
+        if u.rows != g.rows {
+            return None;
+        }
+        add_product(&mut data, u, a, scale as f32);
+    }
+    let mut dims = grad.dims().to_vec();
+    *dims.last_mut()? = in_dim;
+    Some(CpuValue {
+        data,
+        shape: dims.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{max_difference, random};
+    use candle_core::{DType, IndexOp};
+
+    fn tensor(shape: &[usize], seed: u64) -> Tensor {
+        random(shape, seed).as_tensor().detach()
+    }
+
+    fn assert_close(value: CpuValue, expected: &Tensor) {
+        let value = value.into_tensor().unwrap();
+        assert_eq!(value.dims(), expected.dims());
+        if value.elem_count() > 0 {
+            assert!(max_difference(&value, expected) < 1e-5);
+        }
+    }
+
+    /// Bias, LoRA update and input gradient against candle's ops, on 3-D inputs, on a view
+    /// that starts inside its storage, and on zero rows.
+    #[test]
+    fn products_equal_candles_ops() {
+        let (weight, bias) = (tensor(&[6, 5], 1), tensor(&[6], 2));
+        let (a, b, scale) = (tensor(&[3, 5], 3), tensor(&[6, 3], 4), 0.75);
+        let storage = tensor(&[3, 4, 5], 5);
+        for x in [
+            storage.clone(),
+            storage.i(1..).unwrap(),
+            storage.i(1..1).unwrap(),
+        ] {
+            let down = x.broadcast_matmul(&a.t().unwrap()).unwrap();
+            let expected = (x.broadcast_matmul(&weight.t().unwrap()).unwrap())
+                .broadcast_add(&bias)
+                .unwrap();
+            assert_close(
+                projection(&x, &weight, Some(&bias), None).unwrap(),
+                &expected,
+            );
+
+            let update = (down.broadcast_matmul(&b.t().unwrap()).unwrap() * scale).unwrap();
+            let expected = (x.broadcast_matmul(&weight.t().unwrap()).unwrap() + update).unwrap();
+            let value = projection(&x, &weight, None, Some((&down, &b, scale))).unwrap();
+            assert_close(value, &expected);
+
+            let grad = (x.broadcast_matmul(&weight.t().unwrap()).unwrap() * 0.5).unwrap();
+            let u = grad.broadcast_matmul(&b).unwrap();
+            let expected = (grad.broadcast_matmul(&weight).unwrap()
+                + (u.broadcast_matmul(&a).unwrap() * scale).unwrap())
+            .unwrap();
+            let dx = input_gradient(&grad, &weight, Some((&u, &a, scale))).unwrap();
+            assert_close(dx, &expected);
+        }
+    }
+
+    /// What gemm is not called on: strided views, other dtypes, mismatched shapes.
+    #[test]
+    fn other_operands_are_left_to_candle() {
+        let (weight, x) = (tensor(&[6, 5], 1), tensor(&[4, 5], 2));
+        let strided = tensor(&[5, 4], 3).t().unwrap();
+        assert!(projection(&strided, &weight, None, None).is_none());
+        let half = x.to_dtype(DType::BF16).unwrap();
+        assert!(projection(&half, &weight, None, None).is_none());
+        let wrong_width = tensor(&[5, 4], 4);
+        assert!(projection(&wrong_width, &weight, None, None).is_none());
+        assert!(input_gradient(&x, &weight, None).is_none());
+        assert!(projection(&x, &weight, None, None).is_some());
+    }
+}
