@@ -7,8 +7,9 @@ use crate::{Error, Precision, Result};
 /// Makes glibc keep freed memory for reuse instead of returning it to the kernel. candle
 /// allocates a fresh buffer for every CPU tensor, and glibc maps buffers over 128 KiB from the
 /// kernel and unmaps them when freed, so every op paid page faults on new zeroed pages: with
-/// this, base-size CPU inference ran 1.3× faster (BENCHMARKS.md). Process-wide, so only the
-/// transformer's entry points call it; LightGBM's CV is left on the defaults.
+/// this, base-size CPU inference ran 1.3× faster, and DeBERTa's CPU training 1.13× once no
+/// buffer was mapped (BENCHMARKS.md). Process-wide, so only the transformer's entry points
+/// call it; LightGBM's CV is left on the defaults.
 ///
 /// It also keeps every thread on glibc's main arena. The thresholds hold there, but a thread
 /// off the main thread (the rayon worker that `on_compute_thread` runs CPU folds on) would get
@@ -19,8 +20,12 @@ pub fn reuse_freed_host_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator settings; it is safe to call at any time.
     unsafe {
-        // 32 MiB is the largest mmap threshold glibc accepts on 64-bit targets.
+        // 32 MiB is the largest mmap threshold glibc accepts on 64-bit targets, and larger
+        // buffers (DeBERTa's `[4, 12, 512, 512]` f32 scores are 48 MiB) were still mapped
+        // anew each time: no mapping at all keeps them in the heap too (glibc still maps when
+        // the heap cannot grow).
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
@@ -31,8 +36,8 @@ pub fn reuse_freed_host_memory() {
 /// calling thread waiting: candle's CPU matmuls (gemm) split their work over that pool, and
 /// from a thread outside it each of gemm's parallel sections (several per matmul, thousands
 /// per training step) is handed to a worker while the caller sleeps; from a worker, the
-/// section starts in place and the other workers join in. The LLM bench ran 8–24% faster so on 2 cores, DeBERTa's within noise
-/// (BENCHMARKS.md). rayon's `scope` runs its closure on a pool thread when called from outside
+/// section starts in place and the other workers join in. The LLM bench ran 8–24% faster so
+/// on 2 cores, DeBERTa's within noise (BENCHMARKS.md). rayon's `scope` runs its closure on a pool thread when called from outside
 /// the pool (rayon-core's `in_worker`); `cpu_work_runs_on_a_pool_thread` checks it. A GPU run
 /// stays on the calling thread, where its CUDA context was made: the pool would gain it nothing.
 pub fn on_compute_thread<R: Send>(spec: &str, work: impl FnOnce() -> R + Send) -> R {

@@ -11,6 +11,7 @@
 //! other.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod adamw_cpu;
 mod checkpoint;
 mod config;
 mod cpu_matmul;

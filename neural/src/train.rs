@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::adamw_cpu;
 use crate::memory::{gib, MemoryEstimate};
 use crate::ops::DropoutRng;
 use crate::{
@@ -71,9 +72,10 @@ fn lr_factor(step: usize, total: usize, config: &TrainingConfig) -> f64 {
     }
 }
 
+/// A weight's AdamW state: the first and second moments as one `[2, ..shape]` tensor (the CPU
+/// step updates both in one pass).
 struct Moments {
-    first: Tensor,
-    second: Tensor,
+    values: Tensor,
     steps: i32,
 }
 
@@ -88,6 +90,9 @@ pub struct AdamW {
     weight_decay: f64,
     /// Elements per block of an in-place update.
     block_elements: usize,
+    /// Whether contiguous f32 CPU weights take `adamw_cpu`'s two passes (off only in tests,
+    /// which check it against the tensor ops).
+    cpu_passes: bool,
 }
 
 impl AdamW {
@@ -101,12 +106,14 @@ impl AdamW {
             eps: config.adam_eps,
             weight_decay: config.weight_decay,
             block_elements: ADAMW_BLOCK_ELEMENTS,
+            cpu_passes: true,
         }
     }
 
-    /// Updates `var` and its moments in place, a block of rows at a time: no temporary is
-    /// larger than a block, where whole-tensor ops would make several copies of the
-    /// 128,100 × 768 embedding table on every step.
+    /// Updates `var` and its moments in place: on the CPU in two passes over the elements
+    /// (`adamw_cpu`), elsewhere a block of rows at a time, so that no temporary is larger than
+    /// a block, where whole-tensor ops would make several copies of the 128,100 × 768
+    /// embedding table on every step.
     /// `grad_factor` multiplies the gradient first (loss unscaling and clipping); `decays`
     /// says whether the weight takes the weight decay.
     pub fn step(
@@ -120,29 +127,42 @@ impl AdamW {
         let state = match self.moments.get_mut(name) {
             Some(state) => state,
             None => self.moments.entry(name.to_string()).or_insert(Moments {
-                first: grad.zeros_like()?,
-                second: grad.zeros_like()?,
+                values: Tensor::stack(&[grad.zeros_like()?, grad.zeros_like()?], 0)?,
                 steps: 0,
             }),
         };
         state.steps += 1;
-        let first_correction = 1.0 - self.beta1.powi(state.steps);
-        let second_correction = 1.0 - self.beta2.powi(state.steps);
-        let decay = if decays { self.weight_decay } else { 0.0 };
+        let hyper = adamw_cpu::Hyper {
+            grad_factor,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            first_correction: 1.0 - self.beta1.powi(state.steps),
+            second_correction: 1.0 - self.beta2.powi(state.steps),
+            eps: self.eps,
+            lr,
+            decay: if decays { self.weight_decay } else { 0.0 },
+        };
         let weights = var.as_tensor();
+        if self.cpu_passes {
+            if let Some(result) = adamw_cpu::step(weights, &state.values, grad, &hyper) {
+                return Ok(result?);
+            }
+        }
+        let (first_all, second_all) = (state.values.get(0)?, state.values.get(1)?);
         let rows = weights.dim(0)?.max(1);
         let block = (self.block_elements / (weights.elem_count() / rows).max(1)).max(1);
         for start in (0..rows).step_by(block) {
             let len = block.min(rows - start);
             let part = |t: &Tensor| t.narrow(0, start, len);
             let g = (part(grad)? * grad_factor)?;
-            let first = ((part(&state.first)? * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
-            let second = ((part(&state.second)? * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
-            let update = ((&first / first_correction)?
-                / ((&second / second_correction)?.sqrt()? + self.eps)?)?;
-            let next = ((part(weights)? * (1.0 - lr * decay))? - (update * lr)?)?;
-            state.first.slice_set(&first, 0, start)?;
-            state.second.slice_set(&second, 0, start)?;
+            let first = ((part(&first_all)? * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
+            let second = ((part(&second_all)? * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            let update = ((&first / hyper.first_correction)?
+                / ((&second / hyper.second_correction)?.sqrt()? + self.eps)?)?;
+            let next = ((part(weights)? * (1.0 - lr * hyper.decay))? - (update * lr)?)?;
+            state
+                .values
+                .slice_set(&Tensor::stack(&[first, second], 0)?, 1, start)?;
             weights.slice_set(&next, 0, start)?;
         }
         Ok(())
@@ -760,27 +780,69 @@ mod tests {
             ..TrainingConfig::default()
         };
         let device = Device::Cpu;
-        let weight =
-            Var::from_vec(vec![0.5f32, -1.0, 2.0, 0.1, 0.2, -0.3], (3, 2), &device).unwrap();
         let grads = [
             [0.3f32, -0.2, 0.0, 1.5, -0.7, 0.05],
             [-0.1, 0.4, 0.2, -0.6, 0.9, 0.0],
         ];
-        let mut optimizer = AdamW::new(&config);
-        // Blocks of one row, so that the in-place block updates are exercised.
-        optimizer.block_elements = 2;
-        for grad in grads {
-            // The factor halves a doubled gradient: clipping's path.
-            let doubled =
-                Tensor::from_vec(grad.map(|g| 2.0 * g).to_vec(), (3, 2), &device).unwrap();
-            optimizer
-                .step("w.weight", &weight, &doubled, (0.5, 0.01), true)
-                .unwrap();
+        // The CPU passes, and the tensor ops in blocks of one row (so that the in-place block
+        // updates are exercised).
+        for cpu_passes in [true, false] {
+            let weight =
+                Var::from_vec(vec![0.5f32, -1.0, 2.0, 0.1, 0.2, -0.3], (3, 2), &device).unwrap();
+            let mut optimizer = AdamW::new(&config);
+            optimizer.cpu_passes = cpu_passes;
+            optimizer.block_elements = 2;
+            for grad in grads {
+                // The factor halves a doubled gradient: clipping's path.
+                let doubled =
+                    Tensor::from_vec(grad.map(|g| 2.0 * g).to_vec(), (3, 2), &device).unwrap();
+                optimizer
+                    .step("w.weight", &weight, &doubled, (0.5, 0.01), true)
+                    .unwrap();
+            }
+            let got = weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (g, e) in got.iter().zip(expected) {
+                assert!(
+                    (g - e).abs() < 1e-6,
+                    "{got:?} vs {expected:?} ({cpu_passes})"
+                );
+            }
         }
-        let got = weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for (g, e) in got.iter().zip(expected) {
-            assert!((g - e).abs() < 1e-6, "{got:?} vs {expected:?}");
-        }
+    }
+
+    /// The CPU passes give the tensor ops' weights and moments exactly, over several steps of
+    /// a weight larger than a parallel work item, with and without decay.
+    #[test]
+    fn adamw_cpu_passes_equal_the_tensor_ops() {
+        let config = TrainingConfig {
+            weight_decay: 0.01,
+            ..TrainingConfig::default()
+        };
+        let shape = (70_000, 2);
+        let start = crate::testing::random(&[shape.0, shape.1], 1)
+            .as_tensor()
+            .detach();
+        let run = |cpu_passes: bool| {
+            let weight = Var::from_tensor(&start).unwrap();
+            let mut optimizer = AdamW::new(&config);
+            optimizer.cpu_passes = cpu_passes;
+            for step in 0..3u64 {
+                let grad = crate::testing::random(&[shape.0, shape.1], 10 + step);
+                let grad = grad.as_tensor().detach();
+                optimizer
+                    .step("w", &weight, &grad, (0.7, 2e-3), step != 1)
+                    .unwrap();
+            }
+            let moments = values_of(&optimizer.moments["w"].values);
+            (values_of(weight.as_tensor()), moments)
+        };
+        let (passes, ops) = (run(true), run(false));
+        assert!(passes.0 != values_of(&start), "the weights did not move");
+        assert!(passes == ops, "the CPU passes and the tensor ops differ");
+    }
+
+    fn values_of(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 
     /// The bits of a tensor, for bit-identity checks (NaN-safe, unlike float equality).
@@ -821,8 +883,7 @@ mod tests {
             let moments = &optimizer.moments["w.weight"];
             (
                 bits(weight.as_tensor()),
-                bits(&moments.first),
-                bits(&moments.second),
+                bits(&moments.values),
                 moments.steps,
             )
         };
