@@ -12,6 +12,7 @@ mod adapter;
 mod config;
 mod encode;
 mod error;
+mod gated_cpu;
 mod member;
 mod model;
 mod ops;

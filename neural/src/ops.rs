@@ -26,7 +26,7 @@ use candle_core::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::cpu_matmul::{self, CpuValue};
+use crate::cpu_matmul;
 
 type CandleResult<T> = candle_core::Result<T>;
 
@@ -36,8 +36,8 @@ pub struct Precomputed(Mutex<Option<NodeValue>>);
 
 enum NodeValue {
     Tensor(Tensor),
-    /// A buffer written for the node (`cpu_matmul`), handed over without a copy.
-    Cpu(CpuValue),
+    /// An f32 buffer written for the node on the CPU, handed over without a copy.
+    Cpu(Vec<f32>, Shape),
 }
 
 impl Precomputed {
@@ -53,8 +53,9 @@ impl Precomputed {
         )))))
     }
 
-    fn from_cpu(value: CpuValue) -> Precomputed {
-        Precomputed(Mutex::new(Some(NodeValue::Cpu(value))))
+    /// A value computed on the CPU into an f32 buffer of `shape`'s contiguous layout.
+    pub fn from_cpu(data: Vec<f32>, shape: Shape) -> Precomputed {
+        Precomputed(Mutex::new(Some(NodeValue::Cpu(data, shape))))
     }
 
     fn take(&self) -> CandleResult<NodeValue> {
@@ -70,16 +71,16 @@ impl Precomputed {
     }
 
     /// The value as a tensor, for a caller that makes no node of it.
-    fn tensor(self) -> CandleResult<Tensor> {
+    pub fn tensor(self) -> CandleResult<Tensor> {
         match self.take()? {
             NodeValue::Tensor(value) => Ok(value),
-            NodeValue::Cpu(value) => value.into_tensor(),
+            NodeValue::Cpu(data, shape) => Tensor::from_vec(data, shape, &Device::Cpu),
         }
     }
 
     pub fn cpu(&self) -> CandleResult<(CpuStorage, Shape)> {
         let value = match self.take()? {
-            NodeValue::Cpu(value) => return Ok((CpuStorage::F32(value.data), value.shape)),
+            NodeValue::Cpu(data, shape) => return Ok((CpuStorage::F32(data), shape)),
             NodeValue::Tensor(value) => value,
         };
         // candle has no way to move a storage out of a tensor: one copy.
@@ -133,7 +134,7 @@ macro_rules! precomputed_forward {
 pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> CandleResult<Tensor> {
     let weight = weight.detach();
     let value = match cpu_matmul::projection(x, &weight, bias, None) {
-        Some(value) => Precomputed::from_cpu(value),
+        Some(value) => Precomputed::from_cpu(value.data, value.shape),
         None => {
             let value = x.detach().broadcast_matmul(&weight.t()?)?;
             let value = match bias {
@@ -200,7 +201,7 @@ pub fn lora_linear(
     };
     let down = dropped(&x.detach())?.broadcast_matmul(&a.detach().t()?)?;
     let value = match cpu_matmul::projection(x, &weight, bias, Some((&down, &b.detach(), scale))) {
-        Some(value) => Precomputed::from_cpu(value),
+        Some(value) => Precomputed::from_cpu(value.data, value.shape),
         None => {
             let base = frozen_linear(&x.detach(), &weight, bias)?;
             let update =
