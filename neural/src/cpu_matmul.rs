@@ -6,9 +6,9 @@
 //! projection with a bias took six passes over its output that way (zeroes, product, bias,
 //! the update's zeroes and sum, the copy) where gemm needs one: it writes a buffer it is told
 //! not to read, and adds into one it is told to read (`dst := α·dst + β·lhs·rhs`). gemm is the
-//! library candle's CPU matmul calls; only the calls are here, for contiguous f32 operands.
-//! Anything else (other dtypes, strided views, CUDA) is `None`, and the caller takes candle's
-//! ops.
+//! library candle's CPU matmul calls, here called the same way (rayon's pool, candle's thread
+//! count) for contiguous f32 operands. Anything else (other dtypes, strided views, CUDA) is
+//! `None`, and the caller takes candle's ops.
 use candle_core::{CpuStorage, Layout, Shape, Storage, Tensor};
 use gemm::Parallelism;
 
@@ -84,8 +84,8 @@ impl<'a> Matrix<'a> {
 /// `read_dst`; it overlaps neither operand.
 unsafe fn gemm_into(dst: *mut f32, read_dst: bool, lhs: Matrix, rhs: Matrix, beta: f32) {
     assert!(lhs.cols == rhs.rows && lhs.in_bounds() && rhs.in_bounds());
-    let threads = rayon::current_num_threads();
-    let parallelism = match threads {
+    // The thread count candle gives gemm for its own matmuls.
+    let parallelism = match candle_core::utils::get_num_threads() {
         1 => Parallelism::None,
         n => Parallelism::Rayon(n),
     };

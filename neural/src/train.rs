@@ -127,7 +127,7 @@ impl AdamW {
         let state = match self.moments.get_mut(name) {
             Some(state) => state,
             None => self.moments.entry(name.to_string()).or_insert(Moments {
-                values: Tensor::stack(&[grad.zeros_like()?, grad.zeros_like()?], 0)?,
+                values: Tensor::zeros([&[2], grad.dims()].concat(), grad.dtype(), grad.device())?,
                 steps: 0,
             }),
         };
