@@ -26,7 +26,7 @@ impl CpuValue {
 
 /// A matrix inside an f32 buffer: element (i, j) at `offset + i·row_stride + j·col_stride`.
 #[derive(Clone, Copy)]
-struct Matrix<'a> {
+pub(crate) struct Matrix<'a> {
     data: &'a [f32],
     offset: usize,
     rows: usize,
@@ -38,7 +38,7 @@ struct Matrix<'a> {
 impl<'a> Matrix<'a> {
     /// A contiguous f32 CPU tensor as a row-major matrix of `cols` columns (its last dimension),
     /// its leading dimensions flattened into the rows.
-    fn of(storage: &'a Storage, layout: &Layout, cols: usize) -> Option<Matrix<'a>> {
+    pub(crate) fn of(storage: &'a Storage, layout: &Layout, cols: usize) -> Option<Matrix<'a>> {
         let Storage::Cpu(CpuStorage::F32(data)) = storage else {
             return None;
         };
@@ -57,7 +57,34 @@ impl<'a> Matrix<'a> {
         })
     }
 
-    fn t(self) -> Matrix<'a> {
+    /// A row-major matrix of `cols` columns over all of `data`.
+    pub(crate) fn row_major(data: &'a [f32], cols: usize) -> Matrix<'a> {
+        Matrix {
+            data,
+            offset: 0,
+            rows: data.len() / cols,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The elements of a row-major matrix, row after row.
+    pub(crate) fn values(&self) -> &'a [f32] {
+        assert!(self.row_stride == self.cols && self.col_stride == 1);
+        &self.data[self.offset..self.offset + self.rows * self.cols]
+    }
+
+    /// Rows `start..start + count`.
+    pub(crate) fn rows(self, start: usize, count: usize) -> Matrix<'a> {
+        Matrix {
+            offset: self.offset + start * self.row_stride,
+            rows: count,
+            ..self
+        }
+    }
+
+    pub(crate) fn t(self) -> Matrix<'a> {
         Matrix {
             rows: self.cols,
             cols: self.rows,
@@ -82,10 +109,12 @@ impl<'a> Matrix<'a> {
 /// # Safety
 /// `dst` is valid for writes of `lhs.rows · rhs.cols` f32 values, and for reads of them when
 /// `read_dst`; it overlaps neither operand.
-unsafe fn gemm_into(dst: *mut f32, read_dst: bool, lhs: Matrix, rhs: Matrix, beta: f32) {
+pub(crate) unsafe fn gemm_into(dst: *mut f32, read_dst: bool, lhs: Matrix, rhs: Matrix, beta: f32) {
     assert!(lhs.cols == rhs.rows && lhs.in_bounds() && rhs.in_bounds());
-    // The thread count candle gives gemm for its own matmuls.
-    let parallelism = match candle_core::utils::get_num_threads() {
+    // The thread count candle gives gemm for its own matmuls, read once: candle reads the
+    // environment and the CPU list anew at every call.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let parallelism = match *THREADS.get_or_init(candle_core::utils::get_num_threads) {
         1 => Parallelism::None,
         n => Parallelism::Rayon(n),
     };

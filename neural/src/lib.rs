@@ -14,6 +14,7 @@
 mod adamw_cpu;
 mod checkpoint;
 mod config;
+mod cpu_attention;
 mod cpu_matmul;
 // Compiled into the tests of every build, so that the CPU CI checks its search and messages.
 #[cfg(any(feature = "cuda", test))]

@@ -26,7 +26,7 @@ use candle_core::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::cpu_matmul;
+use crate::{cpu_attention, cpu_matmul};
 
 type CandleResult<T> = candle_core::Result<T>;
 
@@ -200,6 +200,7 @@ pub fn lora_linear(
         }
     };
     let down = dropped(&x.detach())?.broadcast_matmul(&a.detach().t()?)?;
+    let rank = a.dim(0)?;
     let value = match cpu_matmul::projection(x, &weight, bias, Some((&down, &b.detach(), scale))) {
         Some(value) => Precomputed::from_cpu(value.data, value.shape),
         None => {
@@ -220,6 +221,7 @@ pub fn lora_linear(
             weight,
             scale,
             dropout,
+            down: down.reshape(((), rank))?,
         },
     )
 }
@@ -229,6 +231,8 @@ struct LoraLinear {
     weight: Tensor,
     scale: f64,
     dropout: Option<KeepMask>,
+    /// The forward pass's d·Aᵀ (`[rows, r]`, f32), which dB needs again.
+    down: Tensor,
 }
 
 impl CustomOp3 for LoraLinear {
@@ -239,7 +243,7 @@ impl CustomOp3 for LoraLinear {
     crate::precomputed_forward!(s1 l1, s2 l2, s3 l3);
 
     /// With g = dy (f32, rows flattened), d = drop(x) and u = g·B:
-    /// dx = g·W + s·mask(u·A), dA = s·uᵀ·d, dB = s·gᵀ·(d·Aᵀ).
+    /// dx = g·W + s·mask(u·A), dA = s·uᵀ·d, dB = s·gᵀ·(d·Aᵀ), d·Aᵀ kept from the forward pass.
     fn bwd(
         &self,
         x: &Tensor,
@@ -274,7 +278,7 @@ impl CustomOp3 for LoraLinear {
             }
         };
         let da = (u.t()?.matmul(&d)? * self.scale)?;
-        let db = (g.t()?.matmul(&d.matmul(&a.t()?)?)? * self.scale)?;
+        let db = (g.t()?.matmul(&self.down)? * self.scale)?;
         Ok((Some(dx), Some(da), Some(db)))
     }
 }
@@ -412,6 +416,28 @@ pub fn attention_probs(
 ) -> CandleResult<Tensor> {
     let dtype = query.dtype();
     let (q, k) = (query.detach(), key.detach());
+    let plain = terms.is_none()
+        && softcap.is_none()
+        && !matches!(dropout, Some((p, _)) if p > 0.0)
+        && dtype == DType::F32;
+    if let Some(probs) = plain
+        .then(|| cpu_attention::probs(&q, &k, mask_bias))
+        .flatten()
+    {
+        let (b, h, len, _) = q.dims4()?;
+        let value = Precomputed::from_cpu(probs, (b, h, len, len).into());
+        if !grads {
+            return value.tensor();
+        }
+        let node = AttentionProbs {
+            value,
+            softmax: None,
+            mask: None,
+            softcap: None,
+            terms: None,
+        };
+        return query.apply_op3(key, query, node);
+    }
     let mut scores = q.matmul(&k.t()?)?;
     if let Some(terms) = &terms {
         scores = terms.add_to(scores, &q, &k)?;
@@ -495,6 +521,17 @@ impl CustomOp3 for AttentionProbs {
             &inputs.detach(),
             &output.detach(),
         );
+        let plain = self.softmax.is_none()
+            && self.mask.is_none()
+            && self.softcap.is_none()
+            && self.terms.is_none();
+        if let Some((dq, dk)) = plain
+            .then(|| cpu_attention::gradients(query, key, output, grad))
+            .flatten()
+        {
+            let on_cpu = |data| Tensor::from_vec(data, query.shape(), &Device::Cpu);
+            return Ok((Some(on_cpu(dq)?), Some(on_cpu(dk)?), None));
+        }
         let dtype = query.dtype();
         let mut grad_softmax = grad.to_dtype(DType::F32)?;
         if let Some(mask) = &self.mask {
@@ -656,6 +693,39 @@ mod tests {
         .unwrap();
         let composed =
             candle_nn::ops::softmax(&query.matmul(&key.t().unwrap()).unwrap(), D::Minus1).unwrap();
+        assert_same(&op, &composed, &[&query, &key]);
+    }
+
+    /// A causal mask per batch row, one with a padded key, as the LLM member builds them: the
+    /// CPU path against the composed ops, values and gradients.
+    #[test]
+    fn masked_attention_probs_equal_the_composed_ones() {
+        let query = random(&[2, 3, 4, 5], 21);
+        let key = random(&[2, 3, 4, 5], 22);
+        let mask: Vec<f32> = (0..2 * 4 * 4)
+            .map(|i| {
+                let (batch, row, col) = (i / 16, (i / 4) % 4, i % 4);
+                if col > row || (batch == 1 && col == 0) {
+                    -1e9
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (2, 1, 4, 4), &Device::Cpu).unwrap();
+        let op = attention_probs(
+            query.as_tensor(),
+            key.as_tensor(),
+            None,
+            &mask,
+            None,
+            None,
+            true,
+        )
+        .unwrap();
+        let scores = query.matmul(&key.t().unwrap()).unwrap();
+        let composed =
+            candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
         assert_same(&op, &composed, &[&query, &key]);
     }
 
