@@ -57,6 +57,25 @@ impl<'a> Matrix<'a> {
         })
     }
 
+    /// A 2-D f32 CPU tensor with any strides (a weight stored transposed, behind a transposed
+    /// view).
+    fn of_2d(storage: &'a Storage, layout: &Layout) -> Option<Matrix<'a>> {
+        let (Storage::Cpu(CpuStorage::F32(data)), &[rows, cols], &[row_stride, col_stride]) =
+            (storage, layout.dims(), layout.stride())
+        else {
+            return None;
+        };
+        let matrix = Matrix {
+            data,
+            offset: layout.start_offset(),
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        };
+        matrix.in_bounds().then_some(matrix)
+    }
+
     /// A row-major matrix of `cols` columns over all of `data`.
     pub(crate) fn row_major(data: &'a [f32], cols: usize) -> Matrix<'a> {
         Matrix {
@@ -168,7 +187,7 @@ fn add_product(dst: &mut [f32], lhs: Matrix, rhs: Matrix, beta: f32) {
     unsafe { gemm_into(dst.as_mut_ptr(), true, lhs, rhs, beta) }
 }
 
-/// `x·Wᵀ (+ bias) (+ scale·down·Bᵀ)` for x `[.., in]`, W `[out, in]`, bias `[out]`, and a LoRA
+/// `x·Wᵀ (+ bias) (+ scale·down·Bᵀ)` for x `[.., in]`, W `[out, in]` (any strides), bias `[out]`, and a LoRA
 /// update's `down = drop(x)·Aᵀ` `[.., r]` and B `[out, r]`; `None` where the operands are not
 /// contiguous f32 CPU tensors of those shapes.
 pub(crate) fn projection(
@@ -183,7 +202,7 @@ pub(crate) fn projection(
     let (x_storage, x_layout) = x.storage_and_layout();
     let (w_storage, w_layout) = weight.storage_and_layout();
     let x_matrix = Matrix::of(&x_storage, x_layout, in_dim)?;
-    let weight_t = Matrix::of(&w_storage, w_layout, in_dim)?.t();
+    let weight_t = Matrix::of_2d(&w_storage, w_layout)?.t();
     let mut data = match bias {
         Some(bias) => {
             let (b_storage, b_layout) = bias.storage_and_layout();
@@ -230,7 +249,7 @@ pub(crate) fn input_gradient(
     let (g_storage, g_layout) = grad.storage_and_layout();
     let (w_storage, w_layout) = weight.storage_and_layout();
     let g = Matrix::of(&g_storage, g_layout, out_dim)?;
-    let mut data = product(g, Matrix::of(&w_storage, w_layout, in_dim)?);
+    let mut data = product(g, Matrix::of_2d(&w_storage, w_layout)?);
     if let Some((u, a, scale)) = update {
         let rank = a.dim(0).ok()?;
         let (u_storage, u_layout) = u.storage_and_layout();
@@ -269,37 +288,39 @@ mod tests {
     }
 
     /// Bias, LoRA update and input gradient against candle's ops, on 3-D inputs, on a view
-    /// that starts inside its storage, and on zero rows.
+    /// that starts inside its storage, on zero rows, and with the weight stored transposed.
     #[test]
     fn products_equal_candles_ops() {
-        let (weight, bias) = (tensor(&[6, 5], 1), tensor(&[6], 2));
+        let (stored, bias) = (tensor(&[6, 5], 1), tensor(&[6], 2));
+        let transposed = stored.t().unwrap().contiguous().unwrap().t().unwrap();
         let (a, b, scale) = (tensor(&[3, 5], 3), tensor(&[6, 3], 4), 0.75);
         let storage = tensor(&[3, 4, 5], 5);
-        for x in [
+        let inputs = [
             storage.clone(),
             storage.i(1..).unwrap(),
             storage.i(1..1).unwrap(),
-        ] {
+        ];
+        for (weight, x) in [&stored, &transposed]
+            .into_iter()
+            .flat_map(|w| inputs.iter().map(move |x| (w, x)))
+        {
             let down = x.broadcast_matmul(&a.t().unwrap()).unwrap();
             let expected = (x.broadcast_matmul(&weight.t().unwrap()).unwrap())
                 .broadcast_add(&bias)
                 .unwrap();
-            assert_close(
-                projection(&x, &weight, Some(&bias), None).unwrap(),
-                &expected,
-            );
+            assert_close(projection(x, weight, Some(&bias), None).unwrap(), &expected);
 
             let update = (down.broadcast_matmul(&b.t().unwrap()).unwrap() * scale).unwrap();
             let expected = (x.broadcast_matmul(&weight.t().unwrap()).unwrap() + update).unwrap();
-            let value = projection(&x, &weight, None, Some((&down, &b, scale))).unwrap();
+            let value = projection(x, weight, None, Some((&down, &b, scale))).unwrap();
             assert_close(value, &expected);
 
             let grad = (x.broadcast_matmul(&weight.t().unwrap()).unwrap() * 0.5).unwrap();
             let u = grad.broadcast_matmul(&b).unwrap();
-            let expected = (grad.broadcast_matmul(&weight).unwrap()
+            let expected = (grad.broadcast_matmul(weight).unwrap()
                 + (u.broadcast_matmul(&a).unwrap() * scale).unwrap())
             .unwrap();
-            let dx = input_gradient(&grad, &weight, Some((&u, &a, scale))).unwrap();
+            let dx = input_gradient(&grad, weight, Some((&u, &a, scale))).unwrap();
             assert_close(dx, &expected);
         }
     }

@@ -14,8 +14,10 @@
 //! output gradient and input alive for the whole pass, which doubled the training peak of
 //! Qwen2.5-0.5B's shape (BENCHMARKS.md).
 //!
-//! A node's value is copied once into the storage candle's custom-op interface asks for: a
-//! memcpy per op, negligible beside the matmuls around it.
+//! A node's value made with candle ops is copied once into the storage candle's custom-op
+//! interface asks for (candle cannot move a storage out of a tensor). On the CPU in f32 the
+//! projections and plain attention write their value into a buffer of their own
+//! (`cpu_matmul`, `cpu_attention`), which the node takes without a copy.
 use std::cell::RefCell;
 use std::sync::Mutex;
 
