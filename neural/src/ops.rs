@@ -139,14 +139,10 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Cand
         Some(value) => Precomputed::from_cpu(value.data, value.shape),
         None => {
             let value = x.detach().broadcast_matmul(&weight.t()?)?;
-            let value = match bias {
+            Precomputed::new(match bias {
                 Some(bias) => value.broadcast_add(&bias.detach())?,
                 None => value,
-            };
-            if !x.track_op() {
-                return Ok(value);
-            }
-            Precomputed::new(value)?
+            })?
         }
     };
     if !x.track_op() {
