@@ -6,7 +6,10 @@
 //! a call to libm's scalar `expf`. For Qwen2.5-0.5B's MLP at 512 tokens each pass covers
 //! `[512, 4864]`. Anything but contiguous f32 CPU tensors of one shape is `None`, and the
 //! caller takes candle's ops.
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, Storage, Tensor};
+use neural::CpuValue;
 use rayon::prelude::*;
 
 use crate::ops::Activation;
@@ -82,69 +85,80 @@ fn with_values<const N: usize, R>(
     Some(work(slices))
 }
 
-/// A buffer of `len` values, each written once by `fill` (given chunks of [`CHUNK`] and their
-/// index), with no zeroing first.
-fn filled(len: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(CHUNK)
+/// `N` buffers of `len` values written together, a chunk of [`CHUNK`] of each at a time, by
+/// `fill` (given the chunk's index), with no zeroing first.
+fn filled<const N: usize>(
+    len: usize,
+    fill: impl Fn(usize, [&mut [MaybeUninit<f32>]; N]) + Sync,
+) -> [Vec<f32>; N] {
+    let mut outs: [Vec<f32>; N] = std::array::from_fn(|_| Vec::with_capacity(len));
+    let mut chunks = outs
+        .each_mut()
+        .map(|out| out.spare_capacity_mut()[..len].chunks_mut(CHUNK));
+    let work: Vec<[&mut [MaybeUninit<f32>]; N]> = (0..len.div_ceil(CHUNK))
+        .map(|_| {
+            chunks
+                .each_mut()
+                .map(|c| c.next().expect("one chunk per index"))
+        })
+        .collect();
+    work.into_par_iter()
         .enumerate()
         .for_each(|(i, chunk)| fill(i, chunk));
-    // SAFETY: the chunks cover all len slots and each `fill` writes every slot of its chunk
-    // (its loops zip the chunk with input chunks of the same length).
-    unsafe { out.set_len(len) };
-    out
+    for out in &mut outs {
+        // SAFETY: the chunks cover all len slots and each `fill` writes every slot of its
+        // chunks (its loops zip them with input chunks of the same length).
+        unsafe { out.set_len(len) };
+    }
+    outs
 }
 
 /// `act(gate)·up`.
-pub(crate) fn value(gate: &Tensor, up: &Tensor, activation: Activation) -> Option<Vec<f32>> {
+pub(crate) fn value(gate: &Tensor, up: &Tensor, activation: Activation) -> Option<CpuValue> {
     fn run(gate: &[f32], up: &[f32], act: impl Fn(f32) -> (f32, f32) + Sync) -> Vec<f32> {
-        filled(gate.len(), |i, out| {
+        let [out] = filled(gate.len(), |i, [out]| {
             let range = i * CHUNK..(i * CHUNK + out.len());
             for ((o, &g), &u) in out.iter_mut().zip(&gate[range.clone()]).zip(&up[range]) {
                 o.write(act(g).0 * u);
             }
-        })
+        });
+        out
     }
-    with_values([gate, up], |[gate, up]| match activation {
+    let data = with_values([gate, up], |[gate, up]| match activation {
         Activation::Silu => run(gate, up, silu),
         Activation::GeluTanh => run(gate, up, gelu_tanh),
-    })
+    })?;
+    let shape = gate.shape().clone();
+    Some(CpuValue { data, shape })
 }
 
-/// The gradients (d_gate, d_up) = (dy·up·act'(gate), dy·act(gate)).
+/// The gradients (d_gate, d_up) = (dy·up·act'(gate), dy·act(gate)), in one pass.
 pub(crate) fn gradients(
     gate: &Tensor,
     up: &Tensor,
     grad: &Tensor,
     activation: Activation,
-) -> Option<(Vec<f32>, Vec<f32>)> {
-    fn run(
-        [gate, up, grad]: [&[f32]; 3],
-        act: impl Fn(f32) -> (f32, f32) + Sync,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let d_up = filled(gate.len(), |i, out| {
-            let range = i * CHUNK..(i * CHUNK + out.len());
-            for ((o, &g), &dy) in out.iter_mut().zip(&gate[range.clone()]).zip(&grad[range]) {
-                o.write(dy * act(g).0);
+) -> Option<(CpuValue, CpuValue)> {
+    fn run([gate, up, grad]: [&[f32]; 3], act: impl Fn(f32) -> (f32, f32) + Sync) -> [Vec<f32>; 2] {
+        filled(gate.len(), |i, [d_gate, d_up]| {
+            let start = i * CHUNK;
+            for (j, (d_gate, d_up)) in d_gate.iter_mut().zip(d_up.iter_mut()).enumerate() {
+                let (g, u, dy) = (gate[start + j], up[start + j], grad[start + j]);
+                let (value, derivative) = act(g);
+                d_up.write(dy * value);
+                d_gate.write(dy * u * derivative);
             }
-        });
-        let d_gate = filled(gate.len(), |i, out| {
-            let range = i * CHUNK..(i * CHUNK + out.len());
-            let inputs = gate[range.clone()]
-                .iter()
-                .zip(&up[range.clone()])
-                .zip(&grad[range]);
-            for (o, ((&g, &u), &dy)) in out.iter_mut().zip(inputs) {
-                o.write(dy * u * act(g).1);
-            }
-        });
-        (d_gate, d_up)
+        })
     }
-    with_values([gate, up, grad], |inputs| match activation {
+    let [d_gate, d_up] = with_values([gate, up, grad], |inputs| match activation {
         Activation::Silu => run(inputs, silu),
         Activation::GeluTanh => run(inputs, gelu_tanh),
-    })
+    })?;
+    let value = |data| CpuValue {
+        data,
+        shape: gate.shape().clone(),
+    };
+    Some((value(d_gate), value(d_up)))
 }
 
 #[cfg(test)]

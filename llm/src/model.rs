@@ -260,18 +260,11 @@ impl Projection {
         bias: bool,
         eight_bit: bool,
     ) -> Result<Projection> {
-        let linear = linear(vb, in_dim, out_dim, bias)?;
-        // gemm packs a weight stored `[out, in]` at every forward product; with more inputs
-        // than outputs (the MLP's down projection) that cost more than reading it transposed
-        // costs the backward pass, so on the CPU in f32 such a weight is kept `[in, out]` in
-        // memory behind an `[out, in]` view (BENCHMARKS.md).
-        let weight = linear.weight();
-        let linear = match weight.device().is_cpu() && weight.dtype() == DType::F32 {
-            true if in_dim > out_dim && !eight_bit => {
-                Linear::new(weight.t()?.contiguous()?.t()?, linear.bias().cloned())
-            }
-            _ => linear,
-        };
+        let mut linear = linear(vb, in_dim, out_dim, bias)?;
+        if !eight_bit {
+            let weight = neural::frozen_weight(linear.weight().clone())?;
+            linear = Linear::new(weight, linear.bias().cloned());
+        }
         let mut projection = Projection {
             base: BaseWeight::Dense(linear),
             lora: None,

@@ -145,7 +145,7 @@ pub(crate) fn gated_product(
     activation: Activation,
 ) -> CandleResult<Tensor> {
     let value = match gated_cpu::value(gate, up, activation) {
-        Some(data) => Precomputed::from_cpu(data, gate.shape().clone()),
+        Some(value) => Precomputed::from_cpu(value),
         None => Precomputed::new((activation.apply(&gate.detach())? * up.detach())?)?,
     };
     if !(gate.track_op() || up.track_op()) {
@@ -176,9 +176,7 @@ impl CustomOp2 for GatedProduct {
     ) -> CandleResult<(Option<Tensor>, Option<Tensor>)> {
         let (gate, up) = (&gate.detach(), &up.detach());
         if let Some((d_gate, d_up)) = gated_cpu::gradients(gate, up, grad, self.activation) {
-            let shape = gate.shape();
-            let on_cpu = |data| Tensor::from_vec(data, shape, &candle_core::Device::Cpu);
-            return Ok((Some(on_cpu(d_gate)?), Some(on_cpu(d_up)?)));
+            return Ok((Some(d_gate.into_tensor()?), Some(d_up.into_tensor()?)));
         }
         let d_up = (grad * self.activation.apply(gate)?)?;
         let d_gate = ((grad * up)? * self.activation.derivative(gate)?)?;

@@ -2,19 +2,19 @@
 //! (no extra score terms, no soft-capping, no dropout): the LLM member's.
 //!
 //! As candle ops the forward pass wrote five `[B, H, L, L]` buffers (the product's zeroes, the
-//! product, the masked scores, the softmax, the node's copy of it) and the backward pass five
-//! more (the product with the output, its row sums, the difference, the scores' gradient, and
-//! the two products' zeroes). Here gemm writes the scores, the mask and softmax go over them in
+//! product, the masked scores, the softmax, the node's copy of it) and the backward pass three
+//! more (the product with the output, the difference from its row sums, the scores'
+//! gradient). Here gemm writes the scores, the mask and softmax go over them in
 //! place, and the node takes the buffer; backward, one pass per row gives the scores'
 //! gradient. Anything else is `None`, and the caller takes candle's ops.
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use crate::cpu_matmul::{gemm_into, Matrix};
+use crate::cpu_matmul::{batched_product, CpuValue, Matrix};
 
 /// `softmax(q·kᵀ + mask)` over the last dimension, for q and k `[b, h, L, D]` and an additive
 /// mask `[b or 1, 1, L or 1, L]`.
-pub(crate) fn probs(query: &Tensor, key: &Tensor, mask: &Tensor) -> Option<Vec<f32>> {
+pub(crate) fn probs(query: &Tensor, key: &Tensor, mask: &Tensor) -> Option<CpuValue> {
     let &[b, h, len, d] = query.dims() else {
         return None;
     };
@@ -30,25 +30,7 @@ pub(crate) fn probs(query: &Tensor, key: &Tensor, mask: &Tensor) -> Option<Vec<f
     let q = Matrix::of(&q_storage, q_layout, d)?;
     let k = Matrix::of(&k_storage, k_layout, d)?;
     let mask = Matrix::of(&m_storage, m_layout, len)?;
-    let heads = b * h;
-    let mut scores: Vec<f32> = Vec::with_capacity(heads * len * len);
-    for head in 0..heads {
-        let rows = head * len;
-        // SAFETY: scores has room for heads·len² values; head `head` writes only its own
-        // len² block (in bounds, disjoint from the others and from the operands) and reads
-        // none of it.
-        unsafe {
-            gemm_into(
-                scores.as_mut_ptr().add(head * len * len),
-                false,
-                q.rows(rows, len),
-                k.rows(rows, len).t(),
-                1.0,
-            )
-        };
-    }
-    // SAFETY: every head's block was written above, so all heads·len² values are set.
-    unsafe { scores.set_len(heads * len * len) };
+    let mut scores = batched_product(b * h, |head| (q.block(head, len), k.block(head, len).t()));
     let mask = mask.values();
     scores
         .par_chunks_mut(len)
@@ -72,7 +54,7 @@ pub(crate) fn probs(query: &Tensor, key: &Tensor, mask: &Tensor) -> Option<Vec<f
                 *s /= sum;
             }
         });
-    Some(scores)
+    Some(CpuValue::new(scores, query.dims(), len))
 }
 
 /// (dq, dk) from the probabilities y and their gradient dy: the scores' gradient
@@ -82,7 +64,7 @@ pub(crate) fn gradients(
     key: &Tensor,
     probs: &Tensor,
     grad: &Tensor,
-) -> Option<(Vec<f32>, Vec<f32>)> {
+) -> Option<(CpuValue, CpuValue)> {
     let &[b, h, len, d] = query.dims() else {
         return None;
     };
@@ -110,38 +92,9 @@ pub(crate) fn gradients(
         });
     // SAFETY: the rows cover all of ds, and each row's loop writes every element of its row.
     unsafe { ds.set_len(y.len()) };
-    let ds_matrix = Matrix::row_major(&ds, len);
-    let heads = b * h;
-    let (mut dq, mut dk): (Vec<f32>, Vec<f32>) = (
-        Vec::with_capacity(heads * len * d),
-        Vec::with_capacity(heads * len * d),
-    );
-    for head in 0..heads {
-        let rows = head * len;
-        let ds_head = ds_matrix.rows(rows, len);
-        // SAFETY: dq and dk have room for heads·len·d values; each head writes its own len·d
-        // block of each (in bounds, disjoint, apart from the operands) without reading it.
-        unsafe {
-            gemm_into(
-                dq.as_mut_ptr().add(rows * d),
-                false,
-                ds_head,
-                k.rows(rows, len),
-                1.0,
-            );
-            gemm_into(
-                dk.as_mut_ptr().add(rows * d),
-                false,
-                ds_head.t(),
-                q.rows(rows, len),
-                1.0,
-            );
-        }
-    }
-    // SAFETY: every head's blocks were written above.
-    unsafe {
-        dq.set_len(heads * len * d);
-        dk.set_len(heads * len * d);
-    }
-    Some((dq, dk))
+    let ds = Matrix::row_major(&ds, len);
+    let dq = batched_product(b * h, |head| (ds.block(head, len), k.block(head, len)));
+    let dk = batched_product(b * h, |head| (ds.block(head, len).t(), q.block(head, len)));
+    let value = |data| CpuValue::new(data, query.dims(), d);
+    Some((value(dq), value(dk)))
 }

@@ -3,22 +3,37 @@
 //!
 //! candle's CPU matmul zeroes its output before gemm overwrites it, and a value built from
 //! candle ops is copied once more into the storage a custom op's forward pass returns. A LoRA
-//! projection with a bias took six passes over its output that way (zeroes, product, bias,
-//! the update's zeroes and sum, the copy) where gemm needs one: it writes a buffer it is told
-//! not to read, and adds into one it is told to read (`dst := α·dst + β·lhs·rhs`). gemm is the
+//! projection with a bias wrote its output seven times that way (the product's zeroes, the
+//! product, the bias added, the update's zeroes, the update, the sum, the copy). Here the bias
+//! rows are copied into one buffer and gemm adds both products to it: it writes a buffer it is
+//! told not to read, and adds into one it is told to read (`dst := α·dst + β·lhs·rhs`). gemm is the
 //! library candle's CPU matmul calls, here called the same way (rayon's pool, candle's thread
 //! count) for contiguous f32 operands. Anything else (other dtypes, strided views, CUDA) is
 //! `None`, and the caller takes candle's ops.
 use candle_core::{CpuStorage, Layout, Shape, Storage, Tensor};
 use gemm::Parallelism;
 
-/// An output computed here, in the layout candle gives a contiguous tensor of `shape`.
-pub(crate) struct CpuValue {
+/// An f32 value computed on the CPU outside candle's ops, in the layout candle gives a
+/// contiguous tensor of `shape`: a graph node takes it without a copy
+/// ([`Precomputed::from_cpu`](crate::Precomputed::from_cpu)).
+pub struct CpuValue {
     pub data: Vec<f32>,
     pub shape: Shape,
 }
 
 impl CpuValue {
+    /// `data` in the shape of `dims` with its last dimension made `last`.
+    pub fn new(data: Vec<f32>, dims: &[usize], last: usize) -> CpuValue {
+        let mut dims = dims.to_vec();
+        if let Some(d) = dims.last_mut() {
+            *d = last;
+        }
+        CpuValue {
+            data,
+            shape: dims.into(),
+        }
+    }
+
     pub fn into_tensor(self) -> candle_core::Result<Tensor> {
         Tensor::from_vec(self.data, self.shape, &candle_core::Device::Cpu)
     }
@@ -94,11 +109,11 @@ impl<'a> Matrix<'a> {
         &self.data[self.offset..self.offset + self.rows * self.cols]
     }
 
-    /// Rows `start..start + count`.
-    pub(crate) fn rows(self, start: usize, count: usize) -> Matrix<'a> {
+    /// Block `index` of `rows` rows (a batch's matrix in a batch stacked by rows).
+    pub(crate) fn block(self, index: usize, rows: usize) -> Matrix<'a> {
         Matrix {
-            offset: self.offset + start * self.row_stride,
-            rows: count,
+            offset: self.offset + index * rows * self.row_stride,
+            rows,
             ..self
         }
     }
@@ -128,7 +143,7 @@ impl<'a> Matrix<'a> {
 /// # Safety
 /// `dst` is valid for writes of `lhs.rows · rhs.cols` f32 values, and for reads of them when
 /// `read_dst`; it overlaps neither operand.
-pub(crate) unsafe fn gemm_into(dst: *mut f32, read_dst: bool, lhs: Matrix, rhs: Matrix, beta: f32) {
+unsafe fn gemm_into(dst: *mut f32, read_dst: bool, lhs: Matrix, rhs: Matrix, beta: f32) {
     assert!(lhs.cols == rhs.rows && lhs.in_bounds() && rhs.in_bounds());
     // The thread count candle gives gemm for its own matmuls, read once: candle reads the
     // environment and the CPU list anew at every call.
@@ -166,16 +181,44 @@ pub(crate) unsafe fn gemm_into(dst: *mut f32, read_dst: bool, lhs: Matrix, rhs: 
 
 /// `lhs·rhs` into a new buffer, which gemm writes without it being zeroed first.
 fn product(lhs: Matrix, rhs: Matrix) -> Vec<f32> {
-    let len = lhs.rows * rhs.cols;
-    let mut dst = Vec::with_capacity(len);
-    // SAFETY: dst has room for len values and is a fresh allocation, so it overlaps neither
-    // operand; with read_dst false gemm reads none of it and writes all of it (it sets α to 0,
-    // writes zeros when the inner dimension is 0, and its kernels store without loading
-    // when α is 0), so all len values are initialised before set_len.
-    unsafe {
-        gemm_into(dst.as_mut_ptr(), false, lhs, rhs, 1.0);
-        dst.set_len(len);
+    batched_product(1, |_| (lhs, rhs))
+}
+
+/// The products of `blocks` pairs of operands (a batched matmul), block after block in one new
+/// buffer, which gemm writes without it being zeroed first; every pair's product must have
+/// the first's size.
+pub(crate) fn batched_product<'a>(
+    blocks: usize,
+    operands: impl Fn(usize) -> (Matrix<'a>, Matrix<'a>),
+) -> Vec<f32> {
+    let block_len = match blocks {
+        0 => 0,
+        _ => {
+            let (lhs, rhs) = operands(0);
+            lhs.rows * rhs.cols
+        }
+    };
+    let mut dst: Vec<f32> = Vec::with_capacity(blocks * block_len);
+    for block in 0..blocks {
+        let (lhs, rhs) = operands(block);
+        assert_eq!(lhs.rows * rhs.cols, block_len);
+        // SAFETY: block `block` is dst's slots block·len..(block + 1)·len, inside its capacity
+        // and apart from the other blocks and from the operands (dst is a fresh allocation).
+        // With read_dst false gemm reads none of it and writes all of it (it sets α to 0,
+        // writes zeros when the inner dimension is 0, and its kernels store without loading
+        // when α is 0).
+        unsafe {
+            gemm_into(
+                dst.as_mut_ptr().add(block * block_len),
+                false,
+                lhs,
+                rhs,
+                1.0,
+            )
+        };
     }
+    // SAFETY: every block was written above, so all blocks·len values are initialised.
+    unsafe { dst.set_len(blocks * block_len) };
     dst
 }
 
@@ -187,9 +230,9 @@ fn add_product(dst: &mut [f32], lhs: Matrix, rhs: Matrix, beta: f32) {
     unsafe { gemm_into(dst.as_mut_ptr(), true, lhs, rhs, beta) }
 }
 
-/// `x·Wᵀ (+ bias) (+ scale·down·Bᵀ)` for x `[.., in]`, W `[out, in]` (any strides), bias `[out]`, and a LoRA
-/// update's `down = drop(x)·Aᵀ` `[.., r]` and B `[out, r]`; `None` where the operands are not
-/// contiguous f32 CPU tensors of those shapes.
+/// `x·Wᵀ (+ bias) (+ s·L·R)` for x `[.., in]`, W `[out, in]` (any strides), bias `[out]`, and a
+/// LoRA update `(L, R, s)`: `L = drop(x)·Aᵀ` `[.., r]`, `R = Bᵀ` `[r, out]`; `None` where the
+/// operands are not f32 CPU tensors of those shapes, x and L contiguous.
 pub(crate) fn projection(
     x: &Tensor,
     weight: &Tensor,
@@ -210,34 +253,21 @@ pub(crate) fn projection(
             if bias.rows != 1 {
                 return None;
             }
-            let row = &bias.data[bias.offset..bias.offset + out_dim];
-            let mut data = row.repeat(x_matrix.rows);
+            let mut data = bias.values().repeat(x_matrix.rows);
             add_product(&mut data, x_matrix, weight_t, 1.0);
             data
         }
         None => product(x_matrix, weight_t),
     };
-    if let Some((down, b, scale)) = update {
-        let rank = b.dim(1).ok()?;
-        let (d_storage, d_layout) = down.storage_and_layout();
-        let (b_storage, b_layout) = b.storage_and_layout();
-        let down = Matrix::of(&d_storage, d_layout, rank)?;
-        let b_t = Matrix::of(&b_storage, b_layout, rank)?.t();
-        if down.rows != x_matrix.rows || b_t.cols != out_dim {
-            return None;
-        }
-        add_product(&mut data, down, b_t, scale as f32);
+    if let Some(update) = update {
+        add_update(&mut data, x_matrix.rows, out_dim, update)?;
     }
-    let mut dims = x.dims().to_vec();
-    *dims.last_mut()? = out_dim;
-    Some(CpuValue {
-        data,
-        shape: dims.into(),
-    })
+    Some(CpuValue::new(data, x.dims(), out_dim))
 }
 
-/// The projection's input gradient, `dy·W (+ scale·u·A)` for dy `[.., out]`, W `[out, in]`,
-/// and a LoRA update's `u = dy·B` `[.., r]` and A `[r, in]`; `None` as for [`projection`].
+/// The projection's input gradient, `dy·W (+ s·L·R)` for dy `[.., out]`, W `[out, in]`, and a
+/// LoRA update `(L, R, s)`: `L = dy·B` `[.., r]`, `R = A` `[r, in]`; `None` as for
+/// [`projection`].
 pub(crate) fn input_gradient(
     grad: &Tensor,
     weight: &Tensor,
@@ -250,23 +280,29 @@ pub(crate) fn input_gradient(
     let (w_storage, w_layout) = weight.storage_and_layout();
     let g = Matrix::of(&g_storage, g_layout, out_dim)?;
     let mut data = product(g, Matrix::of_2d(&w_storage, w_layout)?);
-    if let Some((u, a, scale)) = update {
-        let rank = a.dim(0).ok()?;
-        let (u_storage, u_layout) = u.storage_and_layout();
-        let (a_storage, a_layout) = a.storage_and_layout();
-        let u = Matrix::of(&u_storage, u_layout, rank)?;
-        let a = Matrix::of(&a_storage, a_layout, in_dim)?;
-        if u.rows != g.rows {
-            return None;
-        }
-        add_product(&mut data, u, a, scale as f32);
+    if let Some(update) = update {
+        add_update(&mut data, g.rows, in_dim, update)?;
     }
-    let mut dims = grad.dims().to_vec();
-    *dims.last_mut()? = in_dim;
-    Some(CpuValue {
-        data,
-        shape: dims.into(),
-    })
+    Some(CpuValue::new(data, grad.dims(), in_dim))
+}
+
+/// `data += s·L·R` for `data` `[rows, cols]`, L `[rows, r]` contiguous and R `[r, cols]` of any
+/// strides; `None` (data untouched) where the shapes do not fit.
+fn add_update(
+    data: &mut [f32],
+    rows: usize,
+    cols: usize,
+    (left, right, scale): (&Tensor, &Tensor, f64),
+) -> Option<()> {
+    let (l_storage, l_layout) = left.storage_and_layout();
+    let (r_storage, r_layout) = right.storage_and_layout();
+    let right = Matrix::of_2d(&r_storage, r_layout)?;
+    let left = Matrix::of(&l_storage, l_layout, right.rows)?;
+    if left.rows != rows || right.cols != cols {
+        return None;
+    }
+    add_product(data, left, right, scale as f32);
+    Some(())
 }
 
 #[cfg(test)]
@@ -312,7 +348,8 @@ mod tests {
 
             let update = (down.broadcast_matmul(&b.t().unwrap()).unwrap() * scale).unwrap();
             let expected = (x.broadcast_matmul(&weight.t().unwrap()).unwrap() + update).unwrap();
-            let value = projection(x, weight, None, Some((&down, &b, scale))).unwrap();
+            let b_t = b.t().unwrap();
+            let value = projection(x, weight, None, Some((&down, &b_t, scale))).unwrap();
             assert_close(value, &expected);
 
             let grad = (x.broadcast_matmul(&weight.t().unwrap()).unwrap() * 0.5).unwrap();

@@ -7,7 +7,7 @@ use crate::{Error, Precision, Result};
 /// Makes glibc keep freed memory for reuse instead of returning it to the kernel. candle
 /// allocates a fresh buffer for every CPU tensor, and glibc maps buffers over 128 KiB from the
 /// kernel and unmaps them when freed, so every op paid page faults on new zeroed pages: with
-/// this, base-size CPU inference ran 1.3× faster, and DeBERTa's CPU training 1.13× once no
+/// this, base-size CPU inference ran 1.3× faster, and DeBERTa's CPU training 1.13–1.17× once no
 /// buffer was mapped (BENCHMARKS.md). Process-wide, so only the transformer's entry points
 /// call it; LightGBM's CV is left on the defaults.
 ///

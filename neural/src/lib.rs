@@ -32,6 +32,7 @@ mod train;
 
 pub use checkpoint::{checkpointed, ParamGrads, Recompute};
 pub use config::{MemberConfig, Precision, Schedule, TrainingConfig};
+pub use cpu_matmul::CpuValue;
 pub use device::{
     check_precision, free_memory, on_compute_thread, parse_device, peak_rss_mib,
     reuse_freed_host_memory, rss_mib,
@@ -40,8 +41,8 @@ pub use error::{Error, Result, Setting};
 pub use fingerprint::{existing_files, fingerprint_files, FINGERPRINT_SCHEME};
 pub use memory::{gib, MemoryEstimate};
 pub use ops::{
-    attention_probs, dropout, frozen_linear, lora_linear, DropoutRng, KeepMask, Precomputed,
-    ScoreTerms,
+    attention_probs, dropout, frozen_linear, frozen_weight, lora_linear, DropoutRng, KeepMask,
+    Precomputed, ScoreTerms,
 };
 pub use pair::{EncodedPair, ResponsePair};
 pub use segments::{Segment, SegmentBudget};

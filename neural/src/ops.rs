@@ -28,7 +28,8 @@ use candle_core::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{cpu_attention, cpu_matmul};
+use crate::cpu_attention;
+use crate::cpu_matmul::{self, CpuValue};
 
 type CandleResult<T> = candle_core::Result<T>;
 
@@ -38,8 +39,8 @@ pub struct Precomputed(Mutex<Option<NodeValue>>);
 
 enum NodeValue {
     Tensor(Tensor),
-    /// An f32 buffer written for the node on the CPU, handed over without a copy.
-    Cpu(Vec<f32>, Shape),
+    /// Handed over without a copy.
+    Cpu(CpuValue),
 }
 
 impl Precomputed {
@@ -55,9 +56,9 @@ impl Precomputed {
         )))))
     }
 
-    /// A value computed on the CPU into an f32 buffer of `shape`'s contiguous layout.
-    pub fn from_cpu(data: Vec<f32>, shape: Shape) -> Precomputed {
-        Precomputed(Mutex::new(Some(NodeValue::Cpu(data, shape))))
+    /// A value computed on the CPU outside candle's ops.
+    pub fn from_cpu(value: CpuValue) -> Precomputed {
+        Precomputed(Mutex::new(Some(NodeValue::Cpu(value))))
     }
 
     fn take(&self) -> CandleResult<NodeValue> {
@@ -76,13 +77,13 @@ impl Precomputed {
     pub fn tensor(self) -> CandleResult<Tensor> {
         match self.take()? {
             NodeValue::Tensor(value) => Ok(value),
-            NodeValue::Cpu(data, shape) => Tensor::from_vec(data, shape, &Device::Cpu),
+            NodeValue::Cpu(value) => value.into_tensor(),
         }
     }
 
     pub fn cpu(&self) -> CandleResult<(CpuStorage, Shape)> {
         let value = match self.take()? {
-            NodeValue::Cpu(data, shape) => return Ok((CpuStorage::F32(data), shape)),
+            NodeValue::Cpu(value) => return Ok((CpuStorage::F32(value.data), value.shape)),
             NodeValue::Tensor(value) => value,
         };
         // candle has no way to move a storage out of a tensor: one copy.
@@ -136,7 +137,7 @@ macro_rules! precomputed_forward {
 pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> CandleResult<Tensor> {
     let weight = weight.detach();
     let value = match cpu_matmul::projection(x, &weight, bias, None) {
-        Some(value) => Precomputed::from_cpu(value.data, value.shape),
+        Some(value) => Precomputed::from_cpu(value),
         None => {
             let value = x.detach().broadcast_matmul(&weight.t()?)?;
             Precomputed::new(match bias {
@@ -149,6 +150,22 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Cand
         return value.tensor();
     }
     x.apply_op1(FrozenLinear { value, weight })
+}
+
+/// A frozen `[out, in]` weight laid out as [`frozen_linear`] and [`lora_linear`] multiply it
+/// fastest. gemm packs a weight stored `[out, in]` at every forward product; for a weight with
+/// more inputs than outputs (an MLP's down projection) that costs more than reading it
+/// transposed costs the backward pass, so on the CPU in f32 such a weight is kept `[in, out]`
+/// in memory behind an `[out, in]` view (BENCHMARKS.md). Anything else is returned as it is.
+pub fn frozen_weight(weight: Tensor) -> CandleResult<Tensor> {
+    match *weight.dims() {
+        [out, inputs]
+            if inputs > out && weight.device().is_cpu() && weight.dtype() == DType::F32 =>
+        {
+            weight.t()?.contiguous()?.t()
+        }
+        _ => Ok(weight),
+    }
 }
 
 struct FrozenLinear {
@@ -199,8 +216,9 @@ pub fn lora_linear(
     };
     let down = dropped(&x.detach())?.broadcast_matmul(&a.detach().t()?)?;
     let rank = a.dim(0)?;
-    let value = match cpu_matmul::projection(x, &weight, bias, Some((&down, &b.detach(), scale))) {
-        Some(value) => Precomputed::from_cpu(value.data, value.shape),
+    let update = (&down, &b.detach().t()?, scale);
+    let value = match cpu_matmul::projection(x, &weight, bias, Some(update)) {
+        Some(value) => Precomputed::from_cpu(value),
         None => {
             let base = frozen_linear(&x.detach(), &weight, bias)?;
             let update =
@@ -422,8 +440,7 @@ pub fn attention_probs(
         .then(|| cpu_attention::probs(&q, &k, mask_bias))
         .flatten()
     {
-        let (b, h, len, _) = q.dims4()?;
-        let value = Precomputed::from_cpu(probs, (b, h, len, len).into());
+        let value = Precomputed::from_cpu(probs);
         if !grads {
             return value.tensor();
         }
@@ -527,8 +544,7 @@ impl CustomOp3 for AttentionProbs {
             .then(|| cpu_attention::gradients(query, key, output, grad))
             .flatten()
         {
-            let on_cpu = |data| Tensor::from_vec(data, query.shape(), &Device::Cpu);
-            return Ok((Some(on_cpu(dq)?), Some(on_cpu(dk)?), None));
+            return Ok((Some(dq.into_tensor()?), Some(dk.into_tensor()?), None));
         }
         let dtype = query.dtype();
         let mut grad_softmax = grad.to_dtype(DType::F32)?;
@@ -604,6 +620,18 @@ mod tests {
         assert!(!weight_grads, "the frozen weight got a gradient");
     }
 
+    /// A weight with more inputs than outputs is stored transposed, with the same values; a
+    /// wider one is left as it is.
+    #[test]
+    fn frozen_weight_transposes_only_narrow_outputs() {
+        let narrow = random(&[2, 5], 1).as_tensor().detach();
+        let laid_out = frozen_weight(narrow.clone()).unwrap();
+        assert_eq!(laid_out.stride(), [1, 2]);
+        assert_eq!(max_difference(&laid_out, &narrow), 0.0);
+        let wide = random(&[5, 2], 2).as_tensor().detach();
+        assert_eq!(frozen_weight(wide).unwrap().stride(), [2, 1]);
+    }
+
     /// The LoRA projection gives the composed ops' value and the gradients of x, A and B, with
     /// and without a dropout mask on the adapter's input, and none for the frozen weight.
     #[test]
@@ -674,33 +702,12 @@ mod tests {
         assert!(grads.get(w.as_tensor()).is_none() && grads.get(bias.as_tensor()).is_none());
     }
 
+    /// Plain attention (no terms, the CPU path) against the composed softmax(q·kᵀ + mask),
+    /// values and gradients: with a zero mask, and with a causal mask per batch row, one with
+    /// a padded key, as the LLM member builds them.
     #[test]
-    fn attention_probs_without_relative_terms_equal_the_plain_softmax() {
-        let query = random(&[1, 2, 5, 3], 11);
-        let key = random(&[1, 2, 5, 3], 12);
-        let mask = Tensor::zeros((1, 1, 1, 5), DType::F32, &Device::Cpu).unwrap();
-        let op = attention_probs(
-            query.as_tensor(),
-            key.as_tensor(),
-            None,
-            &mask,
-            None,
-            None,
-            true,
-        )
-        .unwrap();
-        let composed =
-            candle_nn::ops::softmax(&query.matmul(&key.t().unwrap()).unwrap(), D::Minus1).unwrap();
-        assert_same(&op, &composed, &[&query, &key]);
-    }
-
-    /// A causal mask per batch row, one with a padded key, as the LLM member builds them: the
-    /// CPU path against the composed ops, values and gradients.
-    #[test]
-    fn masked_attention_probs_equal_the_composed_ones() {
-        let query = random(&[2, 3, 4, 5], 21);
-        let key = random(&[2, 3, 4, 5], 22);
-        let mask: Vec<f32> = (0..2 * 4 * 4)
+    fn plain_attention_probs_equal_the_composed_ones() {
+        let causal: Vec<f32> = (0..2 * 4 * 4)
             .map(|i| {
                 let (batch, row, col) = (i / 16, (i / 4) % 4, i % 4);
                 if col > row || (batch == 1 && col == 0) {
@@ -710,21 +717,35 @@ mod tests {
                 }
             })
             .collect();
-        let mask = Tensor::from_vec(mask, (2, 1, 4, 4), &Device::Cpu).unwrap();
-        let op = attention_probs(
-            query.as_tensor(),
-            key.as_tensor(),
-            None,
-            &mask,
-            None,
-            None,
-            true,
-        )
-        .unwrap();
-        let scores = query.matmul(&key.t().unwrap()).unwrap();
-        let composed =
-            candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
-        assert_same(&op, &composed, &[&query, &key]);
+        let cases = [
+            (
+                [1, 2, 5, 3],
+                (11, 12),
+                Tensor::zeros((1, 1, 1, 5), DType::F32, &Device::Cpu).unwrap(),
+            ),
+            (
+                [2, 3, 4, 5],
+                (21, 22),
+                Tensor::from_vec(causal, (2, 1, 4, 4), &Device::Cpu).unwrap(),
+            ),
+        ];
+        for (shape, (query_seed, key_seed), mask) in cases {
+            let (query, key) = (random(&shape, query_seed), random(&shape, key_seed));
+            let op = attention_probs(
+                query.as_tensor(),
+                key.as_tensor(),
+                None,
+                &mask,
+                None,
+                None,
+                true,
+            )
+            .unwrap();
+            let scores = query.matmul(&key.t().unwrap()).unwrap();
+            let composed =
+                candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+            assert_same(&op, &composed, &[&query, &key]);
+        }
     }
 
     /// Gemma-2's soft-capping: cap·tanh(scores/cap) before the mask, value and gradients
