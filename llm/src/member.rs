@@ -391,6 +391,9 @@ impl FoldModel for LlmMember {
             precision: training.precision,
             checkpoint: training.gradient_checkpointing,
             accumulation: training.grad_accumulation,
+            fused_attention: self.model.device().is_cpu()
+                && training.precision == Precision::F32
+                && c.attn_logit_softcapping.is_none(),
         })
     }
 }
@@ -408,6 +411,9 @@ struct DecoderShape<'a> {
     precision: Precision,
     checkpoint: bool,
     accumulation: usize,
+    /// Whether attention is `neural::attention`'s fused node (on the CPU in f32 without
+    /// soft-capping), which keeps only the probabilities of each block's visible keys.
+    fused_attention: bool,
 }
 
 /// Widths and sizes of one layer's activations at `sequences` rows of `shape.len` tokens.
@@ -422,6 +428,8 @@ struct LayerActivations {
     kv: u64,
     /// Entries of the attention scores, `[sequences, heads, len, len]`.
     scores: u64,
+    /// The fused attention's kept probabilities (under a causal mask), where it runs.
+    fused_probs: Option<u64>,
 }
 
 impl LayerActivations {
@@ -435,6 +443,9 @@ impl LayerActivations {
             q: (c.num_heads * c.head_dim) as u64,
             kv: (c.num_kv_heads * c.head_dim) as u64,
             scores: (sequences * c.num_heads * shape.len * shape.len) as u64,
+            fused_probs: shape.fused_attention.then(|| {
+                (sequences * c.num_heads * neural::causal_attention_probabilities(shape.len)) as u64
+            }),
         }
     }
 }
@@ -448,13 +459,14 @@ impl LayerActivations {
 /// gate, up and product. In f32: the scaled queries, and in half precision the f32 copies of
 /// q and k besides. A byte per masked adapter input. Per attention score: the probabilities
 /// in the activations' dtype, the f32 softmax besides them in half precision, and Gemma-2's
-/// f32 tanh of the capped scores.
+/// f32 tanh of the capped scores. The fused attention keeps neither the repeated keys and
+/// values nor the scaled queries, and only its f32 probabilities.
 fn kept_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
     let a = LayerActivations::of(shape, sequences);
     let c = shape.model;
     let half = a.b != 4;
     let residual_stream = if c.family == Family::Gemma2 { 8 } else { 6 };
-    let repeated = if c.num_heads != c.num_kv_heads {
+    let repeated = if c.num_heads != c.num_kv_heads && a.fused_probs.is_none() {
         2 * a.q
     } else {
         0
@@ -466,7 +478,7 @@ fn kept_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
         + 2 * a.q
         + 3 * a.intermediate)
         * a.b
-        + a.q * 4
+        + if a.fused_probs.is_some() { 0 } else { a.q * 4 }
         + if half { 2 * a.q * 4 } else { 0 }
         + shape.masked_inputs as u64;
     let per_score = a.b
@@ -476,19 +488,27 @@ fn kept_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
         } else {
             0
         };
-    a.tokens * per_token + a.scores * per_score
+    let probs = match a.fused_probs {
+        Some(probs) => probs * 4,
+        None => a.scores * per_score,
+    };
+    a.tokens * per_token + probs
 }
 
 /// The peak of one layer's forward pass in prediction, where nothing is kept: the residual
 /// stream, its norm and the sublayer's output (one more with Gemma-2's post-norms), beside the
 /// larger of the attention (q, k and v with their copies, the f32 q and k, and two f32
-/// score-sized steps at a time) and the MLP at its up projection (the gate, the frozen
-/// product, the adapter's f32 update and, in half precision, its cast, and their sum).
+/// score-sized steps at a time; the fused attention's probabilities alone) and the MLP at its
+/// up projection (the gate, the frozen product, the adapter's f32 update and, in half
+/// precision, its cast, and their sum).
 fn prediction_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
     let a = LayerActivations::of(shape, sequences);
     let half = a.b != 4;
-    let attention =
-        a.tokens * (2 * (a.q + 2 * a.kv) * a.b + 2 * a.q * a.b + 2 * a.q * 4) + 2 * a.scores * 4;
+    let projected = 2 * (a.q + 2 * a.kv) * a.b + 2 * a.q * a.b;
+    let attention = match a.fused_probs {
+        Some(probs) => a.tokens * projected + probs * 4,
+        None => a.tokens * (projected + 2 * a.q * 4) + 2 * a.scores * 4,
+    };
     let mlp = a.tokens * a.intermediate * (3 * a.b + 4 + if half { a.b } else { 0 });
     let residual_stream = if shape.model.family == Family::Gemma2 {
         4
@@ -502,7 +522,9 @@ fn prediction_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
 /// kept activation to the end of the pass, so the peak is at the node whose backward pass
 /// needs the most at once. In the attention that is about 3.75 f32 and 1.75 activation-dtype
 /// score-sized tensors (the probabilities' gradient as candle's matmul leaves it, with its
-/// zeros and history, then the softmax's f32 steps), one f32 more with soft-capping; in the
+/// zeros and history, then the softmax's f32 steps), one f32 more with soft-capping, and for
+/// the fused attention three f32 `tokens × q` (the queries' gradient, and the keys' and
+/// values' for every query head before their sums); in the
 /// MLP about 2.5 f32 and 6 activation-dtype tensors of `tokens × intermediate` (the down
 /// projection's f32 steps, the pending gradients, the activation's derivative). Fitted to the
 /// allocator on the tiny fixtures and at Qwen2.5-0.5B's and Gemma-2-2B's shapes, f32 and bf16
@@ -515,12 +537,26 @@ fn backward_working_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
     } else {
         3.75
     };
-    let attention = (f32_score_steps * 4.0 + 1.75 * b) * a.scores as f64;
+    let attention = match a.fused_probs {
+        Some(_) => (3 * a.tokens * a.q * 4) as f64,
+        None => (f32_score_steps * 4.0 + 1.75 * b) * a.scores as f64,
+    };
     let mlp = (2.5 * 4.0 + 6.0 * b) * (a.tokens * a.intermediate) as f64;
     attention.max(mlp) as u64
 }
 
-/// The estimate: every layer's kept activations (with checkpointing each layer's input, and
+/// The additive attention masks a forward pass holds for every layer: `[sequences, 1, len,
+/// len]` in f32, and a second where layers slide and the batch is longer than the window.
+fn mask_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
+    let c = shape.model;
+    let masks = match c.sliding_layers.contains(&true) && shape.len > c.sliding_window {
+        true => 2,
+        false => 1,
+    };
+    masks * (sequences * shape.len * shape.len * 4) as u64
+}
+
+/// The estimate: the attention masks, every layer's kept activations (with checkpointing each layer's input, and
 /// one layer recomputed) and the backward pass's working memory; or prediction's one layer
 /// at a time at its batch, whichever is larger; AdamW's moments, gradients and the best
 /// checkpoint of the adapter and head.
@@ -531,11 +567,13 @@ fn estimate(shape: &DecoderShape) -> MemoryEstimate {
     let hidden = shape.model.hidden_size as u64;
     let layer = kept_bytes(shape, shape.sequences);
     let working = backward_working_bytes(shape, shape.sequences);
-    let training = match shape.checkpoint {
-        true => layers * tokens * hidden * b + layer + working,
-        false => layers * layer + working,
-    };
-    let prediction = prediction_bytes(shape, shape.eval_sequences);
+    let training = mask_bytes(shape, shape.sequences)
+        + match shape.checkpoint {
+            true => layers * tokens * hidden * b + layer + working,
+            false => layers * layer + working,
+        };
+    let prediction =
+        mask_bytes(shape, shape.eval_sequences) + prediction_bytes(shape, shape.eval_sequences);
     let trained = 4 * shape.trained as u64;
     MemoryEstimate {
         weights: shape.base_bytes as u64,

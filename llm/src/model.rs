@@ -409,18 +409,6 @@ fn rope_tables(config: &DecoderConfig, len: usize, device: &Device) -> Result<(T
     Ok((angles.cos()?, angles.sin()?))
 }
 
-/// `[batch, kv_heads, len, d]` repeated to `[batch, kv_heads * times, len, d]`, each KV head
-/// serving `times` consecutive query heads (grouped-query attention).
-fn repeat_kv(x: Tensor, times: usize) -> Result<Tensor> {
-    if times == 1 {
-        return Ok(x);
-    }
-    let (b, kv, len, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .broadcast_as((b, kv, times, len, d))?
-        .reshape((b, kv * times, len, d))?)
-}
-
 struct Attention {
     q: Projection,
     k: Projection,
@@ -471,23 +459,12 @@ impl Attention {
         let q = crate::ops::rope(&split(self.q.forward(x, pass)?, self.heads)?, cos, sin)?;
         let k = crate::ops::rope(&split(self.k.forward(x, pass)?, self.kv_heads)?, cos, sin)?;
         let v = split(self.v.forward(x, pass)?, self.kv_heads)?;
-        let times = self.heads / self.kv_heads;
-        let (k, v) = (repeat_kv(k, times)?, repeat_kv(v, times)?);
-        // The shared attention op (`neural::attention_probs`): softmax(q·kᵀ + mask), with Gemma-2's soft-capping
-        // of the scores, as one graph node that keeps q, k, the softmax (and the capped
-        // scores' tanh), where composed ops would keep every [batch, heads, len, len] step for
-        // the backward pass. The scores are taken in f32 (q and k are small beside the
-        // projections): pre-scaling q in bf16 before the product doubled the bf16 error on the
-        // fixtures.
-        let q = (q.to_dtype(DType::F32)? * self.scale)?;
-        let k = k.to_dtype(DType::F32)?;
-        let probs = neural::attention_probs(&q, &k, None, mask, None, self.softcap, grads)?
-            .to_dtype(v.dtype())?;
-        let out =
-            probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, len, self.heads * self.head_dim))?;
+        // The shared attention op (`neural::attention`): softmax(s·q·kᵀ + mask)·v with
+        // Gemma-2's soft-capping of the scores, the grouped key/value heads read for every
+        // query head they serve.
+        let out = neural::attention(&q, &k, &v, self.scale, mask, self.softcap, grads)?
+            .transpose(1, 2)?
+            .reshape((b, len, self.heads * self.head_dim))?;
         self.o.forward(&out, pass)
     }
 }

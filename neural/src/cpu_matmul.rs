@@ -10,6 +10,8 @@
 //! library candle's CPU matmul calls, here called the same way (rayon's pool, candle's thread
 //! count) for contiguous f32 operands. Anything else (other dtypes, strided views, CUDA) is
 //! `None`, and the caller takes candle's ops.
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, Layout, Shape, Storage, Tensor};
 use gemm::Parallelism;
 
@@ -91,6 +93,30 @@ impl<'a> Matrix<'a> {
         matrix.in_bounds().then_some(matrix)
     }
 
+    /// Head `head` of batch `batch` of a 4-D f32 CPU tensor `[b, h, rows, cols]` of any
+    /// strides (a transposed view included).
+    pub(crate) fn head(
+        storage: &'a Storage,
+        layout: &Layout,
+        batch: usize,
+        head: usize,
+    ) -> Option<Matrix<'a>> {
+        let (Storage::Cpu(CpuStorage::F32(data)), &[b, h, rows, cols], &[s0, s1, s2, s3]) =
+            (storage, layout.dims(), layout.stride())
+        else {
+            return None;
+        };
+        let matrix = Matrix {
+            data,
+            offset: layout.start_offset() + batch * s0 + head * s1,
+            rows,
+            cols,
+            row_stride: s2,
+            col_stride: s3,
+        };
+        (batch < b && head < h && matrix.in_bounds()).then_some(matrix)
+    }
+
     /// A row-major matrix of `cols` columns over all of `data`.
     pub(crate) fn row_major(data: &'a [f32], cols: usize) -> Matrix<'a> {
         Matrix {
@@ -111,9 +137,15 @@ impl<'a> Matrix<'a> {
 
     /// Block `index` of `rows` rows (a batch's matrix in a batch stacked by rows).
     pub(crate) fn block(self, index: usize, rows: usize) -> Matrix<'a> {
+        self.rows(index * rows, rows)
+    }
+
+    /// Rows `start..start + count`.
+    pub(crate) fn rows(self, start: usize, count: usize) -> Matrix<'a> {
+        assert!(start + count <= self.rows);
         Matrix {
-            offset: self.offset + index * rows * self.row_stride,
-            rows,
+            offset: self.offset + start * self.row_stride,
+            rows: count,
             ..self
         }
     }
@@ -138,17 +170,30 @@ impl<'a> Matrix<'a> {
 }
 
 /// `dst := α·dst + β·lhs·rhs` for a contiguous row-major `dst` of `lhs.rows × rhs.cols`; dst is
-/// not read when `read_dst` is false (gemm then takes α = 0 and writes every element).
+/// not read when `read_dst` is false (gemm then takes α = 0 and writes every element). gemm
+/// splits the product over candle's threads when `threaded`, and runs on the calling thread
+/// otherwise (a caller that runs products in parallel itself).
 ///
 /// # Safety
 /// `dst` is valid for writes of `lhs.rows · rhs.cols` f32 values, and for reads of them when
 /// `read_dst`; it overlaps neither operand.
-unsafe fn gemm_into(dst: *mut f32, read_dst: bool, lhs: Matrix, rhs: Matrix, beta: f32) {
+unsafe fn gemm_into(
+    dst: *mut f32,
+    read_dst: bool,
+    lhs: Matrix,
+    rhs: Matrix,
+    beta: f32,
+    threaded: bool,
+) {
     assert!(lhs.cols == rhs.rows && lhs.in_bounds() && rhs.in_bounds());
     // The thread count candle gives gemm for its own matmuls, read once: candle reads the
     // environment and the CPU list anew at every call.
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let parallelism = match *THREADS.get_or_init(candle_core::utils::get_num_threads) {
+    let threads = match threaded {
+        true => *THREADS.get_or_init(candle_core::utils::get_num_threads),
+        false => 1,
+    };
+    let parallelism = match threads {
         1 => Parallelism::None,
         n => Parallelism::Rayon(n),
     };
@@ -179,6 +224,27 @@ unsafe fn gemm_into(dst: *mut f32, read_dst: bool, lhs: Matrix, rhs: Matrix, bet
     }
 }
 
+/// `dst := β·lhs·rhs` into the uninitialised `dst` (row-major, `lhs.rows × rhs.cols`, which
+/// its length must be), and `dst` as the initialised values.
+pub(crate) fn write_product<'d>(
+    dst: &'d mut [MaybeUninit<f32>],
+    lhs: Matrix,
+    rhs: Matrix,
+    beta: f32,
+    threaded: bool,
+) -> &'d mut [f32] {
+    assert_eq!(dst.len(), lhs.rows * rhs.cols);
+    // SAFETY: dst is an exclusive slice of exactly the product's size, so it is valid for its
+    // writes and overlaps neither (shared) operand. With read_dst false gemm reads none of it
+    // and writes all of it (it sets α to 0, writes zeros when the inner dimension is 0, and its
+    // kernels store without loading when α is 0), so afterwards every element is initialised,
+    // and MaybeUninit<f32> has f32's layout.
+    unsafe {
+        gemm_into(dst.as_mut_ptr().cast(), false, lhs, rhs, beta, threaded);
+        &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32])
+    }
+}
+
 /// `lhs·rhs` into a new buffer, which gemm writes without it being zeroed first.
 fn product(lhs: Matrix, rhs: Matrix) -> Vec<f32> {
     batched_product(1, |_| (lhs, rhs))
@@ -199,35 +265,22 @@ pub(crate) fn batched_product<'a>(
         }
     };
     let mut dst: Vec<f32> = Vec::with_capacity(blocks * block_len);
-    for block in 0..blocks {
+    let slots = &mut dst.spare_capacity_mut()[..blocks * block_len];
+    for (block, slots) in slots.chunks_exact_mut(block_len.max(1)).enumerate() {
         let (lhs, rhs) = operands(block);
-        assert_eq!(lhs.rows * rhs.cols, block_len);
-        // SAFETY: block `block` is dst's slots block·len..(block + 1)·len, inside its capacity
-        // and apart from the other blocks and from the operands (dst is a fresh allocation).
-        // With read_dst false gemm reads none of it and writes all of it (it sets α to 0,
-        // writes zeros when the inner dimension is 0, and its kernels store without loading
-        // when α is 0).
-        unsafe {
-            gemm_into(
-                dst.as_mut_ptr().add(block * block_len),
-                false,
-                lhs,
-                rhs,
-                1.0,
-            )
-        };
+        write_product(slots, lhs, rhs, 1.0, true);
     }
-    // SAFETY: every block was written above, so all blocks·len values are initialised.
+    // SAFETY: the blocks tile the first blocks·len slots, and write_product initialised each.
     unsafe { dst.set_len(blocks * block_len) };
     dst
 }
 
 /// `dst += beta·lhs·rhs`.
-fn add_product(dst: &mut [f32], lhs: Matrix, rhs: Matrix, beta: f32) {
+pub(crate) fn add_product(dst: &mut [f32], lhs: Matrix, rhs: Matrix, beta: f32, threaded: bool) {
     assert_eq!(dst.len(), lhs.rows * rhs.cols);
     // SAFETY: dst is an initialised exclusive slice of exactly the product's size, so it is
     // valid for reads and writes and overlaps neither (shared) operand.
-    unsafe { gemm_into(dst.as_mut_ptr(), true, lhs, rhs, beta) }
+    unsafe { gemm_into(dst.as_mut_ptr(), true, lhs, rhs, beta, threaded) }
 }
 
 /// `x·Wᵀ (+ bias) (+ s·L·R)` for x `[.., in]`, W `[out, in]` (any strides), bias `[out]`, and a
@@ -254,7 +307,7 @@ pub(crate) fn projection(
                 return None;
             }
             let mut data = bias.values().repeat(x_matrix.rows);
-            add_product(&mut data, x_matrix, weight_t, 1.0);
+            add_product(&mut data, x_matrix, weight_t, 1.0, true);
             data
         }
         None => product(x_matrix, weight_t),
@@ -301,7 +354,7 @@ fn add_update(
     if left.rows != rows || right.cols != cols {
         return None;
     }
-    add_product(data, left, right, scale as f32);
+    add_product(data, left, right, scale as f32, true);
     Some(())
 }
 

@@ -3,7 +3,7 @@
 //! schedules, accumulation, clipping, f16 loss scaling, early stopping), the settings both
 //! members train with ([`TrainingConfig`], which each member's config flattens beside its own
 //! keys), graph ops with lean backward passes (`ops`: frozen and LoRA projections, attention
-//! probabilities, byte-mask dropout) and gradient checkpointing, token budgets
+//! probabilities, grouped-query attention, byte-mask dropout) and gradient checkpointing, token budgets
 //! ([`SegmentBudget`]), battles as text and tokens ([`ResponsePair`], [`EncodedPair`]),
 //! devices, CUDA library loading and the memory check, and the fold-run protocol ([`run`]).
 //!
@@ -32,6 +32,7 @@ mod train;
 
 pub use checkpoint::{checkpointed, ParamGrads, Recompute};
 pub use config::{MemberConfig, Precision, Schedule, TrainingConfig};
+pub use cpu_attention::causal_attention_probabilities;
 pub use cpu_matmul::CpuValue;
 pub use device::{
     check_precision, free_memory, on_compute_thread, parse_device, peak_rss_mib,
@@ -41,8 +42,8 @@ pub use error::{Error, Result, Setting};
 pub use fingerprint::{existing_files, fingerprint_files, FINGERPRINT_SCHEME};
 pub use memory::{gib, MemoryEstimate};
 pub use ops::{
-    attention_probs, dropout, frozen_linear, frozen_weight, lora_linear, DropoutRng, KeepMask,
-    Precomputed, ScoreTerms,
+    attention, attention_probs, dropout, frozen_linear, frozen_weight, lora_linear, DropoutRng,
+    KeepMask, Precomputed, ScoreTerms,
 };
 pub use pair::{EncodedPair, ResponsePair};
 pub use segments::{Segment, SegmentBudget};

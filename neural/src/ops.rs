@@ -16,8 +16,8 @@
 //!
 //! A node's value made with candle ops is copied once into the storage candle's custom-op
 //! interface asks for (candle cannot move a storage out of a tensor). On the CPU in f32 the
-//! projections and plain attention write their value into a buffer of their own
-//! (`cpu_matmul`, `cpu_attention`), which the node takes without a copy.
+//! projections and plain attention (its probabilities, or all of it) write their value into a
+//! buffer of their own (`cpu_matmul`, `cpu_attention`), which the node takes without a copy.
 use std::cell::RefCell;
 use std::sync::Mutex;
 
@@ -503,6 +503,101 @@ pub fn attention_probs(
     )
 }
 
+/// Attention's output, `softmax(scale·q·kᵀ + mask)·v` with Gemma-2's soft-capping of the
+/// scores where `softcap` is given, for q `[b, h, L, d]` and k, v `[b, kv, L, d]` (grouped-query
+/// attention: key/value head g serves query heads g·h/kv to (g + 1)·h/kv − 1); `[b, h, L, d]`
+/// in v's dtype. The scores and the softmax are taken in f32, as [`attention_probs`] takes
+/// them (q and k are small beside the projections: scaling q in bf16 before the product
+/// doubled the bf16 error on the LLM fixtures).
+///
+/// On the CPU in f32 without soft-capping it is one node (`cpu_attention::attention`) that
+/// keeps its inputs and the probabilities, and computes each block of query rows only up to
+/// its last visible key. Elsewhere it is [`attention_probs`] and a matmul, the keys and values
+/// repeated for each query head they serve.
+pub fn attention(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    scale: f64,
+    mask_bias: &Tensor,
+    softcap: Option<f64>,
+    grads: bool,
+) -> CandleResult<Tensor> {
+    let (q, k, v) = (query.detach(), key.detach(), value.detach());
+    if let Some((output, attended)) = softcap
+        .is_none()
+        .then(|| cpu_attention::attention(&q, &k, &v, mask_bias, scale as f32))
+        .flatten()
+    {
+        let output = Precomputed::from_cpu(output);
+        if !grads {
+            return output.tensor();
+        }
+        let node = FusedAttention {
+            value: output,
+            attended,
+        };
+        return query.apply_op3(key, value, node);
+    }
+    let (heads, kv_heads) = (query.dim(1)?, key.dim(1)?);
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        bail!("{heads} query heads cannot share {kv_heads} key/value heads evenly");
+    }
+    let times = heads / kv_heads;
+    let query = (query.to_dtype(DType::F32)? * scale)?;
+    let key = repeat_heads(&key.to_dtype(DType::F32)?, times)?;
+    let probs = attention_probs(&query, &key, None, mask_bias, None, softcap, grads)?;
+    probs
+        .to_dtype(value.dtype())?
+        .matmul(&repeat_heads(value, times)?)
+}
+
+/// `[b, kv, L, d]` repeated to `[b, kv·times, L, d]`, each head serving `times` consecutive
+/// query heads.
+fn repeat_heads(x: &Tensor, times: usize) -> CandleResult<Tensor> {
+    if times == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, len, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, times, len, d))?
+        .reshape((b, kv * times, len, d))
+}
+
+struct FusedAttention {
+    value: Precomputed,
+    attended: cpu_attention::Attended,
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    crate::precomputed_forward!(s1 l1, s2 l2, s3 l3);
+
+    fn bwd(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        _output: &Tensor,
+        grad: &Tensor,
+    ) -> CandleResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (query, key, value) = (&query.detach(), &key.detach(), &value.detach());
+        let Some((dq, dk, dv)) =
+            cpu_attention::attention_gradients(&self.attended, query, key, value, grad)
+        else {
+            bail!("attention's gradient is not an f32 CPU tensor of the queries' shape");
+        };
+        Ok((
+            Some(dq.into_tensor()?),
+            Some(dk.into_tensor()?),
+            Some(dv.into_tensor()?),
+        ))
+    }
+}
+
 struct AttentionProbs {
     value: Precomputed,
     /// The f32 softmax before dropout, where it differs from the node's output.
@@ -746,6 +841,75 @@ mod tests {
                 candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
             assert_same(&op, &composed, &[&query, &key]);
         }
+    }
+
+    /// The fused attention against the composed softmax(s·q·kᵀ + mask)·v, values and the
+    /// gradients of q, k and v: grouped key/value heads, 300 tokens (three blocks of query
+    /// rows, the last one short), a causal mask per batch row with the LLM member's −f32::MAX,
+    /// one row left-padded (its padding queries see no key), values read through a
+    /// transposed view and the output's gradient arriving as one; and a zero mask of one row.
+    #[test]
+    fn fused_attention_equals_the_composed_ops() {
+        let (b, h, kv, len, d) = (2, 4, 2, 300, 8);
+        let causal: Vec<f32> = (0..b * len * len)
+            .map(|i| {
+                let (batch, row, col) = (i / (len * len), (i / len) % len, i % len);
+                match col > row || (batch == 1 && col < 3) {
+                    true => -f32::MAX,
+                    false => 0.0,
+                }
+            })
+            .collect();
+        let causal = Tensor::from_vec(causal, (b, 1, len, len), &Device::Cpu).unwrap();
+        let query = random(&[b, h, len, d], 41);
+        let key = random(&[b, kv, len, d], 42);
+        let value_rows = random(&[b, len, kv, d], 43);
+        let value = value_rows.transpose(1, 2).unwrap();
+        let scale = 0.35;
+        let fused = attention(
+            query.as_tensor(),
+            key.as_tensor(),
+            &value,
+            scale,
+            &causal,
+            None,
+            true,
+        )
+        .unwrap();
+        // Key/value head g serves query heads 2g and 2g + 1.
+        let served = Tensor::new(&[0u32, 0, 1, 1], &Device::Cpu).unwrap();
+        let composed = |q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor| {
+            let k = k.index_select(&served, 1).unwrap();
+            let v = v.contiguous().unwrap().index_select(&served, 1).unwrap();
+            let scores = (q * scale).unwrap().matmul(&k.t().unwrap()).unwrap();
+            let probs =
+                candle_nn::ops::softmax(&scores.broadcast_add(mask).unwrap(), D::Minus1).unwrap();
+            probs.matmul(&v).unwrap()
+        };
+        let expected = composed(query.as_tensor(), key.as_tensor(), &value, &causal);
+        let rows = |t: &Tensor| t.transpose(1, 2).unwrap();
+        assert_same(
+            &rows(&fused),
+            &rows(&expected),
+            &[&query, &key, &value_rows],
+        );
+
+        let (query, key, value) = (
+            random(&[1, 2, 5, 3], 44),
+            random(&[1, 2, 5, 3], 45),
+            random(&[1, 2, 5, 3], 46),
+        );
+        let zero = Tensor::zeros((1, 1, 1, 5), DType::F32, &Device::Cpu).unwrap();
+        let (q, k, v) = (query.as_tensor(), key.as_tensor(), value.as_tensor());
+        let fused = attention(q, k, v, scale, &zero, None, true).unwrap();
+        let served = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
+        let k_all = k.index_select(&served, 1).unwrap();
+        let scores = (q * scale).unwrap().matmul(&k_all.t().unwrap()).unwrap();
+        let expected = candle_nn::ops::softmax(&scores.broadcast_add(&zero).unwrap(), D::Minus1)
+            .unwrap()
+            .matmul(v)
+            .unwrap();
+        assert_same(&fused, &expected, &[&query, &key, &value]);
     }
 
     /// Gemma-2's soft-capping: cap·tanh(scores/cap) before the mask, value and gradients
