@@ -113,9 +113,11 @@ fn softmax_backward_row(grad: &mut [f32], probs: &[f32]) {
     }
 }
 
-/// Keys whose additive mask is at or below this are hidden: exp(score + mask − max) is 0 in
-/// f32 for any score short of 10³⁷, so leaving them out of a row's products changes none of
-/// its probabilities. The LLM member hides keys with −f32::MAX (transformers' `finfo.min`).
+/// Keys whose additive mask is at or below this are hidden, and left out of their row's
+/// products. For a mask that shows keys with values far above it and hides them with values
+/// at or below it, as the LLM member's does (0 and −f32::MAX, transformers' `finfo.min`), a
+/// hidden key's exp(score + mask − max) is exactly 0 in f32 whenever its row sees some key,
+/// so leaving it out changes none of the row's probabilities.
 const HIDDEN: f32 = f32::MIN / 2.0;
 
 /// Query rows per block of [`attention`]. A block's products stop at its rows' last visible
