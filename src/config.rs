@@ -99,9 +99,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_with_the_file_name() {
-        let path = std::env::temp_dir().join(format!("bad-config-{}.toml", std::process::id()));
-        std::fs::write(&path, "[lgbm]\nlearning_rat = 0.1\n").unwrap();
-        let message = format!("{:#}", read::<LgbmRunConfig>(&path).unwrap_err());
+        let file = tempfile::Builder::new()
+            .prefix("bad-config-")
+            .suffix(".toml")
+            .tempfile()
+            .unwrap();
+        std::fs::write(file.path(), "[lgbm]\nlearning_rat = 0.1\n").unwrap();
+        let message = format!("{:#}", read::<LgbmRunConfig>(file.path()).unwrap_err());
         assert!(
             message.contains("bad-config") && message.contains("learning_rat"),
             "{message}"

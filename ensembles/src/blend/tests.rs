@@ -449,11 +449,12 @@ mod files {
 
     const HEADER: &str = "id,winner_model_a,winner_model_b,winner_tie\n";
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("blend-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh folder, removed when the value is dropped.
+    fn temp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("blend-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn train_ids() -> Vec<String> {
@@ -562,13 +563,14 @@ mod files {
 
     #[test]
     fn members_are_aligned_by_id_in_the_first_members_test_order() {
-        let dir = temp_dir("align");
+        let folder = temp_dir("align");
+        let dir = folder.path();
         let ids = train_ids();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let mut reversed = ids.clone();
         reversed.reverse();
-        let first = run_folder(&dir, "lgbm", &ids, &["t3", "t1", "t2"], None);
-        let second = run_folder(&dir, "deberta", &reversed, &["t1", "t2", "t3"], None);
+        let first = run_folder(dir, "lgbm", &ids, &["t3", "t1", "t2"], None);
+        let second = run_folder(dir, "deberta", &reversed, &["t1", "t2", "t3"], None);
         let set = MemberSet::load(&[first, second], &train_ids()).unwrap();
         assert_eq!(set.test_ids, ["t3", "t1", "t2"]);
         let deberta_test = Predictions::read(&dir.join("deberta/submission.csv")).unwrap();
@@ -580,14 +582,15 @@ mod files {
 
     #[test]
     fn mismatched_missing_and_bad_rows_name_member_file_and_id() {
-        let dir = temp_dir("mismatch");
+        let folder = temp_dir("mismatch");
+        let dir = folder.path();
         let ids = train_ids();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let good = run_folder(&dir, "lgbm", &ids, &["t1", "t2"], None);
+        let good = run_folder(dir, "lgbm", &ids, &["t1", "t2"], None);
 
         let mut unknown = ids.clone();
         unknown[4] = "99";
-        let member = run_folder(&dir, "unknown", &unknown, &["t1", "t2"], None);
+        let member = run_folder(dir, "unknown", &unknown, &["t1", "t2"], None);
         let message = load_error(&[good.clone(), member]);
         assert_names(
             &message,
@@ -598,7 +601,7 @@ mod files {
             ],
         );
 
-        let member = run_folder(&dir, "missing", &ids[1..], &["t1", "t2"], None);
+        let member = run_folder(dir, "missing", &ids[1..], &["t1", "t2"], None);
         let message = load_error(&[good.clone(), member]);
         assert_names(
             &message,
@@ -609,7 +612,7 @@ mod files {
             ],
         );
 
-        let member = run_folder(&dir, "extratest", &ids, &["t1", "t2", "t9"], None);
+        let member = run_folder(dir, "extratest", &ids, &["t1", "t2", "t9"], None);
         let message = load_error(&[good.clone(), member]);
         assert_names(
             &message,
@@ -620,7 +623,7 @@ mod files {
             ],
         );
 
-        let member = run_folder(&dir, "fewertest", &ids, &["t2"], None);
+        let member = run_folder(dir, "fewertest", &ids, &["t2"], None);
         let message = load_error(&[good.clone(), member]);
         assert_names(
             &message,
@@ -631,7 +634,7 @@ mod files {
             ],
         );
 
-        let member = run_folder(&dir, "badprob", &ids, &["t1", "t2"], None);
+        let member = run_folder(dir, "badprob", &ids, &["t1", "t2"], None);
         replace_row(&dir.join("badprob/oof.csv"), "7", "7,0.9,0.9,0.9");
         let message = load_error(&[good.clone(), member]);
         assert_names(
@@ -643,7 +646,7 @@ mod files {
             ],
         );
 
-        let member = run_folder(&dir, "nan", &ids, &["t1", "t2"], None);
+        let member = run_folder(dir, "nan", &ids, &["t1", "t2"], None);
         let sub = dir.join("nan/submission.csv");
         std::fs::write(&sub, format!("{HEADER}t1,NaN,0.5,0.5\nt2,0.2,0.3,0.5\n")).unwrap();
         let message = load_error(&[good.clone(), member]);
@@ -658,12 +661,13 @@ mod files {
 
     #[test]
     fn disagreeing_folds_name_member_file_and_id() {
-        let dir = temp_dir("folds");
+        let folder = temp_dir("folds");
+        let dir = folder.path();
         let ids = train_ids();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let first = run_folder(&dir, "lgbm", &ids, &["t1"], Some(&folds_text(0)));
-        let same = run_folder(&dir, "same", &ids, &["t1"], Some(&folds_text(0)));
-        let without = run_folder(&dir, "without", &ids, &["t1"], None);
+        let first = run_folder(dir, "lgbm", &ids, &["t1"], Some(&folds_text(0)));
+        let same = run_folder(dir, "same", &ids, &["t1"], Some(&folds_text(0)));
+        let without = run_folder(dir, "without", &ids, &["t1"], None);
         let set = MemberSet::load(&[first.clone(), without, same], &train_ids()).unwrap();
         let shared = set.folds.unwrap();
         assert_eq!(
@@ -673,7 +677,7 @@ mod files {
 
         let mut moved = folds_text(0);
         moved = moved.replace("\n3,0\n", "\n3,1\n");
-        let other = run_folder(&dir, "other", &ids, &["t1"], Some(&moved));
+        let other = run_folder(dir, "other", &ids, &["t1"], Some(&moved));
         let message = load_error(&[first.clone(), other]);
         assert_names(
             &message,
@@ -687,7 +691,7 @@ mod files {
 
         let message = load_error(&[
             first.clone(),
-            run_folder(&dir, "short", &ids, &["t1"], Some("id,fold\n1,0\n2,1\n")),
+            run_folder(dir, "short", &ids, &["t1"], Some("id,fold\n1,0\n2,1\n")),
         ]);
         assert_names(
             &message,
@@ -715,16 +719,11 @@ mod files {
 
     #[test]
     fn run_writes_the_submission_and_report_and_checks_the_folds_file() {
-        let dir = temp_dir("run");
+        let folder = temp_dir("run");
+        let dir = folder.path();
         let ids = train_ids();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let lgbm = run_folder(
-            &dir,
-            "lgbm",
-            &ids,
-            &["t2", "t1", "t3"],
-            Some(&folds_text(0)),
-        );
+        let lgbm = run_folder(dir, "lgbm", &ids, &["t2", "t1", "t3"], Some(&folds_text(0)));
         let gemma_oof = dir.join("g_oof.csv");
         let gemma_sub = dir.join("g_sub.csv");
         std::fs::write(&gemma_oof, rows(&ids, 0.55)).unwrap();
@@ -733,7 +732,7 @@ mod files {
             .parse()
             .unwrap();
 
-        let mut blend = request(&dir, vec![lgbm.clone(), gemma], auto(Space::Probability));
+        let mut blend = request(dir, vec![lgbm.clone(), gemma], auto(Space::Probability));
         let report = run(&blend).unwrap();
         let written = Predictions::read(&blend.out).unwrap();
         assert_eq!(written.ids, ["t2", "t1", "t3"]);
@@ -790,11 +789,12 @@ mod files {
 
     #[test]
     fn a_one_member_run_writes_that_members_submission() {
-        let dir = temp_dir("one");
+        let folder = temp_dir("one");
+        let dir = folder.path();
         let ids = train_ids();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let lgbm = run_folder(&dir, "lgbm", &ids, &["t2", "t1"], None);
-        let report = run(&request(&dir, vec![lgbm.clone()], auto(Space::Logit))).unwrap();
+        let lgbm = run_folder(dir, "lgbm", &ids, &["t2", "t1"], None);
+        let report = run(&request(dir, vec![lgbm.clone()], auto(Space::Logit))).unwrap();
         assert_eq!(report.members[0].weight, Some(1.0));
         assert!((report.in_sample_log_loss - report.members[0].oof_log_loss).abs() < 1e-12);
         assert!(report.folds_origin.contains("stratified"));
@@ -823,12 +823,13 @@ mod files {
             ("stack", Method::Stack),
         ];
         for (name, method) in methods {
-            let dir = temp_dir(&format!("apply-{name}"));
+            let folder = temp_dir(&format!("apply-{name}"));
+            let dir = folder.path();
             let members = vec![
-                run_folder(&dir, "lgbm", &ids, &["t2", "t1", "t3"], None),
-                run_folder(&dir, "deberta", &ids, &["t3", "t2", "t1"], None),
+                run_folder(dir, "lgbm", &ids, &["t2", "t1", "t3"], None),
+                run_folder(dir, "deberta", &ids, &["t3", "t2", "t1"], None),
             ];
-            let blend = request(&dir, members.clone(), method);
+            let blend = request(dir, members.clone(), method);
             run(&blend).unwrap();
             for member in &members {
                 std::fs::remove_file(&member.oof).unwrap();
@@ -852,7 +853,8 @@ mod files {
                 ],
             );
         }
-        let garbled = temp_dir("apply-garbled").join("blend.json");
+        let folder = temp_dir("apply-garbled");
+        let garbled = folder.path().join("blend.json");
         std::fs::write(
             &garbled,
             "{\"members\": [], \"model\": {\"method\": \"magic\"}}",
@@ -865,17 +867,21 @@ mod files {
     }
 
     /// `blend.json` of a real fit, as JSON to damage, with its members.
-    fn fitted_blend_json(name: &str, method: Method) -> (PathBuf, Vec<MemberSource>, Value) {
-        let dir = temp_dir(name);
+    fn fitted_blend_json(
+        name: &str,
+        method: Method,
+    ) -> (tempfile::TempDir, Vec<MemberSource>, Value) {
+        let folder = temp_dir(name);
+        let dir = folder.path();
         let ids = train_ids();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let members = vec![
-            run_folder(&dir, "lgbm", &ids, &["t1", "t2"], None),
-            run_folder(&dir, "deberta", &ids, &["t2", "t1"], None),
+            run_folder(dir, "lgbm", &ids, &["t1", "t2"], None),
+            run_folder(dir, "deberta", &ids, &["t2", "t1"], None),
         ];
-        run(&request(&dir, members.clone(), method)).unwrap();
+        run(&request(dir, members.clone(), method)).unwrap();
         let text = std::fs::read_to_string(dir.join("out/blend.json")).unwrap();
-        (dir, members, serde_json::from_str(&text).unwrap())
+        (folder, members, serde_json::from_str(&text).unwrap())
     }
 
     /// Applies `json` written as `file` in `dir`; the error's message.
@@ -889,8 +895,9 @@ mod files {
 
     #[test]
     fn apply_refuses_a_damaged_blend_json_naming_the_file_and_field() {
-        let (dir, members, fitted) =
+        let (folder, members, fitted) =
             fitted_blend_json("damaged-weighted", auto(Space::Probability));
+        let dir = folder.path();
         let damaged: [(&str, Value, &str); 6] = [
             (
                 "negative.json",
@@ -923,18 +930,19 @@ mod files {
                 "weights"
             };
             json["model"][key] = value;
-            let message = apply_error(&dir, file, &json, &members);
+            let message = apply_error(dir, file, &json, &members);
             assert_names(&message, &[file, field]);
         }
 
-        let (dir, members, fitted) = fitted_blend_json("damaged-stack", Method::Stack);
+        let (folder, members, fitted) = fitted_blend_json("damaged-stack", Method::Stack);
+        let dir = folder.path();
         let rows = fitted["model"]["coefficients"].as_array().unwrap().clone();
         assert_eq!(rows.len(), 6);
         for n_rows in [5, 7, 9] {
             let mut json = fitted.clone();
             json["model"]["coefficients"] = rows.iter().cycle().take(n_rows).cloned().collect();
             let file = format!("stack-{n_rows}.json");
-            let message = apply_error(&dir, &file, &json, &members);
+            let message = apply_error(dir, &file, &json, &members);
             let field = format!("model.coefficients has {n_rows} rows; 2 members need 6");
             assert_names(&message, &[&file, &field]);
         }
