@@ -9,6 +9,8 @@
 use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, Storage, Tensor};
+use multiversion::multiversion;
+use neural::cpu_math::exp;
 use neural::CpuValue;
 use rayon::prelude::*;
 
@@ -16,33 +18,6 @@ use crate::ops::Activation;
 
 /// Elements per parallel work item.
 const CHUNK: usize = 1 << 14;
-
-/// e^x in f32 in plain arithmetic, so that loops over slices vectorise; no crate offers a
-/// vectorisable `exp` on stable Rust, and libm's is a call per element. Cody–Waite reduction
-/// by ln 2 and Cephes' `expf` polynomial; within 2 ulp of `f32::exp` where the result is a
-/// normal number (`exp_is_within_two_ulp` checks it). Inputs are clamped to [−87.3, 88.7]:
-/// below, the result stays at the smallest normal (about 1.2e-38) instead of reaching 0;
-/// above 88.37 it is +∞, as `f32::exp` is from 88.73. The activations below only add it to 1.
-#[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
-    // 1.5·2²³: adding it rounds to an integer held in the low bits of the mantissa.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.336_54, 88.722_83);
-    let t = x * std::f32::consts::LOG2_E + ROUND;
-    let n = t - ROUND;
-    // ln 2 in two parts, so that x − n·ln 2 is exact.
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
-    // 2ⁿ, from n in t's low bits (n + 127 is in 1..=255 for the clamped x).
-    let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
-    y * f32::from_bits(n_bits.wrapping_add(127) << 23)
-}
 
 /// SiLU's value and derivative at x.
 #[inline(always)]
@@ -113,14 +88,41 @@ fn filled<const N: usize>(
     outs
 }
 
+/// One chunk of `act(gate)·up`, compiled for each SIMD level (the release build targets
+/// baseline x86-64, whose SSE2 is 4 lanes) and run at the CPU's.
+#[multiversion(targets = "simd")]
+fn value_chunk(
+    out: &mut [MaybeUninit<f32>],
+    gate: &[f32],
+    up: &[f32],
+    act: impl Fn(f32) -> (f32, f32),
+) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        o.write(act(g).0 * u);
+    }
+}
+
+/// One chunk of the gradients (d_gate, d_up), as [`value_chunk`] is compiled.
+#[multiversion(targets = "simd")]
+fn gradients_chunk(
+    [d_gate, d_up]: [&mut [MaybeUninit<f32>]; 2],
+    [gate, up, grad]: [&[f32]; 3],
+    act: impl Fn(f32) -> (f32, f32),
+) {
+    for ((((d_gate, d_up), &g), &u), &dy) in d_gate.iter_mut().zip(d_up).zip(gate).zip(up).zip(grad)
+    {
+        let (value, derivative) = act(g);
+        d_up.write(dy * value);
+        d_gate.write(dy * u * derivative);
+    }
+}
+
 /// `act(gate)·up`.
 pub(crate) fn value(gate: &Tensor, up: &Tensor, activation: Activation) -> Option<CpuValue> {
     fn run(gate: &[f32], up: &[f32], act: impl Fn(f32) -> (f32, f32) + Sync) -> Vec<f32> {
         let [out] = filled(gate.len(), |i, [out]| {
             let range = i * CHUNK..(i * CHUNK + out.len());
-            for ((o, &g), &u) in out.iter_mut().zip(&gate[range.clone()]).zip(&up[range]) {
-                o.write(act(g).0 * u);
-            }
+            value_chunk(out, &gate[range.clone()], &up[range], &act);
         });
         out
     }
@@ -141,13 +143,9 @@ pub(crate) fn gradients(
 ) -> Option<(CpuValue, CpuValue)> {
     fn run([gate, up, grad]: [&[f32]; 3], act: impl Fn(f32) -> (f32, f32) + Sync) -> [Vec<f32>; 2] {
         filled(gate.len(), |i, [d_gate, d_up]| {
-            let start = i * CHUNK;
-            for (j, (d_gate, d_up)) in d_gate.iter_mut().zip(d_up.iter_mut()).enumerate() {
-                let (g, u, dy) = (gate[start + j], up[start + j], grad[start + j]);
-                let (value, derivative) = act(g);
-                d_up.write(dy * value);
-                d_gate.write(dy * u * derivative);
-            }
+            let range = i * CHUNK..(i * CHUNK + d_gate.len());
+            let inputs = [gate, up, grad].map(|x| &x[range.clone()]);
+            gradients_chunk([d_gate, d_up], inputs, &act);
         })
     }
     let [d_gate, d_up] = with_values([gate, up, grad], |inputs| match activation {
@@ -159,26 +157,4 @@ pub(crate) fn gradients(
         shape: gate.shape().clone(),
     };
     Some((value(d_gate), value(d_up)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exp_is_within_two_ulp() {
-        let ulp = |x: f32| f32::from_bits(x.to_bits() + 1) - x;
-        let mut worst = 0f32;
-        for i in 0..=400_000 {
-            let x = -87.0 + 175.0 * i as f32 / 400_000.0;
-            let (ours, std) = (exp(x), x.exp());
-            if std.is_finite() && std > f32::MIN_POSITIVE && x < 88.3 {
-                worst = worst.max((ours - std).abs() / ulp(std));
-            }
-        }
-        assert!(worst <= 2.0, "{worst} ulp");
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(-200.0) < 1.2e-38 && exp(-200.0) >= 0.0);
-        assert_eq!(exp(200.0), f32::INFINITY);
-    }
 }

@@ -19,6 +19,9 @@
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use multiversion::multiversion;
+
+use crate::cpu_math;
 use crate::cpu_matmul::{add_product, batched_product, write_product, CpuValue, Matrix};
 
 /// `softmax(q·kᵀ + mask)` over the last dimension, for q and k `[b, h, L, D]` and an additive
@@ -87,27 +90,38 @@ pub(crate) fn gradients(
 }
 
 /// One row of `softmax(scores + mask)` in place, as candle's softmax: exp(s − max), then each
-/// divided by the sum.
+/// divided by the sum. Compiled for each SIMD level and run at the CPU's (the release build
+/// targets baseline x86-64), with an exponential that vectorises.
+#[multiversion(targets = "simd")]
 fn softmax_row(scores: &mut [f32], mask: &[f32]) {
-    let mut max = f32::NEG_INFINITY;
     for (s, &m) in scores.iter_mut().zip(mask) {
         *s += m;
-        max = max.max(*s);
     }
-    let mut sum = 0f32;
+    let max = cpu_math::max(scores);
     for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+        *s = cpu_math::exp(*s - max);
     }
+    let sum = cpu_math::sum(scores);
     for s in scores.iter_mut() {
         *s /= sum;
     }
 }
 
 /// One row of the softmax's backward pass in place: the probabilities' gradient dy becomes
-/// the scores' gradient y·(dy − Σⱼ dy·y).
+/// the scores' gradient y·(dy − Σⱼ dy·y). Compiled as [`softmax_row`] is.
+#[multiversion(targets = "simd")]
 fn softmax_backward_row(grad: &mut [f32], probs: &[f32]) {
-    let dot: f32 = probs.iter().zip(grad.iter()).map(|(y, g)| y * g).sum();
+    let mut products = [0f32; 512];
+    let mut dot = 0.0;
+    for (grad, probs) in grad
+        .chunks(products.len())
+        .zip(probs.chunks(products.len()))
+    {
+        for ((p, &g), &y) in products.iter_mut().zip(grad).zip(probs) {
+            *p = g * y;
+        }
+        dot += cpu_math::sum(&products[..grad.len()]);
+    }
     for (g, &y) in grad.iter_mut().zip(probs) {
         *g = (*g - dot) * y;
     }

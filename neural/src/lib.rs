@@ -15,6 +15,7 @@ mod adamw_cpu;
 mod checkpoint;
 mod config;
 mod cpu_attention;
+pub mod cpu_math;
 mod cpu_matmul;
 // Compiled into the tests of every build, so that the CPU CI checks its search and messages.
 #[cfg(any(feature = "cuda", test))]

@@ -1,0 +1,91 @@
+//! Element-wise math in plain arithmetic, so that the loops calling it vectorise (with
+//! whatever vector width the caller is compiled for: the hot loops are `multiversion`ed).
+
+/// e^x in f32 in plain arithmetic, so that loops over slices vectorise; no crate offers a
+/// vectorisable `exp` on stable Rust, and libm's is a call per element. Cody–Waite reduction
+/// by ln 2 and Cephes' `expf` polynomial; within 2 ulp of `f32::exp` where the result is a
+/// normal number (`exp_is_within_two_ulp` checks it). Below −87.34, where `f32::exp` gives
+/// subnormals, it gives 0 (so a softmax's masked scores get exactly 0, as they do from
+/// `f32::exp`); above 88.37 it is +∞, as `f32::exp` is from 88.73.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    // 1.5·2²³: adding it rounds to an integer held in the low bits of the mantissa.
+    const ROUND: f32 = 12_582_912.0;
+    // The smallest x whose e^x is a normal f32.
+    const LOWEST: f32 = -87.336_54;
+    let clamped = x.clamp(LOWEST, 88.722_83);
+    let t = clamped * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    // ln 2 in two parts, so that x − n·ln 2 is exact.
+    let r = clamped - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    // 2ⁿ, from n in t's low bits (n + 127 is in 1..=255 for the clamped x).
+    let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let value = y * f32::from_bits(n_bits.wrapping_add(127) << 23);
+    // A NaN stays NaN.
+    if x < LOWEST {
+        0.0
+    } else {
+        value
+    }
+}
+
+/// Lanes of the reductions below: partial results kept apart so that the loop vectorises (a
+/// float sum or maximum taken in order cannot be reordered by the compiler).
+const LANES: usize = 16;
+
+/// The reduction of `xs` by `op` from `init`, over [`LANES`] partial results.
+#[inline(always)]
+fn reduce(xs: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = op(*lane, x);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(init, |a, &x| op(a, x));
+    lanes.into_iter().fold(tail, op)
+}
+
+/// Σ xᵢ.
+#[inline(always)]
+pub fn sum(xs: &[f32]) -> f32 {
+    reduce(xs, 0.0, |a, b| a + b)
+}
+
+/// The largest xᵢ (NaNs ignored, as `f32::max` does); −∞ for none.
+#[inline(always)]
+pub fn max(xs: &[f32]) -> f32 {
+    reduce(xs, f32::NEG_INFINITY, f32::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let ulp = |x: f32| f32::from_bits(x.to_bits() + 1) - x;
+        let mut worst = 0f32;
+        for i in 0..=400_000 {
+            let x = -87.0 + 175.0 * i as f32 / 400_000.0;
+            let (ours, std) = (exp(x), x.exp());
+            if std.is_finite() && std > f32::MIN_POSITIVE && x < 88.3 {
+                worst = worst.max((ours - std).abs() / ulp(std));
+            }
+        }
+        assert!(worst <= 2.0, "{worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-200.0), 0.0);
+        assert_eq!(exp(-f32::MAX), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert_eq!(exp(200.0), f32::INFINITY);
+    }
+}
