@@ -88,4 +88,16 @@ mod tests {
         assert!(exp(f32::NAN).is_nan());
         assert_eq!(exp(200.0), f32::INFINITY);
     }
+
+    /// Over whole lanes and a tail, as the in-order reductions give them on these values.
+    #[test]
+    fn sums_and_maxima_over_lanes_and_tail() {
+        let xs: Vec<f32> = (0..37).map(|i| (i as f32 - 20.0) * 0.5).collect();
+        assert_eq!(sum(&xs), xs.iter().sum::<f32>());
+        assert_eq!(max(&xs), 8.0);
+        assert_eq!(max(&xs[..3]), -9.0);
+        assert_eq!(sum(&[]), 0.0);
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+        assert_eq!(max(&[f32::NAN, 1.0]), 1.0);
+    }
 }
