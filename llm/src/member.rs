@@ -391,9 +391,11 @@ impl FoldModel for LlmMember {
             precision: training.precision,
             checkpoint: training.gradient_checkpointing,
             accumulation: training.grad_accumulation,
-            fused_attention: self.model.device().is_cpu()
-                && training.precision == Precision::F32
-                && c.attn_logit_softcapping.is_none(),
+            fused_attention: neural::attention_is_fused(
+                self.model.device(),
+                training.precision.dtype(),
+                c.attn_logit_softcapping,
+            ),
         })
     }
 }
@@ -411,8 +413,8 @@ struct DecoderShape<'a> {
     precision: Precision,
     checkpoint: bool,
     accumulation: usize,
-    /// Whether attention is `neural::attention`'s fused node (on the CPU in f32 without
-    /// soft-capping), which keeps only the probabilities of each block's visible keys.
+    /// Whether attention is `neural::attention`'s fused node (`neural::attention_is_fused`),
+    /// which keeps only the probabilities of each block's visible keys.
     fused_attention: bool,
 }
 
@@ -556,10 +558,10 @@ fn mask_bytes(shape: &DecoderShape, sequences: usize) -> u64 {
     masks * (sequences * shape.len * shape.len * 4) as u64
 }
 
-/// The estimate: the attention masks, every layer's kept activations (with checkpointing each layer's input, and
-/// one layer recomputed) and the backward pass's working memory; or prediction's one layer
-/// at a time at its batch, whichever is larger; AdamW's moments, gradients and the best
-/// checkpoint of the adapter and head.
+/// The estimate: the attention masks, every layer's kept activations (with checkpointing each
+/// layer's input, and one layer recomputed) and the backward pass's working memory; or
+/// prediction's one layer at a time at its batch, whichever is larger; AdamW's moments,
+/// gradients and the best checkpoint of the adapter and head.
 fn estimate(shape: &DecoderShape) -> MemoryEstimate {
     let b = shape.precision.dtype().size_in_bytes() as u64;
     let layers = shape.model.num_layers as u64;

@@ -43,8 +43,8 @@ fn ratio(fixture: &str, precision: Precision, checkpoint: bool) -> f64 {
 }
 
 /// Within ±20% for Qwen2 and Gemma-2 (soft-capping, four norms), f32 (Qwen2's through the
-/// fused attention) and bf16, with and without checkpointing. The old estimate, which missed what candle's backward pass holds,
-/// was at 0.5 here as at real shapes.
+/// fused attention) and bf16, with and without checkpointing. The old estimate, which missed
+/// what candle's backward pass holds, was at 0.5 here as at real shapes.
 #[test]
 fn the_estimate_is_within_a_fifth_of_what_a_fold_allocates() {
     // gemm keeps a packing slab the size of the L2 cache on each thread it runs on, made at

@@ -1,93 +1,20 @@
-//! Attention on the CPU in f32, for the plain case (no extra score terms, no soft-capping, no
-//! dropout).
+//! Attention on the CPU in f32 without soft-capping or dropout, the LLM member's:
+//! `softmax(s·q·kᵀ + mask)·v` as one node.
 //!
-//! [`attention`] is the whole of it, `softmax(s·q·kᵀ + mask)·v`, for the LLM member. It works
-//! in blocks of query rows, and each block's products stop at the last key its rows may see:
-//! under a causal mask that is 5/8 of the square at 512 tokens, where the composed ops
-//! computed all of it and masked half away (PyTorch's `scaled_dot_product_attention` skips
-//! those blocks too). Key and value heads are read in place for every query head they serve
-//! (grouped-query attention), where the composed ops copied them once per query head.
-//!
-//! [`probs`] and [`gradients`] are the probabilities alone, for `attention_probs`' plain case.
-//! As candle ops the forward pass wrote five `[B, H, L, L]` buffers (the product's zeroes, the
-//! product, the masked scores, the softmax, the node's copy of it) and the backward pass three
-//! more (the product with the output, the difference from its row sums, the scores'
-//! gradient). Here gemm writes the scores, the mask and softmax go over them in place, and the
-//! node takes the buffer.
-//!
-//! Anything else is `None`, and the caller takes candle's ops.
+//! It works in blocks of query rows, and each block's products stop at the last key its rows
+//! may see: under a causal mask that is 5/8 of the square at 512 tokens, where the composed
+//! ops computed all of it and masked half away (PyTorch's `scaled_dot_product_attention` skips
+//! those blocks too). gemm writes the scores straight into the kept probabilities' buffer, and
+//! the mask and softmax go over them in place. Key and value heads are read in place for every
+//! query head they serve (grouped-query attention), where the composed ops copied them once
+//! per query head. Anything else is `None`, and the caller takes candle's ops.
 use candle_core::Tensor;
 use rayon::prelude::*;
 
 use multiversion::multiversion;
 
 use crate::cpu_math;
-use crate::cpu_matmul::{add_product, batched_product, write_product, CpuValue, Matrix};
-
-/// `softmax(q·kᵀ + mask)` over the last dimension, for q and k `[b, h, L, D]` and an additive
-/// mask `[b or 1, 1, L or 1, L]`.
-pub(crate) fn probs(query: &Tensor, key: &Tensor, mask: &Tensor) -> Option<CpuValue> {
-    let &[b, h, len, d] = query.dims() else {
-        return None;
-    };
-    let &[mb, 1, mq, mk] = mask.dims() else {
-        return None;
-    };
-    if key.dims() != query.dims() || !(mb == 1 || mb == b) || !(mq == 1 || mq == len) || mk != len {
-        return None;
-    }
-    let (q_storage, q_layout) = query.storage_and_layout();
-    let (k_storage, k_layout) = key.storage_and_layout();
-    let (m_storage, m_layout) = mask.storage_and_layout();
-    let q = Matrix::of(&q_storage, q_layout, d)?;
-    let k = Matrix::of(&k_storage, k_layout, d)?;
-    let mask = Matrix::of(&m_storage, m_layout, len)?;
-    let mut scores = batched_product(b * h, |head| (q.block(head, len), k.block(head, len).t()));
-    let mask = mask.values();
-    scores
-        .par_chunks_mut(len)
-        .enumerate()
-        .for_each(|(row, scores)| {
-            let (batch, query_row) = (row / (h * len), row % len);
-            let mask_row = (batch % mb) * mq + query_row % mq;
-            softmax_row(scores, &mask[mask_row * len..(mask_row + 1) * len]);
-        });
-    Some(CpuValue::new(scores, query.dims(), len))
-}
-
-/// (dq, dk) from the probabilities y and their gradient dy: the scores' gradient row by row
-/// ([`softmax_backward_row`]), then dq = ds·k and dk = dsᵀ·q.
-pub(crate) fn gradients(
-    query: &Tensor,
-    key: &Tensor,
-    probs: &Tensor,
-    grad: &Tensor,
-) -> Option<(CpuValue, CpuValue)> {
-    let &[b, h, len, d] = query.dims() else {
-        return None;
-    };
-    if key.dims() != query.dims() || probs.dims() != [b, h, len, len] || grad.dims() != probs.dims()
-    {
-        return None;
-    }
-    let (q_storage, q_layout) = query.storage_and_layout();
-    let (k_storage, k_layout) = key.storage_and_layout();
-    let (y_storage, y_layout) = probs.storage_and_layout();
-    let (g_storage, g_layout) = grad.storage_and_layout();
-    let q = Matrix::of(&q_storage, q_layout, d)?;
-    let k = Matrix::of(&k_storage, k_layout, d)?;
-    let y = Matrix::of(&y_storage, y_layout, len)?.values();
-    let g = Matrix::of(&g_storage, g_layout, len)?.values();
-    let mut ds = g.to_vec();
-    ds.par_chunks_mut(len)
-        .zip(y.par_chunks(len))
-        .for_each(|(ds, y)| softmax_backward_row(ds, y));
-    let ds = Matrix::row_major(&ds, len);
-    let dq = batched_product(b * h, |head| (ds.block(head, len), k.block(head, len)));
-    let dk = batched_product(b * h, |head| (ds.block(head, len).t(), q.block(head, len)));
-    let value = |data| CpuValue::new(data, query.dims(), d);
-    Some((value(dq), value(dk)))
-}
+use crate::cpu_matmul::{add_product, write_product, CpuValue, Matrix};
 
 /// One row of `softmax(scores + mask)` in place, as candle's softmax: exp(s − max), then each
 /// divided by the sum. Compiled for each SIMD level and run at the CPU's (the release build
@@ -111,17 +38,7 @@ fn softmax_row(scores: &mut [f32], mask: &[f32]) {
 /// the scores' gradient y·(dy − Σⱼ dy·y). Compiled as [`softmax_row`] is.
 #[multiversion(targets = "simd")]
 fn softmax_backward_row(grad: &mut [f32], probs: &[f32]) {
-    let mut products = [0f32; 512];
-    let mut dot = 0.0;
-    for (grad, probs) in grad
-        .chunks(products.len())
-        .zip(probs.chunks(products.len()))
-    {
-        for ((p, &g), &y) in products.iter_mut().zip(grad).zip(probs) {
-            *p = g * y;
-        }
-        dot += cpu_math::sum(&products[..grad.len()]);
-    }
+    let dot = cpu_math::dot(grad, probs);
     for (g, &y) in grad.iter_mut().zip(probs) {
         *g = (*g - dot) * y;
     }
@@ -235,7 +152,7 @@ fn heads<'a>(
         return None;
     };
     (0..b * h)
-        .map(|i| Matrix::head(storage, layout, i / h, i % h))
+        .map(|i| Matrix::inner(storage, layout, &[i / h, i % h]))
         .collect()
 }
 

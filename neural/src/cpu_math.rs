@@ -40,30 +40,48 @@ pub fn exp(x: f32) -> f32 {
 /// float sum or maximum taken in order cannot be reordered by the compiler).
 const LANES: usize = 16;
 
-/// The reduction of `xs` by `op` from `init`, over [`LANES`] partial results.
+/// The reduction over i of `step(partial, aᵢ, bᵢ)` from `init`, in [`LANES`] partial results
+/// then combined by `merge`; `a` and `b` of one length.
 #[inline(always)]
-fn reduce(xs: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+fn reduce(
+    a: &[f32],
+    b: &[f32],
+    init: f32,
+    step: impl Fn(f32, f32, f32) -> f32,
+    merge: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    assert_eq!(a.len(), b.len());
     let mut lanes = [init; LANES];
-    let mut chunks = xs.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane = op(*lane, x);
+    let (mut a_chunks, mut b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (a, b) in (&mut a_chunks).zip(&mut b_chunks) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(a).zip(b) {
+            *lane = step(*lane, x, y);
         }
     }
-    let tail = chunks.remainder().iter().fold(init, |a, &x| op(a, x));
-    lanes.into_iter().fold(tail, op)
+    let tail = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .fold(init, |partial, (&x, &y)| step(partial, x, y));
+    lanes.into_iter().fold(tail, merge)
 }
 
 /// Σ xᵢ.
 #[inline(always)]
 pub fn sum(xs: &[f32]) -> f32 {
-    reduce(xs, 0.0, |a, b| a + b)
+    reduce(xs, xs, 0.0, |s, x, _| s + x, |s, t| s + t)
+}
+
+/// Σ aᵢ·bᵢ, for `a` and `b` of one length.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    reduce(a, b, 0.0, |s, x, y| s + x * y, |s, t| s + t)
 }
 
 /// The largest xᵢ (NaNs ignored, as `f32::max` does); −∞ for none.
 #[inline(always)]
 pub fn max(xs: &[f32]) -> f32 {
-    reduce(xs, f32::NEG_INFINITY, f32::max)
+    reduce(xs, xs, f32::NEG_INFINITY, |m, x, _| m.max(x), f32::max)
 }
 
 #[cfg(test)]
@@ -91,9 +109,14 @@ mod tests {
 
     /// Over whole lanes and a tail, as the in-order reductions give them on these values.
     #[test]
-    fn sums_and_maxima_over_lanes_and_tail() {
+    fn sums_dots_and_maxima_over_lanes_and_tail() {
         let xs: Vec<f32> = (0..37).map(|i| (i as f32 - 20.0) * 0.5).collect();
         assert_eq!(sum(&xs), xs.iter().sum::<f32>());
+        let twice: Vec<f32> = xs.iter().map(|x| 2.0 * x).collect();
+        assert_eq!(
+            dot(&xs, &twice),
+            xs.iter().map(|x| 2.0 * x * x).sum::<f32>()
+        );
         assert_eq!(max(&xs), 8.0);
         assert_eq!(max(&xs[..3]), -9.0);
         assert_eq!(sum(&[]), 0.0);

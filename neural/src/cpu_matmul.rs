@@ -74,47 +74,28 @@ impl<'a> Matrix<'a> {
         })
     }
 
-    /// A 2-D f32 CPU tensor with any strides (a weight stored transposed, behind a transposed
-    /// view).
-    fn of_2d(storage: &'a Storage, layout: &Layout) -> Option<Matrix<'a>> {
-        let (Storage::Cpu(CpuStorage::F32(data)), &[rows, cols], &[row_stride, col_stride]) =
-            (storage, layout.dims(), layout.stride())
-        else {
+    /// The matrix in the last two dimensions of an f32 CPU tensor of any strides (a weight
+    /// stored transposed behind a transposed view, a head of `[b, h, L, d]`), at the leading
+    /// indices `at`, one per leading dimension (none for a 2-D tensor).
+    pub(crate) fn inner(storage: &'a Storage, layout: &Layout, at: &[usize]) -> Option<Matrix<'a>> {
+        let Storage::Cpu(CpuStorage::F32(data)) = storage else {
             return None;
         };
+        let (dims, strides) = (layout.dims(), layout.stride());
+        let lead = dims.len().checked_sub(2)?;
+        if at.len() != lead || at.iter().zip(dims).any(|(i, d)| i >= d) {
+            return None;
+        }
         let matrix = Matrix {
             data,
-            offset: layout.start_offset(),
-            rows,
-            cols,
-            row_stride,
-            col_stride,
+            offset: layout.start_offset()
+                + at.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>(),
+            rows: dims[lead],
+            cols: dims[lead + 1],
+            row_stride: strides[lead],
+            col_stride: strides[lead + 1],
         };
         matrix.in_bounds().then_some(matrix)
-    }
-
-    /// Head `head` of batch `batch` of a 4-D f32 CPU tensor `[b, h, rows, cols]` of any
-    /// strides (a transposed view included).
-    pub(crate) fn head(
-        storage: &'a Storage,
-        layout: &Layout,
-        batch: usize,
-        head: usize,
-    ) -> Option<Matrix<'a>> {
-        let (Storage::Cpu(CpuStorage::F32(data)), &[b, h, rows, cols], &[s0, s1, s2, s3]) =
-            (storage, layout.dims(), layout.stride())
-        else {
-            return None;
-        };
-        let matrix = Matrix {
-            data,
-            offset: layout.start_offset() + batch * s0 + head * s1,
-            rows,
-            cols,
-            row_stride: s2,
-            col_stride: s3,
-        };
-        (batch < b && head < h && matrix.in_bounds()).then_some(matrix)
     }
 
     /// A row-major matrix of `cols` columns over all of `data`.
@@ -133,11 +114,6 @@ impl<'a> Matrix<'a> {
     pub(crate) fn values(&self) -> &'a [f32] {
         assert!(self.row_stride == self.cols && self.col_stride == 1);
         &self.data[self.offset..self.offset + self.rows * self.cols]
-    }
-
-    /// Block `index` of `rows` rows (a batch's matrix in a batch stacked by rows).
-    pub(crate) fn block(self, index: usize, rows: usize) -> Matrix<'a> {
-        self.rows(index * rows, rows)
     }
 
     /// Rows `start..start + count`.
@@ -247,31 +223,11 @@ pub(crate) fn write_product<'d>(
 
 /// `lhs·rhs` into a new buffer, which gemm writes without it being zeroed first.
 fn product(lhs: Matrix, rhs: Matrix) -> Vec<f32> {
-    batched_product(1, |_| (lhs, rhs))
-}
-
-/// The products of `blocks` pairs of operands (a batched matmul), block after block in one new
-/// buffer, which gemm writes without it being zeroed first; every pair's product must have
-/// the first's size.
-pub(crate) fn batched_product<'a>(
-    blocks: usize,
-    operands: impl Fn(usize) -> (Matrix<'a>, Matrix<'a>),
-) -> Vec<f32> {
-    let block_len = match blocks {
-        0 => 0,
-        _ => {
-            let (lhs, rhs) = operands(0);
-            lhs.rows * rhs.cols
-        }
-    };
-    let mut dst: Vec<f32> = Vec::with_capacity(blocks * block_len);
-    let slots = &mut dst.spare_capacity_mut()[..blocks * block_len];
-    for (block, slots) in slots.chunks_exact_mut(block_len.max(1)).enumerate() {
-        let (lhs, rhs) = operands(block);
-        write_product(slots, lhs, rhs, 1.0, true);
-    }
-    // SAFETY: the blocks tile the first blocks·len slots, and write_product initialised each.
-    unsafe { dst.set_len(blocks * block_len) };
+    let len = lhs.rows * rhs.cols;
+    let mut dst = Vec::with_capacity(len);
+    write_product(&mut dst.spare_capacity_mut()[..len], lhs, rhs, 1.0, true);
+    // SAFETY: write_product initialised the first len slots.
+    unsafe { dst.set_len(len) };
     dst
 }
 
@@ -298,7 +254,7 @@ pub(crate) fn projection(
     let (x_storage, x_layout) = x.storage_and_layout();
     let (w_storage, w_layout) = weight.storage_and_layout();
     let x_matrix = Matrix::of(&x_storage, x_layout, in_dim)?;
-    let weight_t = Matrix::of_2d(&w_storage, w_layout)?.t();
+    let weight_t = Matrix::inner(&w_storage, w_layout, &[])?.t();
     let mut data = match bias {
         Some(bias) => {
             let (b_storage, b_layout) = bias.storage_and_layout();
@@ -332,7 +288,7 @@ pub(crate) fn input_gradient(
     let (g_storage, g_layout) = grad.storage_and_layout();
     let (w_storage, w_layout) = weight.storage_and_layout();
     let g = Matrix::of(&g_storage, g_layout, out_dim)?;
-    let mut data = product(g, Matrix::of_2d(&w_storage, w_layout)?);
+    let mut data = product(g, Matrix::inner(&w_storage, w_layout, &[])?);
     if let Some(update) = update {
         add_update(&mut data, g.rows, in_dim, update)?;
     }
@@ -349,7 +305,7 @@ fn add_update(
 ) -> Option<()> {
     let (l_storage, l_layout) = left.storage_and_layout();
     let (r_storage, r_layout) = right.storage_and_layout();
-    let right = Matrix::of_2d(&r_storage, r_layout)?;
+    let right = Matrix::inner(&r_storage, r_layout, &[])?;
     let left = Matrix::of(&l_storage, l_layout, right.rows)?;
     if left.rows != rows || right.cols != cols {
         return None;

@@ -3,8 +3,8 @@
 //! schedules, accumulation, clipping, f16 loss scaling, early stopping), the settings both
 //! members train with ([`TrainingConfig`], which each member's config flattens beside its own
 //! keys), graph ops with lean backward passes (`ops`: frozen and LoRA projections, attention
-//! probabilities, grouped-query attention, byte-mask dropout) and gradient checkpointing, token budgets
-//! ([`SegmentBudget`]), battles as text and tokens ([`ResponsePair`], [`EncodedPair`]),
+//! probabilities, grouped-query attention, byte-mask dropout) and gradient checkpointing,
+//! token budgets ([`SegmentBudget`]), battles as text and tokens ([`ResponsePair`], [`EncodedPair`]),
 //! devices, CUDA library loading and the memory check, and the fold-run protocol ([`run`]).
 //!
 //! The members (`deberta`, `llm`) stand on this crate and on `ensemble_core`, never on each
@@ -43,8 +43,8 @@ pub use error::{Error, Result, Setting};
 pub use fingerprint::{existing_files, fingerprint_files, FINGERPRINT_SCHEME};
 pub use memory::{gib, MemoryEstimate};
 pub use ops::{
-    attention, attention_probs, dropout, frozen_linear, frozen_weight, lora_linear, DropoutRng,
-    KeepMask, Precomputed, ScoreTerms,
+    attention, attention_is_fused, attention_probs, dropout, frozen_linear, frozen_weight,
+    lora_linear, DropoutRng, KeepMask, Precomputed, ScoreTerms,
 };
 pub use pair::{EncodedPair, ResponsePair};
 pub use segments::{Segment, SegmentBudget};

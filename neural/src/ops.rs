@@ -16,8 +16,8 @@
 //!
 //! A node's value made with candle ops is copied once into the storage candle's custom-op
 //! interface asks for (candle cannot move a storage out of a tensor). On the CPU in f32 the
-//! projections and plain attention (its probabilities, or all of it) write their value into a
-//! buffer of their own (`cpu_matmul`, `cpu_attention`), which the node takes without a copy.
+//! projections and the LLM's attention write their value into a buffer of their own
+//! (`cpu_matmul`, `cpu_attention`), which the node takes without a copy.
 use std::cell::RefCell;
 use std::sync::Mutex;
 
@@ -432,27 +432,6 @@ pub fn attention_probs(
 ) -> CandleResult<Tensor> {
     let dtype = query.dtype();
     let (q, k) = (query.detach(), key.detach());
-    let plain = terms.is_none()
-        && softcap.is_none()
-        && !matches!(dropout, Some((p, _)) if p > 0.0)
-        && dtype == DType::F32;
-    if let Some(probs) = plain
-        .then(|| cpu_attention::probs(&q, &k, mask_bias))
-        .flatten()
-    {
-        let value = Precomputed::from_cpu(probs);
-        if !grads {
-            return value.tensor();
-        }
-        let node = AttentionProbs {
-            value,
-            softmax: None,
-            mask: None,
-            softcap: None,
-            terms: None,
-        };
-        return query.apply_op3(key, query, node);
-    }
     let mut scores = q.matmul(&k.t()?)?;
     if let Some(terms) = &terms {
         scores = terms.add_to(scores, &q, &k)?;
@@ -524,8 +503,7 @@ pub fn attention(
     grads: bool,
 ) -> CandleResult<Tensor> {
     let (q, k, v) = (query.detach(), key.detach(), value.detach());
-    if let Some((output, attended)) = softcap
-        .is_none()
+    if let Some((output, attended)) = attention_is_fused(query.device(), query.dtype(), softcap)
         .then(|| cpu_attention::attention(&q, &k, &v, mask_bias, scale as f32))
         .flatten()
     {
@@ -550,6 +528,12 @@ pub fn attention(
     probs
         .to_dtype(value.dtype())?
         .matmul(&repeat_heads(value, times)?)
+}
+
+/// Whether [`attention`] is the fused node for activations of `dtype` on `device`: on the CPU
+/// in f32 without soft-capping. A memory estimate counts that node's buffers there.
+pub fn attention_is_fused(device: &Device, dtype: DType, softcap: Option<f64>) -> bool {
+    device.is_cpu() && dtype == DType::F32 && softcap.is_none()
 }
 
 /// `[b, kv, L, d]` repeated to `[b, kv·times, L, d]`, each head serving `times` consecutive
@@ -631,16 +615,6 @@ impl CustomOp3 for AttentionProbs {
             &inputs.detach(),
             &output.detach(),
         );
-        let plain = self.softmax.is_none()
-            && self.mask.is_none()
-            && self.softcap.is_none()
-            && self.terms.is_none();
-        if let Some((dq, dk)) = plain
-            .then(|| cpu_attention::gradients(query, key, output, grad))
-            .flatten()
-        {
-            return Ok((Some(dq.into_tensor()?), Some(dk.into_tensor()?), None));
-        }
         let dtype = query.dtype();
         let mut grad_softmax = grad.to_dtype(DType::F32)?;
         if let Some(mask) = &self.mask {
@@ -797,7 +771,7 @@ mod tests {
         assert!(grads.get(w.as_tensor()).is_none() && grads.get(bias.as_tensor()).is_none());
     }
 
-    /// Plain attention (no terms, the CPU path) against the composed softmax(q·kᵀ + mask),
+    /// Plain attention (no terms) against the composed softmax(q·kᵀ + mask),
     /// values and gradients: with a zero mask, and with a causal mask per batch row, one with
     /// a padded key, as the LLM member builds them.
     #[test]
@@ -902,9 +876,7 @@ mod tests {
         let zero = Tensor::zeros((1, 1, 1, 5), DType::F32, &Device::Cpu).unwrap();
         let (q, k, v) = (query.as_tensor(), key.as_tensor(), value.as_tensor());
         let fused = attention(q, k, v, scale, &zero, None, true).unwrap();
-        let served = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
-        let k_all = k.index_select(&served, 1).unwrap();
-        let scores = (q * scale).unwrap().matmul(&k_all.t().unwrap()).unwrap();
+        let scores = (q * scale).unwrap().matmul(&k.t().unwrap()).unwrap();
         let expected = candle_nn::ops::softmax(&scores.broadcast_add(&zero).unwrap(), D::Minus1)
             .unwrap()
             .matmul(v)
